@@ -1,1 +1,59 @@
-//! Test harness.
+//! The end-to-end harness: starts Rally's real binaries and real third-party
+//! components on loopback, and fails loudly when one of them is missing.
+//!
+//! # Layout
+//!
+//! - [`bin`]: finds the built `rally-agent` / `rally-collector` binaries.
+//! - [`process`]: a child process that is killed when dropped, with its log on disk.
+//! - [`rally`]: starts a collector or an agent from a config written by the test.
+//! - [`tool`]: requires an external program (promtool, nginx, ...): a missing one is
+//!   a test failure, never a skip.
+//! - [`raw`]: a gRPC client that can send bytes the generated client never would.
+
+pub mod bin;
+pub mod process;
+pub mod rally;
+pub mod raw;
+pub mod tool;
+
+use std::time::{Duration, Instant};
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// MemTotal from this machine's `/proc/meminfo`, in bytes.
+pub fn proc_mem_total_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .expect("MemTotal in /proc/meminfo");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("MemTotal value");
+    kib * 1024
+}

@@ -1,0 +1,218 @@
+//! The whole path: real agents sample this machine and stream to a real collector,
+//! which serves the fleet on `/api/v1/vms` and `/metrics`.
+
+use rally_tests::rally::{Agent, Collector};
+use rally_tests::{eventually, proc_mem_total_bytes, tool};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn vm<'a>(vms: &'a Value, id: &str) -> Option<&'a Value> {
+    vms["vms"].as_array()?.iter().find(|v| v["vm"] == id)
+}
+
+/// The value of the sample of `metric` whose labels include every `label="value"`.
+fn sample(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(metric)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return None;
+        }
+        let (label_part, value) = match rest.split_once('}') {
+            Some((l, v)) => (l, v),
+            None => ("", rest),
+        };
+        labels
+            .iter()
+            .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.split_whitespace().next()?.parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_appear_in_api_and_metrics() {
+    let promtool = tool::require("promtool", "prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(
+        dir.path(),
+        "[[groups]]\nname = \"web\"\nvms = [\"web-a\"]\n",
+    )
+    .await;
+    let _a = Agent::start(dir.path(), "web-a", &[collector.grpc_url()], "500ms", "");
+    let _b = Agent::start(dir.path(), "db-b", &[collector.grpc_url()], "500ms", "");
+
+    // Both VMs, each with a CPU figure (which needs two samples).
+    let vms = eventually(
+        Duration::from_secs(30),
+        "both VMs with CPU figures",
+        || async {
+            let vms = collector.vms().await;
+            let ready = ["web-a", "db-b"]
+                .iter()
+                .all(|id| vm(&vms, id).is_some_and(|v| v["latest"]["cpu_utilization"].is_number()));
+            ready.then_some(vms)
+        },
+    )
+    .await;
+
+    let mem_total = proc_mem_total_bytes() as f64;
+    for (id, group) in [("web-a", "web"), ("db-b", "ungrouped")] {
+        let v = vm(&vms, id).unwrap();
+        assert_eq!(v["group"], group, "{id}: {v}");
+        assert_eq!(v["fresh"], true, "{id}: {v}");
+        let cpu = v["latest"]["cpu_utilization"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&cpu), "{id}: cpu {cpu}");
+        let total = v["latest"]["memory_total_bytes"].as_f64().unwrap();
+        assert!(
+            (total - mem_total).abs() / mem_total < 0.01,
+            "{id}: memory total {total} vs /proc/meminfo {mem_total}"
+        );
+        let vcpus = v["size"]["vcpus"].as_u64().unwrap();
+        assert!((1..=4096).contains(&vcpus), "{id}: vcpus {vcpus}");
+    }
+
+    let metrics = collector.get("/metrics").await;
+    for (id, group) in [("web-a", "web"), ("db-b", "ungrouped")] {
+        let labels = [("vm", id), ("group", group)];
+        assert_eq!(
+            sample(&metrics, "rally_vm_up", &labels),
+            Some(1.0),
+            "{metrics}"
+        );
+        let cpu = sample(&metrics, "rally_vm_cpu_utilization_ratio", &labels).expect("cpu ratio");
+        assert!((0.0..=1.0).contains(&cpu));
+        let steal = sample(&metrics, "rally_vm_cpu_steal_ratio", &labels).expect("steal ratio");
+        assert!((0.0..=1.0).contains(&steal));
+        let total = sample(&metrics, "rally_vm_memory_total_bytes", &labels).expect("mem total");
+        assert!((total - mem_total).abs() / mem_total < 0.01);
+        let avail =
+            sample(&metrics, "rally_vm_memory_available_bytes", &labels).expect("mem avail");
+        assert!(avail > 0.0 && avail <= total);
+        assert!(sample(&metrics, "rally_vm_vcpus", &labels).expect("vcpus") >= 1.0);
+        let ts = sample(&metrics, "rally_vm_last_report_timestamp_seconds", &labels).expect("ts");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - ts).abs() < 60.0, "last report {ts} vs now {now}");
+    }
+    assert!(sample(&metrics, "rally_collector_reports_total", &[]).expect("reports") >= 4.0);
+
+    // The scrape is valid Prometheus exposition for Prometheus' own checker.
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- scrape ---\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `report accepted` lines of a collector log: (vm, run) → seqs in order.
+fn accepted(log: &str) -> BTreeMap<(String, String), Vec<u64>> {
+    let mut out: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("report accepted")) {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .map(|v| v.trim_matches('"').to_owned())
+        };
+        let (Some(vm), Some(run), Some(seq)) = (field("vm"), field("run"), field("seq")) else {
+            panic!("unparseable accept line: {line}");
+        };
+        out.entry((vm, run))
+            .or_default()
+            .push(seq.parse().expect("seq is a number"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collector_restart_loses_no_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(dir.path(), "").await;
+    let agents = ["vm-1", "vm-2"]
+        .map(|id| Agent::start(dir.path(), id, &[collector.grpc_url()], "200ms", ""));
+
+    let seen = |c: &Collector, n: u64| {
+        let logs = c.logs();
+        let log = logs.last().cloned().unwrap_or_default();
+        let runs = accepted(&log);
+        let vms: std::collections::BTreeSet<_> = runs
+            .iter()
+            .filter(|(_, seqs)| seqs.len() as u64 >= n)
+            .map(|((vm, _), _)| vm.clone())
+            .collect();
+        (vms.len() == 2).then_some(())
+    };
+    eventually(
+        Duration::from_secs(30),
+        "10 reports from each agent",
+        || {
+            let r = seen(&collector, 10);
+            async move { r }
+        },
+    )
+    .await;
+
+    collector.kill();
+    // Several intervals pass with nobody listening: the agents buffer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    collector.start_again().await;
+    eventually(
+        Duration::from_secs(60),
+        "10 more reports from each agent after restart",
+        || {
+            let r = seen(&collector, 10);
+            async move { r }
+        },
+    )
+    .await;
+    for mut a in agents {
+        assert!(a.process.is_running(), "agent died:\n{}", a.process.log());
+        a.process.terminate(Duration::from_secs(10));
+    }
+    collector.kill();
+
+    let logs = collector.logs();
+    assert_eq!(logs.len(), 2);
+    let before = accepted(&logs[0]);
+    let after = accepted(&logs[1]);
+    assert_eq!(before.len(), 2, "one run per agent before: {before:?}");
+    for (key, first) in &before {
+        let second = after
+            .get(key)
+            .unwrap_or_else(|| panic!("{key:?} missing after restart"));
+        let mut all: Vec<u64> = first.iter().chain(second).copied().collect();
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            count,
+            "{key:?}: a report was counted twice: {first:?} + {second:?}"
+        );
+        assert_eq!(all[0], 1, "{key:?}: the run starts at seq 1");
+        let expected: Vec<u64> = (1..=*all.last().unwrap()).collect();
+        assert_eq!(all, expected, "{key:?}: a gap: {first:?} + {second:?}");
+        assert!(
+            second.first().copied() == Some(*first.last().unwrap() + 1),
+            "{key:?}: the restarted collector continues where the first stopped"
+        );
+    }
+}
