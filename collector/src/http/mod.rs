@@ -79,3 +79,26 @@ async fn status_page(State(state): State<HttpState>) -> Html<String> {
     let vms = state.fleet.snapshot(state.clock.now());
     Html(page::render(&vms, state.fleet.stale_after()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::config::Config;
+    use crate::fleet::FleetSettings;
+
+    #[tokio::test]
+    async fn readyz_follows_the_ready_flag() {
+        let state = HttpState {
+            fleet: Arc::new(Fleet::new(FleetSettings::from_config(&Config::default()))),
+            stats: Arc::new(IngestStats::default()),
+            clock: Arc::new(SystemClock),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let (status, _) = readyz(State(state.clone())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        state.ready.store(true, Ordering::Release);
+        let (status, _) = readyz(State(state.clone())).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
