@@ -100,7 +100,11 @@ pub struct ScaleUp {
 
 impl Default for ScaleUp {
     fn default() -> Self {
-        Self { cooldown: default_cooldown(), daily_cap: default_up_cap(), verify_timeout: default_verify_hot_add() }
+        Self {
+            cooldown: default_cooldown(),
+            daily_cap: default_up_cap(),
+            verify_timeout: default_verify_hot_add(),
+        }
     }
 }
 
@@ -187,7 +191,10 @@ fn default_true() -> bool {
     true
 }
 fn default_window() -> DailyWindow {
-    DailyWindow { start: chrono::NaiveTime::MIN + chrono::Duration::hours(2), end: chrono::NaiveTime::MIN + chrono::Duration::hours(5) }
+    DailyWindow {
+        start: chrono::NaiveTime::MIN + chrono::Duration::hours(2),
+        end: chrono::NaiveTime::MIN + chrono::Duration::hours(5),
+    }
 }
 fn default_lookback() -> Duration {
     Duration::from_secs(24 * 3600)
@@ -275,33 +282,52 @@ impl GroupPolicy {
 
     /// Validates every key and resolves names and times.
     pub fn compile(&self) -> Result<Policy, PolicyError> {
-        let ladder = Ladder::new(self.ladder.clone(), self.min_rung.as_deref(), self.max_rung.as_deref())?;
+        let ladder = Ladder::new(
+            self.ladder.clone(),
+            self.min_rung.as_deref(),
+            self.max_rung.as_deref(),
+        )?;
         for (index, rule) in self.rules.iter().enumerate() {
-            rule.validate().map_err(|reason| PolicyError::Rule { index, reason })?;
+            rule.validate()
+                .map_err(|reason| PolicyError::Rule { index, reason })?;
         }
         for (index, target) in self.targets.iter().enumerate() {
-            target.validate().map_err(|reason| PolicyError::Target { index, reason })?;
+            target
+                .validate()
+                .map_err(|reason| PolicyError::Target { index, reason })?;
         }
         let boosts = self
             .boosts
             .iter()
             .enumerate()
-            .map(|(index, b)| b.resolve(&ladder, self.timezone, index).map_err(|reason| PolicyError::Boost { index, reason }))
+            .map(|(index, b)| {
+                b.resolve(&ladder, self.timezone, index)
+                    .map_err(|reason| PolicyError::Boost { index, reason })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let ratio = |key: &'static str, v: f64| {
             if v.is_finite() && v > 0.0 && v <= 1.0 {
                 Ok(())
             } else {
-                Err(PolicyError::Value { key, reason: format!("{v} must be in (0, 1]") })
+                Err(PolicyError::Value {
+                    key,
+                    reason: format!("{v} must be in (0, 1]"),
+                })
             }
         };
         ratio("scale_down.cpu_ceiling", self.scale_down.cpu_ceiling)?;
         ratio("scale_down.memory_ceiling", self.scale_down.memory_ceiling)?;
         if !(self.scale_down.margin.is_finite() && self.scale_down.margin >= 0.0) {
-            return Err(PolicyError::Value { key: "scale_down.margin", reason: "must be a number ≥ 0".into() });
+            return Err(PolicyError::Value {
+                key: "scale_down.margin",
+                reason: "must be a number ≥ 0".into(),
+            });
         }
         if self.circuit_breaker == 0 {
-            return Err(PolicyError::Value { key: "circuit_breaker", reason: "must be at least 1".into() });
+            return Err(PolicyError::Value {
+                key: "circuit_breaker",
+                reason: "must be at least 1".into(),
+            });
         }
         for (key, d) in [
             ("scale_up.verify_timeout", self.scale_up.verify_timeout),
@@ -309,14 +335,22 @@ impl GroupPolicy {
             ("scale_down.lookback", self.scale_down.lookback),
         ] {
             if d.is_zero() || chrono::Duration::from_std(d).is_err() {
-                return Err(PolicyError::Value { key, reason: "must be a positive duration".into() });
+                return Err(PolicyError::Value {
+                    key,
+                    reason: "must be a positive duration".into(),
+                });
             }
         }
-        Ok(Policy { ladder, boosts, config: self.clone() })
+        Ok(Policy {
+            ladder,
+            boosts,
+            config: self.clone(),
+        })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::policy::metric::{Metric, Window};
@@ -342,7 +376,14 @@ mod tests {
         assert_eq!(p.scale_down.window.to_string(), "02:00-05:00");
         assert_eq!(p.timezone, chrono_tz::Europe::Warsaw);
         assert_eq!(p.scale_down.lookback, Duration::from_secs(86_400));
-        assert_eq!((p.scale_down.margin, p.scale_down.cpu_ceiling, p.scale_down.memory_ceiling), (0.15, 0.80, 0.75));
+        assert_eq!(
+            (
+                p.scale_down.margin,
+                p.scale_down.cpu_ceiling,
+                p.scale_down.memory_ceiling
+            ),
+            (0.15, 0.80, 0.75)
+        );
         assert_eq!(p.scale_down.nightly_cap, 1);
         assert_eq!(p.scale_down.verify_timeout, Duration::from_secs(900));
         assert_eq!(p.warm_up, Duration::from_secs(60));
@@ -409,17 +450,34 @@ mod tests {
         assert_eq!(p.rules[0].window, Window::Last);
         assert_eq!(p.rules[1].window, Window::OneMinute);
         assert_eq!(p.targets[0].hold_for, Some(Duration::from_secs(60)));
-        assert_eq!(compiled.boosts[0].start, "2026-11-27T13:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap());
+        assert_eq!(
+            compiled.boosts[0].start,
+            "2026-11-27T13:00:00Z"
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
-        let base = || GroupPolicy::with_ladder(vec![Rung { name: "S".into(), vcpus: 1, memory_bytes: 1 << 30 }]);
+        let base = || {
+            GroupPolicy::with_ladder(vec![Rung {
+                name: "S".into(),
+                vcpus: 1,
+                memory_bytes: 1 << 30,
+            }])
+        };
         let unknown = toml::from_str::<GroupPolicy>("ladder = []\nsurprise = 1").unwrap_err();
         assert!(unknown.to_string().contains("surprise"), "{unknown}");
-        let bad_window = toml::from_str::<GroupPolicy>("ladder = []\n[scale_down]\nwindow = \"2-5\"").unwrap_err();
-        assert!(bad_window.to_string().contains("HH:MM-HH:MM"), "{bad_window}");
-        let bad_zone = toml::from_str::<GroupPolicy>("ladder = []\ntimezone = \"Mars/Olympus\"").unwrap_err();
+        let bad_window =
+            toml::from_str::<GroupPolicy>("ladder = []\n[scale_down]\nwindow = \"2-5\"")
+                .unwrap_err();
+        assert!(
+            bad_window.to_string().contains("HH:MM-HH:MM"),
+            "{bad_window}"
+        );
+        let bad_zone =
+            toml::from_str::<GroupPolicy>("ladder = []\ntimezone = \"Mars/Olympus\"").unwrap_err();
         assert!(bad_zone.to_string().contains("timezone"), "{bad_zone}");
 
         let mut p = base();
@@ -427,12 +485,25 @@ mod tests {
         assert!(p.compile().unwrap_err().to_string().starts_with("rules[0]"));
         let mut p = base();
         p.targets[0].metric = Metric::PsiMemorySomeAvg10;
-        assert!(p.compile().unwrap_err().to_string().starts_with("targets[0]"));
+        assert!(
+            p.compile()
+                .unwrap_err()
+                .to_string()
+                .starts_with("targets[0]")
+        );
         let mut p = base();
         p.scale_down.cpu_ceiling = 1.5;
-        assert!(p.compile().unwrap_err().to_string().starts_with("scale_down.cpu_ceiling"));
+        assert!(
+            p.compile()
+                .unwrap_err()
+                .to_string()
+                .starts_with("scale_down.cpu_ceiling")
+        );
         let mut p = base();
         p.ladder.clear();
-        assert_eq!(p.compile().unwrap_err(), PolicyError::Ladder(LadderError::Empty));
+        assert_eq!(
+            p.compile().unwrap_err(),
+            PolicyError::Ladder(LadderError::Empty)
+        );
     }
 }

@@ -6,9 +6,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::Timestamp;
 use super::ladder::Size;
 use super::metric::Metric;
-use super::Timestamp;
 
 /// Which way a resize goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -72,9 +72,17 @@ impl Trigger {
 
     /// Parses [`Trigger::as_str`]'s output.
     pub fn parse(s: &str) -> Option<Self> {
-        [Trigger::Rule, Trigger::Target, Trigger::Boost, Trigger::BelowMin, Trigger::AboveMax, Trigger::ScaleDown, Trigger::Manual]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            Trigger::Rule,
+            Trigger::Target,
+            Trigger::Boost,
+            Trigger::BelowMin,
+            Trigger::AboveMax,
+            Trigger::ScaleDown,
+            Trigger::Manual,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 
     /// Whether the decision came from load (counts against daily caps; obeys cooldowns).
@@ -97,7 +105,10 @@ pub struct SizedRung {
 impl SizedRung {
     /// The size without the name.
     pub fn size(&self) -> Size {
-        Size { vcpus: self.vcpus, memory_bytes: self.memory_bytes }
+        Size {
+            vcpus: self.vcpus,
+            memory_bytes: self.memory_bytes,
+        }
     }
 }
 
@@ -165,7 +176,12 @@ pub struct Decision {
 /// gets the same id, so two collectors agreeing on a resize agree on its idempotency key.
 pub fn decision_id(group: &str, vm: &str, created_at: Timestamp, to: &str) -> String {
     let mut h = Sha256::new();
-    for part in [group, vm, &created_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), to] {
+    for part in [
+        group,
+        vm,
+        &created_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        to,
+    ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
@@ -174,7 +190,14 @@ pub fn decision_id(group: &str, vm: &str, created_at: Timestamp, to: &str) -> St
     b[6] = (b[6] & 0x0f) | 0x80; // version 8 (custom)
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
     let x = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
 }
 
 /// Why a VM (or a whole group) got no decision this tick.
@@ -286,24 +309,52 @@ impl PauseReason {
 impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SkipReason::Stale { last_report: Some(t) } => write!(f, "stale: last report at {}", t.to_rfc3339()),
+            SkipReason::Stale {
+                last_report: Some(t),
+            } => write!(f, "stale: last report at {}", t.to_rfc3339()),
             SkipReason::Stale { last_report: None } => write!(f, "stale: never reported"),
             SkipReason::NoSize => write!(f, "no reported size"),
-            SkipReason::OffLadder { vcpus, memory_total_bytes } => {
-                write!(f, "reported size ({vcpus} vCPUs, {memory_total_bytes} B) is on no rung of the ladder")
+            SkipReason::OffLadder {
+                vcpus,
+                memory_total_bytes,
+            } => {
+                write!(
+                    f,
+                    "reported size ({vcpus} vCPUs, {memory_total_bytes} B) is on no rung of the ladder"
+                )
             }
-            SkipReason::MissingMetric { metric, window } => write!(f, "metric {metric} ({window}) absent or incomplete"),
-            SkipReason::Cooldown { direction, until } => write!(f, "{direction} cooldown until {}", until.to_rfc3339()),
-            SkipReason::Cap { direction, count, cap } => write!(f, "{direction} cap reached ({count} of {cap})"),
+            SkipReason::MissingMetric { metric, window } => {
+                write!(f, "metric {metric} ({window}) absent or incomplete")
+            }
+            SkipReason::Cooldown { direction, until } => {
+                write!(f, "{direction} cooldown until {}", until.to_rfc3339())
+            }
+            SkipReason::Cap {
+                direction,
+                count,
+                cap,
+            } => write!(f, "{direction} cap reached ({count} of {cap})"),
             SkipReason::Paused { by } => write!(f, "group paused ({})", by.as_str()),
-            SkipReason::WindowClosed { opens_at } => write!(f, "scale-down window closed; opens at {}", opens_at.to_rfc3339()),
+            SkipReason::WindowClosed { opens_at } => write!(
+                f,
+                "scale-down window closed; opens at {}",
+                opens_at.to_rfc3339()
+            ),
             SkipReason::RollInProgress { vm } => write!(f, "roll in progress: waiting for {vm}"),
-            SkipReason::MemberStale { vm } => write!(f, "member {vm} is stale; no member starts a resize"),
+            SkipReason::MemberStale { vm } => {
+                write!(f, "member {vm} is stale; no member starts a resize")
+            }
             SkipReason::RollStopped { direction, until } => {
-                write!(f, "{direction} roll stopped after a failed resize until {}", until.to_rfc3339())
+                write!(
+                    f,
+                    "{direction} roll stopped after a failed resize until {}",
+                    until.to_rfc3339()
+                )
             }
             SkipReason::BoostActive { boost } => write!(f, "boost {boost} blocks scale-down"),
-            SkipReason::RestartNotAllowed => write!(f, "group of one: shrinking needs allow_restart = true"),
+            SkipReason::RestartNotAllowed => {
+                write!(f, "group of one: shrinking needs allow_restart = true")
+            }
             SkipReason::AtMax => write!(f, "at the group's max rung"),
             SkipReason::Busy => write!(f, "a scale-up rule or target is pending: not shrinking"),
             SkipReason::InsufficientEvidence { detail } => write!(f, "no scale-down: {detail}"),
@@ -377,11 +428,15 @@ pub struct Evaluation {
 
 impl Evaluation {
     pub(crate) fn skip(&mut self, vm: Option<&str>, reason: SkipReason) {
-        self.skips.push(Skip { vm: vm.map(str::to_owned), reason });
+        self.skips.push(Skip {
+            vm: vm.map(str::to_owned),
+            reason,
+        });
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -393,8 +448,14 @@ mod tests {
         assert_eq!(&a[14..15], "8");
         assert_eq!(a, decision_id("web", "web-1", t, "L"));
         assert_ne!(a, decision_id("web", "web-2", t, "L"));
-        assert_ne!(a, decision_id("web", "web-1", t + chrono::Duration::milliseconds(1), "L"));
+        assert_ne!(
+            a,
+            decision_id("web", "web-1", t + chrono::Duration::milliseconds(1), "L")
+        );
         // Length-prefixing keeps ("ab","c") and ("a","bc") apart.
-        assert_ne!(decision_id("ab", "c", t, "L"), decision_id("a", "bc", t, "L"));
+        assert_ne!(
+            decision_id("ab", "c", t, "L"),
+            decision_id("a", "bc", t, "L")
+        );
     }
 }

@@ -3,19 +3,20 @@
 
 use chrono::Duration as ChronoDuration;
 
+use super::Timestamp;
 use super::boost::floor_at;
 use super::config::Policy;
 use super::decision::{
-    decision_id, Baseline, Decision, Direction, Evaluation, Event, Evidence, SizedRung, SkipReason, Trigger,
+    Baseline, Decision, Direction, Evaluation, Event, Evidence, SizedRung, SkipReason, Trigger,
+    decision_id,
 };
 use super::ladder::RungIndex;
 use super::metric::{Metric, Window};
-use super::rule::{step, RuleVerdict};
+use super::rule::{RuleVerdict, step};
 use super::scale_down;
 use super::state::{GroupState, ResizeStatus, VmTimers};
 use super::view::{Freshness, MetricView, ReportedSize};
 use super::window::local_day_start;
-use super::Timestamp;
 
 /// The group being evaluated.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +49,12 @@ fn chrono(d: std::time::Duration) -> ChronoDuration {
 
 /// Evaluates `group` at `now` against `view`, updating `state`. Pure: no I/O, no clock but
 /// `now`. The caller persists the returned decisions (before sending them) and events.
-pub fn evaluate<V: MetricView + ?Sized>(group: &Group<'_>, view: &V, state: &mut GroupState, now: Timestamp) -> Evaluation {
+pub fn evaluate<V: MetricView + ?Sized>(
+    group: &Group<'_>,
+    view: &V,
+    state: &mut GroupState,
+    now: Timestamp,
+) -> Evaluation {
     let mut out = Evaluation::default();
     verify(group, view, state, now, &mut out);
     state.prune(now);
@@ -65,7 +71,13 @@ pub fn evaluate<V: MetricView + ?Sized>(group: &Group<'_>, view: &V, state: &mut
             VmOutcome::Nothing => {}
         }
     }
-    if cfg.scale_down.enabled && cfg.scale_down.window.occurrence_at(cfg.timezone, now).is_none() {
+    if cfg.scale_down.enabled
+        && cfg
+            .scale_down
+            .window
+            .occurrence_at(cfg.timezone, now)
+            .is_none()
+    {
         let opens_at = cfg.scale_down.window.next_start(cfg.timezone, now);
         out.skip(None, SkipReason::WindowClosed { opens_at });
     }
@@ -97,12 +109,23 @@ pub fn evaluate<V: MetricView + ?Sized>(group: &Group<'_>, view: &V, state: &mut
     let best = candidates
         .iter()
         .enumerate()
-        .max_by_key(|(i, c)| (c.direction == Direction::Up, c.to.abs_diff(c.from), std::cmp::Reverse(*i)))
+        .max_by_key(|(i, c)| {
+            (
+                c.direction == Direction::Up,
+                c.to.abs_diff(c.from),
+                std::cmp::Reverse(*i),
+            )
+        })
         .map(|(i, _)| i);
     if let Some(best) = best {
         let chosen = candidates.swap_remove(best);
         for c in &candidates {
-            out.skip(Some(&c.vm), SkipReason::RollInProgress { vm: chosen.vm.clone() });
+            out.skip(
+                Some(&c.vm),
+                SkipReason::RollInProgress {
+                    vm: chosen.vm.clone(),
+                },
+            );
         }
         let decision = make_decision(group, chosen, now);
         state.record(&decision);
@@ -116,7 +139,13 @@ pub fn evaluate<V: MetricView + ?Sized>(group: &Group<'_>, view: &V, state: &mut
     out
 }
 
-fn verify<V: MetricView + ?Sized>(group: &Group<'_>, view: &V, state: &mut GroupState, now: Timestamp, out: &mut Evaluation) {
+fn verify<V: MetricView + ?Sized>(
+    group: &Group<'_>,
+    view: &V,
+    state: &mut GroupState,
+    now: Timestamp,
+    out: &mut Evaluation,
+) {
     for i in 0..state.resizes.len() {
         let rec = &state.resizes[i];
         if rec.status != ResizeStatus::InFlight {
@@ -137,7 +166,9 @@ fn verify<V: MetricView + ?Sized>(group: &Group<'_>, view: &V, state: &mut Group
             _ if now >= rec.deadline => {
                 let reason = format!(
                     "not verified within {}: the agent did not report {} vCPUs and the requested memory",
-                    humantime::format_duration((rec.deadline - rec.created_at).to_std().unwrap_or_default()),
+                    humantime::format_duration(
+                        (rec.deadline - rec.created_at).to_std().unwrap_or_default()
+                    ),
                     rec.to.vcpus
                 );
                 state.fail(group.policy, i, now, &reason, &mut out.events);
@@ -162,13 +193,18 @@ fn read<V: MetricView + ?Sized>(
     now: Timestamp,
 ) -> Option<f64> {
     match window.duration() {
-        None => view.latest(vm, metric).filter(|o| since.is_none_or(|s| o.at >= s)).map(|o| o.value),
+        None => view
+            .latest(vm, metric)
+            .filter(|o| since.is_none_or(|s| o.at >= s))
+            .map(|o| o.value),
         Some(d) => {
             // A window reaching back before the warm-up's end is incomplete by definition.
             if since.is_some_and(|s| s > now - chrono(d)) {
                 return None;
             }
-            view.mean(vm, metric, d).filter(|s| s.complete).map(|s| s.value)
+            view.mean(vm, metric, d)
+                .filter(|s| s.complete)
+                .map(|s| s.value)
         }
     }
 }
@@ -187,7 +223,10 @@ fn evaluate_vm<V: MetricView + ?Sized>(
     if !state.timers.contains_key(vm) {
         state.timers.insert(
             vm.to_owned(),
-            VmTimers { rules: vec![Default::default(); cfg.rules.len()], targets: vec![None; cfg.targets.len()] },
+            VmTimers {
+                rules: vec![Default::default(); cfg.rules.len()],
+                targets: vec![None; cfg.targets.len()],
+            },
         );
     }
 
@@ -213,7 +252,10 @@ fn evaluate_vm<V: MetricView + ?Sized>(
     let Some(current) = ladder.locate(reported.vcpus, reported.memory_total_bytes) else {
         out.skip(
             Some(vm),
-            SkipReason::OffLadder { vcpus: reported.vcpus, memory_total_bytes: reported.memory_total_bytes },
+            SkipReason::OffLadder {
+                vcpus: reported.vcpus,
+                memory_total_bytes: reported.memory_total_bytes,
+            },
         );
         return VmOutcome::Nothing;
     };
@@ -223,14 +265,19 @@ fn evaluate_vm<V: MetricView + ?Sized>(
     let mut fired = Vec::new();
     let mut target_to = current;
     let mut target_evidence = Vec::new();
-    let Some(timers) = state.timers.get_mut(vm) else { return VmOutcome::Nothing };
+    let Some(timers) = state.timers.get_mut(vm) else {
+        return VmOutcome::Nothing;
+    };
     for (rule, rs) in cfg.rules.iter().zip(timers.rules.iter_mut()) {
         let value = read(view, vm, rule.metric, rule.window, since, now);
         match step(rule, rs, value, now) {
             RuleVerdict::Fired(ev) => fired.push(ev),
             RuleVerdict::Absent => out.skip(
                 Some(vm),
-                SkipReason::MissingMetric { metric: rule.metric, window: rule.window.name().to_owned() },
+                SkipReason::MissingMetric {
+                    metric: rule.metric,
+                    window: rule.window.name().to_owned(),
+                },
             ),
             RuleVerdict::Quiet | RuleVerdict::Pending { .. } => {}
         }
@@ -254,7 +301,10 @@ fn evaluate_vm<V: MetricView + ?Sized>(
                 *pending = None;
                 out.skip(
                     Some(vm),
-                    SkipReason::MissingMetric { metric: target.metric, window: target.window.name().to_owned() },
+                    SkipReason::MissingMetric {
+                        metric: target.metric,
+                        window: target.window.name().to_owned(),
+                    },
                 );
             }
         }
@@ -262,7 +312,11 @@ fn evaluate_vm<V: MetricView + ?Sized>(
     let busy = timers.busy();
 
     // Growing: load (rules, targets) and floors (boosts, min_rung).
-    let rule_to = if fired.is_empty() { current } else { (current + 1).min(ladder.max()) };
+    let rule_to = if fired.is_empty() {
+        current
+    } else {
+        (current + 1).min(ladder.max())
+    };
     let load_to = rule_to.max(target_to).min(ladder.max()).max(current);
     let boost = floor_at(&policy.boosts, now);
     let floor = boost.map_or(ladder.min(), |b| b.rung.max(ladder.min()));
@@ -270,15 +324,39 @@ fn evaluate_vm<V: MetricView + ?Sized>(
     if to > current {
         let (trigger, reason, evidence) = if floor >= to && floor > load_to {
             match boost.filter(|b| b.rung == floor) {
-                Some(b) => (Trigger::Boost, format!("boost {} holds the group at least at {}", b.name, ladder.rung(floor).name), Vec::new()),
-                None => (Trigger::BelowMin, format!("below the group's min_rung {}", ladder.rung(floor).name), Vec::new()),
+                Some(b) => (
+                    Trigger::Boost,
+                    format!(
+                        "boost {} holds the group at least at {}",
+                        b.name,
+                        ladder.rung(floor).name
+                    ),
+                    Vec::new(),
+                ),
+                None => (
+                    Trigger::BelowMin,
+                    format!("below the group's min_rung {}", ladder.rung(floor).name),
+                    Vec::new(),
+                ),
             }
         } else if rule_to >= target_to {
-            let what = fired.iter().map(|e| e.rule.clone()).collect::<Vec<_>>().join("; ");
+            let what = fired
+                .iter()
+                .map(|e| e.rule.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
             (Trigger::Rule, format!("rule held: {what}"), fired)
         } else {
-            let what = target_evidence.iter().map(|e| format!("{} = {:.3}", e.rule, e.value)).collect::<Vec<_>>().join("; ");
-            (Trigger::Target, format!("target tracking: {what}"), target_evidence)
+            let what = target_evidence
+                .iter()
+                .map(|e| format!("{} = {:.3}", e.rule, e.value))
+                .collect::<Vec<_>>()
+                .join("; ");
+            (
+                Trigger::Target,
+                format!("target tracking: {what}"),
+                target_evidence,
+            )
         };
         if trigger.is_load_driven()
             && let Some(reason) = up_blocked(group, state, vm, now)
@@ -310,7 +388,9 @@ fn evaluate_vm<V: MetricView + ?Sized>(
         return VmOutcome::Nothing;
     };
     let reason = if let Some(b) = boost {
-        Some(SkipReason::BoostActive { boost: b.name.clone() })
+        Some(SkipReason::BoostActive {
+            boost: b.name.clone(),
+        })
     } else if group.members.len() < 2 && !cfg.allow_restart {
         Some(SkipReason::RestartNotAllowed)
     } else if busy {
@@ -324,17 +404,41 @@ fn evaluate_vm<V: MetricView + ?Sized>(
     }
     let to = current - 1;
     let (trigger, reason, evidence) = if current > ladder.max() {
-        (Trigger::AboveMax, format!("above the group's max_rung {}", ladder.rung(ladder.max()).name), Vec::new())
+        (
+            Trigger::AboveMax,
+            format!(
+                "above the group's max_rung {}",
+                ladder.rung(ladder.max()).name
+            ),
+            Vec::new(),
+        )
     } else {
         // Samples from before the last warm-up were taken at another size.
         if since.is_some_and(|s| s > now - chrono(cfg.scale_down.lookback)) {
-            out.skip(Some(vm), SkipReason::InsufficientEvidence { detail: "resized within the lookback".into() });
+            out.skip(
+                Some(vm),
+                SkipReason::InsufficientEvidence {
+                    detail: "resized within the lookback".into(),
+                },
+            );
             return VmOutcome::Nothing;
         }
-        match scale_down::evidence(view, vm, &cfg.scale_down, ladder.rung(current), ladder.rung(to), reported.memory_total_bytes) {
+        match scale_down::evidence(
+            view,
+            vm,
+            &cfg.scale_down,
+            ladder.rung(current),
+            ladder.rung(to),
+            reported.memory_total_bytes,
+        ) {
             Ok(ev) => (
                 Trigger::ScaleDown,
-                format!("the last {} fit {} with a {} % margin", humantime::format_duration(cfg.scale_down.lookback), ladder.rung(to).name, cfg.scale_down.margin * 100.0),
+                format!(
+                    "the last {} fit {} with a {} % margin",
+                    humantime::format_duration(cfg.scale_down.lookback),
+                    ladder.rung(to).name,
+                    cfg.scale_down.margin * 100.0
+                ),
                 ev,
             ),
             Err(detail) => {
@@ -343,41 +447,110 @@ fn evaluate_vm<V: MetricView + ?Sized>(
             }
         }
     };
-    VmOutcome::Wants(Candidate { vm: vm.to_owned(), direction: Direction::Down, from: current, to, trigger, reason, evidence, reported })
+    VmOutcome::Wants(Candidate {
+        vm: vm.to_owned(),
+        direction: Direction::Down,
+        from: current,
+        to,
+        trigger,
+        reason,
+        evidence,
+        reported,
+    })
 }
 
 /// Cooldown, daily cap and roll stop for a load-driven scale-up.
-fn up_blocked(group: &Group<'_>, state: &GroupState, vm: &str, now: Timestamp) -> Option<SkipReason> {
+fn up_blocked(
+    group: &Group<'_>,
+    state: &GroupState,
+    vm: &str,
+    now: Timestamp,
+) -> Option<SkipReason> {
     let cfg = &group.policy.config;
     if let Some(until) = state.up_roll_stopped_until.filter(|u| *u > now) {
-        return Some(SkipReason::RollStopped { direction: Direction::Up, until });
+        return Some(SkipReason::RollStopped {
+            direction: Direction::Up,
+            until,
+        });
     }
-    let ups = || state.resizes.iter().filter(|r| r.vm == vm && r.direction == Direction::Up);
-    if let Some(until) = ups().filter_map(|r| r.completed_at()).max().map(|t| t + chrono(cfg.scale_up.cooldown)).filter(|u| *u > now) {
-        return Some(SkipReason::Cooldown { direction: Direction::Up, until });
+    let ups = || {
+        state
+            .resizes
+            .iter()
+            .filter(|r| r.vm == vm && r.direction == Direction::Up)
+    };
+    if let Some(until) = ups()
+        .filter_map(|r| r.completed_at())
+        .max()
+        .map(|t| t + chrono(cfg.scale_up.cooldown))
+        .filter(|u| *u > now)
+    {
+        return Some(SkipReason::Cooldown {
+            direction: Direction::Up,
+            until,
+        });
     }
     let day_start = local_day_start(cfg.timezone, now);
-    let count = ups().filter(|r| r.trigger.is_load_driven() && r.created_at >= day_start).count() as u32;
-    (count >= cfg.scale_up.daily_cap).then_some(SkipReason::Cap { direction: Direction::Up, count, cap: cfg.scale_up.daily_cap })
+    let count = ups()
+        .filter(|r| r.trigger.is_load_driven() && r.created_at >= day_start)
+        .count() as u32;
+    (count >= cfg.scale_up.daily_cap).then_some(SkipReason::Cap {
+        direction: Direction::Up,
+        count,
+        cap: cfg.scale_up.daily_cap,
+    })
 }
 
 /// Cooldown, nightly cap and roll stop for a scale-down in the occurrence [start, end).
-fn down_blocked(group: &Group<'_>, state: &GroupState, vm: &str, now: Timestamp, start: Timestamp, end: Timestamp) -> Option<SkipReason> {
+fn down_blocked(
+    group: &Group<'_>,
+    state: &GroupState,
+    vm: &str,
+    now: Timestamp,
+    start: Timestamp,
+    end: Timestamp,
+) -> Option<SkipReason> {
     let cfg = &group.policy.config;
     if let Some(until) = state.down_roll_stopped_until.filter(|u| *u > now) {
-        return Some(SkipReason::RollStopped { direction: Direction::Down, until });
+        return Some(SkipReason::RollStopped {
+            direction: Direction::Down,
+            until,
+        });
     }
-    let downs = || state.resizes.iter().filter(|r| r.vm == vm && r.direction == Direction::Down);
-    if let Some(until) = downs().filter_map(|r| r.completed_at()).max().map(|t| t + chrono(cfg.scale_down.cooldown)).filter(|u| *u > now) {
-        return Some(SkipReason::Cooldown { direction: Direction::Down, until });
+    let downs = || {
+        state
+            .resizes
+            .iter()
+            .filter(|r| r.vm == vm && r.direction == Direction::Down)
+    };
+    if let Some(until) = downs()
+        .filter_map(|r| r.completed_at())
+        .max()
+        .map(|t| t + chrono(cfg.scale_down.cooldown))
+        .filter(|u| *u > now)
+    {
+        return Some(SkipReason::Cooldown {
+            direction: Direction::Down,
+            until,
+        });
     }
-    let count = downs().filter(|r| r.trigger.is_load_driven() && r.created_at >= start && r.created_at < end).count() as u32;
-    (count >= cfg.scale_down.nightly_cap).then_some(SkipReason::Cap { direction: Direction::Down, count, cap: cfg.scale_down.nightly_cap })
+    let count = downs()
+        .filter(|r| r.trigger.is_load_driven() && r.created_at >= start && r.created_at < end)
+        .count() as u32;
+    (count >= cfg.scale_down.nightly_cap).then_some(SkipReason::Cap {
+        direction: Direction::Down,
+        count,
+        cap: cfg.scale_down.nightly_cap,
+    })
 }
 
 fn sized(group: &Group<'_>, index: RungIndex) -> SizedRung {
     let r = group.policy.ladder.rung(index);
-    SizedRung { rung: r.name.clone(), vcpus: r.vcpus, memory_bytes: r.memory_bytes }
+    SizedRung {
+        rung: r.name.clone(),
+        vcpus: r.vcpus,
+        memory_bytes: r.memory_bytes,
+    }
 }
 
 fn make_decision(group: &Group<'_>, c: Candidate, now: Timestamp) -> Decision {
@@ -400,7 +573,10 @@ fn make_decision(group: &Group<'_>, c: Candidate, now: Timestamp) -> Decision {
         dry_run: group.dry_run,
         created_at: now,
         verify_deadline: now + chrono(timeout),
-        baseline: Baseline { vcpus: c.reported.vcpus, memory_total_bytes: c.reported.memory_total_bytes },
+        baseline: Baseline {
+            vcpus: c.reported.vcpus,
+            memory_total_bytes: c.reported.memory_total_bytes,
+        },
     }
 }
 
@@ -450,7 +626,9 @@ pub fn manual_resize<V: MetricView + ?Sized>(
     if !group.members.iter().any(|m| m == vm) {
         return Err(ManualError::UnknownVm(vm.to_owned()));
     }
-    let to = ladder.index_of(rung).ok_or_else(|| ManualError::UnknownRung(rung.to_owned()))?;
+    let to = ladder
+        .index_of(rung)
+        .ok_or_else(|| ManualError::UnknownRung(rung.to_owned()))?;
     if to < ladder.min() || to > ladder.max() {
         return Err(ManualError::OutOfBounds(rung.to_owned()));
     }
@@ -460,12 +638,23 @@ pub fn manual_resize<V: MetricView + ?Sized>(
     if let Some(r) = state.in_flight() {
         return Err(ManualError::RollInProgress(r.vm.clone()));
     }
-    let reported = view.reported_size(vm).ok_or_else(|| ManualError::OffLadder(vm.to_owned()))?;
-    let from = ladder.locate(reported.vcpus, reported.memory_total_bytes).ok_or_else(|| ManualError::OffLadder(vm.to_owned()))?;
+    let reported = view
+        .reported_size(vm)
+        .ok_or_else(|| ManualError::OffLadder(vm.to_owned()))?;
+    let from = ladder
+        .locate(reported.vcpus, reported.memory_total_bytes)
+        .ok_or_else(|| ManualError::OffLadder(vm.to_owned()))?;
     if from == to {
-        return Err(ManualError::AlreadyThere { vm: vm.to_owned(), rung: rung.to_owned() });
+        return Err(ManualError::AlreadyThere {
+            vm: vm.to_owned(),
+            rung: rung.to_owned(),
+        });
     }
-    let direction = if to > from { Direction::Up } else { Direction::Down };
+    let direction = if to > from {
+        Direction::Up
+    } else {
+        Direction::Down
+    };
     let candidate = Candidate {
         vm: vm.to_owned(),
         direction,

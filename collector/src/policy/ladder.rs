@@ -33,7 +33,10 @@ pub struct Rung {
 impl Rung {
     /// The size this rung stands for.
     pub fn size(&self) -> Size {
-        Size { vcpus: self.vcpus, memory_bytes: self.memory_bytes }
+        Size {
+            vcpus: self.vcpus,
+            memory_bytes: self.memory_bytes,
+        }
     }
 }
 
@@ -82,7 +85,11 @@ pub struct Ladder {
 impl Ladder {
     /// Validates `rungs` (smallest first) and resolves the min/max rung names (`None` =
     /// the ladder's ends).
-    pub fn new(rungs: Vec<Rung>, min: Option<&str>, max: Option<&str>) -> Result<Self, LadderError> {
+    pub fn new(
+        rungs: Vec<Rung>,
+        min: Option<&str>,
+        max: Option<&str>,
+    ) -> Result<Self, LadderError> {
         if rungs.is_empty() {
             return Err(LadderError::Empty);
         }
@@ -98,17 +105,26 @@ impl Ladder {
                     && rung.memory_bytes >= prev.memory_bytes
                     && (rung.vcpus > prev.vcpus || rung.memory_bytes > prev.memory_bytes);
                 if !grows {
-                    return Err(LadderError::NotIncreasing { prev: prev.name.clone(), next: rung.name.clone() });
+                    return Err(LadderError::NotIncreasing {
+                        prev: prev.name.clone(),
+                        next: rung.name.clone(),
+                    });
                 }
             }
         }
         let find = |name: &str| {
-            rungs.iter().position(|r| r.name == name).ok_or_else(|| LadderError::UnknownRung(name.to_owned()))
+            rungs
+                .iter()
+                .position(|r| r.name == name)
+                .ok_or_else(|| LadderError::UnknownRung(name.to_owned()))
         };
         let min = min.map(find).transpose()?.unwrap_or(0);
         let max = max.map(find).transpose()?.unwrap_or(rungs.len() - 1);
         if min > max {
-            return Err(LadderError::MinAboveMax { min: rungs[min].name.clone(), max: rungs[max].name.clone() });
+            return Err(LadderError::MinAboveMax {
+                min: rungs[min].name.clone(),
+                max: rungs[max].name.clone(),
+            });
         }
         Ok(Self { rungs, min, max })
     }
@@ -179,18 +195,29 @@ impl Ladder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
     const GIB: u64 = 1024 * 1024 * 1024;
 
     pub(crate) fn rung(name: &str, vcpus: u32, gib: u64) -> Rung {
-        Rung { name: name.into(), vcpus, memory_bytes: gib * GIB }
+        Rung {
+            name: name.into(),
+            vcpus,
+            memory_bytes: gib * GIB,
+        }
     }
 
     fn ladder() -> Ladder {
         Ladder::new(
-            vec![rung("S", 1, 2), rung("M", 2, 4), rung("L", 4, 8), rung("XL", 8, 16), rung("XXL", 16, 64)],
+            vec![
+                rung("S", 1, 2),
+                rung("M", 2, 4),
+                rung("L", 4, 8),
+                rung("XL", 8, 16),
+                rung("XXL", 16, 64),
+            ],
             Some("M"),
             Some("XL"),
         )
@@ -199,28 +226,58 @@ mod tests {
 
     #[test]
     fn validation_rejects_bad_ladders() {
-        let cases: Vec<(Vec<Rung>, Option<&str>, Option<&str>, LadderError)> = vec![
+        type Case = (
+            Vec<Rung>,
+            Option<&'static str>,
+            Option<&'static str>,
+            LadderError,
+        );
+        let cases: Vec<Case> = vec![
             (vec![], None, None, LadderError::Empty),
-            (vec![rung("S", 0, 2)], None, None, LadderError::ZeroSize("S".into())),
-            (vec![rung("S", 1, 2), rung("S", 2, 4)], None, None, LadderError::DuplicateName("S".into())),
+            (
+                vec![rung("S", 0, 2)],
+                None,
+                None,
+                LadderError::ZeroSize("S".into()),
+            ),
+            (
+                vec![rung("S", 1, 2), rung("S", 2, 4)],
+                None,
+                None,
+                LadderError::DuplicateName("S".into()),
+            ),
             (
                 vec![rung("M", 2, 4), rung("S", 1, 2)],
                 None,
                 None,
-                LadderError::NotIncreasing { prev: "M".into(), next: "S".into() },
+                LadderError::NotIncreasing {
+                    prev: "M".into(),
+                    next: "S".into(),
+                },
             ),
             (
                 vec![rung("S", 1, 2), rung("S2", 1, 2)],
                 None,
                 None,
-                LadderError::NotIncreasing { prev: "S".into(), next: "S2".into() },
+                LadderError::NotIncreasing {
+                    prev: "S".into(),
+                    next: "S2".into(),
+                },
             ),
-            (vec![rung("S", 1, 2)], Some("Q"), None, LadderError::UnknownRung("Q".into())),
+            (
+                vec![rung("S", 1, 2)],
+                Some("Q"),
+                None,
+                LadderError::UnknownRung("Q".into()),
+            ),
             (
                 vec![rung("S", 1, 2), rung("M", 2, 4)],
                 Some("M"),
                 Some("S"),
-                LadderError::MinAboveMax { min: "M".into(), max: "S".into() },
+                LadderError::MinAboveMax {
+                    min: "M".into(),
+                    max: "S".into(),
+                },
             ),
         ];
         for (rungs, min, max, want) in cases {
@@ -237,13 +294,17 @@ mod tests {
             (2, 4 * GIB - 200 * mib, Some("M")), // kernel reservation
             (2, 4 * GIB, Some("M")),
             (4, 8 * GIB - 300 * mib, Some("L")),
-            (2, 8 * GIB, None),  // vCPUs of M, memory of L: off the ladder
-            (3, 4 * GIB, None),  // no rung has 3 vCPUs
-            (2, 3 * GIB, None),  // far too little memory
+            (2, 8 * GIB, None), // vCPUs of M, memory of L: off the ladder
+            (3, 4 * GIB, None), // no rung has 3 vCPUs
+            (2, 3 * GIB, None), // far too little memory
             (16, 63 * GIB, Some("XXL")),
         ];
         for (vcpus, mem, want) in cases {
-            assert_eq!(l.locate(vcpus, mem).map(|i| l.rung(i).name.as_str()), want, "{vcpus} vcpus {mem} B");
+            assert_eq!(
+                l.locate(vcpus, mem).map(|i| l.rung(i).name.as_str()),
+                want,
+                "{vcpus} vcpus {mem} B"
+            );
         }
     }
 

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::Timestamp;
 use super::metric::Metric;
 use super::view::{Freshness, MetricView, Observation, ReportedSize, WindowStat};
-use super::Timestamp;
 
 #[derive(Debug, Default, Clone)]
 struct Series {
@@ -35,7 +35,12 @@ impl MemoryView {
     /// An empty view; reports are expected every `interval`, and a VM silent for longer
     /// than `stale_after` is stale.
     pub fn new(now: Timestamp, interval: Duration, stale_after: Duration) -> Self {
-        Self { now, interval, stale_after, vms: HashMap::new() }
+        Self {
+            now,
+            interval,
+            stale_after,
+            vms: HashMap::new(),
+        }
     }
 
     /// The instant every window ends at.
@@ -50,12 +55,27 @@ impl MemoryView {
 
     /// Records a report of `vm` at `at` with its size and the metrics it carried (a metric
     /// left out is absent in that report).
-    pub fn report(&mut self, vm: &str, at: Timestamp, vcpus: u32, memory_total_bytes: u64, metrics: &[(Metric, f64)]) {
+    pub fn report(
+        &mut self,
+        vm: &str,
+        at: Timestamp,
+        vcpus: u32,
+        memory_total_bytes: u64,
+        metrics: &[(Metric, f64)],
+    ) {
         let rec = self.vms.entry(vm.to_owned()).or_default();
         rec.last_report = Some(rec.last_report.map_or(at, |t| t.max(at)));
-        rec.size = Some(ReportedSize { vcpus, memory_total_bytes, at });
+        rec.size = Some(ReportedSize {
+            vcpus,
+            memory_total_bytes,
+            at,
+        });
         for &(metric, value) in metrics {
-            rec.series.entry(metric).or_default().samples.push((at, value));
+            rec.series
+                .entry(metric)
+                .or_default()
+                .samples
+                .push((at, value));
         }
     }
 
@@ -69,7 +89,8 @@ impl MemoryView {
         memory_total_bytes: u64,
         metrics: &[(Metric, f64)],
     ) {
-        let step = chrono::Duration::from_std(self.interval).unwrap_or(chrono::Duration::seconds(5));
+        let step =
+            chrono::Duration::from_std(self.interval).unwrap_or(chrono::Duration::seconds(5));
         let mut t = from;
         while t < to {
             self.report(vm, t, vcpus, memory_total_bytes, metrics);
@@ -90,7 +111,12 @@ impl MemoryView {
 
     /// Samples of the window (now − over, now], and whether they cover it without a gap
     /// longer than two intervals.
-    fn window(&self, vm: &str, metric: Metric, over: Duration) -> Option<(&[(Timestamp, f64)], bool)> {
+    fn window(
+        &self,
+        vm: &str,
+        metric: Metric,
+        over: Duration,
+    ) -> Option<(&[(Timestamp, f64)], bool)> {
         let s = self.vms.get(vm)?.series.get(&metric)?;
         let start = self.now - chrono::Duration::from_std(over).ok()?;
         let lo = s.samples.partition_point(|(t, _)| *t <= start);
@@ -117,7 +143,9 @@ impl MemoryView {
                 _ => out.push((minute, *v, 1)),
             }
         }
-        out.into_iter().map(|(_, sum, n)| sum / f64::from(n)).collect()
+        out.into_iter()
+            .map(|(_, sum, n)| sum / f64::from(n))
+            .collect()
     }
 }
 
@@ -125,7 +153,9 @@ impl MetricView for MemoryView {
     fn freshness(&self, vm: &str) -> Freshness {
         match self.vms.get(vm).and_then(|r| r.last_report) {
             None => Freshness::Unknown,
-            Some(t) if (self.now - t).to_std().unwrap_or_default() <= self.stale_after => Freshness::Fresh,
+            Some(t) if (self.now - t).to_std().unwrap_or_default() <= self.stale_after => {
+                Freshness::Fresh
+            }
             Some(t) => Freshness::Stale { last_report: t },
         }
     }
@@ -143,12 +173,18 @@ impl MetricView for MemoryView {
 
     fn mean(&self, vm: &str, metric: Metric, over: Duration) -> Option<WindowStat> {
         let (w, complete) = self.window(vm, metric, over)?;
-        Some(WindowStat { value: w.iter().map(|(_, v)| v).sum::<f64>() / w.len() as f64, complete })
+        Some(WindowStat {
+            value: w.iter().map(|(_, v)| v).sum::<f64>() / w.len() as f64,
+            complete,
+        })
     }
 
     fn max(&self, vm: &str, metric: Metric, over: Duration) -> Option<WindowStat> {
         let (w, complete) = self.window(vm, metric, over)?;
-        let value = self.minute_means(w, over).into_iter().fold(f64::NEG_INFINITY, f64::max);
+        let value = self
+            .minute_means(w, over)
+            .into_iter()
+            .fold(f64::NEG_INFINITY, f64::max);
         Some(WindowStat { value, complete })
     }
 
@@ -163,6 +199,7 @@ impl MetricView for MemoryView {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -173,23 +210,79 @@ mod tests {
     #[test]
     fn windows_report_completeness_and_statistics() {
         let mut v = MemoryView::new(t(600), Duration::from_secs(5), Duration::from_secs(20));
-        v.report_span("a", t(0), t(605), 2, 1 << 32, &[(Metric::CpuUtilization, 0.5)]);
+        v.report_span(
+            "a",
+            t(0),
+            t(605),
+            2,
+            1 << 32,
+            &[(Metric::CpuUtilization, 0.5)],
+        );
         // 30 s of data only for "b".
-        v.report_span("b", t(575), t(605), 2, 1 << 32, &[(Metric::CpuUtilization, 0.9)]);
-        let m = v.mean("a", Metric::CpuUtilization, Duration::from_secs(60)).unwrap();
-        assert_eq!(m, WindowStat { value: 0.5, complete: true });
-        assert!(!v.mean("b", Metric::CpuUtilization, Duration::from_secs(60)).unwrap().complete);
-        assert!(v.mean("a", Metric::PsiCpuSomeAvg10, Duration::from_secs(60)).is_none());
+        v.report_span(
+            "b",
+            t(575),
+            t(605),
+            2,
+            1 << 32,
+            &[(Metric::CpuUtilization, 0.9)],
+        );
+        let m = v
+            .mean("a", Metric::CpuUtilization, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            m,
+            WindowStat {
+                value: 0.5,
+                complete: true
+            }
+        );
+        assert!(
+            !v.mean("b", Metric::CpuUtilization, Duration::from_secs(60))
+                .unwrap()
+                .complete
+        );
+        assert!(
+            v.mean("a", Metric::PsiCpuSomeAvg10, Duration::from_secs(60))
+                .is_none()
+        );
         assert_eq!(v.freshness("a"), Freshness::Fresh);
         v.set_now(t(630));
-        assert_eq!(v.freshness("a"), Freshness::Stale { last_report: t(600) });
+        assert_eq!(
+            v.freshness("a"),
+            Freshness::Stale {
+                last_report: t(600)
+            }
+        );
         assert_eq!(v.freshness("zzz"), Freshness::Unknown);
         // A gap makes a window incomplete.
         let mut g = MemoryView::new(t(300), Duration::from_secs(5), Duration::from_secs(20));
-        g.report_span("g", t(0), t(100), 1, 1 << 30, &[(Metric::CpuUtilization, 0.1)]);
-        g.report_span("g", t(150), t(305), 1, 1 << 30, &[(Metric::CpuUtilization, 0.1)]);
-        assert!(!g.mean("g", Metric::CpuUtilization, Duration::from_secs(300)).unwrap().complete);
-        assert!(g.mean("g", Metric::CpuUtilization, Duration::from_secs(60)).unwrap().complete);
+        g.report_span(
+            "g",
+            t(0),
+            t(100),
+            1,
+            1 << 30,
+            &[(Metric::CpuUtilization, 0.1)],
+        );
+        g.report_span(
+            "g",
+            t(150),
+            t(305),
+            1,
+            1 << 30,
+            &[(Metric::CpuUtilization, 0.1)],
+        );
+        assert!(
+            !g.mean("g", Metric::CpuUtilization, Duration::from_secs(300))
+                .unwrap()
+                .complete
+        );
+        assert!(
+            g.mean("g", Metric::CpuUtilization, Duration::from_secs(60))
+                .unwrap()
+                .complete
+        );
     }
 
     #[test]
@@ -197,10 +290,19 @@ mod tests {
         let mut v = MemoryView::new(t(6000), Duration::from_secs(5), Duration::from_secs(20));
         // 100 minutes: minute i has mean i/100.
         for i in 0..100 {
-            v.report_span("a", t(i * 60 + 1), t(i * 60 + 61), 2, 1 << 32, &[(Metric::CpuUtilization, i as f64 / 100.0)]);
+            v.report_span(
+                "a",
+                t(i * 60 + 1),
+                t(i * 60 + 61),
+                2,
+                1 << 32,
+                &[(Metric::CpuUtilization, i as f64 / 100.0)],
+            );
         }
         let over = Duration::from_secs(6000);
-        let p95 = v.p95_of_minute_means("a", Metric::CpuUtilization, over).unwrap();
+        let p95 = v
+            .p95_of_minute_means("a", Metric::CpuUtilization, over)
+            .unwrap();
         assert!((p95.value - 0.94).abs() < 1e-9, "{p95:?}");
         assert!(p95.complete);
         assert!((v.max("a", Metric::CpuUtilization, over).unwrap().value - 0.99).abs() < 1e-9);

@@ -62,7 +62,9 @@ impl Metric {
         match self {
             Metric::CpuUtilization | Metric::RequestsPerSecondPerVcpu => Some(Capacity::Vcpus),
             Metric::MemoryUsedRatio => Some(Capacity::Memory),
-            Metric::MemoryAvailableRatio | Metric::PsiCpuSomeAvg10 | Metric::PsiMemorySomeAvg10 => None,
+            Metric::MemoryAvailableRatio | Metric::PsiCpuSomeAvg10 | Metric::PsiMemorySomeAvg10 => {
+                None
+            }
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod view;
 pub mod window;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests;
 
 /// Wall-clock time, the only clock type in the engine.
@@ -46,7 +47,7 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
 pub use config::{GroupPolicy, Policy, PolicyError};
 pub use decision::{Decision, Direction, Evaluation, Event, Evidence, Skip, SkipReason, Trigger};
-pub use engine::{evaluate, manual_resize, Group, ManualError};
+pub use engine::{Group, ManualError, evaluate, manual_resize};
 pub use ladder::{Ladder, Rung, Size};
 pub use metric::{Metric, Window};
 pub use state::{GroupState, ResizeRecord, ResizeStatus};

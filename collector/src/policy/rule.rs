@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Timestamp;
 use super::decision::Evidence;
 use super::metric::{Metric, Window};
-use super::Timestamp;
 
 /// One `[[groups.rules]]` entry: scale up one rung when `metric` over `window` is at or
 /// beyond `threshold` continuously for `for`; once fired, the rule keeps holding until the
@@ -56,21 +56,32 @@ impl Rule {
     /// Checks the thresholds make sense for the metric's direction.
     pub fn validate(&self) -> Result<(), String> {
         let clear = self.clear_threshold();
-        if !self.threshold.is_finite() || !clear.is_finite() || self.threshold < 0.0 || clear < 0.0 {
+        if !self.threshold.is_finite() || !clear.is_finite() || self.threshold < 0.0 || clear < 0.0
+        {
             return Err("threshold and clear must be finite and not negative".into());
         }
         if self.metric.higher_is_busier() && clear > self.threshold {
-            return Err(format!("clear {clear} must not be above threshold {} for {}", self.threshold, self.metric));
+            return Err(format!(
+                "clear {clear} must not be above threshold {} for {}",
+                self.threshold, self.metric
+            ));
         }
         if !self.metric.higher_is_busier() && clear < self.threshold {
-            return Err(format!("clear {clear} must not be below threshold {} for {}", self.threshold, self.metric));
+            return Err(format!(
+                "clear {clear} must not be below threshold {} for {}",
+                self.threshold, self.metric
+            ));
         }
         Ok(())
     }
 
     /// A one-line statement of the rule, used as evidence ("cpu_utilization 1m >= 0.8 for 3m, clears < 0.55").
     pub fn describe(&self) -> String {
-        let (hold, clear) = if self.metric.higher_is_busier() { (">=", "<") } else { ("<=", ">") };
+        let (hold, clear) = if self.metric.higher_is_busier() {
+            (">=", "<")
+        } else {
+            ("<=", ">")
+        };
         format!(
             "{} {} {hold} {} for {}, clears {clear} {}",
             self.metric,
@@ -82,12 +93,20 @@ impl Rule {
     }
 
     fn busy(&self, value: f64) -> bool {
-        if self.metric.higher_is_busier() { value >= self.threshold } else { value <= self.threshold }
+        if self.metric.higher_is_busier() {
+            value >= self.threshold
+        } else {
+            value <= self.threshold
+        }
     }
 
     fn cleared(&self, value: f64) -> bool {
         let clear = self.clear_threshold();
-        if self.metric.higher_is_busier() { value < clear } else { value > clear }
+        if self.metric.higher_is_busier() {
+            value < clear
+        } else {
+            value > clear
+        }
     }
 }
 
@@ -152,19 +171,28 @@ pub fn step(rule: &Rule, state: &mut RuleState, value: Option<f64>, now: Timesta
         window: rule.window.name().to_owned(),
         value,
         threshold: rule.threshold,
-        comparison: if rule.metric.higher_is_busier() { ">=" } else { "<=" }.to_owned(),
+        comparison: if rule.metric.higher_is_busier() {
+            ">="
+        } else {
+            "<="
+        }
+        .to_owned(),
         rule: rule.describe(),
         held_for_seconds: Some(held.as_secs()),
     })
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use chrono::TimeZone;
 
     fn at(seconds: i64) -> Timestamp {
-        chrono::Utc.timestamp_opt(1_700_000_000 + seconds, 0).single().unwrap()
+        chrono::Utc
+            .timestamp_opt(1_700_000_000 + seconds, 0)
+            .single()
+            .unwrap()
     }
 
     /// Feeds one value per `step` seconds and reports the verdict kind after the last.
@@ -200,20 +228,85 @@ mod tests {
         let cat = |parts: &[Vec<Option<f64>>]| parts.concat();
         // (case, rule, values sampled every 30 s, expected verdict)
         let cases: Vec<(&str, &Rule, Vec<Option<f64>>, &str)> = vec![
-            ("cpu 0.92 for 3m with for=3m → fires", &cpu, rep(0.92, 7), "fired"),
-            ("cpu 0.92 for 2m30s → pending", &cpu, rep(0.92, 6), "pending"),
+            (
+                "cpu 0.92 for 3m with for=3m → fires",
+                &cpu,
+                rep(0.92, 7),
+                "fired",
+            ),
+            (
+                "cpu 0.92 for 2m30s → pending",
+                &cpu,
+                rep(0.92, 6),
+                "pending",
+            ),
             ("cpu 0.79 for 10m → quiet", &cpu, rep(0.79, 21), "quiet"),
-            ("cpu exactly 0.80 for 3m → fires", &cpu, rep(0.80, 7), "fired"),
-            ("a dip below threshold restarts the timer", &cpu, cat(&[rep(0.92, 5), rep(0.70, 1), rep(0.92, 5)]), "pending"),
-            ("fired, then 0.60 (above clear) → still holds", &cpu, cat(&[rep(0.92, 7), rep(0.60, 1)]), "fired"),
-            ("fired, then 0.54 (below clear) → clears", &cpu, cat(&[rep(0.92, 7), rep(0.54, 1)]), "quiet"),
-            ("cleared, then 0.60 → quiet (needs 0.80 again)", &cpu, cat(&[rep(0.92, 7), rep(0.54, 1), rep(0.60, 8)]), "quiet"),
-            ("absent metric → neither fires nor counts", &cpu, vec![None; 10], "absent"),
-            ("a gap of absent data restarts the timer", &cpu, cat(&[rep(0.92, 5), vec![None], rep(0.92, 5)]), "pending"),
-            ("memory available 0.05 for 60s → fires", &mem_avail, rep(0.05, 3), "fired"),
-            ("memory available 0.15 → quiet", &mem_avail, rep(0.15, 10), "quiet"),
-            ("memory available fired, 0.15 → still holds", &mem_avail, cat(&[rep(0.05, 3), rep(0.15, 1)]), "fired"),
-            ("memory available fired, 0.25 → clears", &mem_avail, cat(&[rep(0.05, 3), rep(0.25, 1)]), "quiet"),
+            (
+                "cpu exactly 0.80 for 3m → fires",
+                &cpu,
+                rep(0.80, 7),
+                "fired",
+            ),
+            (
+                "a dip below threshold restarts the timer",
+                &cpu,
+                cat(&[rep(0.92, 5), rep(0.70, 1), rep(0.92, 5)]),
+                "pending",
+            ),
+            (
+                "fired, then 0.60 (above clear) → still holds",
+                &cpu,
+                cat(&[rep(0.92, 7), rep(0.60, 1)]),
+                "fired",
+            ),
+            (
+                "fired, then 0.54 (below clear) → clears",
+                &cpu,
+                cat(&[rep(0.92, 7), rep(0.54, 1)]),
+                "quiet",
+            ),
+            (
+                "cleared, then 0.60 → quiet (needs 0.80 again)",
+                &cpu,
+                cat(&[rep(0.92, 7), rep(0.54, 1), rep(0.60, 8)]),
+                "quiet",
+            ),
+            (
+                "absent metric → neither fires nor counts",
+                &cpu,
+                vec![None; 10],
+                "absent",
+            ),
+            (
+                "a gap of absent data restarts the timer",
+                &cpu,
+                cat(&[rep(0.92, 5), vec![None], rep(0.92, 5)]),
+                "pending",
+            ),
+            (
+                "memory available 0.05 for 60s → fires",
+                &mem_avail,
+                rep(0.05, 3),
+                "fired",
+            ),
+            (
+                "memory available 0.15 → quiet",
+                &mem_avail,
+                rep(0.15, 10),
+                "quiet",
+            ),
+            (
+                "memory available fired, 0.15 → still holds",
+                &mem_avail,
+                cat(&[rep(0.05, 3), rep(0.15, 1)]),
+                "fired",
+            ),
+            (
+                "memory available fired, 0.25 → clears",
+                &mem_avail,
+                cat(&[rep(0.05, 3), rep(0.25, 1)]),
+                "quiet",
+            ),
         ];
         for (case, rule, values, want) in cases {
             assert_eq!(run(rule, &values, 30).0, want, "{case}");
@@ -224,7 +317,13 @@ mod tests {
     fn absent_data_keeps_the_firing_flag_but_not_the_timer() {
         let cpu = Rule::default_cpu();
         let (_, state) = run(&cpu, &[rep(0.92, 7), vec![None]].concat(), 30);
-        assert_eq!(state, RuleState { pending_since: None, firing: true });
+        assert_eq!(
+            state,
+            RuleState {
+                pending_since: None,
+                firing: true
+            }
+        );
     }
 
     #[test]
@@ -232,7 +331,9 @@ mod tests {
         let cpu = Rule::default_cpu();
         let mut state = RuleState::default();
         step(&cpu, &mut state, Some(0.92), at(0));
-        let RuleVerdict::Fired(ev) = step(&cpu, &mut state, Some(0.93), at(180)) else { panic!("did not fire") };
+        let RuleVerdict::Fired(ev) = step(&cpu, &mut state, Some(0.93), at(180)) else {
+            panic!("did not fire")
+        };
         assert_eq!(ev.metric, Metric::CpuUtilization);
         assert_eq!(ev.window, "1m");
         assert_eq!(ev.value, 0.93);
@@ -246,7 +347,13 @@ mod tests {
         assert!(r.validate().is_ok());
         r.clear = Some(0.9);
         assert!(r.validate().is_err());
-        let mut m = Rule { metric: Metric::MemoryAvailableRatio, window: Window::Last, threshold: 0.1, clear: Some(0.05), hold_for: Duration::ZERO };
+        let mut m = Rule {
+            metric: Metric::MemoryAvailableRatio,
+            window: Window::Last,
+            threshold: 0.1,
+            clear: Some(0.05),
+            hold_for: Duration::ZERO,
+        };
         assert!(m.validate().is_err());
         m.clear = Some(0.2);
         assert!(m.validate().is_ok());

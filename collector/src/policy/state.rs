@@ -10,12 +10,12 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use super::Timestamp;
 use super::config::Policy;
 use super::decision::{Baseline, Decision, Direction, Event, PauseReason, Trigger};
-use super::ladder::{Size, MEMORY_BLOCK_BYTES};
+use super::ladder::{MEMORY_BLOCK_BYTES, Size};
 use super::rule::RuleState;
 use super::view::ReportedSize;
-use super::Timestamp;
 
 /// How long resize history is kept in memory: a daily cap needs at most one local day, a
 /// nightly cap one night; two days covers both in any zone.
@@ -81,7 +81,11 @@ impl ResizeRecord {
             created_at: d.created_at,
             deadline: d.verify_deadline,
             baseline: d.baseline,
-            status: if d.dry_run { ResizeStatus::DryRun } else { ResizeStatus::InFlight },
+            status: if d.dry_run {
+                ResizeStatus::DryRun
+            } else {
+                ResizeStatus::InFlight
+            },
         }
     }
 
@@ -101,7 +105,8 @@ impl ResizeRecord {
             return false;
         }
         let requested = i128::from(self.to.memory_bytes) - i128::from(self.from.memory_bytes);
-        let moved = i128::from(reported.memory_total_bytes) - i128::from(self.baseline.memory_total_bytes);
+        let moved =
+            i128::from(reported.memory_total_bytes) - i128::from(self.baseline.memory_total_bytes);
         let block = i128::from(MEMORY_BLOCK_BYTES);
         match self.direction {
             Direction::Up => moved >= requested - block,
@@ -137,7 +142,10 @@ impl VmTimers {
 
     /// Whether any rule or target is pending or firing (load says "grow").
     pub fn busy(&self) -> bool {
-        self.rules.iter().any(|r| r.firing || r.pending_since.is_some()) || self.targets.iter().any(Option::is_some)
+        self.rules
+            .iter()
+            .any(|r| r.firing || r.pending_since.is_some())
+            || self.targets.iter().any(Option::is_some)
     }
 }
 
@@ -161,13 +169,18 @@ pub struct GroupState {
 impl GroupState {
     /// The resize in flight, if any (one member at a time).
     pub fn in_flight(&self) -> Option<&ResizeRecord> {
-        self.resizes.iter().find(|r| r.status == ResizeStatus::InFlight)
+        self.resizes
+            .iter()
+            .find(|r| r.status == ResizeStatus::InFlight)
     }
 
     /// Pauses the group (operator).
     pub fn pause(&mut self, now: Timestamp) {
         if self.pause.is_none() {
-            self.pause = Some(Pause { at: now, by: PauseReason::Operator });
+            self.pause = Some(Pause {
+                at: now,
+                by: PauseReason::Operator,
+            });
         }
     }
 
@@ -186,23 +199,47 @@ impl GroupState {
 
     /// The actuator gave up on `id` (4xx, retries exhausted, command failed): the resize
     /// fails, the roll stops, and the circuit breaker counts it.
-    pub fn actuation_failed(&mut self, policy: &Policy, id: &str, now: Timestamp, reason: &str) -> Vec<Event> {
+    pub fn actuation_failed(
+        &mut self,
+        policy: &Policy,
+        id: &str,
+        now: Timestamp,
+        reason: &str,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
-        if let Some(i) = self.resizes.iter().position(|r| r.id == id && r.status == ResizeStatus::InFlight) {
+        if let Some(i) = self
+            .resizes
+            .iter()
+            .position(|r| r.id == id && r.status == ResizeStatus::InFlight)
+        {
             self.fail(policy, i, now, reason, &mut events);
         }
         events
     }
 
-    pub(crate) fn fail(&mut self, policy: &Policy, index: usize, now: Timestamp, reason: &str, events: &mut Vec<Event>) {
+    pub(crate) fn fail(
+        &mut self,
+        policy: &Policy,
+        index: usize,
+        now: Timestamp,
+        reason: &str,
+        events: &mut Vec<Event>,
+    ) {
         let cfg = &policy.config;
         let rec = &mut self.resizes[index];
         rec.status = ResizeStatus::Failed { at: now };
-        events.push(Event::Failed { id: rec.id.clone(), vm: rec.vm.clone(), at: now, reason: reason.to_owned() });
+        events.push(Event::Failed {
+            id: rec.id.clone(),
+            vm: rec.vm.clone(),
+            at: now,
+            reason: reason.to_owned(),
+        });
         let (direction, created_at) = (rec.direction, rec.created_at);
         self.consecutive_failures += 1;
         let until = match direction {
-            Direction::Up => now + chrono::Duration::from_std(cfg.scale_up.cooldown).unwrap_or_default(),
+            Direction::Up => {
+                now + chrono::Duration::from_std(cfg.scale_up.cooldown).unwrap_or_default()
+            }
             Direction::Down => cfg
                 .scale_down
                 .window
@@ -215,14 +252,21 @@ impl GroupState {
         }
         events.push(Event::RollStopped { direction, until });
         if self.consecutive_failures >= cfg.circuit_breaker && self.pause.is_none() {
-            self.pause = Some(Pause { at: now, by: PauseReason::CircuitBreaker });
-            events.push(Event::CircuitOpened { failures: self.consecutive_failures, at: now });
+            self.pause = Some(Pause {
+                at: now,
+                by: PauseReason::CircuitBreaker,
+            });
+            events.push(Event::CircuitOpened {
+                failures: self.consecutive_failures,
+                at: now,
+            });
         }
     }
 
     /// Drops history no cap or cooldown can need any more (never a resize in flight).
     pub fn prune(&mut self, now: Timestamp) {
-        self.resizes.retain(|r| r.status == ResizeStatus::InFlight || now - r.created_at < HISTORY);
+        self.resizes
+            .retain(|r| r.status == ResizeStatus::InFlight || now - r.created_at < HISTORY);
         if self.resizes.len() > MAX_HISTORY {
             let excess = self.resizes.len() - MAX_HISTORY;
             self.resizes.drain(..excess);
@@ -232,11 +276,20 @@ impl GroupState {
     /// Samples before this instant are left out of `vm`'s windows (warm-up after its last
     /// completed resize).
     pub fn warm_up_since(&self, vm: &str, warm_up: chrono::Duration) -> Option<Timestamp> {
-        self.resizes.iter().filter(|r| r.vm == vm).filter_map(ResizeRecord::completed_at).max().map(|t| t + warm_up)
+        self.resizes
+            .iter()
+            .filter(|r| r.vm == vm)
+            .filter_map(ResizeRecord::completed_at)
+            .max()
+            .map(|t| t + warm_up)
     }
 
     /// The end of the group's last warm-up, while it lasts (the next member waits for it).
-    pub fn group_warming_until(&self, warm_up: chrono::Duration, now: Timestamp) -> Option<(Timestamp, &str)> {
+    pub fn group_warming_until(
+        &self,
+        warm_up: chrono::Duration,
+        now: Timestamp,
+    ) -> Option<(Timestamp, &str)> {
         self.resizes
             .iter()
             .filter_map(|r| r.completed_at().map(|t| (t + warm_up, r.vm.as_str())))

@@ -44,7 +44,13 @@ fn default_window() -> Window {
 impl Target {
     /// The shipped memory target: 0.75 used, grow when used > 0.825 for 60 s.
     pub fn default_memory() -> Self {
-        Self { metric: Metric::MemoryUsedRatio, target: None, tolerance: 0.10, window: Window::OneMinute, hold_for: None }
+        Self {
+            metric: Metric::MemoryUsedRatio,
+            target: None,
+            tolerance: 0.10,
+            window: Window::OneMinute,
+            hold_for: None,
+        }
     }
 
     /// The target value in force.
@@ -116,7 +122,9 @@ impl Target {
         };
         let desired = capacity(current) * observed / self.target_value();
         let limit = ladder.step_limit(current).min(ladder.max());
-        (current + 1..=limit).find(|&i| capacity(i) >= desired).unwrap_or(limit)
+        (current + 1..=limit)
+            .find(|&i| capacity(i) >= desired)
+            .unwrap_or(limit)
     }
 
     /// Evidence for a target that asked for `to`.
@@ -134,6 +142,7 @@ impl Target {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use crate::policy::ladder::Rung;
@@ -141,9 +150,19 @@ mod tests {
     const GIB: u64 = 1024 * 1024 * 1024;
 
     fn ladder(max: &str) -> Ladder {
-        let r = |name: &str, vcpus, gib| Rung { name: name.into(), vcpus, memory_bytes: gib * GIB };
+        let r = |name: &str, vcpus, gib| Rung {
+            name: name.into(),
+            vcpus,
+            memory_bytes: gib * GIB,
+        };
         Ladder::new(
-            vec![r("S", 1, 2), r("M", 2, 4), r("L", 4, 8), r("XL", 6, 12), r("XXL", 8, 16)],
+            vec![
+                r("S", 1, 2),
+                r("M", 2, 4),
+                r("L", 4, 8),
+                r("XL", 6, 12),
+                r("XXL", 8, 16),
+            ],
             None,
             Some(max),
         )
@@ -152,33 +171,97 @@ mod tests {
 
     #[test]
     fn target_tracking_picks_the_smallest_rung_that_fits() {
-        let cpu = Target { metric: Metric::CpuUtilization, target: None, tolerance: 0.10, window: Window::OneMinute, hold_for: None };
+        let cpu = Target {
+            metric: Metric::CpuUtilization,
+            target: None,
+            tolerance: 0.10,
+            window: Window::OneMinute,
+            hold_for: None,
+        };
         let mem = Target::default_memory();
         let l = ladder("XXL");
         let name = |i: RungIndex| l.rung(i).name.clone();
         // (case, target, current rung, observed, expected rung)
         let cases: Vec<(&str, &Target, RungIndex, f64, &str)> = vec![
-            ("cpu 0.65 on M: within 10 % of 0.60 → stays", &cpu, 1, 0.65, "M"),
-            ("cpu 0.66 on M: exactly the band edge → stays", &cpu, 1, 0.66, "M"),
-            ("cpu 0.70 on M: 2×0.70/0.60=2.33 vCPUs → L", &cpu, 1, 0.70, "L"),
-            ("cpu 1.00 on L: 4×1/0.6=6.7 vCPUs → XXL is a doubling → XXL", &cpu, 2, 1.00, "XXL"),
-            ("cpu 0.95 on L: 4×0.95/0.6=6.33 → XXL (XL has 6)", &cpu, 2, 0.95, "XXL"),
+            (
+                "cpu 0.65 on M: within 10 % of 0.60 → stays",
+                &cpu,
+                1,
+                0.65,
+                "M",
+            ),
+            (
+                "cpu 0.66 on M: exactly the band edge → stays",
+                &cpu,
+                1,
+                0.66,
+                "M",
+            ),
+            (
+                "cpu 0.70 on M: 2×0.70/0.60=2.33 vCPUs → L",
+                &cpu,
+                1,
+                0.70,
+                "L",
+            ),
+            (
+                "cpu 1.00 on L: 4×1/0.6=6.7 vCPUs → XXL is a doubling → XXL",
+                &cpu,
+                2,
+                1.00,
+                "XXL",
+            ),
+            (
+                "cpu 0.95 on L: 4×0.95/0.6=6.33 → XXL (XL has 6)",
+                &cpu,
+                2,
+                0.95,
+                "XXL",
+            ),
             ("cpu 0.88 on L: 5.87 vCPUs → XL", &cpu, 2, 0.88, "XL"),
             ("cpu 1.00 on S: wants 1.67 vCPUs → M", &cpu, 0, 1.00, "M"),
-            ("cpu 0.30 on L: below target → stays (no shrink here)", &cpu, 2, 0.30, "L"),
+            (
+                "cpu 0.30 on L: below target → stays (no shrink here)",
+                &cpu,
+                2,
+                0.30,
+                "L",
+            ),
             ("memory 0.80 on M: within 0.825 → stays", &mem, 1, 0.80, "M"),
-            ("memory 0.90 on M: 4×0.9/0.75=4.8 GiB → L", &mem, 1, 0.90, "L"),
-            ("memory 1.00 on M: 5.3 GiB → L (a doubling at most)", &mem, 1, 1.00, "L"),
+            (
+                "memory 0.90 on M: 4×0.9/0.75=4.8 GiB → L",
+                &mem,
+                1,
+                0.90,
+                "L",
+            ),
+            (
+                "memory 1.00 on M: 5.3 GiB → L (a doubling at most)",
+                &mem,
+                1,
+                1.00,
+                "L",
+            ),
             ("cpu 0.99 on XXL (max) → stays", &cpu, 4, 0.99, "XXL"),
         ];
         for (case, target, current, observed, want) in cases {
-            assert_eq!(name(target.desired_rung(&l, current, observed)), want, "{case}");
+            assert_eq!(
+                name(target.desired_rung(&l, current, observed)),
+                want,
+                "{case}"
+            );
         }
     }
 
     #[test]
     fn the_group_max_caps_the_target() {
-        let cpu = Target { metric: Metric::CpuUtilization, target: None, tolerance: 0.10, window: Window::OneMinute, hold_for: None };
+        let cpu = Target {
+            metric: Metric::CpuUtilization,
+            target: None,
+            tolerance: 0.10,
+            window: Window::OneMinute,
+            hold_for: None,
+        };
         let l = ladder("L");
         assert_eq!(l.rung(cpu.desired_rung(&l, 1, 1.0)).name, "L");
         assert_eq!(cpu.desired_rung(&l, 2, 1.0), 2);
@@ -190,8 +273,18 @@ mod tests {
         assert_eq!(mem.target_value(), 0.75);
         assert!((mem.trigger_value() - 0.825).abs() < 1e-9);
         assert_eq!(mem.hold(), Duration::from_secs(60));
-        let cpu = Target { metric: Metric::CpuUtilization, ..Target::default_memory() };
+        let cpu = Target {
+            metric: Metric::CpuUtilization,
+            ..Target::default_memory()
+        };
         assert_eq!(cpu.target_value(), 0.60);
-        assert!(Target { metric: Metric::PsiCpuSomeAvg10, ..Target::default_memory() }.validate().is_err());
+        assert!(
+            Target {
+                metric: Metric::PsiCpuSomeAvg10,
+                ..Target::default_memory()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use super::metric::Metric;
 use super::Timestamp;
+use super::metric::Metric;
 
 /// Whether a VM's reports are current.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

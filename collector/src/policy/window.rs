@@ -4,7 +4,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+use chrono::{
+    Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone,
+};
 use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -51,7 +53,12 @@ impl FromStr for DailyWindow {
 
 impl fmt::Display for DailyWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.start.format("%H:%M"), self.end.format("%H:%M"))
+        write!(
+            f,
+            "{}-{}",
+            self.start.format("%H:%M"),
+            self.end.format("%H:%M")
+        )
     }
 }
 
@@ -93,8 +100,15 @@ pub fn local_day_start(tz: Tz, now: Timestamp) -> Timestamp {
 
 impl DailyWindow {
     fn occurrence_on(&self, tz: Tz, date: NaiveDate) -> Occurrence {
-        let end_date = if self.end <= self.start { date.succ_opt().unwrap_or(date) } else { date };
-        Occurrence { start: resolve_local(tz, date.and_time(self.start)), end: resolve_local(tz, end_date.and_time(self.end)) }
+        let end_date = if self.end <= self.start {
+            date.succ_opt().unwrap_or(date)
+        } else {
+            date
+        };
+        Occurrence {
+            start: resolve_local(tz, date.and_time(self.start)),
+            end: resolve_local(tz, end_date.and_time(self.end)),
+        }
     }
 
     /// The occurrence containing `now`, if the window is open.
@@ -123,6 +137,7 @@ impl DailyWindow {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use chrono::Utc;
@@ -137,7 +152,14 @@ mod tests {
     fn parses_and_prints() {
         let w: DailyWindow = "02:00-05:00".parse().unwrap();
         assert_eq!(w.to_string(), "02:00-05:00");
-        for bad in ["", "02:00", "2-5", "02:00-02:00", "25:00-03:00", "02:00 05:00"] {
+        for bad in [
+            "",
+            "02:00",
+            "2-5",
+            "02:00-02:00",
+            "25:00-03:00",
+            "02:00 05:00",
+        ] {
             assert!(bad.parse::<DailyWindow>().is_err(), "{bad:?}");
         }
     }
@@ -148,52 +170,147 @@ mod tests {
         // (case, instant in UTC, open?)
         let cases = [
             // Winter (CET, UTC+1): 02:00-05:00 local = 01:00-04:00 UTC.
-            ("winter 00:59 UTC = 01:59 CET", "2026-01-15T00:59:00Z", false),
+            (
+                "winter 00:59 UTC = 01:59 CET",
+                "2026-01-15T00:59:00Z",
+                false,
+            ),
             ("winter 01:00 UTC = 02:00 CET", "2026-01-15T01:00:00Z", true),
             ("winter 03:59 UTC = 04:59 CET", "2026-01-15T03:59:00Z", true),
-            ("winter 04:00 UTC = 05:00 CET", "2026-01-15T04:00:00Z", false),
+            (
+                "winter 04:00 UTC = 05:00 CET",
+                "2026-01-15T04:00:00Z",
+                false,
+            ),
             // Summer (CEST, UTC+2): 00:00-03:00 UTC.
-            ("summer 00:00 UTC = 02:00 CEST", "2026-07-15T00:00:00Z", true),
-            ("summer 03:00 UTC = 05:00 CEST", "2026-07-15T03:00:00Z", false),
-            ("summer 23:59 UTC the day before", "2026-07-14T23:59:00Z", false),
+            (
+                "summer 00:00 UTC = 02:00 CEST",
+                "2026-07-15T00:00:00Z",
+                true,
+            ),
+            (
+                "summer 03:00 UTC = 05:00 CEST",
+                "2026-07-15T03:00:00Z",
+                false,
+            ),
+            (
+                "summer 23:59 UTC the day before",
+                "2026-07-14T23:59:00Z",
+                false,
+            ),
             // Spring forward, 2026-03-29: 02:00 CET jumps to 03:00 CEST (01:00 UTC).
             // Local 02:00 does not exist; the window opens at 03:00 CEST and closes at 05:00 CEST.
-            ("spring-forward 00:59 UTC = 01:59 CET", "2026-03-29T00:59:00Z", false),
-            ("spring-forward 01:00 UTC = 03:00 CEST", "2026-03-29T01:00:00Z", true),
-            ("spring-forward 02:59 UTC = 04:59 CEST", "2026-03-29T02:59:00Z", true),
-            ("spring-forward 03:00 UTC = 05:00 CEST", "2026-03-29T03:00:00Z", false),
+            (
+                "spring-forward 00:59 UTC = 01:59 CET",
+                "2026-03-29T00:59:00Z",
+                false,
+            ),
+            (
+                "spring-forward 01:00 UTC = 03:00 CEST",
+                "2026-03-29T01:00:00Z",
+                true,
+            ),
+            (
+                "spring-forward 02:59 UTC = 04:59 CEST",
+                "2026-03-29T02:59:00Z",
+                true,
+            ),
+            (
+                "spring-forward 03:00 UTC = 05:00 CEST",
+                "2026-03-29T03:00:00Z",
+                false,
+            ),
             // Fall back, 2026-10-25: 03:00 CEST goes back to 02:00 CET (01:00 UTC).
             // The window opens at the first 02:00 (CEST, 00:00 UTC) and closes at 05:00 CET (04:00 UTC).
-            ("fall-back 23:59 UTC = 01:59 CEST", "2026-10-24T23:59:00Z", false),
-            ("fall-back 00:00 UTC = first 02:00 (CEST)", "2026-10-25T00:00:00Z", true),
-            ("fall-back 01:30 UTC = second 02:30 (CET)", "2026-10-25T01:30:00Z", true),
-            ("fall-back 03:59 UTC = 04:59 CET", "2026-10-25T03:59:00Z", true),
-            ("fall-back 04:00 UTC = 05:00 CET", "2026-10-25T04:00:00Z", false),
+            (
+                "fall-back 23:59 UTC = 01:59 CEST",
+                "2026-10-24T23:59:00Z",
+                false,
+            ),
+            (
+                "fall-back 00:00 UTC = first 02:00 (CEST)",
+                "2026-10-25T00:00:00Z",
+                true,
+            ),
+            (
+                "fall-back 01:30 UTC = second 02:30 (CET)",
+                "2026-10-25T01:30:00Z",
+                true,
+            ),
+            (
+                "fall-back 03:59 UTC = 04:59 CET",
+                "2026-10-25T03:59:00Z",
+                true,
+            ),
+            (
+                "fall-back 04:00 UTC = 05:00 CET",
+                "2026-10-25T04:00:00Z",
+                false,
+            ),
         ];
         for (case, t, open) in cases {
             assert_eq!(w.occurrence_at(WARSAW, utc(t)).is_some(), open, "{case}");
         }
         // The length of each night follows the clocks: 2 h in spring, 4 h in autumn.
-        let spring = w.occurrence_at(WARSAW, utc("2026-03-29T01:30:00Z")).unwrap();
-        assert_eq!(spring, Occurrence { start: utc("2026-03-29T01:00:00Z"), end: utc("2026-03-29T03:00:00Z") });
-        let autumn = w.occurrence_at(WARSAW, utc("2026-10-25T02:00:00Z")).unwrap();
-        assert_eq!(autumn, Occurrence { start: utc("2026-10-25T00:00:00Z"), end: utc("2026-10-25T04:00:00Z") });
+        let spring = w
+            .occurrence_at(WARSAW, utc("2026-03-29T01:30:00Z"))
+            .unwrap();
+        assert_eq!(
+            spring,
+            Occurrence {
+                start: utc("2026-03-29T01:00:00Z"),
+                end: utc("2026-03-29T03:00:00Z")
+            }
+        );
+        let autumn = w
+            .occurrence_at(WARSAW, utc("2026-10-25T02:00:00Z"))
+            .unwrap();
+        assert_eq!(
+            autumn,
+            Occurrence {
+                start: utc("2026-10-25T00:00:00Z"),
+                end: utc("2026-10-25T04:00:00Z")
+            }
+        );
     }
 
     #[test]
     fn a_window_may_cross_midnight() {
         let w: DailyWindow = "23:00-01:00".parse().unwrap();
-        let o = w.occurrence_at(WARSAW, utc("2026-01-15T23:30:00Z")).unwrap(); // 00:30 CET on the 16th
-        assert_eq!(o, Occurrence { start: utc("2026-01-15T22:00:00Z"), end: utc("2026-01-16T00:00:00Z") });
-        assert!(w.occurrence_at(WARSAW, utc("2026-01-16T00:00:00Z")).is_none());
+        let o = w
+            .occurrence_at(WARSAW, utc("2026-01-15T23:30:00Z"))
+            .unwrap(); // 00:30 CET on the 16th
+        assert_eq!(
+            o,
+            Occurrence {
+                start: utc("2026-01-15T22:00:00Z"),
+                end: utc("2026-01-16T00:00:00Z")
+            }
+        );
+        assert!(
+            w.occurrence_at(WARSAW, utc("2026-01-16T00:00:00Z"))
+                .is_none()
+        );
     }
 
     #[test]
     fn next_start_and_day_start() {
         let w: DailyWindow = "02:00-05:00".parse().unwrap();
-        assert_eq!(w.next_start(WARSAW, utc("2026-01-15T12:00:00Z")), utc("2026-01-16T01:00:00Z"));
-        assert_eq!(w.next_start(WARSAW, utc("2026-03-28T12:00:00Z")), utc("2026-03-29T01:00:00Z"));
-        assert_eq!(local_day_start(WARSAW, utc("2026-07-15T21:59:00Z")), utc("2026-07-14T22:00:00Z"));
-        assert_eq!(local_day_start(WARSAW, utc("2026-07-15T22:00:00Z")), utc("2026-07-15T22:00:00Z"));
+        assert_eq!(
+            w.next_start(WARSAW, utc("2026-01-15T12:00:00Z")),
+            utc("2026-01-16T01:00:00Z")
+        );
+        assert_eq!(
+            w.next_start(WARSAW, utc("2026-03-28T12:00:00Z")),
+            utc("2026-03-29T01:00:00Z")
+        );
+        assert_eq!(
+            local_day_start(WARSAW, utc("2026-07-15T21:59:00Z")),
+            utc("2026-07-14T22:00:00Z")
+        );
+        assert_eq!(
+            local_day_start(WARSAW, utc("2026-07-15T22:00:00Z")),
+            utc("2026-07-15T22:00:00Z")
+        );
     }
 }
