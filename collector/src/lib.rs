@@ -1,3 +1,4 @@
 //! placeholder
 pub mod actuator;
 pub mod policy;
+pub mod store;
