@@ -14,6 +14,10 @@
 //!   with the queries the policy engine asks.
 //! - [`metrics`]: the Prometheus text exposition, rendered from the fleet per scrape.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the status page.
+//! - [`policy`]: the pure decision engine: group policy + metric view + clock →
+//!   resize decisions with their evidence. No I/O.
+//! - [`actuator`]: sends a resize request: signed webhook, command, or log only.
+//! - [`store`]: the embedded SQLite state (decisions, attempts, cooldowns, flags).
 //! - [`cli`]: the command line.
 //! - [`demo`]: `rally-collector demo`: a collector and an in-process agent for this
 //!   machine, on loopback.
@@ -26,6 +30,7 @@
 // unwrap() is fine in tests (a panic is the failure report).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod actuator;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -34,6 +39,8 @@ pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod policy;
+pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,54 @@
+//! The resize engine: pure decisions from group config, a view of each VM's metrics,
+//! persisted state and the time `now`.
+//!
+//! Nothing here does I/O or reads a clock: [`evaluate`] takes `now` and a [`MetricView`],
+//! and returns an [`Evaluation`] (decisions with evidence, events about resizes in flight,
+//! and notes saying why a VM was skipped). The caller persists decisions before sending
+//! them and feeds actuation failures back with [`GroupState::actuation_failed`].
+//!
+//! All times are wall-clock UTC ([`Timestamp`]); windows and caps convert to the group's
+//! IANA zone where local time matters.
+//!
+//! - `config`: a group's policy keys in `collector.toml` ([`GroupPolicy`]) and their
+//!   validated form ([`Policy`]).
+//! - `ladder`: ordered rungs and the group's min/max.
+//! - `metric`: the metrics rules can watch and the windows they read.
+//! - `view`: the [`MetricView`] trait the fleet implements.
+//! - `memory_view`: an in-memory [`MetricView`] over recorded samples (tests, benches).
+//! - `rule`: threshold rules with `for` and hysteresis.
+//! - `target`: HPA-style target tracking.
+//! - `window`: daily scale-down windows in a time zone, DST-correct.
+//! - `boost`: scheduled floors.
+//! - `scale_down`: the 24 h evidence a shrink needs.
+//! - `decision`: decisions, evidence, skip reasons, events.
+//! - `state`: what a group remembers between ticks (in flight, history, pause, circuit).
+//! - `engine`: one evaluation of one group, and manual resizes.
+
+pub mod boost;
+pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod ladder;
+pub mod memory_view;
+pub mod metric;
+pub mod rule;
+pub mod scale_down;
+pub mod state;
+pub mod target;
+pub mod view;
+pub mod window;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests;
+
+/// Wall-clock time, the only clock type in the engine.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+pub use config::{GroupPolicy, Policy, PolicyError};
+pub use decision::{Decision, Direction, Evaluation, Event, Evidence, Skip, SkipReason, Trigger};
+pub use engine::{Group, ManualError, evaluate, manual_resize};
+pub use ladder::{Ladder, Rung, Size};
+pub use metric::{Metric, Window};
+pub use state::{GroupState, ResizeRecord, ResizeStatus};
+pub use view::{Freshness, MetricView, Observation, ReportedSize, WindowStat};

@@ -1,0 +1,961 @@
+//! The embedded state store: SQLite (WAL) under the state directory.
+//!
+//! It keeps decisions with their evidence, every actuation attempt and its outcome,
+//! verification results, and each group's pause, circuit-breaker and roll-stop flags.
+//! Cooldowns and daily/nightly caps are *counted from* the decisions table (there is no
+//! separate counter that could drift from it): [`Store::load_group`] rebuilds the
+//! engine's [`GroupState`] — history, in-flight resizes and flags — after a restart, and
+//! [`Store::unsent`] lists decisions that never got a final word from the actuator, to be
+//! sent again with the same `id`.
+//!
+//! Every call is synchronous and short (a few small statements). The engine loop calls
+//! the store from `tokio::task::spawn_blocking` or a dedicated thread, never directly on
+//! an async worker, and persists a decision *before* handing it to an actuator.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::actuator::{Attempt, AttemptResult, Outcome};
+use crate::policy::Timestamp;
+use crate::policy::decision::{
+    Baseline, Decision, Direction, Event, PauseReason, SizedRung, Trigger,
+};
+use crate::policy::ladder::Size;
+use crate::policy::state::{GroupState, Pause, ResizeRecord, ResizeStatus};
+
+/// File name of the database inside the state directory.
+pub const FILE_NAME: &str = "collector.sqlite3";
+
+/// Schema migrations; entry `n` takes the schema from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE decisions (
+    id TEXT PRIMARY KEY,
+    group_name TEXT NOT NULL,
+    vm TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    from_rung TEXT NOT NULL, from_vcpus INTEGER NOT NULL, from_memory_bytes INTEGER NOT NULL,
+    to_rung TEXT NOT NULL, to_vcpus INTEGER NOT NULL, to_memory_bytes INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    evidence TEXT NOT NULL,
+    dry_run INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    verify_deadline INTEGER NOT NULL,
+    baseline_vcpus INTEGER NOT NULL,
+    baseline_memory_bytes INTEGER NOT NULL,
+    fencing_token INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    status_at INTEGER,
+    verdict TEXT,
+    verdict_reason TEXT
+);
+CREATE INDEX decisions_group_time ON decisions (group_name, created_at);
+CREATE INDEX decisions_vm_time ON decisions (vm, created_at);
+CREATE INDEX decisions_status ON decisions (status);
+CREATE TABLE attempts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    decision_id TEXT NOT NULL REFERENCES decisions (id),
+    number INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    result TEXT NOT NULL
+);
+CREATE INDEX attempts_decision ON attempts (decision_id);
+CREATE TABLE verifications (
+    decision_id TEXT PRIMARY KEY REFERENCES decisions (id),
+    at INTEGER NOT NULL,
+    verified INTEGER NOT NULL,
+    vcpus INTEGER,
+    memory_total_bytes INTEGER,
+    detail TEXT NOT NULL
+);
+CREATE TABLE groups (
+    name TEXT PRIMARY KEY,
+    paused_at INTEGER,
+    paused_by TEXT,
+    consecutive_failures INTEGER NOT NULL,
+    up_roll_stopped_until INTEGER,
+    down_roll_stopped_until INTEGER
+);
+"#];
+
+/// How far back [`Store::load_group`] reads history (caps need at most a local day or a
+/// night; in-flight resizes are always read).
+const HISTORY_MS: i64 = 49 * 3600 * 1000;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The state directory could not be created.
+    #[error("creating state directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A JSON column could not be (de)serialized.
+    #[error("state database JSON column: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The database was written by a newer Rally.
+    #[error(
+        "state database schema version {found} is newer than this collector supports ({supported})"
+    )]
+    NewerSchema {
+        /// Version found.
+        found: i64,
+        /// Highest version known.
+        supported: i64,
+    },
+    /// A row holds a value this version cannot read.
+    #[error("state database row is not understood: {0}")]
+    Corrupt(String),
+}
+
+/// A decision as stored, with where it got to.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoredDecision {
+    /// The decision.
+    pub decision: Decision,
+    /// The fencing token it was (or will be) sent with.
+    pub fencing_token: u64,
+    /// `in_flight`, `verified`, `failed` or `dry_run`.
+    pub status: String,
+    /// When the status last changed (verified or failed).
+    pub status_at: Option<Timestamp>,
+    /// The actuator's final word (`accepted`, `rejected`, `gave_up`), once there is one.
+    pub verdict: Option<String>,
+    /// Why the actuator refused or gave up.
+    pub verdict_reason: Option<String>,
+}
+
+/// A verification result.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Verification {
+    /// When it was decided.
+    pub at: Timestamp,
+    /// Verified (true) or failed (false).
+    pub verified: bool,
+    /// Reported vCPUs, when verified.
+    pub vcpus: Option<u32>,
+    /// Reported MemTotal, when verified.
+    pub memory_total_bytes: Option<u64>,
+    /// Why it failed, or empty.
+    pub detail: String,
+}
+
+/// Which decisions to list; every field narrows the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecisionFilter {
+    /// Only this group.
+    pub group: Option<String>,
+    /// Only this VM.
+    pub vm: Option<String>,
+    /// Only decided at or after this.
+    pub since: Option<Timestamp>,
+    /// Only decided before this.
+    pub until: Option<Timestamp>,
+    /// At most this many, newest first (default 100, at most 10 000).
+    pub limit: Option<u32>,
+}
+
+/// The SQLite state store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(v: i64) -> Result<Timestamp, StoreError> {
+    chrono::DateTime::from_timestamp_millis(v)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp {v}")))
+}
+
+fn opt_time(v: Option<i64>) -> Result<Option<Timestamp>, StoreError> {
+    v.map(time).transpose()
+}
+
+fn direction(s: &str) -> Result<Direction, StoreError> {
+    match s {
+        "up" => Ok(Direction::Up),
+        "down" => Ok(Direction::Down),
+        other => Err(StoreError::Corrupt(format!("direction {other:?}"))),
+    }
+}
+
+const DECISION_COLUMNS: &str = "id, group_name, vm, direction, trigger, from_rung, from_vcpus, from_memory_bytes, \
+    to_rung, to_vcpus, to_memory_bytes, reason, evidence, dry_run, created_at, verify_deadline, baseline_vcpus, \
+    baseline_memory_bytes, fencing_token, status, status_at, verdict, verdict_reason";
+
+/// Raw columns of a decisions row, converted after the row is read.
+struct DecisionRow {
+    id: String,
+    group: String,
+    vm: String,
+    direction: String,
+    trigger: String,
+    from: (String, i64, i64),
+    to: (String, i64, i64),
+    reason: String,
+    evidence: String,
+    dry_run: bool,
+    created_at: i64,
+    verify_deadline: i64,
+    baseline: (i64, i64),
+    fencing_token: i64,
+    status: String,
+    status_at: Option<i64>,
+    verdict: Option<String>,
+    verdict_reason: Option<String>,
+}
+
+impl DecisionRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            group: r.get(1)?,
+            vm: r.get(2)?,
+            direction: r.get(3)?,
+            trigger: r.get(4)?,
+            from: (r.get(5)?, r.get(6)?, r.get(7)?),
+            to: (r.get(8)?, r.get(9)?, r.get(10)?),
+            reason: r.get(11)?,
+            evidence: r.get(12)?,
+            dry_run: r.get(13)?,
+            created_at: r.get(14)?,
+            verify_deadline: r.get(15)?,
+            baseline: (r.get(16)?, r.get(17)?),
+            fencing_token: r.get(18)?,
+            status: r.get(19)?,
+            status_at: r.get(20)?,
+            verdict: r.get(21)?,
+            verdict_reason: r.get(22)?,
+        })
+    }
+
+    fn convert(self) -> Result<StoredDecision, StoreError> {
+        let int = |v: i64, what: &str| -> Result<u64, StoreError> {
+            u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} {v}")))
+        };
+        let vcpus =
+            |v: i64| u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("vcpus {v}")));
+        let sized = |(rung, v, m): (String, i64, i64)| -> Result<SizedRung, StoreError> {
+            Ok(SizedRung {
+                rung,
+                vcpus: vcpus(v)?,
+                memory_bytes: int(m, "memory_bytes")?,
+            })
+        };
+        let trigger = Trigger::parse(&self.trigger)
+            .ok_or_else(|| StoreError::Corrupt(format!("trigger {:?}", self.trigger)))?;
+        Ok(StoredDecision {
+            decision: Decision {
+                id: self.id,
+                group: self.group,
+                vm: self.vm,
+                direction: direction(&self.direction)?,
+                from: sized(self.from)?,
+                to: sized(self.to)?,
+                trigger,
+                reason: self.reason,
+                evidence: serde_json::from_str(&self.evidence)?,
+                dry_run: self.dry_run,
+                created_at: time(self.created_at)?,
+                verify_deadline: time(self.verify_deadline)?,
+                baseline: Baseline {
+                    vcpus: vcpus(self.baseline.0)?,
+                    memory_total_bytes: int(self.baseline.1, "memory_total_bytes")?,
+                },
+            },
+            fencing_token: int(self.fencing_token, "fencing_token")?,
+            status: self.status,
+            status_at: opt_time(self.status_at)?,
+            verdict: self.verdict,
+            verdict_reason: self.verdict_reason,
+        })
+    }
+}
+
+fn i(v: u64) -> i64 {
+    // SQLite integers are signed; sizes and tokens never reach 2^63.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `state_dir`, in WAL mode, migrated to
+    /// the current schema.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        Self::open_file(&state_dir.join(FILE_NAME))
+    }
+
+    /// Opens the database at `path`.
+    pub fn open_file(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt(format!(
+                "journal_mode is {mode}, not wal"
+            )));
+        }
+        // FULL: a decision that was recorded must survive a power cut, or it could be re-decided.
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        let mut store = Self { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The schema version in the file.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))?)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+        let found: Option<i64> = tx
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .optional()?;
+        let mut version = match found {
+            Some(v) => v,
+            None => {
+                tx.execute("INSERT INTO schema_version (version) VALUES (0)", [])?;
+                0
+            }
+        };
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                supported,
+            });
+        }
+        while version < supported {
+            let step = usize::try_from(version)
+                .map_err(|_| StoreError::Corrupt(format!("schema version {version}")))?;
+            tx.execute_batch(MIGRATIONS[step])?;
+            version += 1;
+            tx.execute("UPDATE schema_version SET version = ?1", [version])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a new decision (in flight, or dry-run) before it is sent.
+    pub fn record_decision(&mut self, d: &Decision, fencing_token: u64) -> Result<(), StoreError> {
+        let evidence = serde_json::to_string(&d.evidence)?;
+        let status = if d.dry_run { "dry_run" } else { "in_flight" };
+        self.conn.execute(
+            &format!("INSERT INTO decisions ({DECISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, NULL, NULL, NULL)"),
+            params![
+                d.id,
+                d.group,
+                d.vm,
+                d.direction.as_str(),
+                d.trigger.as_str(),
+                d.from.rung,
+                d.from.vcpus,
+                i(d.from.memory_bytes),
+                d.to.rung,
+                d.to.vcpus,
+                i(d.to.memory_bytes),
+                d.reason,
+                evidence,
+                d.dry_run,
+                ms(d.created_at),
+                ms(d.verify_deadline),
+                d.baseline.vcpus,
+                i(d.baseline.memory_total_bytes),
+                i(fencing_token),
+                status,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records one delivery attempt as it happens.
+    pub fn record_attempt(&mut self, id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO attempts (decision_id, number, started_at, duration_ms, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, attempt.number, ms(attempt.started_at), i(attempt.duration_ms), serde_json::to_string(&attempt.result)?],
+        )?;
+        Ok(())
+    }
+
+    /// Records the actuator's final word and, if not already recorded one by one, its attempts.
+    pub fn record_outcome(
+        &mut self,
+        id: &str,
+        outcome: &Outcome,
+        attempts_recorded: bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        if !attempts_recorded {
+            for a in &outcome.attempts {
+                tx.execute(
+                    "INSERT INTO attempts (decision_id, number, started_at, duration_ms, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, a.number, ms(a.started_at), i(a.duration_ms), serde_json::to_string(&a.result)?],
+                )?;
+            }
+        }
+        let reason = match &outcome.verdict {
+            crate::actuator::Verdict::Accepted => None,
+            crate::actuator::Verdict::Rejected { reason }
+            | crate::actuator::Verdict::GaveUp { reason } => Some(reason.clone()),
+        };
+        tx.execute(
+            "UPDATE decisions SET verdict = ?2, verdict_reason = ?3 WHERE id = ?1",
+            params![id, outcome.verdict.as_str(), reason],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records verification results and failures from an evaluation.
+    pub fn record_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for e in events {
+            match e {
+                Event::Verified {
+                    id,
+                    at,
+                    vcpus,
+                    memory_total_bytes,
+                    ..
+                } => {
+                    tx.execute(
+                        "UPDATE decisions SET status = 'verified', status_at = ?2 WHERE id = ?1",
+                        params![id, ms(*at)],
+                    )?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO verifications (decision_id, at, verified, vcpus, memory_total_bytes, detail) VALUES (?1, ?2, 1, ?3, ?4, '')",
+                        params![id, ms(*at), vcpus, i(*memory_total_bytes)],
+                    )?;
+                }
+                Event::Failed { id, at, reason, .. } => {
+                    tx.execute(
+                        "UPDATE decisions SET status = 'failed', status_at = ?2 WHERE id = ?1",
+                        params![id, ms(*at)],
+                    )?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO verifications (decision_id, at, verified, vcpus, memory_total_bytes, detail) VALUES (?1, ?2, 0, NULL, NULL, ?3)",
+                        params![id, ms(*at), reason],
+                    )?;
+                }
+                // Carried by the group's flags (`save_group`).
+                Event::RollStopped { .. } | Event::CircuitOpened { .. } => {}
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Saves a group's pause, circuit-breaker and roll-stop flags.
+    pub fn save_group(&mut self, name: &str, state: &GroupState) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO groups (name, paused_at, paused_by, consecutive_failures, up_roll_stopped_until, down_roll_stopped_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (name) DO UPDATE SET paused_at = ?2, paused_by = ?3, consecutive_failures = ?4,
+                 up_roll_stopped_until = ?5, down_roll_stopped_until = ?6",
+            params![
+                name,
+                state.pause.map(|p| ms(p.at)),
+                state.pause.map(|p| p.by.as_str()),
+                state.consecutive_failures,
+                state.up_roll_stopped_until.map(ms),
+                state.down_roll_stopped_until.map(ms),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Rebuilds a group's engine state: flags, in-flight resizes and the history cooldowns
+    /// and caps are counted from. Rule timers start empty.
+    pub fn load_group(&self, name: &str, now: Timestamp) -> Result<GroupState, StoreError> {
+        let mut state = GroupState::default();
+        let flags = self
+            .conn
+            .query_row(
+                "SELECT paused_at, paused_by, consecutive_failures, up_roll_stopped_until, down_roll_stopped_until FROM groups WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<i64>>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, u32>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        if let Some((paused_at, paused_by, failures, up, down)) = flags {
+            state.pause = match (paused_at, paused_by.as_deref()) {
+                (Some(at), Some("operator")) => Some(Pause {
+                    at: time(at)?,
+                    by: PauseReason::Operator,
+                }),
+                (Some(at), Some("circuit_breaker")) => Some(Pause {
+                    at: time(at)?,
+                    by: PauseReason::CircuitBreaker,
+                }),
+                (None, _) => None,
+                (Some(_), other) => {
+                    return Err(StoreError::Corrupt(format!("paused_by {other:?}")));
+                }
+            };
+            state.consecutive_failures = failures;
+            state.up_roll_stopped_until = opt_time(up)?;
+            state.down_roll_stopped_until = opt_time(down)?;
+        }
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions WHERE group_name = ?1 AND (created_at >= ?2 OR status = 'in_flight') ORDER BY created_at, rowid"
+        ))?;
+        let rows = stmt.query_map(params![name, ms(now) - HISTORY_MS], DecisionRow::read)?;
+        for row in rows {
+            let s = row?.convert()?;
+            let d = &s.decision;
+            let status = match (s.status.as_str(), s.status_at) {
+                ("in_flight", _) => ResizeStatus::InFlight,
+                ("dry_run", _) => ResizeStatus::DryRun,
+                ("verified", Some(at)) => ResizeStatus::Verified { at },
+                ("failed", Some(at)) => ResizeStatus::Failed { at },
+                (other, _) => {
+                    return Err(StoreError::Corrupt(format!("status {other:?} of {}", d.id)));
+                }
+            };
+            state.resizes.push(ResizeRecord {
+                id: d.id.clone(),
+                vm: d.vm.clone(),
+                direction: d.direction,
+                trigger: d.trigger,
+                from: Size {
+                    vcpus: d.from.vcpus,
+                    memory_bytes: d.from.memory_bytes,
+                },
+                to: Size {
+                    vcpus: d.to.vcpus,
+                    memory_bytes: d.to.memory_bytes,
+                },
+                created_at: d.created_at,
+                deadline: d.verify_deadline,
+                baseline: d.baseline,
+                status,
+            });
+        }
+        Ok(state)
+    }
+
+    /// Decisions in flight that have no final word from the actuator: after a restart they
+    /// are sent again, with the same id (the receiver de-duplicates on it).
+    pub fn unsent(&self) -> Result<Vec<StoredDecision>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions WHERE status = 'in_flight' AND verdict IS NULL ORDER BY created_at, rowid"
+        ))?;
+        let rows = stmt.query_map([], DecisionRow::read)?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(DecisionRow::convert))
+            .collect()
+    }
+
+    /// Lists decisions, newest first.
+    pub fn decisions(&self, filter: &DecisionFilter) -> Result<Vec<StoredDecision>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions
+             WHERE (?1 IS NULL OR group_name = ?1) AND (?2 IS NULL OR vm = ?2)
+               AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4)
+             ORDER BY created_at DESC, rowid DESC LIMIT ?5"
+        ))?;
+        let limit = filter.limit.unwrap_or(100).min(10_000);
+        let rows = stmt.query_map(
+            params![
+                filter.group,
+                filter.vm,
+                filter.since.map(ms),
+                filter.until.map(ms),
+                limit
+            ],
+            DecisionRow::read,
+        )?;
+        rows.map(|r| r.map_err(StoreError::from).and_then(DecisionRow::convert))
+            .collect()
+    }
+
+    /// One decision by id.
+    pub fn decision(&self, id: &str) -> Result<Option<StoredDecision>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?1"),
+                [id],
+                DecisionRow::read,
+            )
+            .optional()?;
+        row.map(DecisionRow::convert).transpose()
+    }
+
+    /// Every recorded attempt for a decision, in order.
+    pub fn attempts(&self, id: &str) -> Result<Vec<Attempt>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT number, started_at, duration_ms, result FROM attempts WHERE decision_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([id], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (number, started_at, duration_ms, result) = r?;
+            Ok(Attempt {
+                number,
+                started_at: time(started_at)?,
+                duration_ms: u64::try_from(duration_ms).unwrap_or_default(),
+                result: serde_json::from_str::<AttemptResult>(&result)?,
+            })
+        })
+        .collect()
+    }
+
+    /// The verification result of a decision, once there is one.
+    pub fn verification(&self, id: &str) -> Result<Option<Verification>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT at, verified, vcpus, memory_total_bytes, detail FROM verifications WHERE decision_id = ?1",
+                [id],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?, r.get::<_, Option<u32>>(2)?, r.get::<_, Option<i64>>(3)?, r.get::<_, String>(4)?)),
+            )
+            .optional()?;
+        row.map(|(at, verified, vcpus, mem, detail)| {
+            Ok(Verification {
+                at: time(at)?,
+                verified,
+                vcpus,
+                memory_total_bytes: mem.map(|m| u64::try_from(m).unwrap_or_default()),
+                detail,
+            })
+        })
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use crate::actuator::Verdict;
+    use crate::policy::Metric;
+    use crate::policy::decision::Evidence;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn decision(id: &str, group: &str, vm: &str, at: &str, dry_run: bool) -> Decision {
+        let created_at = t(at);
+        Decision {
+            id: id.into(),
+            group: group.into(),
+            vm: vm.into(),
+            direction: Direction::Up,
+            from: SizedRung {
+                rung: "M".into(),
+                vcpus: 2,
+                memory_bytes: 4 << 30,
+            },
+            to: SizedRung {
+                rung: "L".into(),
+                vcpus: 4,
+                memory_bytes: 8 << 30,
+            },
+            trigger: Trigger::Rule,
+            reason: "rule held".into(),
+            evidence: vec![Evidence {
+                metric: Metric::CpuUtilization,
+                window: "1m".into(),
+                value: 0.92,
+                threshold: 0.8,
+                comparison: ">=".into(),
+                rule: "cpu".into(),
+                held_for_seconds: Some(180),
+            }],
+            dry_run,
+            created_at,
+            verify_deadline: created_at + chrono::Duration::minutes(5),
+            baseline: Baseline {
+                vcpus: 2,
+                memory_total_bytes: (4 << 30) - (150 << 20),
+            },
+        }
+    }
+
+    #[test]
+    fn decisions_attempts_and_verifications_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 1);
+        let d = decision("d1", "web", "web-1", "2026-01-15T10:00:00Z", false);
+        store.record_decision(&d, 42).unwrap();
+        let attempts = vec![
+            Attempt {
+                number: 1,
+                started_at: t("2026-01-15T10:00:00Z"),
+                duration_ms: 12,
+                result: AttemptResult::Status {
+                    code: 500,
+                    body: "busy".into(),
+                },
+            },
+            Attempt {
+                number: 2,
+                started_at: t("2026-01-15T10:00:01Z"),
+                duration_ms: 3000,
+                result: AttemptResult::Timeout,
+            },
+            Attempt {
+                number: 3,
+                started_at: t("2026-01-15T10:00:05Z"),
+                duration_ms: 9,
+                result: AttemptResult::Status {
+                    code: 200,
+                    body: String::new(),
+                },
+            },
+        ];
+        store
+            .record_outcome(
+                "d1",
+                &Outcome {
+                    verdict: Verdict::Accepted,
+                    attempts: attempts.clone(),
+                },
+                false,
+            )
+            .unwrap();
+        let stored = store.decision("d1").unwrap().unwrap();
+        assert_eq!(stored.decision, d);
+        assert_eq!(
+            (
+                stored.fencing_token,
+                stored.status.as_str(),
+                stored.verdict.as_deref()
+            ),
+            (42, "in_flight", Some("accepted"))
+        );
+        assert_eq!(store.attempts("d1").unwrap(), attempts);
+        assert!(
+            store.unsent().unwrap().is_empty(),
+            "accepted: not to be sent again"
+        );
+
+        let at = t("2026-01-15T10:01:00Z");
+        store
+            .record_events(&[Event::Verified {
+                id: "d1".into(),
+                vm: "web-1".into(),
+                at,
+                vcpus: 4,
+                memory_total_bytes: 8 << 30,
+            }])
+            .unwrap();
+        let v = store.verification("d1").unwrap().unwrap();
+        assert_eq!(
+            v,
+            Verification {
+                at,
+                verified: true,
+                vcpus: Some(4),
+                memory_total_bytes: Some(8 << 30),
+                detail: String::new()
+            }
+        );
+        assert_eq!(store.decision("d1").unwrap().unwrap().status, "verified");
+    }
+
+    #[test]
+    fn a_reopened_store_keeps_cooldowns_flags_and_in_flight_resizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = t("2026-01-15T10:10:00Z");
+        {
+            let mut store = Store::open(dir.path()).unwrap();
+            // Verified 5 minutes ago (cooldown), one in flight, one sent without a final word.
+            store
+                .record_decision(
+                    &decision("old", "web", "web-1", "2026-01-15T10:00:00Z", false),
+                    0,
+                )
+                .unwrap();
+            store
+                .record_events(&[Event::Verified {
+                    id: "old".into(),
+                    vm: "web-1".into(),
+                    at: t("2026-01-15T10:05:00Z"),
+                    vcpus: 4,
+                    memory_total_bytes: 8 << 30,
+                }])
+                .unwrap();
+            store
+                .record_decision(
+                    &decision("new", "web", "web-2", "2026-01-15T10:09:00Z", false),
+                    3,
+                )
+                .unwrap();
+            store
+                .record_decision(
+                    &decision("ancient", "web", "web-3", "2026-01-10T10:00:00Z", false),
+                    0,
+                )
+                .unwrap();
+            store
+                .record_events(&[Event::Failed {
+                    id: "ancient".into(),
+                    vm: "web-3".into(),
+                    at: t("2026-01-10T10:05:00Z"),
+                    reason: "timeout".into(),
+                }])
+                .unwrap();
+            let flags = GroupState {
+                pause: Some(Pause {
+                    at: now,
+                    by: PauseReason::CircuitBreaker,
+                }),
+                consecutive_failures: 3,
+                up_roll_stopped_until: Some(t("2026-01-15T10:15:00Z")),
+                ..GroupState::default()
+            };
+            store.save_group("web", &flags).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let state = store.load_group("web", now).unwrap();
+        assert_eq!(
+            state.pause,
+            Some(Pause {
+                at: now,
+                by: PauseReason::CircuitBreaker
+            })
+        );
+        assert_eq!(state.consecutive_failures, 3);
+        assert_eq!(state.up_roll_stopped_until, Some(t("2026-01-15T10:15:00Z")));
+        let ids: Vec<&str> = state.resizes.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["old", "new"],
+            "history older than two days is not needed"
+        );
+        assert_eq!(
+            state.resizes[0].status,
+            ResizeStatus::Verified {
+                at: t("2026-01-15T10:05:00Z")
+            }
+        );
+        assert_eq!(state.in_flight().map(|r| r.id.as_str()), Some("new"));
+        // `new` never got a verdict: it is to be sent again, with the same id and token.
+        let unsent = store.unsent().unwrap();
+        assert_eq!(unsent.len(), 1);
+        assert_eq!(
+            (unsent[0].decision.id.as_str(), unsent[0].fencing_token),
+            ("new", 3)
+        );
+        assert!(store.load_group("db", now).unwrap() == GroupState::default());
+    }
+
+    #[test]
+    fn decisions_are_listed_by_group_vm_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        for (id, group, vm, at) in [
+            ("a", "web", "web-1", "2026-01-15T08:00:00Z"),
+            ("b", "web", "web-2", "2026-01-15T09:00:00Z"),
+            ("c", "db", "db-1", "2026-01-15T10:00:00Z"),
+            ("d", "web", "web-1", "2026-01-15T11:00:00Z"),
+        ] {
+            store
+                .record_decision(&decision(id, group, vm, at, id == "d"), 0)
+                .unwrap();
+        }
+        let list = |f: DecisionFilter| {
+            store
+                .decisions(&f)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.decision.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(list(DecisionFilter::default()), ["d", "c", "b", "a"]);
+        assert_eq!(
+            list(DecisionFilter {
+                group: Some("web".into()),
+                ..Default::default()
+            }),
+            ["d", "b", "a"]
+        );
+        assert_eq!(
+            list(DecisionFilter {
+                vm: Some("web-1".into()),
+                ..Default::default()
+            }),
+            ["d", "a"]
+        );
+        let window = DecisionFilter {
+            since: Some(t("2026-01-15T09:00:00Z")),
+            until: Some(t("2026-01-15T11:00:00Z")),
+            ..Default::default()
+        };
+        assert_eq!(list(window), ["c", "b"]);
+        assert_eq!(
+            list(DecisionFilter {
+                limit: Some(1),
+                ..Default::default()
+            }),
+            ["d"]
+        );
+        assert_eq!(store.decision("d").unwrap().unwrap().status, "dry_run");
+        // A duplicate id is refused: a decision is recorded once.
+        assert!(
+            store
+                .record_decision(
+                    &decision("a", "web", "web-1", "2026-01-15T08:00:00Z", false),
+                    0
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_store_uses_wal_and_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        store
+            .conn
+            .execute("UPDATE schema_version SET version = 99", [])
+            .unwrap();
+        drop(store);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::NewerSchema {
+                found: 99,
+                supported: 1
+            })
+        ));
+    }
+}
