@@ -1,1 +1,37 @@
-//! placeholder
+//! rally-agent: samples a Debian VM and streams the samples to Rally's collectors.
+//!
+//! Every interval (5 s by default) the agent reads `/proc` and `/sys`, turns counters
+//! into shares and rates over the interval, and streams a `Report` with the next
+//! sequence number to every configured collector over `rally.v1.Ingest/Stream`. Reports
+//! stay in a bounded per-collector buffer until acknowledged, and are replayed after a
+//! reconnect.
+//!
+//! # Layout
+//!
+//! - [`sample`]: one module per signal (`cpu`, `memory`, `load`, `pressure`, `net`,
+//!   `disk`, `filesystem`, `size`), each a file read plus pure functions over its text,
+//!   and the [`sample::Sampler`] that reads them all and keeps previous counters.
+//! - [`buffer`]: the bounded queue of un-acknowledged reports (drops the oldest, counts
+//!   it, trims on acknowledgement).
+//! - [`backoff`]: gRPC's connection backoff (1 s × 1.6, ±20 %, cap 120 s).
+//! - [`transport`]: one stream per collector: `Hello`, replay, follow, reconnect.
+//! - [`wire`]: the transport edge, domain samples to `rally.v1` messages.
+//! - [`agent`]: one run: identity, the sampling loop, the stream tasks ([`run`]).
+//! - [`config`]: `agent.toml` ([`Config`], [`load_config`]).
+//! - [`cli`]: the command line ([`Cli`]), shared with the man page generator.
+
+// unwrap() is fine in tests (a panic is the failure report).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod agent;
+pub mod backoff;
+pub mod buffer;
+pub mod cli;
+pub mod config;
+pub mod sample;
+pub mod transport;
+pub mod wire;
+
+pub use agent::{Error, run};
+pub use cli::Cli;
+pub use config::{Config, ConfigError, load_config};

@@ -1,0 +1,178 @@
+//! Block device throughput from `/proc/diskstats`, whole disks only.
+//!
+//! A whole disk is a device listed in `/sys/block` (partitions live under their disk
+//! there); loop, RAM and floppy devices are left out, as node_exporter does.
+
+use std::time::Duration;
+
+use procfs::{DiskStats, FromBufRead};
+use serde::Serialize;
+
+use super::SampleError;
+
+/// The file this signal reads, relative to the proc root.
+pub const PATH: &str = "diskstats";
+
+/// The directory listing whole disks, relative to the sys root.
+pub const SYS_BLOCK: &str = "block";
+
+/// `/proc/diskstats` counts 512-byte sectors whatever the device's sector size.
+const SECTOR_BYTES: u64 = 512;
+
+/// Name prefixes of block devices that are not disks.
+const NOT_DISKS: [&str; 4] = ["loop", "ram", "zram", "fd"];
+
+/// One disk's counters since boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskCounters {
+    /// Sectors read.
+    pub sectors_read: u64,
+    /// Sectors written.
+    pub sectors_written: u64,
+    /// Milliseconds the device had I/O in flight.
+    pub io_ms: u64,
+}
+
+/// One disk's throughput over an interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskRate {
+    /// Device name (e.g. `vda`).
+    pub name: String,
+    /// Bytes read per second.
+    pub read_bytes_per_second: f64,
+    /// Bytes written per second.
+    pub write_bytes_per_second: f64,
+    /// Share of the interval the device was busy (0..=1).
+    pub busy_ratio: f64,
+}
+
+/// Whether a device listed in `/sys/block` is reported.
+pub fn is_reported(name: &str) -> bool {
+    !NOT_DISKS.iter().any(|p| name.starts_with(p))
+}
+
+/// Parses `/proc/diskstats`, keeping the devices in `whole_disks` that are reported;
+/// sorted by name.
+pub fn parse(
+    text: &str,
+    whole_disks: &[String],
+) -> Result<Vec<(String, DiskCounters)>, SampleError> {
+    let stats =
+        DiskStats::from_buf_read(text.as_bytes()).map_err(|e| SampleError::parse(PATH, e))?;
+    let mut out: Vec<(String, DiskCounters)> = stats
+        .0
+        .into_iter()
+        .filter(|d| is_reported(&d.name) && whole_disks.contains(&d.name))
+        .map(|d| {
+            let counters = DiskCounters {
+                sectors_read: d.sectors_read,
+                sectors_written: d.sectors_written,
+                io_ms: d.time_in_progress,
+            };
+            (d.name, counters)
+        })
+        .collect();
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Rates between two readings `elapsed` apart, for disks present in both. A disk whose
+/// counters went backwards (re-attached) is left out of this interval.
+pub fn rates(
+    prev: &[(String, DiskCounters)],
+    cur: &[(String, DiskCounters)],
+    elapsed: Duration,
+) -> Vec<DiskRate> {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return Vec::new();
+    }
+    cur.iter()
+        .filter_map(|(name, c)| {
+            let i = prev.binary_search_by(|(n, _)| n.as_str().cmp(name)).ok()?;
+            let p = &prev[i].1;
+            let read = c.sectors_read.checked_sub(p.sectors_read)?;
+            let written = c.sectors_written.checked_sub(p.sectors_written)?;
+            let io_ms = c.io_ms.checked_sub(p.io_ms)?;
+            Some(DiskRate {
+                name: name.clone(),
+                read_bytes_per_second: (read * SECTOR_BYTES) as f64 / secs,
+                write_bytes_per_second: (written * SECTOR_BYTES) as f64 / secs,
+                // io_ms is sampled at a different instant than our clock; clamp.
+                busy_ratio: (io_ms as f64 / 1000.0 / secs).min(1.0),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = include_str!("../../tests/fixtures/diskstats-a.txt");
+    const B: &str = include_str!("../../tests/fixtures/diskstats-b.txt");
+
+    /// `/sys/block` on the machine the fixtures come from.
+    fn sys_block() -> Vec<String> {
+        let mut v: Vec<String> = (0..8).map(|i| format!("loop{i}")).collect();
+        v.extend(["vda".to_owned(), "zram0".to_owned()]);
+        v
+    }
+
+    #[test]
+    fn keeps_whole_disks_only() {
+        let a = parse(A, &sys_block()).unwrap();
+        assert_eq!(
+            a.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
+            vec!["vda"]
+        );
+        assert_eq!(a[0].1.sectors_read, 3871546);
+        assert_eq!(a[0].1.io_ms, 16024);
+    }
+
+    #[test]
+    fn partitions_are_not_whole_disks() {
+        let text = format!("{A} 254       1 vda1 10 0 80 1 0 0 0 0 0 1 1 0 0 0 0 0 0\n");
+        let d = parse(&text, &sys_block()).unwrap();
+        assert!(d.iter().all(|(n, _)| n != "vda1"));
+    }
+
+    #[test]
+    fn rates_of_a_real_interval() {
+        let (a, b) = (
+            parse(A, &sys_block()).unwrap(),
+            parse(B, &sys_block()).unwrap(),
+        );
+        let r = rates(&a, &b, Duration::from_secs(2));
+        assert_eq!(r.len(), 1);
+        // Δ sectors read 133016, written 884680, io 340 ms over 2 s.
+        assert_eq!(r[0].read_bytes_per_second, 133016.0 * 512.0 / 2.0);
+        assert_eq!(r[0].write_bytes_per_second, 884680.0 * 512.0 / 2.0);
+        assert!((r[0].busy_ratio - 0.17).abs() < 1e-12);
+    }
+
+    #[test]
+    fn busy_ratio_never_exceeds_one() {
+        let (a, b) = (
+            parse(A, &sys_block()).unwrap(),
+            parse(B, &sys_block()).unwrap(),
+        );
+        let r = rates(&a, &b, Duration::from_millis(100));
+        assert_eq!(r[0].busy_ratio, 1.0);
+    }
+
+    #[test]
+    fn counters_going_backwards_skip_the_disk() {
+        let (a, b) = (
+            parse(A, &sys_block()).unwrap(),
+            parse(B, &sys_block()).unwrap(),
+        );
+        assert!(rates(&b, &a, Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn loop_ram_and_floppy_are_not_reported() {
+        assert!(is_reported("vda") && is_reported("nvme0n1") && is_reported("dm-0"));
+        assert!(!is_reported("loop3") && !is_reported("zram0") && !is_reported("ram1"));
+    }
+}

@@ -1,0 +1,59 @@
+//! Load averages from `/proc/loadavg`.
+
+use procfs::{FromRead, LoadAverage};
+use serde::Serialize;
+
+use super::SampleError;
+
+/// The file this signal reads, relative to the proc root.
+pub const PATH: &str = "loadavg";
+
+/// The 1, 5 and 15 minute load averages.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Load {
+    /// Over 1 minute.
+    pub one: f64,
+    /// Over 5 minutes.
+    pub five: f64,
+    /// Over 15 minutes.
+    pub fifteen: f64,
+}
+
+/// Parses the text of `/proc/loadavg`.
+pub fn parse(text: &str) -> Result<Load, SampleError> {
+    let l = LoadAverage::from_read(text.as_bytes()).map_err(|e| SampleError::parse(PATH, e))?;
+    Ok(Load {
+        one: super::hundredths(l.one),
+        five: super::hundredths(l.five),
+        fifteen: super::hundredths(l.fifteen),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_real_loadavg() {
+        let text = include_str!("../../tests/fixtures/loadavg.txt");
+        let expected: Vec<f64> = text
+            .split_whitespace()
+            .take(3)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let l = parse(text).unwrap();
+        assert_eq!(vec![l.one, l.five, l.fifteen], expected);
+    }
+
+    #[test]
+    fn keeps_the_two_decimals_the_kernel_prints() {
+        let l = parse("0.10 0.42 12.24 4/104 16376\n").unwrap();
+        assert_eq!((l.one, l.five, l.fifteen), (0.10, 0.42, 12.24));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse("").is_err());
+        assert!(parse("a b c").is_err());
+    }
+}

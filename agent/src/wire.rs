@@ -1,0 +1,307 @@
+//! The transport edge: domain samples to `rally.v1` messages and back to bytes.
+//!
+//! Nothing else in the agent knows the generated types' shape, so a proto change
+//! touches this file only.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prost::Message;
+use prost::bytes::Bytes;
+use rally_proto::v1 as pb;
+
+use crate::buffer::Entry;
+use crate::sample::{CpuShares, PressureLine, PressureResource, Sample, VmSize};
+
+/// Who the agent is, for the stream's `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The VM's id in the fleet.
+    pub vm_id: String,
+    /// The kernel's hostname.
+    pub hostname: String,
+    /// The kernel boot id.
+    pub boot_id: String,
+    /// Chosen at random when the process starts.
+    pub run_id: u64,
+    /// Labels from the configuration.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The `Hello` that opens every stream.
+pub fn hello(identity: &Identity, size: Option<VmSize>, interval: Duration) -> pb::AgentMessage {
+    pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            vm_id: identity.vm_id.clone(),
+            hostname: identity.hostname.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            boot_id: identity.boot_id.clone(),
+            run_id: identity.run_id,
+            labels: identity
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            size: size.map(vm_size),
+            interval_ms: millis(interval),
+        })),
+    }
+}
+
+/// A sample as the `Report` with sequence number `seq`, encoded for the buffers.
+pub fn encode_report(seq: u64, sample: &Sample) -> Bytes {
+    Bytes::from(report(seq, sample).encode_to_vec())
+}
+
+/// A buffered report as the message to send, with its drop count filled in.
+pub fn report_message(entry: &Entry) -> Result<pb::AgentMessage, prost::DecodeError> {
+    let mut report = pb::Report::decode(entry.report.clone())?;
+    report.dropped = entry.dropped_before;
+    Ok(pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Report(report)),
+    })
+}
+
+/// A duration in whole milliseconds, saturated to the field's range.
+pub fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// A sample as the `Report` with sequence number `seq` (and no drops).
+pub fn report(seq: u64, s: &Sample) -> pb::Report {
+    pb::Report {
+        seq,
+        timestamp_ms: s.timestamp_ms,
+        interval_ms: s.interval_ms,
+        size: s.size.map(vm_size),
+        cpu: s.cpu.as_ref().map(|c| cpu_times(0, c)),
+        cores: s.cores.iter().map(|c| cpu_times(c.id, &c.shares)).collect(),
+        load: s.load.map(|l| pb::LoadAverage {
+            one: l.one,
+            five: l.five,
+            fifteen: l.fifteen,
+        }),
+        memory: s.memory.map(|m| pb::Memory {
+            total_bytes: m.total_bytes,
+            available_bytes: m.available_bytes,
+            swap_total_bytes: m.swap_total_bytes,
+            swap_free_bytes: m.swap_free_bytes,
+        }),
+        pressure: s.pressure.map(|p| pb::Pressure {
+            cpu: p.cpu.map(pressure_resource),
+            memory: p.memory.map(pressure_resource),
+            io: p.io.map(pressure_resource),
+        }),
+        net: s
+            .net
+            .iter()
+            .map(|n| pb::NetInterface {
+                name: n.name.clone(),
+                rx_bytes_per_second: n.rx_bytes_per_second,
+                tx_bytes_per_second: n.tx_bytes_per_second,
+                rx_packets_per_second: n.rx_packets_per_second,
+                tx_packets_per_second: n.tx_packets_per_second,
+                rx_errors: n.rx_errors,
+                tx_errors: n.tx_errors,
+            })
+            .collect(),
+        disks: s
+            .disks
+            .iter()
+            .map(|d| pb::DiskIo {
+                name: d.name.clone(),
+                read_bytes_per_second: d.read_bytes_per_second,
+                write_bytes_per_second: d.write_bytes_per_second,
+                busy_ratio: d.busy_ratio,
+            })
+            .collect(),
+        filesystems: s
+            .filesystems
+            .iter()
+            .map(|f| pb::Filesystem {
+                mount_point: f.mount_point.clone(),
+                fs_type: f.fs_type.clone(),
+                total_bytes: f.total_bytes,
+                available_bytes: f.available_bytes,
+            })
+            .collect(),
+        dropped: 0,
+    }
+}
+
+fn vm_size(s: VmSize) -> pb::VmSize {
+    pb::VmSize {
+        vcpus: s.vcpus,
+        memory_bytes: s.memory_bytes,
+    }
+}
+
+fn cpu_times(id: u32, c: &CpuShares) -> pb::CpuTimes {
+    pb::CpuTimes {
+        user: c.user,
+        nice: c.nice,
+        system: c.system,
+        irq: c.irq,
+        softirq: c.softirq,
+        iowait: c.iowait,
+        steal: c.steal,
+        idle: c.idle,
+        utilization: c.utilization,
+        id,
+    }
+}
+
+fn pressure_resource(r: PressureResource) -> pb::PressureResource {
+    let line = |l: PressureLine| pb::PressureLine {
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+        total_us: l.total_us,
+    };
+    pb::PressureResource {
+        some: Some(line(r.some)),
+        full: r.full.map(line),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::{CoreShares, Memory, Pressure};
+
+    fn shares(utilization: f64) -> CpuShares {
+        CpuShares {
+            user: utilization,
+            nice: 0.0,
+            system: 0.0,
+            irq: 0.0,
+            softirq: 0.0,
+            iowait: 0.0,
+            steal: 0.0,
+            idle: 1.0 - utilization,
+            utilization,
+        }
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            timestamp_ms: 1_700_000_000_000,
+            interval_ms: 5000,
+            size: Some(VmSize {
+                vcpus: 4,
+                memory_bytes: 8 << 30,
+            }),
+            cpu: Some(shares(0.5)),
+            cores: vec![
+                CoreShares {
+                    id: 0,
+                    shares: shares(0.25),
+                },
+                CoreShares {
+                    id: 3,
+                    shares: shares(0.75),
+                },
+            ],
+            load: None,
+            memory: Some(Memory {
+                total_bytes: 8 << 30,
+                available_bytes: 4 << 30,
+                swap_total_bytes: 0,
+                swap_free_bytes: 0,
+            }),
+            pressure: Some(Pressure {
+                cpu: Some(PressureResource {
+                    some: PressureLine {
+                        avg10: 1.5,
+                        avg60: 1.0,
+                        avg300: 0.5,
+                        total_us: 42,
+                    },
+                    full: None,
+                }),
+                memory: None,
+                io: None,
+            }),
+            net: Vec::new(),
+            disks: Vec::new(),
+            filesystems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn report_round_trips_through_the_buffer_with_its_drop_count() {
+        let entry = Entry {
+            seq: 7,
+            dropped_before: 3,
+            report: encode_report(7, &sample()),
+        };
+        let Some(pb::agent_message::Kind::Report(r)) = report_message(&entry).unwrap().kind else {
+            panic!("not a report");
+        };
+        assert_eq!(r.seq, 7);
+        assert_eq!(r.dropped, 3);
+        assert_eq!(r.interval_ms, 5000);
+        assert_eq!(
+            r.size,
+            Some(pb::VmSize {
+                vcpus: 4,
+                memory_bytes: 8 << 30
+            })
+        );
+        assert_eq!(r.cpu.unwrap().utilization, 0.5);
+        assert_eq!(
+            r.cores
+                .iter()
+                .map(|c| (c.id, c.utilization))
+                .collect::<Vec<_>>(),
+            vec![(0, 0.25), (3, 0.75)]
+        );
+        assert_eq!(r.load, None, "absent stays absent");
+        let cpu_pressure = r.pressure.unwrap().cpu.unwrap();
+        assert_eq!(cpu_pressure.full, None);
+        assert_eq!(cpu_pressure.some.unwrap().total_us, 42);
+    }
+
+    #[test]
+    fn first_report_has_no_cpu() {
+        let mut s = sample();
+        s.cpu = None;
+        s.cores.clear();
+        s.interval_ms = 0;
+        let r = report(1, &s);
+        assert_eq!(r.cpu, None);
+        assert!(r.cores.is_empty());
+    }
+
+    #[test]
+    fn hello_carries_identity_size_and_interval() {
+        let identity = Identity {
+            vm_id: "web-1".into(),
+            hostname: "web-1.example".into(),
+            boot_id: "b".into(),
+            run_id: 99,
+            labels: BTreeMap::from([("role".into(), "web".into())]),
+        };
+        let Some(pb::agent_message::Kind::Hello(h)) =
+            hello(&identity, sample().size, Duration::from_secs(5)).kind
+        else {
+            panic!("not a hello");
+        };
+        assert_eq!(h.vm_id, "web-1");
+        assert_eq!(h.agent_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(h.run_id, 99);
+        assert_eq!(h.interval_ms, 5000);
+        assert_eq!(h.labels.get("role").map(String::as_str), Some("web"));
+        assert_eq!(h.size.unwrap().vcpus, 4);
+    }
+
+    #[test]
+    fn garbage_in_the_buffer_is_an_error() {
+        let entry = Entry {
+            seq: 1,
+            dropped_before: 0,
+            report: Bytes::from_static(&[0xff, 0xff, 0xff]),
+        };
+        assert!(report_message(&entry).is_err());
+    }
+}
