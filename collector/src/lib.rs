@@ -1,1 +1,257 @@
-//! placeholder
+//! `rally-collector`: receives Rally agents' report streams, keeps a windowed,
+//! in-memory picture of every VM and group, and serves it to Prometheus (`/metrics`),
+//! scripts (`/api/v1`) and people (the status page).
+//!
+//! # Layout
+//!
+//! - [`config`]: `collector.toml` (listeners, ingest limits, state, auth, groups), with
+//!   errors that name file, line and key.
+//! - [`clock`]: the injectable wall clock (simulated time in tests).
+//! - [`ingest`]: the gRPC edge, `rally.v1.Ingest/Stream`: authentication, validation,
+//!   limits, de-duplication, acknowledgements; converts protobuf into fleet types.
+//! - [`fleet`]: the in-memory picture: per VM identity, size, latest report,
+//!   freshness, counters and metric windows (raw 5 min, 1-minute buckets for 24 h),
+//!   with the queries the policy engine asks.
+//! - [`metrics`]: the Prometheus text exposition, rendered from the fleet per scrape.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the status page.
+//! - [`cli`]: the command line.
+//!
+//! [`Collector`] binds both listeners and serves until told to stop; [`run`] does both.
+//!
+//! **Invariant:** the ingest path never waits on anything slow: no disk, no actuator,
+//! no other stream. It only takes one VM's lock for the moment a report is folded in.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod fleet;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tracing::{info, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::fleet::{Fleet, FleetSettings};
+use crate::ingest::auth::Authenticator;
+use crate::ingest::{IngestService, IngestStats};
+
+/// How long open streams and HTTP requests get to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often VMs silent for `forget_after` are looked for.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+/// HTTP/2 pings find dead agents' connections (a VM that vanished without a FIN).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A ping not answered this fast closes the connection.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams per HTTP/2 connection: an agent needs one.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// Why the collector could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener could not be bound.
+    #[error("binding {what} listener {addr}: {source}")]
+    Bind {
+        /// `gRPC` or `HTTP`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state directory cannot be created or written.
+    #[error("state directory {}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A token file could not be read.
+    #[error("auth: {0}")]
+    Auth(String),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// A collector with both listeners bound, ready to [`serve`](Collector::serve).
+#[derive(Debug)]
+pub struct Collector {
+    config: Config,
+    clock: Arc<dyn Clock>,
+    fleet: Arc<Fleet>,
+    stats: Arc<IngestStats>,
+    auth: Authenticator,
+    grpc: TcpListener,
+    http: TcpListener,
+    ready: Arc<AtomicBool>,
+}
+
+/// Makes sure the state directory exists and is writable.
+fn check_state_dir(dir: &Path) -> Result<(), Error> {
+    let err = |source| Error::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(format!(".rally-collector-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)
+}
+
+impl Collector {
+    /// Checks the state directory, reads the tokens and binds both listeners.
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        Self::bind_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`bind`](Collector::bind), with freshness and windows on `clock`.
+    pub async fn bind_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
+        check_state_dir(&config.state.dir)?;
+        let auth = Authenticator::from_config(&config.auth).map_err(Error::Auth)?;
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { what, addr, source })
+        };
+        let grpc = bind("gRPC", config.listen.grpc).await?;
+        let http = bind("HTTP", config.listen.http).await?;
+        let fleet = Arc::new(Fleet::new(FleetSettings::from_config(&config)));
+        Ok(Self {
+            config,
+            clock,
+            fleet,
+            stats: Arc::new(IngestStats::default()),
+            auth,
+            grpc,
+            http,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The bound gRPC address (useful with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.config.listen.grpc)
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().unwrap_or(self.config.listen.http)
+    }
+
+    /// The fleet this collector feeds.
+    pub fn fleet(&self) -> Arc<Fleet> {
+        Arc::clone(&self.fleet)
+    }
+
+    /// The ingest counters.
+    pub fn stats(&self) -> Arc<IngestStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Serves both listeners until `shutdown` completes, then closes agent streams
+    /// (`Unavailable`, so agents reconnect elsewhere) and finishes within a grace time.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let grpc_addr = self.grpc_addr();
+        let http_addr = self.http_addr();
+
+        let ingest = IngestService::new(
+            &self.config.ingest,
+            Arc::clone(&self.fleet),
+            Arc::clone(&self.clock),
+            Arc::clone(&self.stats),
+            self.auth,
+            stop_rx.clone(),
+        );
+        let incoming = TcpIncoming::from(self.grpc)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .add_service(ingest.into_server(self.config.ingest.max_message_bytes))
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+
+        let app = http::router(http::HttpState {
+            fleet: Arc::clone(&self.fleet),
+            stats: Arc::clone(&self.stats),
+            clock: Arc::clone(&self.clock),
+            ready: Arc::clone(&self.ready),
+        });
+        let http = axum::serve(self.http, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+
+        let forget = {
+            let fleet = Arc::clone(&self.fleet);
+            let clock = Arc::clone(&self.clock);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(FORGET_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    for vm in fleet.forget_silent(clock.now()) {
+                        info!(vm = %vm, "forgot a VM silent for ingest.forget_after");
+                    }
+                }
+            })
+        };
+
+        let servers = async {
+            tokio::try_join!(async { grpc.await.map_err(Error::Grpc) }, async {
+                http.await.map_err(Error::Http)
+            },)
+            .map(|_| ())
+        };
+        tokio::pin!(servers);
+        self.ready.store(true, Ordering::Release);
+        info!(grpc = %grpc_addr, http = %http_addr, "collector listening");
+
+        let early = tokio::select! {
+            result = &mut servers => Some(result),
+            () = shutdown => None,
+        };
+        self.ready.store(false, Ordering::Release);
+        let result = match early {
+            // A server stopped on its own: that is an error (or both ended, oddly).
+            Some(result) => result,
+            None => {
+                info!("shutting down: closing agent streams");
+                let _ = stop_tx.send(true);
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace time; closing them");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        forget.abort();
+        result
+    }
+}
+
+/// Binds and serves `config` until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    Collector::bind(config).await?.serve(shutdown).await
+}

@@ -1,0 +1,766 @@
+//! `collector.toml`: listeners, ingest limits, state directory, agent authentication
+//! and groups. Every section is optional; the defaults are SPEC.md's.
+//!
+//! Errors name the file, the line and the key (`groups[1].vms[0]`), whether they come
+//! from the TOML parser, from serde (an unknown key, a bad duration) or from the
+//! checks in [`Config::from_toml`] (a VM in two groups, an unreadable token file).
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::fleet::{UNGROUPED, validate_id};
+
+/// Where the collector reads its configuration unless `--config` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/rally/collector.toml";
+
+/// A token file larger than this is certainly not a token.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// The whole `collector.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[listen]`: the gRPC and HTTP addresses.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// `[ingest]`: how agents' streams are accepted, checked and bounded.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// `[state]`: where persistent state lives.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// `[auth]`: how agents prove which VM they speak for.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// `[[groups]]`: redundancy groups of VMs.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// The gRPC address agents stream to (`rally.v1.Ingest`).
+    #[serde(default = "default_grpc")]
+    pub grpc: SocketAddr,
+    /// The HTTP address of `/metrics`, `/healthz`, `/readyz`, `/api/v1` and the status page.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+}
+
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9470))
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9471))
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+            http: default_http(),
+        }
+    }
+}
+
+/// What to do with a VM that no `[[groups]]` entry names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownVms {
+    /// Accept it into the group `ungrouped` (shown and exported, never resized).
+    #[default]
+    Ungrouped,
+    /// Refuse its stream with `PermissionDenied`.
+    Reject,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// A VM without a report for this long is stale: `rally_vm_up` 0, no decisions.
+    #[serde(default = "default_stale_after", with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// A VM silent for this long is dropped from memory (VMs named in `[[groups]]` stay
+    /// listed, without data).
+    #[serde(default = "default_forget_after", with = "humantime_serde")]
+    pub forget_after: Duration,
+    /// `ungrouped` (accept VMs no group names) or `reject`.
+    #[serde(default)]
+    pub unknown_vms: UnknownVms,
+    /// The largest agent message accepted, in bytes; larger ones are rejected (`oversized`).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// At most this many agent streams at once; more are refused with `ResourceExhausted`.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+    /// At most this many VMs are kept in memory; a new VM beyond it is refused.
+    #[serde(default = "default_max_vms")]
+    pub max_vms: usize,
+    /// A stream whose first message (`Hello`) has not arrived after this long is dropped.
+    #[serde(default = "default_hello_timeout", with = "humantime_serde")]
+    pub hello_timeout: Duration,
+}
+
+fn default_stale_after() -> Duration {
+    Duration::from_secs(20)
+}
+
+fn default_forget_after() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_max_message_bytes() -> usize {
+    256 * 1024
+}
+
+fn default_max_streams() -> usize {
+    10_000
+}
+
+fn default_max_vms() -> usize {
+    10_000
+}
+
+fn default_hello_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            stale_after: default_stale_after(),
+            forget_after: default_forget_after(),
+            unknown_vms: UnknownVms::default(),
+            max_message_bytes: default_max_message_bytes(),
+            max_streams: default_max_streams(),
+            max_vms: default_max_vms(),
+            hello_timeout: default_hello_timeout(),
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory of the collector's persistent state; created if missing.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/rally")
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+/// How agents authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Any agent may report for any VM (a trusted network only).
+    #[default]
+    None,
+    /// Every stream carries `authorization: Bearer <token>`; the token names its VM.
+    Token,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` or `token`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// `[[auth.tokens]]`: one per VM when `mode = "token"`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `[[auth.tokens]]`: the token that lets an agent report for one VM.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The VM this token speaks for.
+    pub vm: String,
+    /// A file holding the token (surrounding whitespace ignored), so that the secret
+    /// stays out of the config file.
+    pub file: PathBuf,
+}
+
+/// `[[groups]]`: a redundancy group of VMs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The group's name, used in metrics and decisions (`web`).
+    pub name: String,
+    /// The VM ids in this group (each in at most one group).
+    #[serde(default)]
+    pub vms: Vec<String>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", format_invalid(path, *line, *column, key.as_deref(), message))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the offending key, when known.
+        line: Option<usize>,
+        /// 1-based column of the offending key, when known.
+        column: Option<usize>,
+        /// The offending key as a path (`ingest.stale_after`, `groups[1].vms[0]`).
+        key: Option<String>,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn format_invalid(
+    path: &Path,
+    line: Option<usize>,
+    column: Option<usize>,
+    key: Option<&str>,
+    message: &str,
+) -> String {
+    let mut out = path.display().to_string();
+    if let Some(line) = line {
+        out.push_str(&format!(":{line}"));
+        if let Some(column) = column {
+            out.push_str(&format!(":{column}"));
+        }
+    }
+    out.push_str(": ");
+    if let Some(key) = key {
+        out.push_str(&format!("key `{key}`: "));
+    }
+    out.push_str(message);
+    out
+}
+
+impl Config {
+    /// Reads, parses and checks the file at `path` (token files included).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&source, path)
+    }
+
+    /// Parses and checks `source`, naming `path` in errors.
+    pub fn from_toml(source: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(source).map_err(|err| {
+            let span = err.span();
+            let key = span.as_ref().and_then(|s| key_at(source, s.start));
+            // toml's Display repeats the source snippet; the plain message is enough
+            // once file, line and key are named.
+            invalid(path, source, span, key, err.message().trim().to_string())
+        })?;
+        config.check().map_err(|(key, message)| {
+            let span = span_of(source, &key);
+            invalid(path, source, span, Some(key), message)
+        })?;
+        Ok(config)
+    }
+
+    /// The group a VM belongs to by configuration, if any.
+    pub fn group_of(&self, vm: &str) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.vms.iter().any(|v| v == vm))
+    }
+
+    /// Checks what serde cannot: returns the offending key path and a message.
+    fn check(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, message: String| Err((key.to_string(), message));
+        // Port 0 ("any free port", for tests) cannot collide.
+        if self.listen.grpc == self.listen.http && self.listen.grpc.port() != 0 {
+            return err(
+                "listen.http",
+                format!("same address as listen.grpc ({})", self.listen.grpc),
+            );
+        }
+        let ingest = &self.ingest;
+        if ingest.stale_after.is_zero() {
+            return err("ingest.stale_after", "must be more than 0s".into());
+        }
+        if ingest.forget_after < ingest.stale_after {
+            return err(
+                "ingest.forget_after",
+                "must be at least ingest.stale_after".into(),
+            );
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&ingest.max_message_bytes) {
+            return err(
+                "ingest.max_message_bytes",
+                format!(
+                    "{} is out of range 1024..=67108864",
+                    ingest.max_message_bytes
+                ),
+            );
+        }
+        if ingest.max_streams == 0 {
+            return err("ingest.max_streams", "must be at least 1".into());
+        }
+        if ingest.max_vms == 0 {
+            return err("ingest.max_vms", "must be at least 1".into());
+        }
+        if ingest.hello_timeout.is_zero() {
+            return err("ingest.hello_timeout", "must be more than 0s".into());
+        }
+        if self.state.dir.as_os_str().is_empty() {
+            return err("state.dir", "must not be empty".into());
+        }
+
+        let mut seen_groups = std::collections::HashSet::new();
+        let mut seen_vms = std::collections::HashMap::new();
+        for (i, group) in self.groups.iter().enumerate() {
+            if let Err(why) = validate_id(&group.name) {
+                return err(&format!("groups[{i}].name"), why);
+            }
+            if group.name == UNGROUPED {
+                return err(
+                    &format!("groups[{i}].name"),
+                    format!("`{UNGROUPED}` is reserved for VMs that no group names"),
+                );
+            }
+            if !seen_groups.insert(group.name.as_str()) {
+                return err(
+                    &format!("groups[{i}].name"),
+                    format!("group `{}` is defined twice", group.name),
+                );
+            }
+            for (j, vm) in group.vms.iter().enumerate() {
+                let key = format!("groups[{i}].vms[{j}]");
+                if let Err(why) = validate_id(vm) {
+                    return err(&key, why);
+                }
+                if let Some(other) = seen_vms.insert(vm.as_str(), group.name.as_str()) {
+                    return err(&key, format!("VM `{vm}` is already in group `{other}`"));
+                }
+            }
+        }
+
+        match self.auth.mode {
+            AuthMode::None if !self.auth.tokens.is_empty() => {
+                return err(
+                    "auth.mode",
+                    "[[auth.tokens]] are given but mode is \"none\": set mode = \"token\" or remove them"
+                        .into(),
+                );
+            }
+            AuthMode::Token if self.auth.tokens.is_empty() => {
+                return err(
+                    "auth.mode",
+                    "mode is \"token\" but no [[auth.tokens]] are given".into(),
+                );
+            }
+            _ => {}
+        }
+        let mut token_vms = std::collections::HashSet::new();
+        let mut secrets = std::collections::HashMap::new();
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            if let Err(why) = validate_id(&token.vm) {
+                return err(&format!("auth.tokens[{i}].vm"), why);
+            }
+            if !token_vms.insert(token.vm.as_str()) {
+                return err(
+                    &format!("auth.tokens[{i}].vm"),
+                    format!("VM `{}` has two tokens", token.vm),
+                );
+            }
+            let secret = match read_token(&token.file) {
+                Ok(secret) => secret,
+                Err(why) => return err(&format!("auth.tokens[{i}].file"), why),
+            };
+            if let Some(other) = secrets.insert(secret, token.vm.as_str()) {
+                return err(
+                    &format!("auth.tokens[{i}].file"),
+                    format!("holds the same token as VM `{other}`'s"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a token file: trimmed, non-empty, small.
+pub(crate) fn read_token(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "{}: {} bytes is too large for a token (at most {MAX_TOKEN_FILE_BYTES})",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{}: the file is empty", path.display()));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{}: a token must be one word without spaces or control characters",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
+fn invalid(
+    path: &Path,
+    source: &str,
+    span: Option<Range<usize>>,
+    key: Option<String>,
+    message: String,
+) -> ConfigError {
+    let (line, column) = match span {
+        Some(span) => {
+            let (line, column) = line_column(source, span.start);
+            (Some(line), Some(column))
+        }
+        None => (None, None),
+    };
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        column,
+        key,
+        message,
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// One key (or array element) of the document with where it is written.
+struct KeySpan {
+    path: String,
+    /// The key itself (for array elements: the element).
+    key: Range<usize>,
+    /// The value.
+    value: Range<usize>,
+}
+
+/// Every key path in the document with its spans, found with toml's spanned parser.
+fn key_spans(source: &str) -> Vec<KeySpan> {
+    use toml::de::{DeTable, DeValue};
+
+    fn walk_value(
+        value: &toml::Spanned<DeValue<'_>>,
+        path: &str,
+        key: Range<usize>,
+        out: &mut Vec<KeySpan>,
+    ) {
+        out.push(KeySpan {
+            path: path.to_string(),
+            key,
+            value: value.span(),
+        });
+        match value.get_ref() {
+            DeValue::Table(table) => walk_table(table, path, out),
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk_value(item, &format!("{path}[{i}]"), item.span(), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn walk_table(table: &DeTable<'_>, prefix: &str, out: &mut Vec<KeySpan>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", key.get_ref())
+            };
+            walk_value(value, &path, key.span(), out);
+        }
+    }
+
+    let mut out = Vec::new();
+    if let Ok(root) = DeTable::parse(source) {
+        walk_table(root.get_ref(), "", &mut out);
+    }
+    out
+}
+
+/// The innermost key whose key or scalar value covers byte `offset`.
+fn key_at(source: &str, offset: usize) -> Option<String> {
+    key_spans(source)
+        .into_iter()
+        .filter(|k| k.key.contains(&offset) || k.value.contains(&offset))
+        .min_by_key(|k| {
+            let key_len = if k.key.contains(&offset) {
+                k.key.len()
+            } else {
+                usize::MAX
+            };
+            let value_len = if k.value.contains(&offset) {
+                k.value.len()
+            } else {
+                usize::MAX
+            };
+            key_len.min(value_len)
+        })
+        .map(|k| k.path)
+}
+
+/// Where `key` (a path such as `groups[1].vms[0]`) is written, if it is.
+fn span_of(source: &str, key: &str) -> Option<Range<usize>> {
+    key_spans(source)
+        .into_iter()
+        .find(|k| k.path == key)
+        .map(|k| k.key)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    fn parse(source: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(source, Path::new("/etc/rally/collector.toml"))
+    }
+
+    fn invalid_parts(err: ConfigError) -> (Option<usize>, Option<String>, String) {
+        match err {
+            ConfigError::Invalid {
+                line, key, message, ..
+            } => (line, key, message),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_spec_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.grpc, "0.0.0.0:9470".parse().unwrap());
+        assert_eq!(config.listen.http, "0.0.0.0:9471".parse().unwrap());
+        assert_eq!(config.ingest.stale_after, Duration::from_secs(20));
+        assert_eq!(config.ingest.forget_after, Duration::from_secs(86_400));
+        assert_eq!(config.ingest.unknown_vms, UnknownVms::Ungrouped);
+        assert_eq!(config.ingest.max_message_bytes, 262_144);
+        assert_eq!(config.ingest.max_streams, 10_000);
+        assert_eq!(config.ingest.hello_timeout, Duration::from_secs(10));
+        assert_eq!(config.state.dir, PathBuf::from("/var/lib/rally"));
+        assert_eq!(config.auth.mode, AuthMode::None);
+        assert!(config.groups.is_empty());
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("web-1");
+        std::fs::write(&token, "s3cret-web-1\n").unwrap();
+        let source = format!(
+            r#"
+[listen]
+grpc = "127.0.0.1:19470"
+http = "127.0.0.1:19471"
+
+[ingest]
+stale_after = "30s"
+forget_after = "12h"
+unknown_vms = "reject"
+max_message_bytes = 65536
+max_streams = 50
+
+[state]
+dir = "/tmp/rally"
+
+[auth]
+mode = "token"
+[[auth.tokens]]
+vm = "web-1"
+file = "{}"
+
+[[groups]]
+name = "web"
+vms = ["web-1", "web-2"]
+
+[[groups]]
+name = "db"
+vms = ["db-1"]
+"#,
+            token.display()
+        );
+        let config = parse(&source).unwrap();
+        assert_eq!(config.listen.grpc, "127.0.0.1:19470".parse().unwrap());
+        assert_eq!(config.ingest.stale_after, Duration::from_secs(30));
+        assert_eq!(config.ingest.forget_after, Duration::from_secs(12 * 3600));
+        assert_eq!(config.ingest.unknown_vms, UnknownVms::Reject);
+        assert_eq!(config.ingest.max_message_bytes, 65_536);
+        assert_eq!(config.ingest.max_streams, 50);
+        assert_eq!(config.state.dir, PathBuf::from("/tmp/rally"));
+        assert_eq!(config.auth.mode, AuthMode::Token);
+        assert_eq!(config.auth.tokens[0].vm, "web-1");
+        assert_eq!(config.groups.len(), 2);
+        assert_eq!(config.group_of("web-2").unwrap().name, "web");
+        assert_eq!(config.group_of("db-1").unwrap().name, "db");
+        assert!(config.group_of("cache-1").is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[listen]\ngrpc = \"0.0.0.0:9470\"\n\n[ingest]\nstale_afterr = \"5s\"\n")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/etc/rally/collector.toml:5:"),
+            "file and line missing: {text}"
+        );
+        assert!(text.contains("stale_afterr"), "key missing: {text}");
+        let (line, key, message) = invalid_parts(err);
+        assert_eq!(line, Some(5));
+        assert_eq!(key.as_deref(), Some("ingest.stale_afterr"));
+        assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn unknown_section_names_its_key() {
+        let (line, key, _) = invalid_parts(parse("\n[metrics]\nport = 1\n").unwrap_err());
+        assert_eq!(line, Some(2));
+        assert_eq!(key.as_deref(), Some("metrics"));
+    }
+
+    #[test]
+    fn bad_duration_names_its_key() {
+        let (line, key, _) = invalid_parts(
+            parse("[ingest]\nforget_after = \"1d\"\nstale_after = \"soon\"\n").unwrap_err(),
+        );
+        assert_eq!(line, Some(3));
+        assert_eq!(key.as_deref(), Some("ingest.stale_after"));
+    }
+
+    #[test]
+    fn bad_enum_value_names_its_key() {
+        let (line, key, _) =
+            invalid_parts(parse("[ingest]\nunknown_vms = \"drop\"\n").unwrap_err());
+        assert_eq!(line, Some(2));
+        assert_eq!(key.as_deref(), Some("ingest.unknown_vms"));
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let (line, _, _) = invalid_parts(parse("[listen]\ngrpc = \n").unwrap_err());
+        assert_eq!(line, Some(2));
+    }
+
+    #[test]
+    fn vm_in_two_groups_is_refused_at_its_line() {
+        let source = "[[groups]]\nname = \"web\"\nvms = [\"a\", \"b\"]\n\n[[groups]]\nname = \"app\"\nvms = [\"c\",\n  \"a\"]\n";
+        let err = parse(source).unwrap_err();
+        let text = err.to_string();
+        let (line, key, message) = invalid_parts(err);
+        assert_eq!(key.as_deref(), Some("groups[1].vms[1]"), "{text}");
+        assert_eq!(line, Some(8), "{text}");
+        assert!(message.contains("already in group `web`"), "{message}");
+    }
+
+    #[test]
+    fn reserved_and_invalid_group_names_are_refused() {
+        let (_, key, _) =
+            invalid_parts(parse("[[groups]]\nname = \"ungrouped\"\nvms = []\n").unwrap_err());
+        assert_eq!(key.as_deref(), Some("groups[0].name"));
+        let (_, key, _) =
+            invalid_parts(parse("[[groups]]\nname = \"we b\"\nvms = []\n").unwrap_err());
+        assert_eq!(key.as_deref(), Some("groups[0].name"));
+    }
+
+    #[test]
+    fn token_mode_needs_readable_token_files() {
+        let (_, key, _) = invalid_parts(parse("[auth]\nmode = \"token\"\n").unwrap_err());
+        assert_eq!(key.as_deref(), Some("auth.mode"));
+
+        let source = "[auth]\nmode = \"token\"\n[[auth.tokens]]\nvm = \"web-1\"\nfile = \"/nonexistent/rally-token\"\n";
+        let err = parse(source).unwrap_err();
+        let text = err.to_string();
+        let (line, key, message) = invalid_parts(err);
+        assert_eq!(key.as_deref(), Some("auth.tokens[0].file"), "{text}");
+        assert_eq!(line, Some(5), "{text}");
+        assert!(message.contains("/nonexistent/rally-token"), "{message}");
+    }
+
+    #[test]
+    fn shared_or_empty_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        let empty = dir.path().join("empty");
+        std::fs::write(&a, "same").unwrap();
+        std::fs::write(&b, "same\n").unwrap();
+        std::fs::write(&empty, " \n").unwrap();
+        let source = format!(
+            "[auth]\nmode = \"token\"\n[[auth.tokens]]\nvm = \"a\"\nfile = \"{}\"\n[[auth.tokens]]\nvm = \"b\"\nfile = \"{}\"\n",
+            a.display(),
+            b.display()
+        );
+        let (_, key, message) = invalid_parts(parse(&source).unwrap_err());
+        assert_eq!(key.as_deref(), Some("auth.tokens[1].file"));
+        assert!(message.contains("same token"), "{message}");
+
+        let source = format!(
+            "[auth]\nmode = \"token\"\n[[auth.tokens]]\nvm = \"a\"\nfile = \"{}\"\n",
+            empty.display()
+        );
+        let (_, _, message) = invalid_parts(parse(&source).unwrap_err());
+        assert!(message.contains("empty"), "{message}");
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let (_, key, _) = invalid_parts(parse("[ingest]\nmax_streams = 0\n").unwrap_err());
+        assert_eq!(key.as_deref(), Some("ingest.max_streams"));
+        let (_, key, _) = invalid_parts(
+            parse("[ingest]\nstale_after = \"1h\"\nforget_after = \"1m\"\n").unwrap_err(),
+        );
+        assert_eq!(key.as_deref(), Some("ingest.forget_after"));
+        let (_, key, _) = invalid_parts(
+            parse("[listen]\ngrpc = \"0.0.0.0:1\"\nhttp = \"0.0.0.0:1\"\n").unwrap_err(),
+        );
+        assert_eq!(key.as_deref(), Some("listen.http"));
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let err = Config::load(Path::new("/nonexistent/collector.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/collector.toml"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,957 @@
+//! The in-memory picture of the fleet: per VM its group, identity, size, latest report,
+//! freshness, report counters and [`Windows`] of recent metrics.
+//!
+//! # Locking
+//!
+//! A `RwLock` over the map `vm id → Arc<Mutex<Vm>>`, plus one `Mutex` per VM. The map
+//! is written only when a VM appears or is forgotten; a stream keeps its VM's `Arc`
+//! (in its [`Session`]) so that each report locks only its own VM, for the few
+//! microseconds it takes to fold it in. Readers (a scrape, the API, the policy engine)
+//! copy the `Arc`s out of the map and then lock one VM at a time. No lock is ever held
+//! across an `.await` (they are `std` locks: the compiler would refuse a held guard in
+//! a `Send` future), and nothing slow (I/O, actuators) runs under one.
+//!
+//! A panic while a lock is held cannot leave a VM half-updated in a way that matters
+//! (each update is a few field assignments), so poisoned locks are simply entered.
+
+mod report;
+mod window;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+pub use report::{
+    CpuShares, DiskIo, Filesystem, Hello, LoadAverage, Memory, NetInterface, Pressure,
+    PressureLine, PressureResource, Report, RunKey, VmSize,
+};
+pub use window::{
+    BUCKET_MINUTES, METRIC_COUNT, Metric, MetricValues, RAW_CAP, RAW_RETENTION, TimeRange, Windows,
+};
+
+use crate::config::{Config, UnknownVms};
+
+/// The group of VMs that no `[[groups]]` entry names.
+pub const UNGROUPED: &str = "ungrouped";
+/// The longest VM id or group name accepted (a DNS name's limit).
+pub const MAX_ID_LEN: usize = 253;
+/// Agent runs remembered per VM for de-duplication (a restarted agent starts a new one).
+const RUNS_PER_VM: usize = 4;
+
+/// Checks a VM id or group name: 1..=253 characters of `A-Z a-z 0-9 . _ : -`, starting
+/// with a letter or digit (so it is safe in a label, a URL and a log line).
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!(
+            "is {} characters long, at most {MAX_ID_LEN} are allowed",
+            id.len()
+        ));
+    }
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!("{id:?} must start with a letter or a digit"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!(
+            "{id:?} contains {c:?}; only letters, digits, '.', '_', ':' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The fleet's limits and rules, from `[ingest]` and `[[groups]]`.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// A VM without a report for this long is stale.
+    pub stale_after: Duration,
+    /// A VM silent for this long (and without a stream) is forgotten.
+    pub forget_after: Duration,
+    /// What to do with VMs no group names.
+    pub unknown_vms: UnknownVms,
+    /// At most this many VMs.
+    pub max_vms: usize,
+    /// Configured groups, in config order: (name, member VM ids).
+    pub groups: Vec<(String, Vec<String>)>,
+}
+
+impl FleetSettings {
+    /// The fleet part of a collector configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            stale_after: config.ingest.stale_after,
+            forget_after: config.ingest.forget_after,
+            unknown_vms: config.ingest.unknown_vms,
+            max_vms: config.ingest.max_vms,
+            groups: config
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), g.vms.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Report counters of one VM since the collector started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReportCounters {
+    /// Reports applied (duplicates not included).
+    pub received: u64,
+    /// Reports that arrived again (a replay after a reconnect) and were not applied.
+    pub duplicates: u64,
+    /// Sequence numbers skipped within a run: reports that will never arrive.
+    pub lost: u64,
+    /// Reports the agent says it dropped from its full buffer (the `dropped` field).
+    pub dropped_by_agent: u64,
+    /// The sequence number of the last applied report (0 = none).
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone)]
+struct RunState {
+    key: RunKey,
+    /// The highest sequence number applied, all lower ones applied or lost. `None`
+    /// until the first report of a run the collector has not seen before sets the base.
+    watermark: Option<u64>,
+}
+
+/// One VM as the collector knows it.
+#[derive(Debug)]
+pub struct Vm {
+    id: String,
+    group: String,
+    hostname: Option<String>,
+    agent_version: Option<String>,
+    labels: BTreeMap<String, String>,
+    boot_id: Option<String>,
+    interval: Option<Duration>,
+    size: Option<VmSize>,
+    latest: Option<Report>,
+    /// When the latest report was applied, by the collector's clock.
+    last_report_at: Option<SystemTime>,
+    /// The last Hello or report (forgetting is measured from here).
+    last_seen_at: Option<SystemTime>,
+    streams: u32,
+    runs: VecDeque<RunState>,
+    counters: ReportCounters,
+    windows: Windows,
+}
+
+impl Vm {
+    fn new(id: String, group: String) -> Self {
+        Self {
+            id,
+            group,
+            hostname: None,
+            agent_version: None,
+            labels: BTreeMap::new(),
+            boot_id: None,
+            interval: None,
+            size: None,
+            latest: None,
+            last_report_at: None,
+            last_seen_at: None,
+            streams: 0,
+            runs: VecDeque::new(),
+            counters: ReportCounters::default(),
+            windows: Windows::default(),
+        }
+    }
+
+    /// The VM id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its group (`ungrouped` when no group names it).
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The hostname its agent reported.
+    pub fn hostname(&self) -> Option<&str> {
+        self.hostname.as_deref()
+    }
+
+    /// Its agent's version.
+    pub fn agent_version(&self) -> Option<&str> {
+        self.agent_version.as_deref()
+    }
+
+    /// Labels from its agent's config.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+
+    /// Its kernel boot id.
+    pub fn boot_id(&self) -> Option<&str> {
+        self.boot_id.as_deref()
+    }
+
+    /// Its agent's sampling interval.
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+
+    /// Its latest known usable size (from the latest report, else from the Hello).
+    pub fn size(&self) -> Option<VmSize> {
+        self.size
+    }
+
+    /// The latest applied report.
+    pub fn latest(&self) -> Option<&Report> {
+        self.latest.as_ref()
+    }
+
+    /// When the latest report was applied (collector clock).
+    pub fn last_report_at(&self) -> Option<SystemTime> {
+        self.last_report_at
+    }
+
+    /// How long ago the latest report was applied.
+    pub fn last_report_age(&self, now: SystemTime) -> Option<Duration> {
+        self.last_report_at
+            .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
+    }
+
+    /// Whether a report was applied less than `stale_after` before `now`.
+    pub fn is_fresh(&self, now: SystemTime, stale_after: Duration) -> bool {
+        self.last_report_age(now)
+            .is_some_and(|age| age < stale_after)
+    }
+
+    /// Open agent streams for this VM.
+    pub fn streams(&self) -> u32 {
+        self.streams
+    }
+
+    /// Report counters since the collector started.
+    pub fn counters(&self) -> ReportCounters {
+        self.counters
+    }
+
+    /// The metric windows.
+    pub fn windows(&self) -> &Windows {
+        &self.windows
+    }
+
+    /// Means of every metric over the `window` ending at `now`.
+    pub fn means(&self, window: Duration, now: SystemTime) -> MetricValues {
+        let range = TimeRange::last(window, now);
+        let mut values = MetricValues::default();
+        for metric in Metric::ALL {
+            values.set(metric, self.windows.mean(metric, range));
+        }
+        values
+    }
+
+    fn run_mut(&mut self, key: &RunKey) -> &mut RunState {
+        let index = match self.runs.iter().position(|r| &r.key == key) {
+            Some(i) => i,
+            None => {
+                if self.runs.len() >= RUNS_PER_VM {
+                    self.runs.pop_front();
+                }
+                self.runs.push_back(RunState {
+                    key: key.clone(),
+                    watermark: None,
+                });
+                self.runs.len() - 1
+            }
+        };
+        &mut self.runs[index]
+    }
+
+    fn summary(&self, now: SystemTime, stale_after: Duration) -> VmSummary {
+        VmSummary {
+            id: self.id.clone(),
+            group: self.group.clone(),
+            hostname: self.hostname.clone(),
+            agent_version: self.agent_version.clone(),
+            labels: self.labels.clone(),
+            fresh: self.is_fresh(now, stale_after),
+            last_report_at: self.last_report_at,
+            last_report_age: self.last_report_age(now),
+            size: self.size,
+            latest: self.latest.clone(),
+            latest_values: self
+                .latest
+                .as_ref()
+                .map(MetricValues::of)
+                .unwrap_or_default(),
+            mean_1m: self.means(Duration::from_secs(60), now),
+            mean_5m: self.means(Duration::from_secs(300), now),
+            streams: self.streams,
+            counters: self.counters,
+        }
+    }
+}
+
+/// An owned copy of what a scrape, the API or the status page shows of one VM.
+#[derive(Debug, Clone)]
+pub struct VmSummary {
+    /// VM id.
+    pub id: String,
+    /// Group.
+    pub group: String,
+    /// Hostname its agent reported.
+    pub hostname: Option<String>,
+    /// Its agent's version.
+    pub agent_version: Option<String>,
+    /// Its agent's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Reported within `stale_after`.
+    pub fresh: bool,
+    /// When the latest report was applied.
+    pub last_report_at: Option<SystemTime>,
+    /// How long ago that was.
+    pub last_report_age: Option<Duration>,
+    /// Latest known size.
+    pub size: Option<VmSize>,
+    /// The latest report.
+    pub latest: Option<Report>,
+    /// The latest report's windowed metrics.
+    pub latest_values: MetricValues,
+    /// 1-minute means.
+    pub mean_1m: MetricValues,
+    /// 5-minute means.
+    pub mean_5m: MetricValues,
+    /// Open streams.
+    pub streams: u32,
+    /// Report counters.
+    pub counters: ReportCounters,
+}
+
+/// Why a Hello was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    /// No group names the VM and `unknown_vms = "reject"`.
+    #[error("VM `{0}` is in no group and this collector rejects unknown VMs")]
+    UnknownVm(String),
+    /// The fleet already holds `max_vms` VMs.
+    #[error("the collector already tracks {0} VMs (ingest.max_vms)")]
+    Full(usize),
+}
+
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied; `lost` sequence numbers before it will never arrive.
+    Applied {
+        /// Skipped sequence numbers.
+        lost: u64,
+    },
+    /// Already applied earlier: counted, not applied again.
+    Duplicate,
+}
+
+/// The result of [`Session::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// What became of the report.
+    pub outcome: Outcome,
+    /// The sequence number to acknowledge (the run's watermark).
+    pub ack: u64,
+}
+
+/// One agent stream's handle on its VM, from its Hello until it ends.
+#[derive(Debug)]
+pub struct Session {
+    vm: Arc<Mutex<Vm>>,
+    run: RunKey,
+    watermark: u64,
+    stale_after: Duration,
+}
+
+impl Session {
+    /// The watermark of this run when the stream opened (0 if the run is new).
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    /// Folds a checked report into the VM, de-duplicating by (run, seq). Reports of a
+    /// stream arrive in sequence order, so one watermark per run suffices.
+    pub fn apply(&self, report: Report, now: SystemTime) -> Applied {
+        let mut vm = lock(&self.vm);
+        vm.last_seen_at = Some(now);
+        let seq = report.seq;
+        let run = vm.run_mut(&self.run);
+        let outcome = match run.watermark {
+            Some(w) if seq <= w => Outcome::Duplicate,
+            Some(w) => Outcome::Applied { lost: seq - w - 1 },
+            None => Outcome::Applied { lost: 0 },
+        };
+        if let Outcome::Applied { .. } = outcome {
+            run.watermark = Some(seq);
+        }
+        let ack = run.watermark.unwrap_or(0);
+        match outcome {
+            Outcome::Duplicate => vm.counters.duplicates += 1,
+            Outcome::Applied { lost } => {
+                vm.counters.received += 1;
+                vm.counters.lost += lost;
+                vm.counters.dropped_by_agent += report.dropped;
+                vm.counters.last_seq = seq;
+                // Windows run on the agent's sample time (a replay lands where it
+                // belongs), but never ahead of the collector's clock.
+                let t = report.timestamp.min(now);
+                vm.windows.push(t, &MetricValues::of(&report));
+                if report.size.is_some() {
+                    vm.size = report.size;
+                }
+                vm.last_report_at = Some(now);
+                vm.latest = Some(report);
+            }
+        }
+        Applied { outcome, ack }
+    }
+
+    /// Whether the VM is fresh now (e.g. for logging).
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        lock(&self.vm).is_fresh(now, self.stale_after)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let mut vm = lock(&self.vm);
+        vm.streams = vm.streams.saturating_sub(1);
+    }
+}
+
+/// Every VM the collector knows, by id.
+#[derive(Debug)]
+pub struct Fleet {
+    settings: FleetSettings,
+    /// vm id → configured group.
+    configured: HashMap<String, String>,
+    vms: RwLock<HashMap<String, Arc<Mutex<Vm>>>>,
+}
+
+impl Fleet {
+    /// A fleet holding the configured VMs (without data yet).
+    pub fn new(settings: FleetSettings) -> Self {
+        let mut configured = HashMap::new();
+        let mut vms = HashMap::new();
+        for (group, members) in &settings.groups {
+            for vm in members {
+                configured.insert(vm.clone(), group.clone());
+                vms.insert(
+                    vm.clone(),
+                    Arc::new(Mutex::new(Vm::new(vm.clone(), group.clone()))),
+                );
+            }
+        }
+        Self {
+            settings,
+            configured,
+            vms: RwLock::new(vms),
+        }
+    }
+
+    /// The settings the fleet was built with.
+    pub fn settings(&self) -> &FleetSettings {
+        &self.settings
+    }
+
+    /// After `stale_after` without a report a VM is stale.
+    pub fn stale_after(&self) -> Duration {
+        self.settings.stale_after
+    }
+
+    /// The group a VM id belongs to, or `None` if it would be refused.
+    pub fn group_for(&self, vm: &str) -> Option<&str> {
+        match self.configured.get(vm) {
+            Some(group) => Some(group),
+            None => match self.settings.unknown_vms {
+                UnknownVms::Ungrouped => Some(UNGROUPED),
+                UnknownVms::Reject => None,
+            },
+        }
+    }
+
+    /// Registers an agent stream for `hello.vm_id`: creates the VM if needed and
+    /// returns the stream's session (with the run's watermark to acknowledge at once).
+    pub fn hello(&self, hello: &Hello, now: SystemTime) -> Result<Session, HelloError> {
+        let group = self
+            .group_for(&hello.vm_id)
+            .ok_or_else(|| HelloError::UnknownVm(hello.vm_id.clone()))?
+            .to_string();
+        let vm = self.get_or_insert(&hello.vm_id, group)?;
+        let watermark = {
+            let mut state = lock(&vm);
+            state.hostname = Some(hello.hostname.clone());
+            state.agent_version = Some(hello.agent_version.clone());
+            state.labels = hello.labels.clone();
+            state.boot_id = Some(hello.run.boot_id.clone());
+            if hello.interval.is_some() {
+                state.interval = hello.interval;
+            }
+            if hello.size.is_some() {
+                state.size = hello.size;
+            }
+            state.last_seen_at = Some(now);
+            state.streams += 1;
+            state.run_mut(&hello.run).watermark.unwrap_or(0)
+        };
+        Ok(Session {
+            vm,
+            run: hello.run.clone(),
+            watermark,
+            stale_after: self.settings.stale_after,
+        })
+    }
+
+    fn get_or_insert(&self, id: &str, group: String) -> Result<Arc<Mutex<Vm>>, HelloError> {
+        if let Some(vm) = self.read_map().get(id) {
+            return Ok(Arc::clone(vm));
+        }
+        let mut map = self.vms.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(vm) = map.get(id) {
+            return Ok(Arc::clone(vm));
+        }
+        if map.len() >= self.settings.max_vms {
+            return Err(HelloError::Full(self.settings.max_vms));
+        }
+        let vm = Arc::new(Mutex::new(Vm::new(id.to_string(), group)));
+        map.insert(id.to_string(), Arc::clone(&vm));
+        Ok(vm)
+    }
+
+    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Mutex<Vm>>>> {
+        self.vms.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every VM's handle, sorted by (group, id); the map lock is released on return.
+    fn handles(&self) -> Vec<Arc<Mutex<Vm>>> {
+        let mut handles: Vec<(String, String, Arc<Mutex<Vm>>)> = self
+            .read_map()
+            .values()
+            .map(|vm| {
+                let state = lock(vm);
+                (state.group.clone(), state.id.clone(), Arc::clone(vm))
+            })
+            .collect();
+        handles.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        handles.into_iter().map(|(_, _, vm)| vm).collect()
+    }
+
+    /// Runs `f` on one VM under its lock (keep `f` quick: no I/O).
+    pub fn with_vm<R>(&self, id: &str, f: impl FnOnce(&Vm) -> R) -> Option<R> {
+        let vm = self.read_map().get(id).map(Arc::clone)?;
+        let state = lock(&vm);
+        Some(f(&state))
+    }
+
+    /// Runs `f` on every VM, one lock at a time, in (group, id) order.
+    pub fn for_each_vm(&self, mut f: impl FnMut(&Vm)) {
+        for vm in self.handles() {
+            f(&lock(&vm));
+        }
+    }
+
+    /// Every VM's summary at `now`, in (group, id) order.
+    pub fn snapshot(&self, now: SystemTime) -> Vec<VmSummary> {
+        let stale_after = self.settings.stale_after;
+        let mut out = Vec::new();
+        self.for_each_vm(|vm| out.push(vm.summary(now, stale_after)));
+        out
+    }
+
+    /// One VM's summary at `now`.
+    pub fn summary(&self, id: &str, now: SystemTime) -> Option<VmSummary> {
+        let stale_after = self.settings.stale_after;
+        self.with_vm(id, |vm| vm.summary(now, stale_after))
+    }
+
+    /// VM ids, in (group, id) order.
+    pub fn vm_ids(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.for_each_vm(|vm| out.push(vm.id.clone()));
+        out
+    }
+
+    /// The ids of a group's members known now (configured ones and, for `ungrouped`,
+    /// those that reported).
+    pub fn members(&self, group: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        self.for_each_vm(|vm| {
+            if vm.group == group {
+                out.push(vm.id.clone());
+            }
+        });
+        out
+    }
+
+    /// How many VMs are held.
+    pub fn len(&self) -> usize {
+        self.read_map().len()
+    }
+
+    /// Whether no VM is held.
+    pub fn is_empty(&self) -> bool {
+        self.read_map().is_empty()
+    }
+
+    /// Whether `vm` reported within `stale_after` of `now` (false if unknown).
+    pub fn is_fresh(&self, vm: &str, now: SystemTime) -> bool {
+        let stale_after = self.settings.stale_after;
+        self.with_vm(vm, |v| v.is_fresh(now, stale_after))
+            .unwrap_or(false)
+    }
+
+    /// Mean of `metric` for `vm` over `range` (see [`Windows::mean`]).
+    pub fn mean(&self, vm: &str, metric: Metric, range: TimeRange) -> Option<f64> {
+        self.with_vm(vm, |v| v.windows.mean(metric, range))
+            .flatten()
+    }
+
+    /// Largest sample of `metric` for `vm` in `range` (see [`Windows::max`]).
+    pub fn max(&self, vm: &str, metric: Metric, range: TimeRange) -> Option<f64> {
+        self.with_vm(vm, |v| v.windows.max(metric, range)).flatten()
+    }
+
+    /// The `q`-quantile of 1-minute means (see [`Windows::quantile_of_minute_means`]).
+    pub fn quantile_of_minute_means(
+        &self,
+        vm: &str,
+        metric: Metric,
+        range: TimeRange,
+        q: f64,
+    ) -> Option<f64> {
+        self.with_vm(vm, |v| v.windows.quantile_of_minute_means(metric, range, q))
+            .flatten()
+    }
+
+    /// Whether `metric` was reported for `vm` throughout `range`, with no gap longer
+    /// than `stale_after` (see [`Windows::covers`]).
+    pub fn covers(&self, vm: &str, metric: Metric, range: TimeRange) -> bool {
+        let max_gap = self.settings.stale_after;
+        self.with_vm(vm, |v| v.windows.covers(metric, range, max_gap))
+            .unwrap_or(false)
+    }
+
+    /// Drops VMs silent for `forget_after` that have no open stream; configured VMs
+    /// are reset to "no data" instead. Returns the ids forgotten.
+    pub fn forget_silent(&self, now: SystemTime) -> Vec<String> {
+        let forget_after = self.settings.forget_after;
+        let silent = |vm: &Vm| {
+            vm.streams == 0
+                && vm
+                    .last_seen_at
+                    .is_some_and(|t| now.duration_since(t).is_ok_and(|d| d >= forget_after))
+        };
+        // Find candidates under the read lock; only take the write lock if needed.
+        let candidates: Vec<String> = self
+            .read_map()
+            .values()
+            .filter_map(|vm| {
+                let state = lock(vm);
+                silent(&state).then(|| state.id.clone())
+            })
+            .collect();
+        if candidates.is_empty() {
+            return candidates;
+        }
+        let mut map = self.vms.write().unwrap_or_else(PoisonError::into_inner);
+        let mut forgotten = Vec::new();
+        for id in candidates {
+            let Some(vm) = map.get(&id) else { continue };
+            // Re-check: a stream may have said Hello meanwhile.
+            if !silent(&lock(vm)) {
+                continue;
+            }
+            match self.configured.get(&id) {
+                Some(group) => {
+                    *lock(vm) = Vm::new(id.clone(), group.clone());
+                }
+                None => {
+                    map.remove(&id);
+                }
+            }
+            forgotten.push(id);
+        }
+        forgotten
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_040)
+    }
+
+    fn settings(unknown_vms: UnknownVms) -> FleetSettings {
+        FleetSettings {
+            stale_after: Duration::from_secs(20),
+            forget_after: Duration::from_secs(3600),
+            unknown_vms,
+            max_vms: 5,
+            groups: vec![("web".into(), vec!["web-1".into(), "web-2".into()])],
+        }
+    }
+
+    fn hello(vm: &str, run_id: u64) -> Hello {
+        Hello {
+            vm_id: vm.into(),
+            hostname: format!("{vm}.example"),
+            agent_version: "0.1.0".into(),
+            run: RunKey {
+                boot_id: "b0".into(),
+                run_id,
+            },
+            labels: BTreeMap::new(),
+            size: Some(VmSize {
+                vcpus: 2,
+                memory_bytes: 4 << 30,
+            }),
+            interval: Some(Duration::from_secs(5)),
+        }
+    }
+
+    fn report(seq: u64, t: SystemTime, util: f64) -> Report {
+        Report {
+            seq,
+            timestamp: t,
+            interval: Duration::from_secs(5),
+            size: Some(VmSize {
+                vcpus: 2,
+                memory_bytes: 4 << 30,
+            }),
+            cpu: Some(CpuShares {
+                utilization: util,
+                user: util,
+                idle: 1.0 - util,
+                ..CpuShares::default()
+            }),
+            cores: vec![],
+            load: None,
+            memory: Some(Memory {
+                total_bytes: 4 << 30,
+                available_bytes: 3 << 30,
+                swap_total_bytes: 0,
+                swap_free_bytes: 0,
+            }),
+            pressure: None,
+            net: vec![],
+            disks: vec![],
+            filesystems: vec![],
+            dropped: 0,
+        }
+    }
+
+    #[test]
+    fn configured_vms_are_listed_before_they_report() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let snapshot = fleet.snapshot(t0());
+        let ids: Vec<_> = snapshot
+            .iter()
+            .map(|v| (v.group.as_str(), v.id.as_str(), v.fresh))
+            .collect();
+        assert_eq!(ids, [("web", "web-1", false), ("web", "web-2", false)]);
+        assert_eq!(fleet.members("web"), ["web-1", "web-2"]);
+    }
+
+    #[test]
+    fn reports_are_applied_deduplicated_and_gaps_counted() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let session = fleet.hello(&hello("web-1", 7), t0()).unwrap();
+        assert_eq!(session.watermark(), 0);
+        let a = |seq| session.apply(report(seq, t0(), 0.5), t0());
+        // A run the collector has never seen: the first seq sets the base.
+        assert_eq!(
+            a(3),
+            Applied {
+                outcome: Outcome::Applied { lost: 0 },
+                ack: 3
+            }
+        );
+        assert_eq!(
+            a(4),
+            Applied {
+                outcome: Outcome::Applied { lost: 0 },
+                ack: 4
+            }
+        );
+        assert_eq!(
+            a(4),
+            Applied {
+                outcome: Outcome::Duplicate,
+                ack: 4
+            }
+        );
+        assert_eq!(
+            a(2),
+            Applied {
+                outcome: Outcome::Duplicate,
+                ack: 4
+            }
+        );
+        assert_eq!(
+            a(8),
+            Applied {
+                outcome: Outcome::Applied { lost: 3 },
+                ack: 8
+            }
+        );
+        let counters = fleet.with_vm("web-1", |v| v.counters()).unwrap();
+        assert_eq!(
+            counters,
+            ReportCounters {
+                received: 3,
+                duplicates: 2,
+                lost: 3,
+                dropped_by_agent: 0,
+                last_seq: 8
+            }
+        );
+        drop(session);
+
+        // The same run reconnects: its watermark is acknowledged at once.
+        let again = fleet.hello(&hello("web-1", 7), t0()).unwrap();
+        assert_eq!(again.watermark(), 8);
+        assert_eq!(
+            again.apply(report(8, t0(), 0.5), t0()).outcome,
+            Outcome::Duplicate
+        );
+        // A new run (agent restart) starts from nothing.
+        let restarted = fleet.hello(&hello("web-1", 9), t0()).unwrap();
+        assert_eq!(restarted.watermark(), 0);
+        assert_eq!(restarted.apply(report(1, t0(), 0.5), t0()).ack, 1);
+        assert_eq!(fleet.with_vm("web-1", |v| v.streams()), Some(2));
+    }
+
+    #[test]
+    fn unknown_vms_are_ungrouped_or_rejected() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        fleet.hello(&hello("cache-1", 1), t0()).unwrap();
+        assert_eq!(
+            fleet.with_vm("cache-1", |v| v.group().to_string()).unwrap(),
+            UNGROUPED
+        );
+
+        let strict = Fleet::new(settings(UnknownVms::Reject));
+        assert_eq!(
+            strict.hello(&hello("cache-1", 1), t0()).unwrap_err(),
+            HelloError::UnknownVm("cache-1".into())
+        );
+        assert!(strict.hello(&hello("web-2", 1), t0()).is_ok());
+    }
+
+    #[test]
+    fn the_number_of_vms_is_bounded() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        for i in 0..3 {
+            fleet.hello(&hello(&format!("x-{i}"), 1), t0()).unwrap();
+        }
+        assert_eq!(fleet.len(), 5);
+        assert_eq!(
+            fleet.hello(&hello("x-3", 1), t0()).unwrap_err(),
+            HelloError::Full(5)
+        );
+        // Known VMs still get in.
+        assert!(fleet.hello(&hello("x-0", 2), t0()).is_ok());
+    }
+
+    #[test]
+    fn freshness_follows_the_collector_clock() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let session = fleet.hello(&hello("web-1", 1), t0()).unwrap();
+        assert!(!fleet.is_fresh("web-1", t0()), "no report yet");
+        // The agent's clock is an hour behind: freshness does not care.
+        session.apply(report(1, t0() - Duration::from_secs(3600), 0.5), t0());
+        assert!(fleet.is_fresh("web-1", t0() + Duration::from_secs(19)));
+        assert!(!fleet.is_fresh("web-1", t0() + Duration::from_secs(20)));
+        assert!(!fleet.is_fresh("nope", t0()));
+        let age = fleet
+            .with_vm("web-1", |v| {
+                v.last_report_age(t0() + Duration::from_secs(7))
+            })
+            .flatten();
+        assert_eq!(age, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn summaries_carry_latest_and_window_means() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let session = fleet.hello(&hello("web-1", 1), t0()).unwrap();
+        // 5 minutes at 0.2, then 1 minute at 0.6.
+        for i in 1..=72u64 {
+            let t = t0() + Duration::from_secs(i * 5);
+            let util = if i > 60 { 0.6 } else { 0.2 };
+            session.apply(report(i, t, util), t);
+        }
+        let now = t0() + Duration::from_secs(360);
+        let vm = fleet
+            .snapshot(now)
+            .into_iter()
+            .find(|v| v.id == "web-1")
+            .unwrap();
+        assert!(vm.fresh);
+        assert_eq!(vm.latest.as_ref().map(|r| r.seq), Some(72));
+        assert_eq!(vm.latest_values.get(Metric::CpuUtilization), Some(0.6));
+        let m1 = vm.mean_1m.get(Metric::CpuUtilization).unwrap();
+        let m5 = vm.mean_5m.get(Metric::CpuUtilization).unwrap();
+        assert!((m1 - 0.6).abs() < 1e-9, "{m1}");
+        assert!((m5 - (48.0 * 0.2 + 12.0 * 0.6) / 60.0).abs() < 1e-9, "{m5}");
+        assert_eq!(vm.mean_1m.get(Metric::MemoryUsedRatio), Some(0.25));
+        assert_eq!(vm.mean_1m.get(Metric::PressureCpuSome), None);
+        let range = TimeRange::last(Duration::from_secs(180), now);
+        assert!(fleet.covers("web-1", Metric::CpuUtilization, range));
+        assert!(!fleet.covers("web-1", Metric::PressureCpuSome, range));
+        assert_eq!(fleet.max("web-1", Metric::CpuUtilization, range), Some(0.6));
+    }
+
+    #[test]
+    fn silent_vms_are_forgotten_but_not_while_connected() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let cache = fleet.hello(&hello("cache-1", 1), t0()).unwrap();
+        cache.apply(report(1, t0(), 0.5), t0());
+        let web = fleet.hello(&hello("web-1", 1), t0()).unwrap();
+        web.apply(report(1, t0(), 0.5), t0());
+        drop(web);
+        let later = t0() + Duration::from_secs(3600);
+        assert!(
+            fleet
+                .forget_silent(later - Duration::from_secs(1))
+                .is_empty()
+        );
+        // cache-1 still has its stream open; web-1 is configured, so it stays listed,
+        // without data.
+        assert_eq!(fleet.forget_silent(later), ["web-1"]);
+        assert_eq!(fleet.vm_ids(), ["cache-1", "web-1", "web-2"]);
+        assert_eq!(fleet.with_vm("web-1", |v| v.latest().is_none()), Some(true));
+        drop(cache);
+        assert_eq!(fleet.forget_silent(later), ["cache-1"]);
+        assert_eq!(fleet.vm_ids(), ["web-1", "web-2"]);
+        // Nothing left to forget.
+        assert!(
+            fleet
+                .forget_silent(later + Duration::from_secs(7200))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(validate_id("web-1").is_ok());
+        assert!(validate_id("db.primary:0_a").is_ok());
+        assert!(validate_id("").is_err());
+        assert!(validate_id("-x").is_err());
+        assert!(validate_id("a b").is_err());
+        assert!(validate_id("a\u{0}").is_err());
+        assert!(validate_id("ż").is_err());
+        assert!(validate_id(&"a".repeat(254)).is_err());
+    }
+}

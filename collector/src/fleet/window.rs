@@ -1,0 +1,657 @@
+//! Time windows of one VM's metrics: the raw recent samples (≥ 5 min) and 1-minute
+//! buckets (24 h), both bounded rings, and the queries the policy engine asks of them.
+//!
+//! Every query takes a [`TimeRange`] `(start, end]`. A range the raw ring still holds
+//! in full is answered from the raw samples (exact); an older or longer one from the
+//! 1-minute buckets that overlap it (whole minutes).
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use super::report::Report;
+
+/// Raw samples are kept this long: the 5-minute window plus a minute of slack.
+pub const RAW_RETENTION: Duration = Duration::from_secs(6 * 60);
+/// At most this many raw samples per VM, whatever the agent's interval (at 5 s, six
+/// minutes are 72 samples; the cap only bites below a 0.35 s interval).
+pub const RAW_CAP: usize = 1024;
+/// 1-minute buckets are kept for 24 h plus the current and the previous, partial minute.
+pub const BUCKET_MINUTES: i64 = 24 * 60 + 2;
+
+/// A metric kept in the windows. Ratios are 0..1 (PSI's percentages are divided by 100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    /// CPU utilization (steal and iowait excluded).
+    CpuUtilization,
+    /// CPU steal share.
+    CpuSteal,
+    /// CPU iowait share.
+    CpuIowait,
+    /// MemAvailable, bytes.
+    MemoryAvailableBytes,
+    /// MemTotal − MemAvailable, bytes.
+    MemoryUsedBytes,
+    /// (MemTotal − MemAvailable) / MemTotal.
+    MemoryUsedRatio,
+    /// PSI cpu "some" avg10 / 100.
+    PressureCpuSome,
+    /// PSI memory "some" avg10 / 100.
+    PressureMemorySome,
+    /// PSI io "some" avg10 / 100.
+    PressureIoSome,
+}
+
+/// How many metrics there are.
+pub const METRIC_COUNT: usize = Metric::ALL.len();
+
+impl Metric {
+    /// Every metric, in a fixed order.
+    pub const ALL: [Metric; 9] = [
+        Metric::CpuUtilization,
+        Metric::CpuSteal,
+        Metric::CpuIowait,
+        Metric::MemoryAvailableBytes,
+        Metric::MemoryUsedBytes,
+        Metric::MemoryUsedRatio,
+        Metric::PressureCpuSome,
+        Metric::PressureMemorySome,
+        Metric::PressureIoSome,
+    ];
+
+    /// The snake_case name used in JSON and metric names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::CpuUtilization => "cpu_utilization",
+            Metric::CpuSteal => "cpu_steal",
+            Metric::CpuIowait => "cpu_iowait",
+            Metric::MemoryAvailableBytes => "memory_available_bytes",
+            Metric::MemoryUsedBytes => "memory_used_bytes",
+            Metric::MemoryUsedRatio => "memory_used_ratio",
+            Metric::PressureCpuSome => "pressure_cpu_some",
+            Metric::PressureMemorySome => "pressure_memory_some",
+            Metric::PressureIoSome => "pressure_io_some",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// This metric's value in `report`, if the report carries it.
+    pub fn of(self, report: &Report) -> Option<f64> {
+        let psi =
+            |pick: fn(&super::report::Pressure) -> Option<super::report::PressureResource>| {
+                report
+                    .pressure
+                    .as_ref()
+                    .and_then(pick)
+                    .and_then(|r| r.some)
+                    .map(|line| line.avg10 / 100.0)
+            };
+        match self {
+            Metric::CpuUtilization => report.cpu.map(|c| c.utilization),
+            Metric::CpuSteal => report.cpu.map(|c| c.steal),
+            Metric::CpuIowait => report.cpu.map(|c| c.iowait),
+            Metric::MemoryAvailableBytes => report.memory.map(|m| m.available_bytes as f64),
+            Metric::MemoryUsedBytes => report.memory.map(|m| m.used_bytes() as f64),
+            Metric::MemoryUsedRatio => report.memory.and_then(|m| m.used_ratio()),
+            Metric::PressureCpuSome => psi(|p| p.cpu),
+            Metric::PressureMemorySome => psi(|p| p.memory),
+            Metric::PressureIoSome => psi(|p| p.io),
+        }
+    }
+}
+
+/// One value (or its absence) per [`Metric`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MetricValues([Option<f64>; METRIC_COUNT]);
+
+impl MetricValues {
+    /// Every metric's value in `report`.
+    pub fn of(report: &Report) -> Self {
+        Self(Metric::ALL.map(|m| m.of(report)))
+    }
+
+    /// The value of one metric.
+    pub fn get(&self, metric: Metric) -> Option<f64> {
+        self.0[metric.index()]
+    }
+
+    /// Sets one metric's value.
+    pub fn set(&mut self, metric: Metric, value: Option<f64>) {
+        self.0[metric.index()] = value;
+    }
+}
+
+/// JSON: `{"cpu_utilization": 0.5, "cpu_steal": null, ...}`.
+impl Serialize for MetricValues {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(METRIC_COUNT))?;
+        for metric in Metric::ALL {
+            map.serialize_entry(metric.name(), &self.get(metric))?;
+        }
+        map.end()
+    }
+}
+
+/// A time range `(start, end]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    /// Exclusive start.
+    pub start: SystemTime,
+    /// Inclusive end.
+    pub end: SystemTime,
+}
+
+impl TimeRange {
+    /// The `window` that ends at `now`.
+    pub fn last(window: Duration, now: SystemTime) -> Self {
+        Self {
+            start: now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH),
+            end: now,
+        }
+    }
+
+    /// Whether `t` lies in the range.
+    pub fn contains(&self, t: SystemTime) -> bool {
+        self.start < t && t <= self.end
+    }
+
+    /// The range without its part before `t` (e.g. to leave out a warm-up).
+    pub fn not_before(self, t: SystemTime) -> Self {
+        Self {
+            start: self.start.max(t),
+            end: self.end,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawSample {
+    t: SystemTime,
+    /// NaN marks an absent value: half the size of `Option<f64>`.
+    values: [f64; METRIC_COUNT],
+}
+
+/// Sum, count and max of one metric in one minute. f32 is plenty for means of at most
+/// a few hundred samples and halves the 24 h history (~170 KB per VM).
+#[derive(Debug, Clone, Copy, Default)]
+struct Aggregate {
+    sum: f32,
+    max: f32,
+    count: u32,
+}
+
+impl Aggregate {
+    fn add(&mut self, value: f64) {
+        let value = value as f32;
+        self.max = if self.count == 0 {
+            value
+        } else {
+            self.max.max(value)
+        };
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| f64::from(self.sum) / f64::from(self.count))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    /// Minutes since the Unix epoch.
+    minute: i64,
+    aggregates: [Aggregate; METRIC_COUNT],
+}
+
+/// One VM's windows. Samples must arrive in time order; [`Windows::push`] clamps them
+/// so that they do.
+#[derive(Debug, Clone, Default)]
+pub struct Windows {
+    raw: VecDeque<RawSample>,
+    /// The newest evicted raw sample's time: the ring holds every sample after it.
+    /// `None` while nothing has been evicted (the ring holds the whole history).
+    raw_horizon: Option<SystemTime>,
+    buckets: VecDeque<Bucket>,
+    /// The newest evicted bucket's minute (the buckets hold every later minute).
+    bucket_horizon: Option<i64>,
+}
+
+fn minute_of(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() / 60) as i64,
+        Err(_) => 0,
+    }
+}
+
+fn minute_start(minute: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(minute.max(0) as u64 * 60)
+}
+
+impl Windows {
+    /// Records the values sampled at `t`. A `t` before the newest sample is moved up
+    /// to it (the rings stay ordered); the caller clamps `t` to its clock.
+    pub fn push(&mut self, t: SystemTime, values: &MetricValues) {
+        let t = match self.raw.back() {
+            Some(last) if last.t > t => last.t,
+            _ => t,
+        };
+        let mut raw = [f64::NAN; METRIC_COUNT];
+        for (slot, value) in raw.iter_mut().zip(values.0) {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        self.raw.push_back(RawSample { t, values: raw });
+        let oldest_kept = t
+            .checked_sub(RAW_RETENTION)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        while let Some(first) = self.raw.front() {
+            if first.t > oldest_kept && self.raw.len() <= RAW_CAP {
+                break;
+            }
+            self.raw_horizon = Some(first.t);
+            self.raw.pop_front();
+        }
+
+        let minute = minute_of(t);
+        if self.buckets.back().is_none_or(|b| b.minute < minute) {
+            self.buckets.push_back(Bucket {
+                minute,
+                aggregates: [Aggregate::default(); METRIC_COUNT],
+            });
+        }
+        if let Some(bucket) = self.buckets.back_mut() {
+            for (aggregate, value) in bucket.aggregates.iter_mut().zip(values.0) {
+                if let Some(v) = value {
+                    aggregate.add(v);
+                }
+            }
+        }
+        while let Some(first) = self.buckets.front() {
+            if first.minute > minute - BUCKET_MINUTES {
+                break;
+            }
+            self.bucket_horizon = Some(first.minute);
+            self.buckets.pop_front();
+        }
+    }
+
+    /// Whether the raw ring holds every sample of `range`.
+    fn raw_holds(&self, range: &TimeRange) -> bool {
+        self.raw_horizon.is_none_or(|h| range.start >= h)
+    }
+
+    /// The raw samples of `metric` in `range`, oldest first (empty when the ring no
+    /// longer holds the whole range).
+    pub fn samples(
+        &self,
+        metric: Metric,
+        range: TimeRange,
+    ) -> impl Iterator<Item = (SystemTime, f64)> + '_ {
+        let i = metric.index();
+        let holds = self.raw_holds(&range);
+        self.raw
+            .iter()
+            .filter(move |s| holds && range.contains(s.t) && !s.values[i].is_nan())
+            .map(move |s| (s.t, s.values[i]))
+    }
+
+    fn buckets_in(&self, range: TimeRange) -> impl Iterator<Item = &Bucket> + '_ {
+        let first = minute_of(range.start);
+        self.buckets
+            .iter()
+            .filter(move |b| b.minute >= first && minute_start(b.minute) <= range.end)
+    }
+
+    /// The mean of `metric` over `range`, or `None` without a sample.
+    pub fn mean(&self, metric: Metric, range: TimeRange) -> Option<f64> {
+        if self.raw_holds(&range) {
+            let (sum, count) = self
+                .samples(metric, range)
+                .fold((0.0, 0u64), |(s, c), (_, v)| (s + v, c + 1));
+            return (count > 0).then(|| sum / count as f64);
+        }
+        let i = metric.index();
+        let (sum, count) = self.buckets_in(range).fold((0.0f64, 0u64), |(s, c), b| {
+            (
+                s + f64::from(b.aggregates[i].sum),
+                c + u64::from(b.aggregates[i].count),
+            )
+        });
+        (count > 0).then(|| sum / count as f64)
+    }
+
+    /// The largest sample of `metric` in `range`, or `None` without a sample.
+    pub fn max(&self, metric: Metric, range: TimeRange) -> Option<f64> {
+        if self.raw_holds(&range) {
+            return self.samples(metric, range).map(|(_, v)| v).reduce(f64::max);
+        }
+        let i = metric.index();
+        self.buckets_in(range)
+            .filter(|b| b.aggregates[i].count > 0)
+            .map(|b| f64::from(b.aggregates[i].max))
+            .reduce(f64::max)
+    }
+
+    /// The per-minute means of `metric` for the minutes that overlap `range` and have a
+    /// sample: `(start of the minute, mean)`, oldest first.
+    pub fn minute_means(&self, metric: Metric, range: TimeRange) -> Vec<(SystemTime, f64)> {
+        let i = metric.index();
+        self.buckets_in(range)
+            .filter_map(|b| b.aggregates[i].mean().map(|m| (minute_start(b.minute), m)))
+            .collect()
+    }
+
+    /// The `q`-quantile (0..=1, nearest rank) of the per-minute means of `metric` in
+    /// `range`, e.g. the p95 of 1-minute CPU over 24 h.
+    pub fn quantile_of_minute_means(
+        &self,
+        metric: Metric,
+        range: TimeRange,
+        q: f64,
+    ) -> Option<f64> {
+        let mut means: Vec<f64> = self
+            .minute_means(metric, range)
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        if means.is_empty() || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        means.sort_by(f64::total_cmp);
+        let rank = (q * means.len() as f64).ceil() as usize;
+        means.get(rank.saturating_sub(1)).copied()
+    }
+
+    /// Whether `metric` was reported throughout `range`: no stretch without it longer
+    /// than `max_gap` (from the range's start to its end). Ranges the raw ring holds
+    /// are checked sample by sample; longer ones minute by minute (every minute from
+    /// the range's start to `end − max_gap` has a sample).
+    pub fn covers(&self, metric: Metric, range: TimeRange, max_gap: Duration) -> bool {
+        if range.end <= range.start {
+            return false;
+        }
+        let gap_ok = |from: SystemTime, to: SystemTime| {
+            to.duration_since(from).map_or(true, |gap| gap <= max_gap)
+        };
+        if self.raw_holds(&range) {
+            let mut previous = range.start;
+            for (t, _) in self.samples(metric, range) {
+                if !gap_ok(previous, t) {
+                    return false;
+                }
+                previous = t;
+            }
+            return previous > range.start && gap_ok(previous, range.end);
+        }
+        let first = minute_of(range.start);
+        if self.bucket_horizon.is_some_and(|h| first <= h) {
+            return false;
+        }
+        let last = minute_of(range.end.checked_sub(max_gap).unwrap_or(range.start)).max(first);
+        let i = metric.index();
+        let mut expected = first;
+        for bucket in self
+            .buckets
+            .iter()
+            .filter(|b| b.minute >= first && b.minute <= last)
+        {
+            if bucket.minute != expected || bucket.aggregates[i].count == 0 {
+                return false;
+            }
+            expected += 1;
+        }
+        expected == last + 1
+    }
+
+    /// The newest sample's time.
+    pub fn last_sample_at(&self) -> Option<SystemTime> {
+        self.raw.back().map(|s| s.t)
+    }
+
+    /// How many raw samples and buckets are held (for tests and bounds).
+    pub fn len(&self) -> (usize, usize) {
+        (self.raw.len(), self.buckets.len())
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    /// A minute boundary, so that bucket arithmetic in tests is easy to follow.
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_040)
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        t0() + Duration::from_secs(secs)
+    }
+
+    fn cpu(v: f64) -> MetricValues {
+        let mut values = MetricValues::default();
+        values.set(Metric::CpuUtilization, Some(v));
+        values
+    }
+
+    /// Samples every `step` seconds from `from` to `to` (inclusive) with `value(t)`.
+    fn fill(w: &mut Windows, from: u64, to: u64, step: u64, value: impl Fn(u64) -> f64) {
+        let mut s = from;
+        while s <= to {
+            w.push(at(s), &cpu(value(s)));
+            s += step;
+        }
+    }
+
+    #[test]
+    fn one_and_five_minute_means_come_from_raw_samples() {
+        let mut w = Windows::default();
+        // 4 minutes at 0.2, then 1 minute at 0.8, every 5 s.
+        fill(&mut w, 5, 240, 5, |_| 0.2);
+        fill(&mut w, 245, 300, 5, |_| 0.8);
+        let now = at(300);
+        let m1 = w.mean(
+            Metric::CpuUtilization,
+            TimeRange::last(Duration::from_secs(60), now),
+        );
+        let m5 = w.mean(
+            Metric::CpuUtilization,
+            TimeRange::last(Duration::from_secs(300), now),
+        );
+        assert!((m1.unwrap() - 0.8).abs() < 1e-9, "{m1:?}");
+        assert!(
+            (m5.unwrap() - (48.0 * 0.2 + 12.0 * 0.8) / 60.0).abs() < 1e-9,
+            "{m5:?}"
+        );
+        assert_eq!(
+            w.max(
+                Metric::CpuUtilization,
+                TimeRange::last(Duration::from_secs(300), now)
+            ),
+            Some(0.8)
+        );
+        // A metric never reported has no mean.
+        assert_eq!(
+            w.mean(
+                Metric::CpuSteal,
+                TimeRange::last(Duration::from_secs(60), now)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn raw_ring_is_bounded_in_time_and_count() {
+        let mut w = Windows::default();
+        fill(&mut w, 1, 3600, 1, |_| 0.5);
+        let (raw, buckets) = w.len();
+        assert!(raw <= RAW_RETENTION.as_secs() as usize, "{raw}");
+        assert!(raw >= 300, "less than 5 min kept: {raw}");
+        assert_eq!(buckets, 61);
+
+        let mut fast = Windows::default();
+        for i in 0..5000u64 {
+            fast.push(t0() + Duration::from_millis(i * 10), &cpu(0.5));
+        }
+        assert_eq!(fast.len().0, RAW_CAP);
+    }
+
+    #[test]
+    fn buckets_cover_24_hours_and_no_more() {
+        let mut w = Windows::default();
+        // Two days at one sample per 30 s.
+        fill(&mut w, 30, 2 * 86_400, 30, |s| {
+            if s >= 86_400 { 0.9 } else { 0.1 }
+        });
+        let (_, buckets) = w.len();
+        assert_eq!(buckets as i64, BUCKET_MINUTES);
+        let now = at(2 * 86_400);
+        let day = TimeRange::last(Duration::from_secs(86_400), now);
+        let mean = w.mean(Metric::CpuUtilization, day).unwrap();
+        assert!((mean - 0.9).abs() < 1e-6, "{mean}");
+        // The first day has been forgotten.
+        let first_day = TimeRange {
+            start: at(0),
+            end: at(86_400),
+        };
+        // Of the first day only its last minute is left.
+        assert_eq!(w.minute_means(Metric::CpuUtilization, first_day).len(), 2);
+        assert!(!w.covers(Metric::CpuUtilization, first_day, Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn long_ranges_use_minute_buckets() {
+        let mut w = Windows::default();
+        // One hour: minute m has utilization m/100, a sample every 10 s.
+        fill(&mut w, 10, 3600, 10, |s| (s / 60) as f64 / 100.0);
+        let now = at(3600);
+        let hour = TimeRange::last(Duration::from_secs(3600), now);
+        let means = w.minute_means(Metric::CpuUtilization, hour);
+        // Minutes 0..=60: the range's end opens minute 60.
+        assert_eq!(means.len(), 61);
+        assert!((means[7].1 - 0.07).abs() < 1e-6);
+        assert_eq!(means[7].0, at(7 * 60));
+        let max = w.max(Metric::CpuUtilization, hour).unwrap();
+        assert!((max - 0.60).abs() < 1e-6, "{max}");
+        // p95 by nearest rank over 61 minute means 0.00..0.60: rank 58 → 0.57.
+        let p95 = w
+            .quantile_of_minute_means(Metric::CpuUtilization, hour, 0.95)
+            .unwrap();
+        assert!((p95 - 0.57).abs() < 1e-6, "{p95}");
+        let p100 = w
+            .quantile_of_minute_means(Metric::CpuUtilization, hour, 1.0)
+            .unwrap();
+        assert!((p100 - 0.60).abs() < 1e-6, "{p100}");
+        assert_eq!(
+            w.quantile_of_minute_means(Metric::CpuSteal, hour, 0.95),
+            None
+        );
+    }
+
+    #[test]
+    fn p95_over_a_day_ignores_a_short_spike() {
+        let mut w = Windows::default();
+        // A day at 0.30 with a 30-minute spike to 1.0.
+        fill(&mut w, 5, 86_400, 5, |s| {
+            if (40_000..41_800).contains(&s) {
+                1.0
+            } else {
+                0.3
+            }
+        });
+        let day = TimeRange::last(Duration::from_secs(86_400), at(86_400));
+        let p95 = w
+            .quantile_of_minute_means(Metric::CpuUtilization, day, 0.95)
+            .unwrap();
+        assert!((p95 - 0.3).abs() < 1e-6, "{p95}");
+        assert!((w.max(Metric::CpuUtilization, day).unwrap() - 1.0).abs() < 1e-6);
+        assert!(w.covers(Metric::CpuUtilization, day, Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn coverage_needs_samples_throughout_the_window() {
+        let max_gap = Duration::from_secs(20);
+        let mut w = Windows::default();
+        fill(&mut w, 5, 300, 5, |_| 0.5);
+        let five = |now| TimeRange::last(Duration::from_secs(300), now);
+        assert!(w.covers(Metric::CpuUtilization, five(at(300)), max_gap));
+        // A metric that was never reported is not covered.
+        assert!(!w.covers(Metric::CpuSteal, five(at(300)), max_gap));
+        // Silence at the end: 25 s later the window is no longer covered.
+        assert!(w.covers(Metric::CpuUtilization, five(at(315)), max_gap));
+        assert!(!w.covers(Metric::CpuUtilization, five(at(325)), max_gap));
+        // A window that starts before the first sample is not covered.
+        assert!(!w.covers(
+            Metric::CpuUtilization,
+            TimeRange::last(Duration::from_secs(330), at(300)),
+            max_gap
+        ));
+
+        // A 30 s hole in the middle.
+        let mut holed = Windows::default();
+        fill(&mut holed, 5, 120, 5, |_| 0.5);
+        fill(&mut holed, 150, 300, 5, |_| 0.5);
+        assert!(!holed.covers(Metric::CpuUtilization, five(at(300)), max_gap));
+        assert!(holed.covers(
+            Metric::CpuUtilization,
+            TimeRange::last(Duration::from_secs(150), at(300)),
+            max_gap
+        ));
+    }
+
+    #[test]
+    fn coverage_of_long_windows_is_checked_per_minute() {
+        let max_gap = Duration::from_secs(20);
+        let mut w = Windows::default();
+        fill(&mut w, 5, 7200, 5, |_| 0.5);
+        let two_hours = TimeRange::last(Duration::from_secs(7200), at(7200));
+        assert!(w.covers(Metric::CpuUtilization, two_hours, max_gap));
+
+        // The same with minute 30 missing.
+        let mut holed = Windows::default();
+        fill(&mut holed, 5, 1795, 5, |_| 0.5);
+        fill(&mut holed, 1860, 7200, 5, |_| 0.5);
+        assert!(!holed.covers(Metric::CpuUtilization, two_hours, max_gap));
+        // ... but the last hour is complete.
+        assert!(holed.covers(
+            Metric::CpuUtilization,
+            TimeRange::last(Duration::from_secs(3600), at(7200)),
+            max_gap
+        ));
+    }
+
+    #[test]
+    fn out_of_order_samples_keep_the_rings_ordered() {
+        let mut w = Windows::default();
+        w.push(at(100), &cpu(0.1));
+        w.push(at(50), &cpu(0.3));
+        assert_eq!(w.last_sample_at(), Some(at(100)));
+        let m = w.mean(
+            Metric::CpuUtilization,
+            TimeRange::last(Duration::from_secs(60), at(100)),
+        );
+        assert!((m.unwrap() - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn warm_up_can_be_left_out_of_a_range() {
+        let mut w = Windows::default();
+        fill(&mut w, 5, 60, 5, |_| 1.0);
+        fill(&mut w, 65, 180, 5, |_| 0.2);
+        let range = TimeRange::last(Duration::from_secs(180), at(180)).not_before(at(60));
+        let m = w.mean(Metric::CpuUtilization, range).unwrap();
+        assert!((m - 0.2).abs() < 1e-9, "{m}");
+    }
+}

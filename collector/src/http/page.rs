@@ -1,0 +1,127 @@
+//! `GET /`: a server-rendered status page, one table of VMs per group. No JavaScript;
+//! it reloads itself every 5 s. Every piece of text is HTML-escaped.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::fleet::{Metric, VmSummary};
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_string(), |v| format!("{:.1} %", v * 100.0))
+}
+
+fn bytes(v: Option<u64>) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    v.map_or_else(|| "–".to_string(), |v| format!("{:.1} GiB", v as f64 / GIB))
+}
+
+fn age(d: Option<Duration>) -> String {
+    match d {
+        None => "never".to_string(),
+        Some(d) if d.as_secs() < 120 => format!("{} s ago", d.as_secs()),
+        Some(d) if d.as_secs() < 7200 => format!("{} min ago", d.as_secs() / 60),
+        Some(d) => format!("{} h ago", d.as_secs() / 3600),
+    }
+}
+
+/// Renders the page for `vms` (in (group, id) order).
+pub fn render(vms: &[VmSummary], stale_after: Duration) -> String {
+    let mut html = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta http-equiv=\"refresh\" content=\"5\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>Rally collector</title>\n<style>\n\
+         body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}\n\
+         table{border-collapse:collapse;margin-bottom:1.5rem}\n\
+         th,td{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:right}\n\
+         th:first-child,td:first-child,td.text{text-align:left}\n\
+         .fresh{color:#176f2c;font-weight:600}.stale{color:#b3261e;font-weight:600}\n\
+         </style>\n</head>\n<body>\n<h1>Rally collector</h1>\n",
+    );
+    let fresh = vms.iter().filter(|v| v.fresh).count();
+    let _ = writeln!(
+        html,
+        "<p>{fresh} of {} VMs fresh (stale after {} s without a report). \
+         <a href=\"/api/v1/vms\">JSON</a> · <a href=\"/metrics\">metrics</a></p>",
+        vms.len(),
+        stale_after.as_secs()
+    );
+    if vms.is_empty() {
+        html.push_str("<p>No VM has reported yet.</p>\n");
+    }
+    let mut current_group: Option<&str> = None;
+    for vm in vms {
+        if current_group != Some(vm.group.as_str()) {
+            if current_group.is_some() {
+                html.push_str("</tbody>\n</table>\n");
+            }
+            current_group = Some(&vm.group);
+            let _ = writeln!(html, "<h2>Group {}</h2>", escape(&vm.group));
+            html.push_str(
+                "<table>\n<thead><tr><th>VM</th><th>hostname</th><th>state</th>\
+                 <th>last report</th><th>vCPUs</th><th>memory</th><th>CPU</th>\
+                 <th>CPU 1 min</th><th>CPU 5 min</th><th>steal</th><th>memory used</th>\
+                 <th>CPU pressure</th><th>agent</th></tr></thead>\n<tbody>\n",
+            );
+        }
+        let state = if vm.fresh {
+            "<span class=\"fresh\">up</span>"
+        } else {
+            "<span class=\"stale\">stale</span>"
+        };
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td class=\"text\">{}</td><td class=\"text\">{state}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td class=\"text\">{}</td></tr>",
+            escape(&vm.id),
+            escape(vm.hostname.as_deref().unwrap_or("–")),
+            age(vm.last_report_age),
+            vm.size
+                .map_or_else(|| "–".to_string(), |s| s.vcpus.to_string()),
+            bytes(vm.size.map(|s| s.memory_bytes)),
+            percent(vm.latest_values.get(Metric::CpuUtilization)),
+            percent(vm.mean_1m.get(Metric::CpuUtilization)),
+            percent(vm.mean_5m.get(Metric::CpuUtilization)),
+            percent(vm.latest_values.get(Metric::CpuSteal)),
+            percent(vm.latest_values.get(Metric::MemoryUsedRatio)),
+            percent(vm.latest_values.get(Metric::PressureCpuSome)),
+            escape(vm.agent_version.as_deref().unwrap_or("–")),
+        );
+    }
+    if current_group.is_some() {
+        html.push_str("</tbody>\n</table>\n");
+    }
+    html.push_str("</body>\n</html>\n");
+    html
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            escape("<script>alert('x') & \"y\"</script>"),
+            "&lt;script&gt;alert(&#39;x&#39;) &amp; &quot;y&quot;&lt;/script&gt;"
+        );
+    }
+}

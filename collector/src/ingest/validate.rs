@@ -1,0 +1,526 @@
+//! Checks every field of an agent's message and converts it into the fleet's types.
+//! Anything the rest of the collector relies on (ratios in 0..1, finite numbers,
+//! bounded strings and lists) is guaranteed here, so nothing past the edge re-checks.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use rally_proto::v1;
+
+use crate::fleet::{
+    CpuShares, DiskIo, Filesystem, Hello, LoadAverage, Memory, NetInterface, Pressure,
+    PressureLine, PressureResource, Report, RunKey, VmSize, validate_id,
+};
+
+/// Floating-point slack around the 0..1 (and 0..100) bounds of shares.
+const EPSILON: f64 = 1e-6;
+/// Longer texts (hostname, names) are refused.
+const MAX_TEXT: usize = 253;
+/// At most this many labels per agent.
+const MAX_LABELS: usize = 64;
+/// Longest label value.
+const MAX_LABEL_VALUE: usize = 1024;
+/// At most this many CPU cores in a report.
+const MAX_CORES: usize = 8192;
+/// At most this many interfaces, disks or filesystems in a report.
+const MAX_DEVICES: usize = 1024;
+/// An interval longer than a day is not a sampling interval.
+const MAX_INTERVAL_MS: u64 = 86_400_000;
+/// A VM larger than this many vCPUs is a bug, not a VM.
+const MAX_VCPUS: u32 = 65_536;
+
+/// Why a message was refused: the field path and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Invalid {
+    /// The field, e.g. `report.cpu.steal`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Invalid> {
+    if required && value.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(invalid(
+            field,
+            format!("{} bytes long, at most {max} allowed", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn finite_non_negative(field: &str, value: f64) -> Result<f64, Invalid> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(invalid(
+            field,
+            format!("{value} is not a finite number ≥ 0"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A value in `0..=max` (within [`EPSILON`]), clamped into the range.
+fn bounded(field: &str, value: f64, max: f64) -> Result<f64, Invalid> {
+    if !value.is_finite() || value < -EPSILON || value > max + EPSILON {
+        return Err(invalid(field, format!("{value} is outside 0..{max}")));
+    }
+    Ok(value.clamp(0.0, max))
+}
+
+fn size(field: &str, size: Option<v1::VmSize>) -> Result<Option<VmSize>, Invalid> {
+    let Some(size) = size else { return Ok(None) };
+    if size.vcpus == 0 || size.vcpus > MAX_VCPUS {
+        return Err(invalid(
+            format!("{field}.vcpus"),
+            format!("{} is outside 1..={MAX_VCPUS}", size.vcpus),
+        ));
+    }
+    if size.memory_bytes == 0 {
+        return Err(invalid(
+            format!("{field}.memory_bytes"),
+            "must be more than 0",
+        ));
+    }
+    Ok(Some(VmSize {
+        vcpus: size.vcpus,
+        memory_bytes: size.memory_bytes,
+    }))
+}
+
+fn interval(field: &str, ms: u32) -> Result<Duration, Invalid> {
+    if u64::from(ms) > MAX_INTERVAL_MS {
+        return Err(invalid(field, format!("{ms} ms is longer than a day")));
+    }
+    Ok(Duration::from_millis(u64::from(ms)))
+}
+
+/// Checks a `Hello`.
+pub fn hello(msg: v1::Hello) -> Result<Hello, Invalid> {
+    validate_id(&msg.vm_id).map_err(|why| invalid("hello.vm_id", why))?;
+    text("hello.hostname", &msg.hostname, MAX_TEXT, false)?;
+    text("hello.agent_version", &msg.agent_version, 64, false)?;
+    text("hello.boot_id", &msg.boot_id, 64, true)?;
+    if msg.labels.len() > MAX_LABELS {
+        return Err(invalid(
+            "hello.labels",
+            format!("{} labels, at most {MAX_LABELS} allowed", msg.labels.len()),
+        ));
+    }
+    let mut labels = BTreeMap::new();
+    for (key, value) in msg.labels {
+        let field = format!("hello.labels[{key:?}]");
+        let valid_key = !key.is_empty()
+            && key.len() <= 128
+            && key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid_key {
+            return Err(invalid(
+                field,
+                "a label name is 1..=128 characters of A-Z a-z 0-9 _ . - starting with a letter or _",
+            ));
+        }
+        text(&field, &value, MAX_LABEL_VALUE, false)?;
+        labels.insert(key, value);
+    }
+    let interval = match msg.interval_ms {
+        0 => None,
+        ms => Some(interval("hello.interval_ms", ms)?),
+    };
+    Ok(Hello {
+        vm_id: msg.vm_id,
+        hostname: msg.hostname,
+        agent_version: msg.agent_version,
+        run: RunKey {
+            boot_id: msg.boot_id,
+            run_id: msg.run_id,
+        },
+        labels,
+        size: size("hello.size", msg.size)?,
+        interval,
+    })
+}
+
+fn cpu(field: &str, c: v1::CpuTimes) -> Result<CpuShares, Invalid> {
+    let share = |name: &str, v: f64| bounded(&format!("{field}.{name}"), v, 1.0);
+    Ok(CpuShares {
+        user: share("user", c.user)?,
+        nice: share("nice", c.nice)?,
+        system: share("system", c.system)?,
+        irq: share("irq", c.irq)?,
+        softirq: share("softirq", c.softirq)?,
+        iowait: share("iowait", c.iowait)?,
+        steal: share("steal", c.steal)?,
+        idle: share("idle", c.idle)?,
+        utilization: share("utilization", c.utilization)?,
+    })
+}
+
+fn pressure_line(
+    field: &str,
+    line: Option<v1::PressureLine>,
+) -> Result<Option<PressureLine>, Invalid> {
+    let Some(line) = line else { return Ok(None) };
+    Ok(Some(PressureLine {
+        avg10: bounded(&format!("{field}.avg10"), line.avg10, 100.0)?,
+        avg60: bounded(&format!("{field}.avg60"), line.avg60, 100.0)?,
+        avg300: bounded(&format!("{field}.avg300"), line.avg300, 100.0)?,
+        total_us: line.total_us,
+    }))
+}
+
+fn pressure_resource(
+    field: &str,
+    resource: Option<v1::PressureResource>,
+) -> Result<Option<PressureResource>, Invalid> {
+    let Some(resource) = resource else {
+        return Ok(None);
+    };
+    Ok(Some(PressureResource {
+        some: pressure_line(&format!("{field}.some"), resource.some)?,
+        full: pressure_line(&format!("{field}.full"), resource.full)?,
+    }))
+}
+
+fn devices<T, U>(
+    field: &str,
+    items: Vec<T>,
+    convert: impl Fn(&str, T) -> Result<U, Invalid>,
+) -> Result<Vec<U>, Invalid> {
+    if items.len() > MAX_DEVICES {
+        return Err(invalid(
+            field,
+            format!("{} entries, at most {MAX_DEVICES} allowed", items.len()),
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| convert(&format!("{field}[{i}]"), item))
+        .collect()
+}
+
+/// Checks a `Report`.
+pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
+    if msg.seq == 0 {
+        return Err(invalid("report.seq", "must be more than 0"));
+    }
+    if msg.timestamp_ms <= 0 {
+        return Err(invalid(
+            "report.timestamp_ms",
+            format!("{} is not after 1970", msg.timestamp_ms),
+        ));
+    }
+    let timestamp = SystemTime::UNIX_EPOCH + Duration::from_millis(msg.timestamp_ms.unsigned_abs());
+    if msg.cores.len() > MAX_CORES {
+        return Err(invalid(
+            "report.cores",
+            format!("{} cores, at most {MAX_CORES} allowed", msg.cores.len()),
+        ));
+    }
+    let memory = match msg.memory {
+        None => None,
+        Some(m) => {
+            if m.available_bytes > m.total_bytes {
+                return Err(invalid(
+                    "report.memory.available_bytes",
+                    format!(
+                        "{} is more than total_bytes {}",
+                        m.available_bytes, m.total_bytes
+                    ),
+                ));
+            }
+            if m.swap_free_bytes > m.swap_total_bytes {
+                return Err(invalid(
+                    "report.memory.swap_free_bytes",
+                    format!(
+                        "{} is more than swap_total_bytes {}",
+                        m.swap_free_bytes, m.swap_total_bytes
+                    ),
+                ));
+            }
+            Some(Memory {
+                total_bytes: m.total_bytes,
+                available_bytes: m.available_bytes,
+                swap_total_bytes: m.swap_total_bytes,
+                swap_free_bytes: m.swap_free_bytes,
+            })
+        }
+    };
+    let load = match msg.load {
+        None => None,
+        Some(l) => Some(LoadAverage {
+            one: finite_non_negative("report.load.one", l.one)?,
+            five: finite_non_negative("report.load.five", l.five)?,
+            fifteen: finite_non_negative("report.load.fifteen", l.fifteen)?,
+        }),
+    };
+    let pressure = match msg.pressure {
+        None => None,
+        Some(p) => Some(Pressure {
+            cpu: pressure_resource("report.pressure.cpu", p.cpu)?,
+            memory: pressure_resource("report.pressure.memory", p.memory)?,
+            io: pressure_resource("report.pressure.io", p.io)?,
+        }),
+    };
+    Ok(Report {
+        seq: msg.seq,
+        timestamp,
+        interval: interval("report.interval_ms", msg.interval_ms)?,
+        size: size("report.size", msg.size)?,
+        cpu: msg.cpu.map(|c| cpu("report.cpu", c)).transpose()?,
+        cores: msg
+            .cores
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| cpu(&format!("report.cores[{i}]"), c))
+            .collect::<Result<_, _>>()?,
+        load,
+        memory,
+        pressure,
+        net: devices("report.net", msg.net, |field, n| {
+            text(&format!("{field}.name"), &n.name, 64, true)?;
+            let rate = |name: &str, v| finite_non_negative(&format!("{field}.{name}"), v);
+            Ok(NetInterface {
+                rx_bytes_per_second: rate("rx_bytes_per_second", n.rx_bytes_per_second)?,
+                tx_bytes_per_second: rate("tx_bytes_per_second", n.tx_bytes_per_second)?,
+                rx_packets_per_second: rate("rx_packets_per_second", n.rx_packets_per_second)?,
+                tx_packets_per_second: rate("tx_packets_per_second", n.tx_packets_per_second)?,
+                rx_errors: n.rx_errors,
+                tx_errors: n.tx_errors,
+                name: n.name,
+            })
+        })?,
+        disks: devices("report.disks", msg.disks, |field, d| {
+            text(&format!("{field}.name"), &d.name, 64, true)?;
+            let rate = |name: &str, v| finite_non_negative(&format!("{field}.{name}"), v);
+            Ok(DiskIo {
+                read_bytes_per_second: rate("read_bytes_per_second", d.read_bytes_per_second)?,
+                write_bytes_per_second: rate("write_bytes_per_second", d.write_bytes_per_second)?,
+                busy_ratio: bounded(&format!("{field}.busy_ratio"), d.busy_ratio, 1.0)?,
+                name: d.name,
+            })
+        })?,
+        filesystems: devices("report.filesystems", msg.filesystems, |field, f| {
+            text(&format!("{field}.mount_point"), &f.mount_point, 4096, true)?;
+            text(&format!("{field}.fs_type"), &f.fs_type, 64, false)?;
+            Ok(Filesystem {
+                mount_point: f.mount_point,
+                fs_type: f.fs_type,
+                total_bytes: f.total_bytes,
+                available_bytes: f.available_bytes,
+            })
+        })?,
+        dropped: msg.dropped,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    /// Breaks one field of a good message.
+    type Spoil<T> = Box<dyn Fn(&mut T)>;
+
+    fn good_hello() -> v1::Hello {
+        v1::Hello {
+            vm_id: "web-1".into(),
+            hostname: "web-1.shop".into(),
+            agent_version: "0.1.0".into(),
+            boot_id: "2f0c7c1e-4e7b-4c36-9d1e-0f8f8a1d2b3c".into(),
+            run_id: 42,
+            labels: [("role".to_string(), "web".to_string())].into(),
+            size: Some(v1::VmSize {
+                vcpus: 2,
+                memory_bytes: 4 << 30,
+            }),
+            interval_ms: 5000,
+        }
+    }
+
+    fn good_report() -> v1::Report {
+        v1::Report {
+            seq: 1,
+            timestamp_ms: 1_700_000_000_000,
+            interval_ms: 5000,
+            size: Some(v1::VmSize {
+                vcpus: 2,
+                memory_bytes: 4 << 30,
+            }),
+            cpu: Some(v1::CpuTimes {
+                user: 0.3,
+                system: 0.1,
+                steal: 0.05,
+                idle: 0.55,
+                utilization: 0.4,
+                ..Default::default()
+            }),
+            memory: Some(v1::Memory {
+                total_bytes: 4 << 30,
+                available_bytes: 1 << 30,
+                swap_total_bytes: 0,
+                swap_free_bytes: 0,
+            }),
+            pressure: Some(v1::Pressure {
+                cpu: Some(v1::PressureResource {
+                    some: Some(v1::PressureLine {
+                        avg10: 12.5,
+                        ..Default::default()
+                    }),
+                    full: None,
+                }),
+                memory: None,
+                io: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn good_messages_convert() {
+        let hello = hello(good_hello()).unwrap();
+        assert_eq!(hello.vm_id, "web-1");
+        assert_eq!(hello.run.run_id, 42);
+        assert_eq!(hello.labels["role"], "web");
+        assert_eq!(hello.interval, Some(Duration::from_secs(5)));
+        let report = report(good_report()).unwrap();
+        assert_eq!(report.cpu.unwrap().utilization, 0.4);
+        let psi = report.pressure.unwrap().cpu.unwrap().some.unwrap();
+        assert_eq!(psi.avg10, 12.5);
+    }
+
+    #[test]
+    fn ratios_get_a_small_epsilon_and_are_clamped() {
+        let mut r = good_report();
+        r.cpu.as_mut().unwrap().utilization = 1.0 + 1e-9;
+        assert_eq!(report(r).unwrap().cpu.unwrap().utilization, 1.0);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases: Vec<(&str, Spoil<v1::Report>)> = vec![
+            ("report.seq", Box::new(|r| r.seq = 0)),
+            ("report.timestamp_ms", Box::new(|r| r.timestamp_ms = -5)),
+            (
+                "report.cpu.steal",
+                Box::new(|r| r.cpu.as_mut().unwrap().steal = 1.5),
+            ),
+            (
+                "report.cpu.utilization",
+                Box::new(|r| r.cpu.as_mut().unwrap().utilization = f64::NAN),
+            ),
+            (
+                "report.cpu.user",
+                Box::new(|r| r.cpu.as_mut().unwrap().user = -0.1),
+            ),
+            (
+                "report.memory.available_bytes",
+                Box::new(|r| r.memory.as_mut().unwrap().available_bytes = 5 << 30),
+            ),
+            (
+                "report.size.vcpus",
+                Box::new(|r| r.size.as_mut().unwrap().vcpus = 0),
+            ),
+            (
+                "report.load.one",
+                Box::new(|r| {
+                    r.load = Some(v1::LoadAverage {
+                        one: f64::INFINITY,
+                        five: 0.0,
+                        fifteen: 0.0,
+                    })
+                }),
+            ),
+            (
+                "report.pressure.cpu.some.avg10",
+                Box::new(|r| {
+                    r.pressure
+                        .as_mut()
+                        .unwrap()
+                        .cpu
+                        .as_mut()
+                        .unwrap()
+                        .some
+                        .as_mut()
+                        .unwrap()
+                        .avg10 = 101.0
+                }),
+            ),
+            ("report.interval_ms", Box::new(|r| r.interval_ms = u32::MAX)),
+            (
+                "report.net[0].name",
+                Box::new(|r| r.net = vec![v1::NetInterface::default()]),
+            ),
+            (
+                "report.disks[0].busy_ratio",
+                Box::new(|r| {
+                    r.disks = vec![v1::DiskIo {
+                        name: "vda".into(),
+                        busy_ratio: 2.0,
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "report.cores[1].idle",
+                Box::new(|r| {
+                    r.cores = vec![
+                        v1::CpuTimes::default(),
+                        v1::CpuTimes {
+                            idle: -1.0,
+                            ..Default::default()
+                        },
+                    ]
+                }),
+            ),
+        ];
+        for (field, spoil) in cases {
+            let mut r = good_report();
+            spoil(&mut r);
+            let err = report(r).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_hellos_name_their_field() {
+        let cases: Vec<(&str, Spoil<v1::Hello>)> = vec![
+            ("hello.vm_id", Box::new(|h| h.vm_id.clear())),
+            ("hello.vm_id", Box::new(|h| h.vm_id = "web 1".into())),
+            ("hello.vm_id", Box::new(|h| h.vm_id = "x".repeat(300))),
+            ("hello.boot_id", Box::new(|h| h.boot_id.clear())),
+            ("hello.hostname", Box::new(|h| h.hostname = "a\nb".into())),
+            (
+                "hello.labels[\"9x\"]",
+                Box::new(|h| {
+                    h.labels.insert("9x".into(), "v".into());
+                }),
+            ),
+            (
+                "hello.size.memory_bytes",
+                Box::new(|h| h.size.as_mut().unwrap().memory_bytes = 0),
+            ),
+        ];
+        for (field, spoil) in cases {
+            let mut h = good_hello();
+            spoil(&mut h);
+            let err = hello(h).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+}

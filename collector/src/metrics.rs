@@ -1,0 +1,640 @@
+//! `/metrics`: the fleet and the collector's own counters in the Prometheus text
+//! exposition format 0.0.4, rendered from a fresh fleet snapshot at every scrape.
+//!
+//! Why not OpenMetrics (what `prometheus-client` writes): an OpenMetrics counter is
+//! declared as `# TYPE foo counter` with samples named `foo_total`, and `promtool
+//! check metrics` (Debian 12's 2.42, which reads the classic text format) rejects that
+//! as a sample without HELP. The classic format is what promtool checks and what every
+//! Prometheus server scrapes, so the collector writes it, with a small encoder here.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use crate::clock::unix_seconds;
+use crate::fleet::{Fleet, Metric, PressureResource, VmSummary};
+use crate::ingest::{IngestStats, Reason};
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A sample value.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<u32> for Value {
+    fn from(v: u32) -> Self {
+        Value::Int(u64::from(v))
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Float(v)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Int(u64::from(v))
+    }
+}
+
+/// Writes families in the text format; every sample of a family follows its header.
+#[derive(Debug, Default)]
+struct Exposition {
+    out: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        let kind = match kind {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        };
+        let help = help.replace('\\', r"\\").replace('\n', r"\n");
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Into<Value>) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(key);
+                self.out.push_str("=\"");
+                for c in value.chars() {
+                    match c {
+                        '\\' => self.out.push_str(r"\\"),
+                        '"' => self.out.push_str("\\\""),
+                        '\n' => self.out.push_str(r"\n"),
+                        c => self.out.push(c),
+                    }
+                }
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        self.out.push(' ');
+        let _ = match value.into() {
+            Value::Int(v) => writeln!(self.out, "{v}"),
+            Value::Float(v) if v.is_nan() => writeln!(self.out, "NaN"),
+            Value::Float(v) if v == f64::INFINITY => writeln!(self.out, "+Inf"),
+            Value::Float(v) if v == f64::NEG_INFINITY => writeln!(self.out, "-Inf"),
+            Value::Float(v) => writeln!(self.out, "{v}"),
+        };
+    }
+
+    /// A family with one sample per VM for which `value` has something.
+    fn per_vm<V: Into<Value>>(
+        &mut self,
+        vms: &[VmSummary],
+        name: &str,
+        kind: Kind,
+        help: &str,
+        value: impl Fn(&VmSummary) -> Option<V>,
+    ) {
+        self.family(name, kind, help);
+        for vm in vms {
+            if let Some(v) = value(vm) {
+                self.sample(name, &[("vm", &vm.id), ("group", &vm.group)], v);
+            }
+        }
+    }
+
+    /// A family with an extra label per VM (e.g. `resource`, `window`).
+    fn per_vm_and<V: Into<Value>>(
+        &mut self,
+        vms: &[VmSummary],
+        name: &str,
+        help: &str,
+        label: &str,
+        variants: &[&str],
+        value: impl Fn(&VmSummary, &str) -> Option<V>,
+    ) {
+        self.family(name, Kind::Gauge, help);
+        for vm in vms {
+            for variant in variants {
+                if let Some(v) = value(vm, variant) {
+                    self.sample(
+                        name,
+                        &[("vm", &vm.id), ("group", &vm.group), (label, variant)],
+                        v,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn pressure_of<'a>(vm: &'a VmSummary, resource: &str) -> Option<&'a PressureResource> {
+    let pressure = vm.latest.as_ref()?.pressure.as_ref()?;
+    match resource {
+        "cpu" => pressure.cpu.as_ref(),
+        "memory" => pressure.memory.as_ref(),
+        "io" => pressure.io.as_ref(),
+        _ => None,
+    }
+}
+
+fn window_mean(vm: &VmSummary, window: &str, metric: Metric) -> Option<f64> {
+    match window {
+        "1m" => vm.mean_1m.get(metric),
+        "5m" => vm.mean_5m.get(metric),
+        _ => None,
+    }
+}
+
+fn psi_metric(resource: &str) -> Option<Metric> {
+    match resource {
+        "cpu" => Some(Metric::PressureCpuSome),
+        "memory" => Some(Metric::PressureMemorySome),
+        "io" => Some(Metric::PressureIoSome),
+        _ => None,
+    }
+}
+
+const RESOURCES: &[&str] = &["cpu", "memory", "io"];
+const WINDOWS: &[&str] = &["1m", "5m"];
+
+/// Renders every metric at `now`.
+pub fn render(fleet: &Fleet, stats: &IngestStats, now: SystemTime) -> String {
+    let vms = fleet.snapshot(now);
+    let mut e = Exposition::default();
+    use Kind::{Counter, Gauge};
+
+    e.per_vm(
+        &vms,
+        "rally_vm_up",
+        Gauge,
+        "1 if the VM reported within ingest.stale_after, else 0.",
+        |vm| Some(vm.fresh),
+    );
+    e.family(
+        "rally_vm_info",
+        Gauge,
+        "Always 1: the VM's hostname and agent version as labels.",
+    );
+    for vm in &vms {
+        if let (Some(hostname), Some(version)) = (&vm.hostname, &vm.agent_version) {
+            e.sample(
+                "rally_vm_info",
+                &[
+                    ("vm", &vm.id),
+                    ("group", &vm.group),
+                    ("hostname", hostname),
+                    ("agent_version", version),
+                ],
+                1u64,
+            );
+        }
+    }
+    e.per_vm(
+        &vms,
+        "rally_vm_last_report_timestamp_seconds",
+        Gauge,
+        "When the collector applied the VM's latest report (Unix time).",
+        |vm| vm.last_report_at.map(unix_seconds),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_streams",
+        Gauge,
+        "Open agent streams for the VM.",
+        |vm| Some(vm.streams),
+    );
+
+    let latest = |vm: &VmSummary, metric: Metric| vm.latest_values.get(metric);
+    e.per_vm(
+        &vms,
+        "rally_vm_cpu_utilization_ratio",
+        Gauge,
+        "CPU utilization over the last report's interval, (user+nice+system+irq+softirq)/all; steal and iowait excluded.",
+        |vm| latest(vm, Metric::CpuUtilization),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_cpu_steal_ratio",
+        Gauge,
+        "Share of CPU time the hypervisor took away over the last report's interval.",
+        |vm| latest(vm, Metric::CpuSteal),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_cpu_iowait_ratio",
+        Gauge,
+        "Share of CPU time spent waiting for I/O over the last report's interval.",
+        |vm| latest(vm, Metric::CpuIowait),
+    );
+    e.per_vm_and(
+        &vms,
+        "rally_vm_cpu_utilization_mean_ratio",
+        "Mean CPU utilization over a window of raw samples.",
+        "window",
+        WINDOWS,
+        |vm, w| window_mean(vm, w, Metric::CpuUtilization),
+    );
+    e.per_vm_and(
+        &vms,
+        "rally_vm_cpu_steal_mean_ratio",
+        "Mean CPU steal over a window of raw samples.",
+        "window",
+        WINDOWS,
+        |vm, w| window_mean(vm, w, Metric::CpuSteal),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_vcpus",
+        Gauge,
+        "Online vCPUs the guest can use.",
+        |vm| vm.size.map(|s| s.vcpus),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_memory_total_bytes",
+        Gauge,
+        "MemTotal: memory the guest can use.",
+        |vm| {
+            vm.latest
+                .as_ref()
+                .and_then(|r| r.memory)
+                .map(|m| m.total_bytes)
+                .or(vm.size.map(|s| s.memory_bytes))
+        },
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_memory_available_bytes",
+        Gauge,
+        "MemAvailable: memory that can be allocated without swapping.",
+        |vm| {
+            vm.latest
+                .as_ref()
+                .and_then(|r| r.memory)
+                .map(|m| m.available_bytes)
+        },
+    );
+    e.per_vm_and(
+        &vms,
+        "rally_vm_memory_used_mean_ratio",
+        "Mean of (MemTotal - MemAvailable) / MemTotal over a window.",
+        "window",
+        WINDOWS,
+        |vm, w| window_mean(vm, w, Metric::MemoryUsedRatio),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_swap_total_bytes",
+        Gauge,
+        "SwapTotal.",
+        |vm| {
+            vm.latest
+                .as_ref()
+                .and_then(|r| r.memory)
+                .map(|m| m.swap_total_bytes)
+        },
+    );
+    e.per_vm(&vms, "rally_vm_swap_free_bytes", Gauge, "SwapFree.", |vm| {
+        vm.latest
+            .as_ref()
+            .and_then(|r| r.memory)
+            .map(|m| m.swap_free_bytes)
+    });
+    e.per_vm(
+        &vms,
+        "rally_vm_load1",
+        Gauge,
+        "1-minute load average.",
+        |vm| vm.latest.as_ref().and_then(|r| r.load).map(|l| l.one),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_load5",
+        Gauge,
+        "5-minute load average.",
+        |vm| vm.latest.as_ref().and_then(|r| r.load).map(|l| l.five),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_load15",
+        Gauge,
+        "15-minute load average.",
+        |vm| vm.latest.as_ref().and_then(|r| r.load).map(|l| l.fifteen),
+    );
+    e.per_vm_and(
+        &vms,
+        "rally_vm_pressure_some_ratio",
+        "PSI: share of wall time some task stalled on the resource over the last 10 s (avg10 / 100).",
+        "resource",
+        RESOURCES,
+        |vm, r| pressure_of(vm, r).and_then(|p| p.some).map(|l| l.avg10 / 100.0),
+    );
+    e.per_vm_and(
+        &vms,
+        "rally_vm_pressure_full_ratio",
+        "PSI: share of wall time all tasks stalled on the resource over the last 10 s (avg10 / 100).",
+        "resource",
+        RESOURCES,
+        |vm, r| pressure_of(vm, r).and_then(|p| p.full).map(|l| l.avg10 / 100.0),
+    );
+    e.family(
+        "rally_vm_pressure_some_mean_ratio",
+        Gauge,
+        "PSI some avg10 / 100, averaged over a window.",
+    );
+    for vm in &vms {
+        for resource in RESOURCES {
+            for window in WINDOWS {
+                let value = psi_metric(resource).and_then(|m| window_mean(vm, window, m));
+                if let Some(v) = value {
+                    e.sample(
+                        "rally_vm_pressure_some_mean_ratio",
+                        &[
+                            ("vm", &vm.id),
+                            ("group", &vm.group),
+                            ("resource", resource),
+                            ("window", window),
+                        ],
+                        v,
+                    );
+                }
+            }
+        }
+    }
+    e.per_vm(
+        &vms,
+        "rally_vm_reports_total",
+        Counter,
+        "Reports applied for the VM since the collector started.",
+        |vm| Some(vm.counters.received),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_reports_duplicate_total",
+        Counter,
+        "Reports that arrived again (replays) and were not applied twice.",
+        |vm| Some(vm.counters.duplicates),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_reports_lost_total",
+        Counter,
+        "Sequence numbers skipped within an agent run: reports that will never arrive.",
+        |vm| Some(vm.counters.lost),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_agent_dropped_reports_total",
+        Counter,
+        "Reports the agent says it dropped from its full buffer.",
+        |vm| Some(vm.counters.dropped_by_agent),
+    );
+
+    e.family(
+        "rally_collector_reports_total",
+        Counter,
+        "Agent reports accepted and applied.",
+    );
+    e.sample("rally_collector_reports_total", &[], stats.reports());
+    e.family(
+        "rally_collector_reports_rejected_total",
+        Counter,
+        "Agent messages and streams rejected, by reason.",
+    );
+    for reason in Reason::ALL {
+        e.sample(
+            "rally_collector_reports_rejected_total",
+            &[("reason", reason.as_str())],
+            stats.rejected(reason),
+        );
+    }
+    e.family(
+        "rally_collector_reports_duplicate_total",
+        Counter,
+        "Reports received again and not applied twice.",
+    );
+    e.sample(
+        "rally_collector_reports_duplicate_total",
+        &[],
+        stats.duplicates(),
+    );
+    e.family(
+        "rally_collector_reports_lost_total",
+        Counter,
+        "Sequence numbers skipped within agent runs.",
+    );
+    e.sample("rally_collector_reports_lost_total", &[], stats.lost());
+    e.family(
+        "rally_collector_streams",
+        Gauge,
+        "Agent streams open (past their Hello).",
+    );
+    e.sample("rally_collector_streams", &[], stats.streams_open());
+    e.family(
+        "rally_collector_streams_accepted_total",
+        Counter,
+        "Agent streams whose Hello was accepted.",
+    );
+    e.sample(
+        "rally_collector_streams_accepted_total",
+        &[],
+        stats.streams_accepted(),
+    );
+    e.family(
+        "rally_collector_vms",
+        Gauge,
+        "VMs the collector holds in memory.",
+    );
+    e.sample("rally_collector_vms", &[], vms.len() as u64);
+    e.out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped_and_values_formatted() {
+        let mut e = Exposition::default();
+        e.family("x", Kind::Gauge, "Help with \\ and\nnewline.");
+        e.sample("x", &[("a", "q\"uo\\te\nd")], 0.25);
+        e.sample("x", &[], f64::NAN);
+        e.sample("x", &[], f64::INFINITY);
+        e.sample("x", &[], 1u64 << 40);
+        assert_eq!(
+            e.out,
+            "# HELP x Help with \\\\ and\\nnewline.\n# TYPE x gauge\nx{a=\"q\\\"uo\\\\te\\nd\"} 0.25\nx NaN\nx +Inf\nx 1099511627776\n"
+        );
+    }
+
+    /// A fleet of several VMs in two groups plus an ungrouped one: with and without
+    /// PSI, one configured VM that never reported, a hostname that needs escaping.
+    fn busy_fleet(now: SystemTime) -> (Fleet, IngestStats) {
+        use crate::config::UnknownVms;
+        use crate::fleet::{
+            CpuShares, FleetSettings, Hello, LoadAverage, Memory, Pressure, PressureLine, Report,
+            RunKey, VmSize,
+        };
+        use std::time::Duration;
+
+        let fleet = Fleet::new(FleetSettings {
+            stale_after: Duration::from_secs(20),
+            forget_after: Duration::from_secs(86_400),
+            unknown_vms: UnknownVms::Ungrouped,
+            max_vms: 100,
+            groups: vec![
+                (
+                    "web".into(),
+                    vec!["web-1".into(), "web-2".into(), "web-3".into()],
+                ),
+                ("db".into(), vec!["db-1".into()]),
+            ],
+        });
+        for (i, vm) in ["web-1", "web-2", "db-1", "cache-1"].iter().enumerate() {
+            let hello = Hello {
+                vm_id: vm.to_string(),
+                hostname: format!("{vm} \"the\" \\box\\"),
+                agent_version: "0.1.0".into(),
+                run: RunKey {
+                    boot_id: "boot".into(),
+                    run_id: i as u64,
+                },
+                labels: Default::default(),
+                size: Some(VmSize {
+                    vcpus: 2,
+                    memory_bytes: 4 << 30,
+                }),
+                interval: Some(Duration::from_secs(5)),
+            };
+            let session = fleet.hello(&hello, now).unwrap();
+            for seq in 1..=3u64 {
+                let line = PressureLine {
+                    avg10: 3.5,
+                    ..Default::default()
+                };
+                let report = Report {
+                    seq: seq + u64::from(i == 1) * seq, // web-2 skips: a gap
+                    timestamp: now,
+                    interval: Duration::from_secs(5),
+                    size: hello.size,
+                    cpu: Some(CpuShares {
+                        utilization: 0.25 * (i + 1) as f64,
+                        steal: 0.01,
+                        ..Default::default()
+                    }),
+                    cores: vec![],
+                    load: Some(LoadAverage {
+                        one: 0.5,
+                        five: 0.4,
+                        fifteen: 0.3,
+                    }),
+                    memory: Some(Memory {
+                        total_bytes: 4 << 30,
+                        available_bytes: 1 << 30,
+                        swap_total_bytes: 1 << 30,
+                        swap_free_bytes: 1 << 29,
+                    }),
+                    pressure: (i % 2 == 0).then_some(Pressure {
+                        cpu: Some(crate::fleet::PressureResource {
+                            some: Some(line),
+                            full: None,
+                        }),
+                        memory: Some(crate::fleet::PressureResource {
+                            some: Some(line),
+                            full: Some(line),
+                        }),
+                        io: None,
+                    }),
+                    net: vec![],
+                    disks: vec![],
+                    filesystems: vec![],
+                    dropped: 0,
+                };
+                session.apply(report, now);
+            }
+        }
+        let stats = IngestStats::default();
+        stats.reject(Reason::Oversized);
+        stats
+            .reports
+            .fetch_add(12, std::sync::atomic::Ordering::Relaxed);
+        (fleet, stats)
+    }
+
+    #[test]
+    fn promtool_accepts_a_scrape_of_several_vms() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let (fleet, stats) = busy_fleet(now);
+        let text = render(&fleet, &stats, now);
+        // The contract's names are all there.
+        for needle in [
+            "rally_vm_up{vm=\"web-1\",group=\"web\"} 1",
+            "rally_vm_up{vm=\"web-3\",group=\"web\"} 0",
+            "rally_vm_up{vm=\"cache-1\",group=\"ungrouped\"} 1",
+            "rally_vm_cpu_utilization_ratio{vm=\"db-1\",group=\"db\"} 0.75",
+            "rally_vm_cpu_steal_ratio{vm=\"web-1\",group=\"web\"} 0.01",
+            "rally_vm_vcpus{vm=\"web-1\",group=\"web\"} 2",
+            "rally_vm_memory_total_bytes{vm=\"web-1\",group=\"web\"} 4294967296",
+            "rally_vm_memory_available_bytes{vm=\"web-1\",group=\"web\"} 1073741824",
+            "rally_vm_last_report_timestamp_seconds{vm=\"web-1\",group=\"web\"} 1700000000",
+            "rally_vm_reports_lost_total{vm=\"web-2\",group=\"web\"} 2",
+            "rally_vm_pressure_some_ratio{vm=\"web-1\",group=\"web\",resource=\"cpu\"} 0.035",
+            "hostname=\"web-1 \\\"the\\\" \\\\box\\\\\"",
+            "rally_collector_reports_total 12",
+            "rally_collector_reports_rejected_total{reason=\"oversized\"} 1",
+            "rally_collector_reports_rejected_total{reason=\"no_hello\"} 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(!text.contains("requests_per_second"));
+
+        // promtool must be installed: a missing promtool fails the test.
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package `prometheus`) must be installed for this test");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "promtool check metrics failed:\n{}{}\n---\n{text}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.stdout.is_empty() && output.stderr.is_empty(),
+            "promtool warned"
+        );
+    }
+}
