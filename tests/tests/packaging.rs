@@ -708,8 +708,16 @@ impl DebianRoot {
                 .expect("copy a file");
         }
         let result = f();
+        // Published by rename, so that a concurrent run never copies half a file.
         for deb in debs(&archives) {
-            let _ = fs::copy(&deb, cache.join(deb.file_name().expect("a file name")));
+            let name = deb.file_name().expect("a file name");
+            if cache.join(name).exists() {
+                continue;
+            }
+            let partial = cache.join(format!(".{}.partial", name.to_string_lossy()));
+            if fs::copy(&deb, &partial).is_ok() {
+                let _ = fs::rename(&partial, cache.join(name));
+            }
         }
         result
     }
