@@ -217,7 +217,7 @@ pub struct GroupConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("reading {}: {source}", path.display())]
+    #[error("reading {}", path.display())]
     Read {
         /// The config file.
         path: PathBuf,
@@ -547,7 +547,6 @@ fn span_of(source: &str, key: &str) -> Option<Range<usize>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

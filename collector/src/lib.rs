@@ -15,15 +15,21 @@
 //! - [`metrics`]: the Prometheus text exposition, rendered from the fleet per scrape.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the status page.
 //! - [`cli`]: the command line.
+//! - [`demo`]: `rally-collector demo`: a collector and an in-process agent for this
+//!   machine, on loopback.
 //!
 //! [`Collector`] binds both listeners and serves until told to stop; [`run`] does both.
 //!
 //! **Invariant:** the ingest path never waits on anything slow: no disk, no actuator,
 //! no other stream. It only takes one VM's lock for the moment a report is folded in.
 
+// unwrap() is fine in tests (a panic is the failure report).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
@@ -62,7 +68,7 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A listener could not be bound.
-    #[error("binding {what} listener {addr}: {source}")]
+    #[error("binding {what} listener {addr}")]
     Bind {
         /// `gRPC` or `HTTP`.
         what: &'static str,
@@ -72,7 +78,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The state directory cannot be created or written.
-    #[error("state directory {}: {source}", path.display())]
+    #[error("state directory {}", path.display())]
     StateDir {
         /// The directory.
         path: PathBuf,
@@ -83,10 +89,10 @@ pub enum Error {
     #[error("auth: {0}")]
     Auth(String),
     /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
+    #[error("gRPC server")]
     Grpc(#[from] tonic::transport::Error),
     /// The HTTP server failed.
-    #[error("HTTP server: {0}")]
+    #[error("HTTP server")]
     Http(#[source] std::io::Error),
 }
 

@@ -469,7 +469,6 @@ pub fn render(fleet: &Fleet, stats: &IngestStats, now: SystemTime) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

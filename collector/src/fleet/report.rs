@@ -18,6 +18,8 @@ pub struct VmSize {
 /// Shares of an interval's CPU time, each in 0..1.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct CpuShares {
+    /// In per-core shares, the core's id (N of `cpuN`); 0 for all cores together.
+    pub id: u32,
     /// User time (without nice).
     pub user: f64,
     /// Niced user time.

@@ -113,7 +113,6 @@ pub fn render(vms: &[VmSummary], stale_after: Duration) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

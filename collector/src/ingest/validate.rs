@@ -158,6 +158,7 @@ pub fn hello(msg: v1::Hello) -> Result<Hello, Invalid> {
 fn cpu(field: &str, c: v1::CpuTimes) -> Result<CpuShares, Invalid> {
     let share = |name: &str, v: f64| bounded(&format!("{field}.{name}"), v, 1.0);
     Ok(CpuShares {
+        id: c.id,
         user: share("user", c.user)?,
         nice: share("nice", c.nice)?,
         system: share("system", c.system)?,
@@ -330,7 +331,6 @@ pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
