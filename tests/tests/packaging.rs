@@ -936,6 +936,14 @@ fn packages_install_run_upgrade_and_purge_in_a_clean_debian_12_root() {
     assert!(collector_conf.contains("max_streams = 500"));
     root.write("/etc/rally/collector.toml", &collector_conf);
     root.run_as("_rally", &["touch", "/var/lib/rally/kept-across-upgrades"]);
+    // The admin disables the agent (systemctl works on the files without a running
+    // systemd); the upgrade must not enable it again.
+    let agent_wants = "/etc/systemd/system/multi-user.target.wants/rally-agent.service";
+    root.run(&["systemctl", "disable", "rally-agent.service"]);
+    assert!(
+        !root.exists(agent_wants),
+        "systemctl disable removes {agent_wants}"
+    );
 
     // --force-confold: what an admin answers, or sets for unattended upgrades, when
     // both the package and the admin changed a conffile (the agent's case).
@@ -972,6 +980,14 @@ fn packages_install_run_upgrade_and_purge_in_a_clean_debian_12_root() {
     }
     assert!(root.exists("/var/lib/rally/kept-across-upgrades"));
     assert_eq!(root.owner_and_mode("/var/lib/rally"), "_rally:_rally 750");
+    assert!(
+        !root.exists(agent_wants),
+        "the upgrade enabled the agent the admin had disabled"
+    );
+    assert!(
+        root.exists("/etc/systemd/system/multi-user.target.wants/rally-collector.service"),
+        "the upgrade keeps the collector enabled"
+    );
     root.run_as("_rally", &["rally-agent", "check-config"]);
     root.run_as("_rally", &["rally-collector", "check-config"]);
 
