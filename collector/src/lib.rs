@@ -35,6 +35,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
@@ -54,11 +55,14 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::actuator::{Actuator, LogActuator};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::engine::{Engine, EngineHandle};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::ingest::auth::Authenticator;
 use crate::ingest::{IngestService, IngestStats};
+use crate::store::Store;
 
 /// How long open streams and HTTP requests get to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -101,6 +105,18 @@ pub enum Error {
     /// The HTTP server failed.
     #[error("HTTP server")]
     Http(#[source] std::io::Error),
+    /// The state store could not be opened.
+    #[error("state store")]
+    Store(#[from] store::StoreError),
+    /// The actuator could not be built.
+    #[error("actuator")]
+    Actuator(#[from] actuator::ActuatorError),
+    /// The API token file could not be read.
+    #[error("api.token_file: {0}")]
+    ApiToken(String),
+    /// The resize engine could not restore its state.
+    #[error("resize engine")]
+    Engine(#[from] engine::EngineError),
 }
 
 /// A collector with both listeners bound, ready to [`serve`](Collector::serve).
@@ -114,6 +130,9 @@ pub struct Collector {
     grpc: TcpListener,
     http: TcpListener,
     ready: Arc<AtomicBool>,
+    engine: Engine,
+    engine_handle: EngineHandle,
+    api_token: Option<Arc<str>>,
 }
 
 /// Makes sure the state directory exists and is writable.
@@ -146,6 +165,33 @@ impl Collector {
         let grpc = bind("gRPC", config.listen.grpc).await?;
         let http = bind("HTTP", config.listen.http).await?;
         let fleet = Arc::new(Fleet::new(FleetSettings::from_config(&config)));
+        let store = Store::open(&config.state.dir)?;
+        let actuator: Arc<dyn Actuator> = match &config.actuator {
+            Some(a) => Arc::from(a.build()?),
+            None => Arc::new(LogActuator),
+        };
+        let api_token = config
+            .api
+            .token_file
+            .as_deref()
+            .map(config::read_token)
+            .transpose()
+            .map_err(Error::ApiToken)?
+            .map(Arc::from);
+        for g in &config.groups {
+            if !g.resizes() {
+                info!(group = %g.name, "group has no ladder: monitored only, never resized");
+            } else if g.effective_dry_run(config.dry_run) {
+                info!(group = %g.name, "group is in dry-run: decisions are recorded and logged, nothing is sent");
+            }
+        }
+        let (engine, engine_handle) = Engine::new(
+            &config,
+            Arc::clone(&fleet),
+            Arc::clone(&clock),
+            store,
+            actuator,
+        );
         Ok(Self {
             config,
             clock,
@@ -155,6 +201,9 @@ impl Collector {
             grpc,
             http,
             ready: Arc::new(AtomicBool::new(false)),
+            engine,
+            engine_handle,
+            api_token,
         })
     }
 
@@ -176,6 +225,11 @@ impl Collector {
     /// The ingest counters.
     pub fn stats(&self) -> Arc<IngestStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The resize engine's handle (status, commands, decisions).
+    pub fn engine(&self) -> EngineHandle {
+        self.engine_handle.clone()
     }
 
     /// Serves both listeners until `shutdown` completes, then closes agent streams
@@ -211,8 +265,20 @@ impl Collector {
             stats: Arc::clone(&self.stats),
             clock: Arc::clone(&self.clock),
             ready: Arc::clone(&self.ready),
+            engine: self.engine_handle.clone(),
+            api_token: self.api_token.clone(),
         });
-        let http = axum::serve(self.http, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let http = axum::serve(
+            self.http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+        // The engine restores its state (and re-sends what was never answered) before
+        // the listeners report ready; it runs on its own task, off the ingest path.
+        let mut engine = self.engine;
+        engine.restore().await?;
+        let engine = tokio::spawn(engine.run(stopped(stop_rx.clone())));
 
         let forget = {
             let fleet = Arc::clone(&self.fleet);
@@ -260,6 +326,7 @@ impl Collector {
             }
         };
         forget.abort();
+        engine.abort();
         result
     }
 }
