@@ -20,7 +20,7 @@ const HOLD: Duration = Duration::from_secs(3);
 
 fn config(dir: &std::path::Path, hook: &Webhook, vcpus: u32, mem: u64) -> String {
     let secret = dir.join("webhook.secret");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("write the webhook secret");
     format!(
         r#"
 [engine]
