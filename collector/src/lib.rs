@@ -32,6 +32,7 @@
 
 pub mod actuator;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
