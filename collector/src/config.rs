@@ -1035,6 +1035,101 @@ vms = ["db-1"]
         assert_eq!(key.as_deref(), Some("listen.http"));
     }
 
+    const LADDER: &str = "ladder = [\n  { name = \"S\", vcpus = 1, memory_bytes = 2147483648 },\n  { name = \"M\", vcpus = 2, memory_bytes = 4294967296 },\n]\n";
+
+    #[test]
+    fn groups_carry_their_policy_and_dry_run_is_the_default() {
+        let config = parse(&format!(
+            "[[groups]]\nname = \"web\"\nvms = [\"web-1\"]\n{LADDER}max_rung = \"M\"\n[[groups.rules]]\nmetric = \"cpu_utilization\"\nthreshold = 0.9\nfor = \"30s\"\n[groups.scale_down]\nlookback = \"1h\"\n"
+        ))
+        .unwrap();
+        assert!(config.dry_run, "the built-in default must be dry-run");
+        assert!(config.actuator.is_none());
+        let web = &config.groups[0];
+        assert!(web.resizes());
+        assert!(web.effective_dry_run(config.dry_run));
+        let policy = web.policy();
+        assert_eq!(policy.rules[0].hold_for, Duration::from_secs(30));
+        assert_eq!(policy.scale_down.lookback, Duration::from_secs(3600));
+        assert_eq!(policy.targets, crate::policy::config::default_targets());
+        policy.compile().unwrap();
+        assert_eq!(config.engine.tick, Duration::from_secs(5));
+        // A group without a ladder is monitored only.
+        assert!(!parse("[[groups]]\nname = \"db\"\n").unwrap().groups[0].resizes());
+    }
+
+    #[test]
+    fn policy_errors_name_the_group_key_and_line() {
+        let cases = [
+            (format!("{LADDER}min_rung = \"XL\"\n"), "groups[0].min_rung", 7),
+            (format!("{LADDER}min_rung = \"M\"\nmax_rung = \"S\"\n"), "groups[0].min_rung", 7),
+            (
+                "ladder = [\n  { name = \"M\", vcpus = 2, memory_bytes = 4294967296 },\n  { name = \"S\", vcpus = 1, memory_bytes = 2147483648 },\n]\n".to_string(),
+                "groups[0].ladder",
+                3,
+            ),
+            (
+                format!("{LADDER}[[groups.rules]]\nmetric = \"cpu_utilization\"\nthreshold = 0.5\nclear = 0.9\n"),
+                "groups[0].rules[0]",
+                7,
+            ),
+            (
+                format!("{LADDER}[groups.scale_down]\ncpu_ceiling = 2.0\n"),
+                "groups[0].scale_down.cpu_ceiling",
+                8,
+            ),
+        ];
+        for (policy, want_key, want_line) in cases {
+            let source = format!("[[groups]]\nname = \"web\"\n{policy}");
+            let err = parse(&source).unwrap_err();
+            let text = err.to_string();
+            let (line, key, _) = invalid_parts(err);
+            assert_eq!(key.as_deref(), Some(want_key), "{text}\n{source}");
+            assert_eq!(line, Some(want_line), "{text}\n{source}");
+        }
+        let (line, key, _) = invalid_parts(
+            parse(&format!(
+                "[[groups]]\nname = \"web\"\n{LADDER}surprise = 1\n"
+            ))
+            .unwrap_err(),
+        );
+        assert_eq!(
+            (line, key.as_deref()),
+            (Some(7), Some("groups[0].surprise"))
+        );
+    }
+
+    #[test]
+    fn live_groups_need_an_actuator() {
+        let (_, key, message) = invalid_parts(
+            parse(&format!(
+                "dry_run = false\n[[groups]]\nname = \"web\"\n{LADDER}"
+            ))
+            .unwrap_err(),
+        );
+        assert_eq!(key.as_deref(), Some("dry_run"));
+        assert!(message.contains("[actuator]"), "{message}");
+        let (line, key, _) = invalid_parts(
+            parse(&format!(
+                "[[groups]]\nname = \"web\"\n{LADDER}dry_run = false\n"
+            ))
+            .unwrap_err(),
+        );
+        assert_eq!((line, key.as_deref()), (Some(7), Some("groups[0].dry_run")));
+        let ok = parse(&format!(
+            "dry_run = false\n[actuator]\nkind = \"log\"\n[[groups]]\nname = \"web\"\n{LADDER}"
+        ))
+        .unwrap();
+        assert!(!ok.groups[0].effective_dry_run(ok.dry_run));
+        let (_, key, _) = invalid_parts(
+            parse("[actuator]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\nsecret_file = \"/nonexistent/secret\"\n").unwrap_err(),
+        );
+        assert_eq!(key.as_deref(), Some("actuator.secret_file"));
+        let (_, key, _) =
+            invalid_parts(parse("[api]\ntoken_file = \"/nonexistent/token\"\n").unwrap_err());
+        assert_eq!(key.as_deref(), Some("api.token_file"));
+    }
+
     #[test]
     fn unreadable_file_names_the_path() {
         let err = Config::load(Path::new("/nonexistent/collector.toml")).unwrap_err();

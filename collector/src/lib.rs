@@ -4,21 +4,27 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: `collector.toml` (listeners, ingest limits, state, auth, groups), with
+//! - [`config`]: `collector.toml` (listeners, ingest limits, state, auth, groups with
+//!   their resize policy, global `dry_run`, actuator, API token, engine tick), with
 //!   errors that name file, line and key.
 //! - [`clock`]: the injectable wall clock (simulated time in tests).
 //! - [`ingest`]: the gRPC edge, `rally.v1.Ingest/Stream`: authentication, validation,
 //!   limits, de-duplication, acknowledgements; converts protobuf into fleet types.
 //! - [`fleet`]: the in-memory picture: per VM identity, size, latest report,
-//!   freshness, counters and metric windows (raw 5 min, 1-minute buckets for 24 h),
-//!   with the queries the policy engine asks.
+//!   freshness, counters and metric windows (raw 5 min, 1-minute buckets for 24 h);
+//!   `fleet::view` is the policy engine's `MetricView` over it.
 //! - [`metrics`]: the Prometheus text exposition, rendered from the fleet per scrape.
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the status page.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the resize API
+//!   (`/api/v1/groups`, `/api/v1/decisions`, pause, resume, resize; mutating calls need
+//!   the API token or a loopback peer), the status page.
 //! - [`policy`]: the pure decision engine: group policy + metric view + clock →
 //!   resize decisions with their evidence. No I/O.
 //! - [`actuator`]: sends a resize request: signed webhook, command, or log only.
 //! - [`store`]: the embedded SQLite state (decisions, attempts, cooldowns, flags).
+//! - [`engine`]: the resize loop: tick → evaluate → persist → dispatch to the actuator
+//!   (bounded queue, own tasks) → record outcomes → verify; restores after a restart.
 //! - [`cli`]: the command line.
+//! - [`client`]: the API client behind `pause`, `resume`, `resize`, `decisions`, `groups`.
 //! - [`demo`]: `rally-collector demo`: a collector and an in-process agent for this
 //!   machine, on loopback.
 //!
@@ -26,6 +32,9 @@
 //!
 //! **Invariant:** the ingest path never waits on anything slow: no disk, no actuator,
 //! no other stream. It only takes one VM's lock for the moment a report is folded in.
+//! The resize engine only reads the fleet (one VM lock at a time), runs the SQLite
+//! store on the blocking pool, and hands requests to actuator tasks through a bounded
+//! queue, so a slow webhook never slows an acknowledgement.
 
 // unwrap() is fine in tests (a panic is the failure report).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
