@@ -1,4 +1,6 @@
-//! The command line: `rally-collector [--config PATH] [run|check-config|demo]`.
+//! The command line: `rally-collector [--config PATH] [run|check-config|demo]`, and the
+//! operator subcommands that call a running collector's API: `pause`, `resume`,
+//! `resize`, `decisions`, `groups`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +32,96 @@ pub enum Command {
     /// Try Rally on this machine without a config file: a collector on loopback and an
     /// agent for this machine, until Ctrl-C.
     Demo(DemoArgs),
+    /// Pause a group's resizing (its decisions stop; resizes in flight are still verified).
+    Pause {
+        /// The group.
+        group: String,
+        /// Where the collector's API is.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Resume a paused group (also closes its circuit breaker and lifts roll stops).
+    Resume {
+        /// The group.
+        group: String,
+        /// Where the collector's API is.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Resize a VM to a rung now (obeys min/max and one-at-a-time; ignores cooldowns).
+    Resize {
+        /// The VM.
+        vm: String,
+        /// The rung (a name from the group's ladder).
+        rung: String,
+        /// Where the collector's API is.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List resize decisions, newest first, with their outcome.
+    Decisions(DecisionsArgs),
+    /// Show every group's resize state (paused, circuit, in flight, last decision).
+    Groups {
+        /// Print the API's JSON instead of one line per group.
+        #[arg(long)]
+        json: bool,
+        /// Where the collector's API is.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Where a running collector's HTTP API is, and the token it wants.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// The collector's HTTP address.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:9471",
+        env = "RALLY_URL"
+    )]
+    pub url: String,
+    /// A file holding the API bearer token (the collector's `[api] token_file`).
+    #[arg(long, value_name = "PATH", env = "RALLY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Options of `decisions`.
+#[derive(Debug, Clone, Args)]
+pub struct DecisionsArgs {
+    /// Only this group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only this VM.
+    #[arg(long)]
+    pub vm: Option<String>,
+    /// Only decided since: an RFC 3339 time or a duration ago ("2h", "1day").
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only decided before: an RFC 3339 time or a duration ago.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// At most this many (default 100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Print the API's JSON (with evidence and attempts) instead of one line each.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the collector's API is.
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Turns `--since`/`--until` (RFC 3339 or a duration ago) into RFC 3339.
+pub fn time_arg(value: &str, now: chrono::DateTime<chrono::Utc>) -> Result<String, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(t.to_utc().to_rfc3339());
+    }
+    let ago = humantime::parse_duration(value)
+        .map_err(|e| format!("{value:?} is neither an RFC 3339 time nor a duration: {e}"))?;
+    let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+    Ok((now - ago).to_rfc3339())
 }
 
 /// Options of `demo`.
@@ -81,6 +173,43 @@ mod tests {
         };
         assert_eq!(args.http, "127.0.0.1:19471".parse().unwrap());
         assert_eq!(args.grpc, "127.0.0.1:9470".parse().unwrap());
+    }
+
+    #[test]
+    fn operator_subcommands_parse() {
+        let cli = Cli::try_parse_from(["rally-collector", "resize", "web-1", "L"]).unwrap();
+        let Command::Resize { vm, rung, api } = cli.subcommand() else {
+            panic!("not resize")
+        };
+        assert_eq!((vm.as_str(), rung.as_str()), ("web-1", "L"));
+        assert_eq!(api.url, "http://127.0.0.1:9471");
+        let cli = Cli::try_parse_from([
+            "rally-collector",
+            "decisions",
+            "--group",
+            "web",
+            "--since",
+            "2h",
+            "--url",
+            "http://10.0.0.1:9471",
+        ])
+        .unwrap();
+        let Command::Decisions(args) = cli.subcommand() else {
+            panic!("not decisions")
+        };
+        assert_eq!(args.group.as_deref(), Some("web"));
+        assert_eq!(args.api.url, "http://10.0.0.1:9471");
+    }
+
+    #[test]
+    fn time_args_are_rfc3339_or_durations_ago() {
+        let now: chrono::DateTime<chrono::Utc> = "2026-01-01T12:00:00Z".parse().unwrap();
+        assert_eq!(time_arg("2h", now).unwrap(), "2026-01-01T10:00:00+00:00");
+        assert_eq!(
+            time_arg("2026-01-01T13:00:00+01:00", now).unwrap(),
+            "2026-01-01T12:00:00+00:00"
+        );
+        assert!(time_arg("yesterday-ish", now).is_err());
     }
 
     #[test]

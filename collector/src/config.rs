@@ -10,9 +10,17 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono_tz::Tz;
 use serde::Deserialize;
 
+use crate::actuator::ActuatorConfig;
 use crate::fleet::{UNGROUPED, validate_id};
+use crate::policy::boost::BoostConfig;
+use crate::policy::config::{self as policy_defaults, ScaleDown, ScaleUp};
+use crate::policy::ladder::{LadderError, Rung};
+use crate::policy::rule::Rule;
+use crate::policy::target::Target;
+use crate::policy::{GroupPolicy, PolicyError};
 
 /// Where the collector reads its configuration unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/rally/collector.toml";
@@ -21,7 +29,7 @@ pub const DEFAULT_PATH: &str = "/etc/rally/collector.toml";
 const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
 /// The whole `collector.toml`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[listen]`: the gRPC and HTTP addresses.
@@ -36,9 +44,98 @@ pub struct Config {
     /// `[auth]`: how agents prove which VM they speak for.
     #[serde(default)]
     pub auth: AuthConfig,
-    /// `[[groups]]`: redundancy groups of VMs.
+    /// `[[groups]]`: redundancy groups of VMs, each with its resize policy.
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
+    /// Global dry-run: decisions are made and recorded, nothing is sent to the actuator.
+    /// A group's own `dry_run` overrides it. Built-in default `true` (SPEC: shipped mode
+    /// is dry-run), so nothing is actuated unless the operator says so.
+    #[serde(default = "default_dry_run")]
+    pub dry_run: bool,
+    /// `[actuator]`: where resize requests go (`webhook`, `command` or `log`). Without it
+    /// only dry-run groups may exist (the log actuator records them).
+    #[serde(default)]
+    pub actuator: Option<ActuatorConfig>,
+    /// `[api]`: protection of the mutating HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// `[engine]`: the resize engine's tick and bounds.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+fn default_dry_run() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: ListenConfig::default(),
+            ingest: IngestConfig::default(),
+            state: StateConfig::default(),
+            auth: AuthConfig::default(),
+            groups: Vec::new(),
+            dry_run: default_dry_run(),
+            actuator: None,
+            api: ApiConfig::default(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// `[api]`: who may call the mutating endpoints (`pause`, `resume`, `resize`).
+///
+/// With `token_file`, every mutating request needs `Authorization: Bearer <token>`.
+/// Without it, mutating requests are accepted only from loopback peers: the HTTP listener
+/// defaults to `0.0.0.0` for Prometheus, and an unauthenticated resize from the network
+/// would let anyone who can scrape also spend money. Read-only endpoints stay open, like
+/// `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// A file holding the API bearer token (surrounding whitespace ignored).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[engine]`: how often groups are evaluated and how much may queue for the actuator.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// How often every group is evaluated (the agents' report interval, 5 s, is the
+    /// natural choice: a faster tick sees no new data).
+    #[serde(default = "default_tick", with = "humantime_serde")]
+    pub tick: Duration,
+    /// Requests waiting for the actuator at most; more wait in the engine (they are
+    /// already persisted) and are handed over on later ticks.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Requests the actuator works on at once (a slow receiver delays only its own).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_tick() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_queue() -> usize {
+    64
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            tick: default_tick(),
+            queue: default_queue(),
+            concurrency: default_concurrency(),
+        }
+    }
 }
 
 /// `[listen]`.
@@ -202,7 +299,31 @@ pub struct TokenConfig {
     pub file: PathBuf,
 }
 
-/// `[[groups]]`: a redundancy group of VMs.
+/// `[[groups]]`: a redundancy group of VMs and its resize policy.
+///
+/// The policy keys are [`GroupPolicy`]'s, listed here because serde cannot flatten a
+/// struct into one with `deny_unknown_fields`; [`GroupConfig::policy`] copies them out.
+/// A group without a `ladder` is monitored only: it is never resized.
+///
+/// ```toml
+/// [[groups]]
+/// name = "web"
+/// vms = ["web-1", "web-2"]
+/// ladder = [
+///   { name = "M", vcpus = 2, memory_bytes = 4294967296 },
+///   { name = "L", vcpus = 4, memory_bytes = 8589934592 },
+/// ]
+/// min_rung = "M"
+/// max_rung = "L"
+/// [[groups.rules]]
+/// metric = "cpu_utilization"
+/// window = "1m"
+/// threshold = 0.80
+/// clear = 0.55
+/// for = "3m"
+/// [groups.scale_down]
+/// window = "02:00-05:00"
+/// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
@@ -211,6 +332,121 @@ pub struct GroupConfig {
     /// The VM ids in this group (each in at most one group).
     #[serde(default)]
     pub vms: Vec<String>,
+    /// The sizes the group's VMs may take, smallest first; empty = never resized.
+    #[serde(default)]
+    pub ladder: Vec<Rung>,
+    /// Lowest rung the group may be resized to (default: the smallest).
+    #[serde(default)]
+    pub min_rung: Option<String>,
+    /// Highest rung the group may be resized to (default: the largest).
+    #[serde(default)]
+    pub max_rung: Option<String>,
+    /// IANA time zone of the scale-down window, boosts and daily caps (`Europe/Warsaw`).
+    #[serde(default = "policy_defaults::default_timezone")]
+    pub timezone: Tz,
+    /// This group's dry-run; unset follows the global `dry_run`.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// Whether a group of one may shrink (shrinking restarts the VM).
+    #[serde(default)]
+    pub allow_restart: bool,
+    /// `[[groups.rules]]`: threshold rules; any that holds for its `for` grows a VM one rung.
+    #[serde(default = "policy_defaults::default_rules")]
+    pub rules: Vec<Rule>,
+    /// `[[groups.targets]]`: target tracking; the largest rung asked for wins.
+    #[serde(default = "policy_defaults::default_targets")]
+    pub targets: Vec<Target>,
+    /// `[groups.scale_up]`: cooldown, daily cap, verification time-out of growing.
+    #[serde(default)]
+    pub scale_up: ScaleUp,
+    /// `[groups.scale_down]`: window, lookback, margins, cap, cooldown of shrinking.
+    #[serde(default)]
+    pub scale_down: ScaleDown,
+    /// `[[groups.boosts]]`: scheduled floors.
+    #[serde(default)]
+    pub boosts: Vec<BoostConfig>,
+    /// After a verified resize, samples younger than this are left out of every window.
+    #[serde(default = "policy_defaults::default_warm_up", with = "humantime_serde")]
+    pub warm_up: Duration,
+    /// Consecutive failed or unverified resizes that pause the group (circuit breaker).
+    #[serde(default = "policy_defaults::default_circuit_breaker")]
+    pub circuit_breaker: u32,
+}
+
+impl GroupConfig {
+    /// A monitored-only group (no ladder) with the shipped policy defaults.
+    pub fn monitored(name: &str, vms: Vec<String>) -> Self {
+        Self::from_policy(name, vms, GroupPolicy::with_ladder(Vec::new()))
+    }
+
+    /// A group with `policy`'s keys.
+    pub fn from_policy(name: &str, vms: Vec<String>, policy: GroupPolicy) -> Self {
+        Self {
+            name: name.to_owned(),
+            vms,
+            ladder: policy.ladder,
+            min_rung: policy.min_rung,
+            max_rung: policy.max_rung,
+            timezone: policy.timezone,
+            dry_run: policy.dry_run,
+            allow_restart: policy.allow_restart,
+            rules: policy.rules,
+            targets: policy.targets,
+            scale_up: policy.scale_up,
+            scale_down: policy.scale_down,
+            boosts: policy.boosts,
+            warm_up: policy.warm_up,
+            circuit_breaker: policy.circuit_breaker,
+        }
+    }
+
+    /// The policy keys, for [`GroupPolicy::compile`].
+    pub fn policy(&self) -> GroupPolicy {
+        GroupPolicy {
+            ladder: self.ladder.clone(),
+            min_rung: self.min_rung.clone(),
+            max_rung: self.max_rung.clone(),
+            timezone: self.timezone,
+            dry_run: self.dry_run,
+            allow_restart: self.allow_restart,
+            rules: self.rules.clone(),
+            targets: self.targets.clone(),
+            scale_up: self.scale_up.clone(),
+            scale_down: self.scale_down.clone(),
+            boosts: self.boosts.clone(),
+            warm_up: self.warm_up,
+            circuit_breaker: self.circuit_breaker,
+        }
+    }
+
+    /// Whether the group is resized at all (it has a ladder).
+    pub fn resizes(&self) -> bool {
+        !self.ladder.is_empty()
+    }
+
+    /// The dry-run flag in force: the group's, else the global one.
+    pub fn effective_dry_run(&self, global: bool) -> bool {
+        self.dry_run.unwrap_or(global)
+    }
+}
+
+/// The config key (below `groups[i].`) a policy error is about.
+fn policy_error_key(group: &GroupConfig, err: &PolicyError) -> String {
+    match err {
+        PolicyError::Ladder(LadderError::UnknownRung(name)) => {
+            if group.min_rung.as_deref() == Some(name.as_str()) {
+                "min_rung".into()
+            } else {
+                "max_rung".into()
+            }
+        }
+        PolicyError::Ladder(LadderError::MinAboveMax { .. }) => "min_rung".into(),
+        PolicyError::Ladder(_) => "ladder".into(),
+        PolicyError::Rule { index, .. } => format!("rules[{index}]"),
+        PolicyError::Target { index, .. } => format!("targets[{index}]"),
+        PolicyError::Boost { index, .. } => format!("boosts[{index}]"),
+        PolicyError::Value { key, .. } => (*key).to_owned(),
+    }
 }
 
 /// A configuration that cannot be used.
@@ -362,6 +598,51 @@ impl Config {
                     return err(&key, format!("VM `{vm}` is already in group `{other}`"));
                 }
             }
+            if group.resizes() {
+                if let Err(e) = group.policy().compile() {
+                    let key = policy_error_key(group, &e);
+                    return err(&format!("groups[{i}].{key}"), e.to_string());
+                }
+                if !group.effective_dry_run(self.dry_run) && self.actuator.is_none() {
+                    let key = if group.dry_run.is_some() {
+                        format!("groups[{i}].dry_run")
+                    } else {
+                        "dry_run".to_owned()
+                    };
+                    return err(
+                        &key,
+                        format!(
+                            "group `{}` is not dry-run but no [actuator] is configured",
+                            group.name
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(actuator) = &self.actuator
+            && let Err(e) = actuator.build()
+        {
+            let key = match e {
+                crate::actuator::ActuatorError::Secret { .. }
+                | crate::actuator::ActuatorError::EmptySecret(_) => "actuator.secret_file",
+                crate::actuator::ActuatorError::Url { .. } => "actuator.url",
+                _ => "actuator",
+            };
+            return err(key, e.to_string());
+        }
+        if let Some(file) = &self.api.token_file
+            && let Err(why) = read_token(file)
+        {
+            return err("api.token_file", why);
+        }
+        if self.engine.tick.is_zero() {
+            return err("engine.tick", "must be more than 0s".into());
+        }
+        if self.engine.queue == 0 {
+            return err("engine.queue", "must be at least 1".into());
+        }
+        if self.engine.concurrency == 0 {
+            return err("engine.concurrency", "must be at least 1".into());
         }
 
         match self.auth.mode {
@@ -752,6 +1033,101 @@ vms = ["db-1"]
             parse("[listen]\ngrpc = \"0.0.0.0:1\"\nhttp = \"0.0.0.0:1\"\n").unwrap_err(),
         );
         assert_eq!(key.as_deref(), Some("listen.http"));
+    }
+
+    const LADDER: &str = "ladder = [\n  { name = \"S\", vcpus = 1, memory_bytes = 2147483648 },\n  { name = \"M\", vcpus = 2, memory_bytes = 4294967296 },\n]\n";
+
+    #[test]
+    fn groups_carry_their_policy_and_dry_run_is_the_default() {
+        let config = parse(&format!(
+            "[[groups]]\nname = \"web\"\nvms = [\"web-1\"]\n{LADDER}max_rung = \"M\"\n[[groups.rules]]\nmetric = \"cpu_utilization\"\nthreshold = 0.9\nfor = \"30s\"\n[groups.scale_down]\nlookback = \"1h\"\n"
+        ))
+        .unwrap();
+        assert!(config.dry_run, "the built-in default must be dry-run");
+        assert!(config.actuator.is_none());
+        let web = &config.groups[0];
+        assert!(web.resizes());
+        assert!(web.effective_dry_run(config.dry_run));
+        let policy = web.policy();
+        assert_eq!(policy.rules[0].hold_for, Duration::from_secs(30));
+        assert_eq!(policy.scale_down.lookback, Duration::from_secs(3600));
+        assert_eq!(policy.targets, crate::policy::config::default_targets());
+        policy.compile().unwrap();
+        assert_eq!(config.engine.tick, Duration::from_secs(5));
+        // A group without a ladder is monitored only.
+        assert!(!parse("[[groups]]\nname = \"db\"\n").unwrap().groups[0].resizes());
+    }
+
+    #[test]
+    fn policy_errors_name_the_group_key_and_line() {
+        let cases = [
+            (format!("{LADDER}min_rung = \"XL\"\n"), "groups[0].min_rung", 7),
+            (format!("{LADDER}min_rung = \"M\"\nmax_rung = \"S\"\n"), "groups[0].min_rung", 7),
+            (
+                "ladder = [\n  { name = \"M\", vcpus = 2, memory_bytes = 4294967296 },\n  { name = \"S\", vcpus = 1, memory_bytes = 2147483648 },\n]\n".to_string(),
+                "groups[0].ladder",
+                3,
+            ),
+            (
+                format!("{LADDER}[[groups.rules]]\nmetric = \"cpu_utilization\"\nthreshold = 0.5\nclear = 0.9\n"),
+                "groups[0].rules[0]",
+                7,
+            ),
+            (
+                format!("{LADDER}[groups.scale_down]\ncpu_ceiling = 2.0\n"),
+                "groups[0].scale_down.cpu_ceiling",
+                8,
+            ),
+        ];
+        for (policy, want_key, want_line) in cases {
+            let source = format!("[[groups]]\nname = \"web\"\n{policy}");
+            let err = parse(&source).unwrap_err();
+            let text = err.to_string();
+            let (line, key, _) = invalid_parts(err);
+            assert_eq!(key.as_deref(), Some(want_key), "{text}\n{source}");
+            assert_eq!(line, Some(want_line), "{text}\n{source}");
+        }
+        let (line, key, _) = invalid_parts(
+            parse(&format!(
+                "[[groups]]\nname = \"web\"\n{LADDER}surprise = 1\n"
+            ))
+            .unwrap_err(),
+        );
+        assert_eq!(
+            (line, key.as_deref()),
+            (Some(7), Some("groups[0].surprise"))
+        );
+    }
+
+    #[test]
+    fn live_groups_need_an_actuator() {
+        let (_, key, message) = invalid_parts(
+            parse(&format!(
+                "dry_run = false\n[[groups]]\nname = \"web\"\n{LADDER}"
+            ))
+            .unwrap_err(),
+        );
+        assert_eq!(key.as_deref(), Some("dry_run"));
+        assert!(message.contains("[actuator]"), "{message}");
+        let (line, key, _) = invalid_parts(
+            parse(&format!(
+                "[[groups]]\nname = \"web\"\n{LADDER}dry_run = false\n"
+            ))
+            .unwrap_err(),
+        );
+        assert_eq!((line, key.as_deref()), (Some(7), Some("groups[0].dry_run")));
+        let ok = parse(&format!(
+            "dry_run = false\n[actuator]\nkind = \"log\"\n[[groups]]\nname = \"web\"\n{LADDER}"
+        ))
+        .unwrap();
+        assert!(!ok.groups[0].effective_dry_run(ok.dry_run));
+        let (_, key, _) = invalid_parts(
+            parse("[actuator]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1/x\"\nsecret_file = \"/nonexistent/secret\"\n").unwrap_err(),
+        );
+        assert_eq!(key.as_deref(), Some("actuator.secret_file"));
+        let (_, key, _) =
+            invalid_parts(parse("[api]\ntoken_file = \"/nonexistent/token\"\n").unwrap_err());
+        assert_eq!(key.as_deref(), Some("api.token_file"));
     }
 
     #[test]

@@ -4,21 +4,27 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: `collector.toml` (listeners, ingest limits, state, auth, groups), with
+//! - [`config`]: `collector.toml` (listeners, ingest limits, state, auth, groups with
+//!   their resize policy, global `dry_run`, actuator, API token, engine tick), with
 //!   errors that name file, line and key.
 //! - [`clock`]: the injectable wall clock (simulated time in tests).
 //! - [`ingest`]: the gRPC edge, `rally.v1.Ingest/Stream`: authentication, validation,
 //!   limits, de-duplication, acknowledgements; converts protobuf into fleet types.
 //! - [`fleet`]: the in-memory picture: per VM identity, size, latest report,
-//!   freshness, counters and metric windows (raw 5 min, 1-minute buckets for 24 h),
-//!   with the queries the policy engine asks.
+//!   freshness, counters and metric windows (raw 5 min, 1-minute buckets for 24 h);
+//!   `fleet::view` is the policy engine's `MetricView` over it.
 //! - [`metrics`]: the Prometheus text exposition, rendered from the fleet per scrape.
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the status page.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the resize API
+//!   (`/api/v1/groups`, `/api/v1/decisions`, pause, resume, resize; mutating calls need
+//!   the API token or a loopback peer), the status page.
 //! - [`policy`]: the pure decision engine: group policy + metric view + clock →
 //!   resize decisions with their evidence. No I/O.
 //! - [`actuator`]: sends a resize request: signed webhook, command, or log only.
 //! - [`store`]: the embedded SQLite state (decisions, attempts, cooldowns, flags).
+//! - [`engine`]: the resize loop: tick → evaluate → persist → dispatch to the actuator
+//!   (bounded queue, own tasks) → record outcomes → verify; restores after a restart.
 //! - [`cli`]: the command line.
+//! - [`client`]: the API client behind `pause`, `resume`, `resize`, `decisions`, `groups`.
 //! - [`demo`]: `rally-collector demo`: a collector and an in-process agent for this
 //!   machine, on loopback.
 //!
@@ -26,15 +32,20 @@
 //!
 //! **Invariant:** the ingest path never waits on anything slow: no disk, no actuator,
 //! no other stream. It only takes one VM's lock for the moment a report is folded in.
+//! The resize engine only reads the fleet (one VM lock at a time), runs the SQLite
+//! store on the blocking pool, and hands requests to actuator tasks through a bounded
+//! queue, so a slow webhook never slows an acknowledgement.
 
 // unwrap() is fine in tests (a panic is the failure report).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod actuator;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
@@ -54,11 +65,14 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::actuator::{Actuator, LogActuator};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::engine::{Engine, EngineHandle};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::ingest::auth::Authenticator;
 use crate::ingest::{IngestService, IngestStats};
+use crate::store::Store;
 
 /// How long open streams and HTTP requests get to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -101,6 +115,18 @@ pub enum Error {
     /// The HTTP server failed.
     #[error("HTTP server")]
     Http(#[source] std::io::Error),
+    /// The state store could not be opened.
+    #[error("state store")]
+    Store(#[from] store::StoreError),
+    /// The actuator could not be built.
+    #[error("actuator")]
+    Actuator(#[from] actuator::ActuatorError),
+    /// The API token file could not be read.
+    #[error("api.token_file: {0}")]
+    ApiToken(String),
+    /// The resize engine could not restore its state.
+    #[error("resize engine")]
+    Engine(#[from] engine::EngineError),
 }
 
 /// A collector with both listeners bound, ready to [`serve`](Collector::serve).
@@ -114,6 +140,9 @@ pub struct Collector {
     grpc: TcpListener,
     http: TcpListener,
     ready: Arc<AtomicBool>,
+    engine: Engine,
+    engine_handle: EngineHandle,
+    api_token: Option<Arc<str>>,
 }
 
 /// Makes sure the state directory exists and is writable.
@@ -146,6 +175,33 @@ impl Collector {
         let grpc = bind("gRPC", config.listen.grpc).await?;
         let http = bind("HTTP", config.listen.http).await?;
         let fleet = Arc::new(Fleet::new(FleetSettings::from_config(&config)));
+        let store = Store::open(&config.state.dir)?;
+        let actuator: Arc<dyn Actuator> = match &config.actuator {
+            Some(a) => Arc::from(a.build()?),
+            None => Arc::new(LogActuator),
+        };
+        let api_token = config
+            .api
+            .token_file
+            .as_deref()
+            .map(config::read_token)
+            .transpose()
+            .map_err(Error::ApiToken)?
+            .map(Arc::from);
+        for g in &config.groups {
+            if !g.resizes() {
+                info!(group = %g.name, "group has no ladder: monitored only, never resized");
+            } else if g.effective_dry_run(config.dry_run) {
+                info!(group = %g.name, "group is in dry-run: decisions are recorded and logged, nothing is sent");
+            }
+        }
+        let (engine, engine_handle) = Engine::new(
+            &config,
+            Arc::clone(&fleet),
+            Arc::clone(&clock),
+            store,
+            actuator,
+        );
         Ok(Self {
             config,
             clock,
@@ -155,6 +211,9 @@ impl Collector {
             grpc,
             http,
             ready: Arc::new(AtomicBool::new(false)),
+            engine,
+            engine_handle,
+            api_token,
         })
     }
 
@@ -176,6 +235,11 @@ impl Collector {
     /// The ingest counters.
     pub fn stats(&self) -> Arc<IngestStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The resize engine's handle (status, commands, decisions).
+    pub fn engine(&self) -> EngineHandle {
+        self.engine_handle.clone()
     }
 
     /// Serves both listeners until `shutdown` completes, then closes agent streams
@@ -211,8 +275,20 @@ impl Collector {
             stats: Arc::clone(&self.stats),
             clock: Arc::clone(&self.clock),
             ready: Arc::clone(&self.ready),
+            engine: self.engine_handle.clone(),
+            api_token: self.api_token.clone(),
         });
-        let http = axum::serve(self.http, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let http = axum::serve(
+            self.http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+        // The engine restores its state (and re-sends what was never answered) before
+        // the listeners report ready; it runs on its own task, off the ingest path.
+        let mut engine = self.engine;
+        engine.restore().await?;
+        let engine = tokio::spawn(engine.run(stopped(stop_rx.clone())));
 
         let forget = {
             let fleet = Arc::clone(&self.fleet);
@@ -260,6 +336,7 @@ impl Collector {
             }
         };
         forget.abort();
+        engine.abort();
         result
     }
 }

@@ -53,7 +53,96 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("running the demo")
         }),
+        operator @ (Command::Pause { .. }
+        | Command::Resume { .. }
+        | Command::Resize { .. }
+        | Command::Decisions(_)
+        | Command::Groups { .. }) => runtime()?.block_on(operate(operator)),
     }
+}
+
+/// The subcommands that call a running collector's API.
+async fn operate(command: Command) -> anyhow::Result<()> {
+    use rally_collector::cli::time_arg;
+    use rally_collector::client::{Client, format_decisions, format_groups};
+    let client = |api: &rally_collector::cli::ApiArgs| {
+        Client::new(&api.url, api.token_file.as_deref()).context("preparing the API client")
+    };
+    match command {
+        Command::Pause { group, api } => {
+            client(&api)?.pause(&group).await.context("pause")?;
+            println!("group {group}: paused");
+        }
+        Command::Resume { group, api } => {
+            client(&api)?.resume(&group).await.context("resume")?;
+            println!("group {group}: resumed");
+        }
+        Command::Resize { vm, rung, api } => {
+            let d = client(&api)?.resize(&vm, &rung).await.context("resize")?;
+            println!(
+                "decision {}: {vm} {} {}→{}{}",
+                d["id"].as_str().unwrap_or("?"),
+                d["direction"].as_str().unwrap_or("?"),
+                d["from"]["rung"].as_str().unwrap_or("?"),
+                d["to"]["rung"].as_str().unwrap_or("?"),
+                if d["dry_run"] == true {
+                    " (dry-run: recorded, not sent)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::Decisions(args) => {
+            let now = chrono::Utc::now();
+            let mut query = Vec::new();
+            if let Some(g) = args.group {
+                query.push(("group", g));
+            }
+            if let Some(v) = args.vm {
+                query.push(("vm", v));
+            }
+            if let Some(s) = &args.since {
+                query.push((
+                    "since",
+                    time_arg(s, now)
+                        .map_err(anyhow::Error::msg)
+                        .context("--since")?,
+                ));
+            }
+            if let Some(u) = &args.until {
+                query.push((
+                    "until",
+                    time_arg(u, now)
+                        .map_err(anyhow::Error::msg)
+                        .context("--until")?,
+                ));
+            }
+            if let Some(l) = args.limit {
+                query.push(("limit", l.to_string()));
+            }
+            let v = client(&args.api)?
+                .decisions(&query)
+                .await
+                .context("decisions")?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", format_decisions(&v));
+            }
+        }
+        Command::Groups { json, api } => {
+            let v = client(&api)?.groups().await.context("groups")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", format_groups(&v));
+            }
+        }
+        Command::Run | Command::CheckConfig | Command::Demo(_) => {
+            anyhow::bail!("not an API subcommand")
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use crate::clock::unix_seconds;
+use crate::engine::EngineStats;
 use crate::fleet::{Fleet, Metric, PressureResource, VmSummary};
 use crate::ingest::{IngestStats, Reason};
 
@@ -176,8 +177,8 @@ fn psi_metric(resource: &str) -> Option<Metric> {
 const RESOURCES: &[&str] = &["cpu", "memory", "io"];
 const WINDOWS: &[&str] = &["1m", "5m"];
 
-/// Renders every metric at `now`.
-pub fn render(fleet: &Fleet, stats: &IngestStats, now: SystemTime) -> String {
+/// Renders every metric at `now`, with the resize engine's counters from `engine`.
+pub fn render(fleet: &Fleet, stats: &IngestStats, engine: &EngineStats, now: SystemTime) -> String {
     let vms = fleet.snapshot(now);
     let mut e = Exposition::default();
     use Kind::{Counter, Gauge};
@@ -465,7 +466,106 @@ pub fn render(fleet: &Fleet, stats: &IngestStats, now: SystemTime) -> String {
         "VMs the collector holds in memory.",
     );
     e.sample("rally_collector_vms", &[], vms.len() as u64);
+    resize_metrics(&mut e, engine);
     e.out
+}
+
+/// The resize engine's families. Counters have a sample only once something happened
+/// (no invented zeros for label sets that never occurred); gauges one per resized group.
+fn resize_metrics(e: &mut Exposition, engine: &EngineStats) {
+    use Kind::{Counter, Gauge};
+    e.family(
+        "rally_resize_requests_total",
+        Counter,
+        "Resize requests that got a final word, by outcome (accepted, rejected, gave_up, dry_run).",
+    );
+    for ((group, vm, direction, outcome), n) in engine.requests() {
+        e.sample(
+            "rally_resize_requests_total",
+            &[
+                ("group", &group),
+                ("vm", &vm),
+                ("direction", direction),
+                ("outcome", outcome),
+            ],
+            n,
+        );
+    }
+    e.family(
+        "rally_resize_verifications_total",
+        Counter,
+        "Resizes verified from the agent's reported size, or failed (not verified in time).",
+    );
+    for ((group, result), n) in engine.verifications() {
+        e.sample(
+            "rally_resize_verifications_total",
+            &[("group", &group), ("result", result)],
+            n,
+        );
+    }
+    let groups: Vec<_> = engine.groups().into_iter().filter(|g| g.resizes).collect();
+    e.family(
+        "rally_group_paused",
+        Gauge,
+        "1 while the group is paused (by an operator or the circuit breaker).",
+    );
+    for g in &groups {
+        e.sample("rally_group_paused", &[("group", &g.group)], g.paused);
+    }
+    e.family(
+        "rally_group_circuit_open",
+        Gauge,
+        "1 while the circuit breaker holds the group paused after failed resizes.",
+    );
+    for g in &groups {
+        e.sample(
+            "rally_group_circuit_open",
+            &[("group", &g.group)],
+            g.circuit_open,
+        );
+    }
+    e.family(
+        "rally_group_consecutive_failed_resizes",
+        Gauge,
+        "Failed or unverified resizes in a row (the circuit breaker's count).",
+    );
+    for g in &groups {
+        e.sample(
+            "rally_group_consecutive_failed_resizes",
+            &[("group", &g.group)],
+            g.consecutive_failures,
+        );
+    }
+    e.family(
+        "rally_group_resizes_in_flight",
+        Gauge,
+        "Resizes sent and waiting for the agent to report the new size.",
+    );
+    for g in &groups {
+        e.sample(
+            "rally_group_resizes_in_flight",
+            &[("group", &g.group)],
+            u64::from(g.in_flight.is_some()),
+        );
+    }
+    e.family(
+        "rally_resize_skips",
+        Gauge,
+        "Why VMs got no resize at the last evaluation: notes per reason.",
+    );
+    for g in &groups {
+        let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+        for s in &g.skips {
+            *counts.entry(s.kind).or_default() += 1;
+        }
+        for (reason, n) in counts {
+            e.sample(
+                "rally_resize_skips",
+                &[("group", &g.group), ("reason", reason)],
+                n,
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -587,7 +687,7 @@ mod tests {
 
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let (fleet, stats) = busy_fleet(now);
-        let text = render(&fleet, &stats, now);
+        let text = render(&fleet, &stats, &EngineStats::default(), now);
         // The contract's names are all there.
         for needle in [
             "rally_vm_up{vm=\"web-1\",group=\"web\"} 1",

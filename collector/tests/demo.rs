@@ -48,7 +48,7 @@ async fn the_demo_agent_reports_this_machine() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(vm["vm"], hostname.trim());
-    assert_eq!(vm["group"], "ungrouped");
+    assert_eq!(vm["group"], "demo");
     assert_eq!(vm["fresh"], true);
     assert!(vm["size"]["vcpus"].as_u64().unwrap() >= 1);
     assert!(vm["latest"]["memory_total_bytes"].as_u64().unwrap() > 0);
@@ -59,6 +59,27 @@ async fn the_demo_agent_reports_this_machine() {
         metrics.contains("rally_collector_reports_rejected_total{reason=\"invalid\"} 0"),
         "{metrics}"
     );
+
+    // The demo group resizes in dry-run, and this machine sits on its middle rung.
+    let deadline = tokio::time::Instant::now() + DEMO_INTERVAL * 10;
+    loop {
+        let (_, _, body) = get(&format!("http://{http}/api/v1/groups")).await;
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let demo = &json["groups"][0];
+        assert_eq!(demo["group"], "demo", "{body}");
+        assert_eq!(demo["resizes"], true);
+        assert_eq!(demo["dry_run"], true);
+        let skips = demo["skips"].as_array().unwrap();
+        assert!(
+            !skips.iter().any(|s| s["kind"] == "off_ladder"),
+            "this machine is not on the demo ladder: {body}"
+        );
+        if !skips.iter().any(|s| s["kind"] == "stale") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(20), running)

@@ -9,12 +9,14 @@
 //! - [`tool`]: requires an external program (promtool, nginx, ...): a missing one is
 //!   a test failure, never a skip.
 //! - [`raw`]: a gRPC client that can send bytes the generated client never would.
+//! - [`webhook`]: a real HTTP receiver of resize webhooks that checks signatures.
 
 pub mod bin;
 pub mod process;
 pub mod rally;
 pub mod raw;
 pub mod tool;
+pub mod webhook;
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,24 @@ where
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
+}
+
+/// Online CPUs of this machine (`/sys/devices/system/cpu/online`, e.g. `0-3,6`).
+pub fn online_cpus() -> u32 {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .expect("read /sys/devices/system/cpu/online");
+    text.trim()
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => {
+                let a: u32 = a.parse().expect("cpu range start");
+                let b: u32 = b.parse().expect("cpu range end");
+                b - a + 1
+            }
+            None => 1,
+        })
+        .sum()
 }
 
 /// MemTotal from this machine's `/proc/meminfo`, in bytes.

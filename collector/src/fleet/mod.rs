@@ -15,6 +15,7 @@
 //! (each update is a few field assignments), so poisoned locks are simply entered.
 
 mod report;
+pub mod view;
 mod window;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -25,6 +26,7 @@ pub use report::{
     CpuShares, DiskIo, Filesystem, Hello, LoadAverage, Memory, NetInterface, Pressure,
     PressureLine, PressureResource, Report, RunKey, VmSize,
 };
+pub use view::FleetView;
 pub use window::{
     BUCKET_MINUTES, METRIC_COUNT, Metric, MetricValues, RAW_CAP, RAW_RETENTION, TimeRange, Windows,
 };

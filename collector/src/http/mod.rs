@@ -1,7 +1,10 @@
-//! The HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, and the
-//! status page at `/`. Every handler reads a snapshot of the fleet; none writes.
+//! The HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the resize API
+//! (`/api/v1/groups`, `/api/v1/decisions`, pause, resume, resize) and the status page at
+//! `/`. Read handlers take a snapshot of the fleet or the engine's status; the mutating
+//! ones are commands to the engine task, guarded by [`control::require_operator`].
 
 pub mod api;
+pub mod control;
 pub mod page;
 
 use std::sync::Arc;
@@ -11,9 +14,10 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::clock::Clock;
+use crate::engine::EngineHandle;
 use crate::fleet::Fleet;
 use crate::ingest::IngestStats;
 use crate::metrics;
@@ -30,11 +34,27 @@ pub struct HttpState {
     /// True once both listeners are bound and the state directory is usable; false
     /// again while shutting down.
     pub ready: Arc<AtomicBool>,
+    /// The resize engine: status, commands, decisions.
+    pub engine: EngineHandle,
+    /// The bearer token the mutating endpoints require (`[api] token_file`); without
+    /// one they are accepted from loopback only.
+    pub api_token: Option<Arc<str>>,
 }
 
 /// The router of the HTTP listener.
 pub fn router(state: HttpState) -> Router {
+    let operator = Router::new()
+        .route("/api/v1/groups/{group}/pause", post(control::pause))
+        .route("/api/v1/groups/{group}/resume", post(control::resume))
+        .route("/api/v1/vms/{vm}/resize", post(control::resize))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            control::require_operator,
+        ));
     Router::new()
+        .merge(operator)
+        .route("/api/v1/groups", get(control::groups))
+        .route("/api/v1/decisions", get(control::decisions))
         .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -45,7 +65,12 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    let body = metrics::render(&state.fleet, &state.stats, state.clock.now());
+    let body = metrics::render(
+        &state.fleet,
+        &state.stats,
+        state.engine.stats(),
+        state.clock.now(),
+    );
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response()
 }
 
@@ -77,7 +102,24 @@ async fn vm(State(state): State<HttpState>, Path(id): Path<String>) -> Response 
 
 async fn status_page(State(state): State<HttpState>) -> Html<String> {
     let vms = state.fleet.snapshot(state.clock.now());
-    Html(page::render(&vms, state.fleet.stale_after()))
+    let groups = state.engine.stats().groups();
+    let recent = state
+        .engine
+        .decisions(crate::store::DecisionFilter {
+            limit: Some(page::RECENT_DECISIONS),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "status page: could not read decisions");
+            Vec::new()
+        });
+    Html(page::render(
+        &vms,
+        &groups,
+        &recent,
+        state.fleet.stale_after(),
+    ))
 }
 
 #[cfg(test)]
@@ -89,11 +131,23 @@ mod tests {
 
     #[tokio::test]
     async fn readyz_follows_the_ready_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::default();
+        let fleet = Arc::new(Fleet::new(FleetSettings::from_config(&config)));
+        let (_engine, handle) = crate::engine::Engine::new(
+            &config,
+            Arc::clone(&fleet),
+            Arc::new(SystemClock),
+            crate::store::Store::open(dir.path()).unwrap(),
+            Arc::new(crate::actuator::LogActuator),
+        );
         let state = HttpState {
-            fleet: Arc::new(Fleet::new(FleetSettings::from_config(&Config::default()))),
+            fleet,
             stats: Arc::new(IngestStats::default()),
             clock: Arc::new(SystemClock),
             ready: Arc::new(AtomicBool::new(false)),
+            engine: handle,
+            api_token: None,
         };
         let (status, _) = readyz(State(state.clone())).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

@@ -4,7 +4,11 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::engine::{DecisionRecord, GroupStatus};
 use crate::fleet::{Metric, VmSummary};
+
+/// How many recent decisions the page lists.
+pub const RECENT_DECISIONS: u32 = 20;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -40,8 +44,14 @@ fn age(d: Option<Duration>) -> String {
     }
 }
 
-/// Renders the page for `vms` (in (group, id) order).
-pub fn render(vms: &[VmSummary], stale_after: Duration) -> String {
+/// Renders the page for `vms` (in (group, id) order), the resize engine's `groups` and
+/// its `recent` decisions (newest first).
+pub fn render(
+    vms: &[VmSummary],
+    groups: &[GroupStatus],
+    recent: &[DecisionRecord],
+    stale_after: Duration,
+) -> String {
     let mut html = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta http-equiv=\"refresh\" content=\"5\">\n\
@@ -108,8 +118,106 @@ pub fn render(vms: &[VmSummary], stale_after: Duration) -> String {
     if current_group.is_some() {
         html.push_str("</tbody>\n</table>\n");
     }
+    resize_section(&mut html, groups, recent);
     html.push_str("</body>\n</html>\n");
     html
+}
+
+fn resize_section(html: &mut String, groups: &[GroupStatus], recent: &[DecisionRecord]) {
+    let resized: Vec<&GroupStatus> = groups.iter().filter(|g| g.resizes).collect();
+    if resized.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<h2>Resizing</h2>\n<table>\n<thead><tr><th>group</th><th>mode</th><th>state</th>\
+         <th>failures in a row</th><th>in flight</th><th>last decision</th><th>why waiting</th>\
+         </tr></thead>\n<tbody>\n",
+    );
+    for g in resized {
+        let mode = if g.dry_run { "dry-run" } else { "live" };
+        let state = if g.circuit_open {
+            "<span class=\"stale\">circuit open</span>".to_string()
+        } else if g.paused {
+            "<span class=\"stale\">paused</span>".to_string()
+        } else {
+            "<span class=\"fresh\">active</span>".to_string()
+        };
+        let in_flight = g.in_flight.as_ref().map_or_else(
+            || "–".to_string(),
+            |f| {
+                format!(
+                    "{} {} → {} vCPUs (until {})",
+                    escape(&f.vm),
+                    f.direction,
+                    f.to.vcpus,
+                    f.deadline.format("%H:%M:%S UTC")
+                )
+            },
+        );
+        let last = g.last_decision.as_ref().map_or_else(
+            || "–".to_string(),
+            |d| {
+                format!(
+                    "{} {} {}→{} at {}",
+                    escape(&d.vm),
+                    d.direction,
+                    escape(&d.from),
+                    escape(&d.to),
+                    d.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                )
+            },
+        );
+        let waiting = g
+            .skips
+            .iter()
+            .map(|s| match &s.vm {
+                Some(vm) => format!("{}: {}", escape(vm), escape(&s.reason)),
+                None => escape(&s.reason),
+            })
+            .collect::<Vec<_>>()
+            .join("<br>");
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td class=\"text\">{mode}</td><td class=\"text\">{state}</td>\
+             <td>{}</td><td class=\"text\">{in_flight}</td><td class=\"text\">{last}</td>\
+             <td class=\"text\">{}</td></tr>",
+            escape(&g.group),
+            g.consecutive_failures,
+            if waiting.is_empty() {
+                "–".to_string()
+            } else {
+                waiting
+            },
+        );
+    }
+    html.push_str("</tbody>\n</table>\n");
+    if recent.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<h2>Recent decisions</h2>\n<p><a href=\"/api/v1/decisions\">JSON</a></p>\n<table>\n\
+         <thead><tr><th>when</th><th>group</th><th>VM</th><th>resize</th><th>status</th>\
+         <th>actuator</th><th>reason</th></tr></thead>\n<tbody>\n",
+    );
+    for r in recent {
+        let d = &r.stored.decision;
+        let _ = writeln!(
+            html,
+            "<tr><td class=\"text\">{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td>\
+             <td class=\"text\">{} {}→{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td>\
+             <td class=\"text\">{}</td></tr>",
+            d.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            escape(&d.group),
+            escape(&d.vm),
+            d.direction,
+            escape(&d.from.rung),
+            escape(&d.to.rung),
+            escape(&r.stored.status),
+            escape(r.stored.verdict.as_deref().unwrap_or("pending")),
+            escape(&d.reason),
+        );
+    }
+    html.push_str("</tbody>\n</table>\n");
 }
 
 #[cfg(test)]

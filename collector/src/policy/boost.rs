@@ -20,9 +20,9 @@ pub struct BoostConfig {
     pub name: Option<String>,
     /// The floor: every member is at least this rung while the boost is on.
     pub rung: String,
-    /// Local start time, "YYYY-MM-DDTHH:MM[:SS]".
+    /// Local start time, `YYYY-MM-DDTHH:MM[:SS]`.
     pub start: String,
-    /// Local end time (exclusive), "YYYY-MM-DDTHH:MM[:SS]".
+    /// Local end time (exclusive), `YYYY-MM-DDTHH:MM[:SS]`.
     pub end: String,
     /// IANA zone of `start`/`end`; defaults to the group's `timezone`.
     #[serde(default)]

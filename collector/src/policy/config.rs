@@ -157,19 +157,19 @@ impl Default for ScaleDown {
     }
 }
 
-fn default_timezone() -> Tz {
+pub(crate) fn default_timezone() -> Tz {
     chrono_tz::Europe::Warsaw
 }
-fn default_rules() -> Vec<Rule> {
+pub(crate) fn default_rules() -> Vec<Rule> {
     vec![Rule::default_cpu()]
 }
-fn default_targets() -> Vec<Target> {
+pub(crate) fn default_targets() -> Vec<Target> {
     vec![Target::default_memory()]
 }
-fn default_warm_up() -> Duration {
+pub(crate) fn default_warm_up() -> Duration {
     Duration::from_secs(60)
 }
-fn default_circuit_breaker() -> u32 {
+pub(crate) fn default_circuit_breaker() -> u32 {
     3
 }
 fn default_cooldown() -> Duration {

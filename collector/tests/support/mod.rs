@@ -267,3 +267,19 @@ pub async fn get(url: &str) -> (u16, String, String) {
         .unwrap_or_default();
     (status, content_type, response.text().await.unwrap())
 }
+
+/// GETs `url` until `ready` accepts the body (bounded by [`WAIT`]).
+pub async fn eventually_text(url: &str, ready: impl Fn(&str) -> bool) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let body = reqwest::get(url).await.unwrap().text().await.unwrap();
+        if ready(&body) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting on {url}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

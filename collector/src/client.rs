@@ -1,0 +1,231 @@
+//! The HTTP API's client: what `rally-collector pause|resume|resize|decisions|groups`
+//! call. Answers are JSON; a 4xx/5xx carries `{"error": ..., "code": ...}`, which is
+//! returned as [`ClientError::Api`] so the CLI can print the collector's own words.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Time-out of one API call.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The token file could not be read.
+    #[error("token file: {0}")]
+    Token(String),
+    /// The collector could not be reached or answered garbage.
+    #[error("calling {url}: {source}")]
+    Http {
+        /// The URL called.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The collector refused the request.
+    #[error("{status}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The collector's `error` text.
+        message: String,
+    },
+}
+
+/// A client of one collector's HTTP API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the API at `base` (`http://127.0.0.1:9471`), with the bearer token
+    /// from `token_file` if given.
+    pub fn new(base: &str, token_file: Option<&Path>) -> Result<Self, ClientError> {
+        let token = token_file
+            .map(crate::config::read_token)
+            .transpose()
+            .map_err(ClientError::Token)?;
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|source| ClientError::Http {
+                url: base.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url).query(query);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let err = |source| ClientError::Http {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(err)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(err)?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let message = value["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            })
+        }
+    }
+
+    /// `POST /api/v1/groups/{group}/pause`.
+    pub async fn pause(&self, group: &str) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/groups/{group}/pause"),
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/groups/{group}/resume`.
+    pub async fn resume(&self, group: &str) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/groups/{group}/resume"),
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/vms/{vm}/resize` with `{"rung": rung}`.
+    pub async fn resize(&self, vm: &str, rung: &str) -> Result<Value, ClientError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/vms/{vm}/resize"),
+            &[],
+            Some(serde_json::json!({ "rung": rung })),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/decisions` with the given query pairs.
+    pub async fn decisions(&self, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/decisions", query, None)
+            .await
+    }
+
+    /// `GET /api/v1/groups`.
+    pub async fn groups(&self) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/groups", &[], None)
+            .await
+    }
+}
+
+/// One line per decision, newest first, for people.
+pub fn format_decisions(v: &Value) -> String {
+    let mut out = String::new();
+    for r in v["decisions"].as_array().into_iter().flatten() {
+        let d = &r["decision"];
+        out.push_str(&format!(
+            "{}  {}  {}/{}  {} {}→{}  {}{}  actuator={}  attempts={}  {}\n",
+            d["created_at"].as_str().unwrap_or("?"),
+            d["id"].as_str().unwrap_or("?"),
+            d["group"].as_str().unwrap_or("?"),
+            d["vm"].as_str().unwrap_or("?"),
+            d["direction"].as_str().unwrap_or("?"),
+            d["from"]["rung"].as_str().unwrap_or("?"),
+            d["to"]["rung"].as_str().unwrap_or("?"),
+            r["status"].as_str().unwrap_or("?"),
+            if d["dry_run"] == true {
+                " (dry-run)"
+            } else {
+                ""
+            },
+            r["verdict"].as_str().unwrap_or("pending"),
+            r["attempts"].as_array().map_or(0, Vec::len),
+            d["reason"].as_str().unwrap_or(""),
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("no decisions\n");
+    }
+    out
+}
+
+/// One line per group, for people.
+pub fn format_groups(v: &Value) -> String {
+    let mut out = String::new();
+    for g in v["groups"].as_array().into_iter().flatten() {
+        let state = if g["resizes"] != true {
+            "monitored only".to_owned()
+        } else if g["circuit_open"] == true {
+            "CIRCUIT OPEN (resume to close)".to_owned()
+        } else if g["paused"] == true {
+            "paused".to_owned()
+        } else {
+            "active".to_owned()
+        };
+        let in_flight = match &g["in_flight"] {
+            Value::Null => "none".to_owned(),
+            f => format!(
+                "{} {} (until {})",
+                f["vm"].as_str().unwrap_or("?"),
+                f["direction"].as_str().unwrap_or("?"),
+                f["deadline"].as_str().unwrap_or("?")
+            ),
+        };
+        let last = match &g["last_decision"] {
+            Value::Null => "none".to_owned(),
+            d => format!(
+                "{} {} {}→{} at {}",
+                d["vm"].as_str().unwrap_or("?"),
+                d["direction"].as_str().unwrap_or("?"),
+                d["from"].as_str().unwrap_or("?"),
+                d["to"].as_str().unwrap_or("?"),
+                d["created_at"].as_str().unwrap_or("?")
+            ),
+        };
+        out.push_str(&format!(
+            "{}: {}{}; in flight: {}; last decision: {}\n",
+            g["group"].as_str().unwrap_or("?"),
+            state,
+            if g["dry_run"] == true {
+                ", dry-run"
+            } else {
+                ""
+            },
+            in_flight,
+            last
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("no groups\n");
+    }
+    out
+}

@@ -1,0 +1,245 @@
+//! The resize API: `GET /api/v1/groups`, `GET /api/v1/decisions`, and the mutating
+//! `POST /api/v1/groups/{group}/pause`, `.../resume` and `POST /api/v1/vms/{vm}/resize`.
+//!
+//! Mutating requests need `Authorization: Bearer <token>` when `[api] token_file` is
+//! set; without it they are accepted from loopback peers only (see
+//! [`ApiConfig`](crate::config::ApiConfig) for why). Errors are JSON:
+//! `{"error": "...", "code": "..."}` with a 4xx status that says what to fix.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::HttpState;
+use crate::engine::{CommandError, DecisionRecord, GroupStatus};
+use crate::policy::{Decision, ManualError, Timestamp};
+use crate::store::DecisionFilter;
+
+/// A JSON error answer.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    /// What went wrong, for humans.
+    pub error: String,
+    /// A stable code for scripts (`unknown_group`, `roll_in_progress`, ...).
+    pub code: &'static str,
+    #[serde(skip)]
+    status: StatusCode,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            code,
+            status,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self)).into_response()
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        use StatusCode as S;
+        let (status, code) = match &e {
+            CommandError::UnknownGroup(_) => (S::NOT_FOUND, "unknown_group"),
+            CommandError::UnknownVm(_) => (S::NOT_FOUND, "unknown_vm"),
+            CommandError::NotResized(_) => (S::CONFLICT, "not_resized"),
+            CommandError::Manual(m) => match m {
+                ManualError::UnknownVm(_) => (S::NOT_FOUND, "unknown_vm"),
+                ManualError::UnknownRung(_) => (S::BAD_REQUEST, "unknown_rung"),
+                ManualError::OutOfBounds(_) => (S::BAD_REQUEST, "out_of_bounds"),
+                ManualError::NotFresh(_) => (S::CONFLICT, "not_fresh"),
+                ManualError::OffLadder(_) => (S::CONFLICT, "off_ladder"),
+                ManualError::AlreadyThere { .. } => (S::CONFLICT, "already_there"),
+                ManualError::RollInProgress(_) => (S::CONFLICT, "roll_in_progress"),
+            },
+            CommandError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store"),
+            CommandError::Stopped => (S::SERVICE_UNAVAILABLE, "stopped"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Guards the mutating routes: a bearer token when one is configured, else loopback only.
+pub async fn require_operator(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match check_operator(&state, request.headers(), peer) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_operator(
+    state: &HttpState,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<(), ApiError> {
+    match &state.api_token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            match given {
+                Some(given) if same(given.trim().as_bytes(), token.as_bytes()) => Ok(()),
+                Some(_) => Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "bad_token",
+                    "the bearer token does not match [api] token_file",
+                )),
+                None => Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "no_token",
+                    "this endpoint needs `Authorization: Bearer <token>` ([api] token_file)",
+                )),
+            }
+        }
+        None if peer.is_some_and(|p| p.ip().is_loopback()) => Ok(()),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "loopback_only",
+            "without [api] token_file, pause/resume/resize are accepted from loopback only",
+        )),
+    }
+}
+
+/// `GET /api/v1/groups`.
+#[derive(Debug, Serialize)]
+pub struct GroupList {
+    /// Every configured group.
+    pub groups: Vec<GroupStatus>,
+}
+
+/// `GET /api/v1/groups`: every group's state.
+pub async fn groups(State(state): State<HttpState>) -> Json<GroupList> {
+    Json(GroupList {
+        groups: state.engine.stats().groups(),
+    })
+}
+
+/// `POST /api/v1/groups/{group}/pause`.
+pub async fn pause(
+    State(state): State<HttpState>,
+    Path(group): Path<String>,
+) -> Result<Json<GroupStatus>, ApiError> {
+    Ok(Json(state.engine.pause(&group).await?))
+}
+
+/// `POST /api/v1/groups/{group}/resume`.
+pub async fn resume(
+    State(state): State<HttpState>,
+    Path(group): Path<String>,
+) -> Result<Json<GroupStatus>, ApiError> {
+    Ok(Json(state.engine.resume(&group).await?))
+}
+
+/// The body of `POST /api/v1/vms/{vm}/resize`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeBody {
+    /// The rung to resize to.
+    pub rung: String,
+}
+
+/// `POST /api/v1/vms/{vm}/resize`: 202 with the decision (persisted, queued for the actuator).
+pub async fn resize(
+    State(state): State<HttpState>,
+    Path(vm): Path<String>,
+    body: Result<Json<ResizeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Decision>), ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!(
+                "expected a JSON body {{\"rung\": \"NAME\"}}: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let decision = state.engine.resize(&vm, &body.rung).await?;
+    Ok((StatusCode::ACCEPTED, Json(decision)))
+}
+
+/// Query of `GET /api/v1/decisions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionQuery {
+    /// Only this group.
+    pub group: Option<String>,
+    /// Only this VM.
+    pub vm: Option<String>,
+    /// Only decided at or after this (RFC 3339).
+    pub since: Option<String>,
+    /// Only decided before this (RFC 3339).
+    pub until: Option<String>,
+    /// At most this many, newest first (default 100, at most 10 000).
+    pub limit: Option<u32>,
+}
+
+/// `GET /api/v1/decisions`.
+#[derive(Debug, Serialize)]
+pub struct DecisionList {
+    /// Newest first.
+    pub decisions: Vec<DecisionRecord>,
+}
+
+fn rfc3339(key: &str, value: Option<String>) -> Result<Option<Timestamp>, ApiError> {
+    value
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(&v)
+                .map(|t| t.to_utc())
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_time",
+                        format!("{key}={v:?} is not an RFC 3339 time: {e}"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// `GET /api/v1/decisions?group=&vm=&since=&until=&limit=`: decisions with evidence,
+/// attempts, outcome and verification.
+pub async fn decisions(
+    State(state): State<HttpState>,
+    query: Result<Query<DecisionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DecisionList>, ApiError> {
+    let Query(q) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let filter = DecisionFilter {
+        group: q.group,
+        vm: q.vm,
+        since: rfc3339("since", q.since)?,
+        until: rfc3339("until", q.until)?,
+        limit: q.limit,
+    };
+    let decisions =
+        state.engine.decisions(filter).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
+        })?;
+    Ok(Json(DecisionList { decisions }))
+}
