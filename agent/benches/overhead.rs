@@ -231,8 +231,9 @@ impl Phase2 {
             self.start.anon_kib, self.end.anon_kib, self.end.hwm_kib
         );
         println!(
-            "  CPU ms/sample (schedstat): {:.3}",
-            self.cpu.sched_ms / samples.max(1) as f64
+            "  CPU ms/sample (schedstat): {:.3}; wake-ups/sample: {:.1}",
+            self.cpu.sched_ms / samples.max(1) as f64,
+            self.cpu.switches / samples.max(1) as f64
         );
         println!(
             "  budget: RSS {} KiB vs {BUDGET_RSS_KIB} KiB ({})",
@@ -341,6 +342,9 @@ struct Cpu {
     ticks_ms: f64,
     /// Sum of the first field of `/proc/<pid>/task/*/schedstat` (ns on CPU), in ms.
     sched_ms: f64,
+    /// Context switches of all threads (how often the process was woken), as f64 to
+    /// divide.
+    switches: f64,
 }
 
 impl Cpu {
@@ -359,21 +363,28 @@ impl Cpu {
         })?;
         let ticks_ms = ticks as f64 * 1000.0 / procfs::ticks_per_second() as f64;
         let mut sched_ns = 0u64;
+        let mut switches = 0u64;
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).context("listing threads")? {
-            let path = task?.path().join("schedstat");
+            let task = task?.path();
             // A thread may exit between listing and reading.
-            if let Ok(text) = std::fs::read_to_string(path) {
-                sched_ns += text
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("0")
-                    .parse::<u64>()
-                    .unwrap_or(0);
+            if let Ok(text) = std::fs::read_to_string(task.join("schedstat")) {
+                sched_ns += first_number(&text);
+            }
+            if let Ok(text) = std::fs::read_to_string(task.join("status")) {
+                switches += text
+                    .lines()
+                    .filter_map(|l| {
+                        l.strip_prefix("voluntary_ctxt_switches:")
+                            .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                    })
+                    .map(first_number)
+                    .sum::<u64>();
             }
         }
         Ok(Self {
             ticks_ms,
             sched_ms: sched_ns as f64 / 1e6,
+            switches: switches as f64,
         })
     }
 
@@ -381,8 +392,17 @@ impl Cpu {
         Cpu {
             ticks_ms: self.ticks_ms - before.ticks_ms,
             sched_ms: self.sched_ms - before.sched_ms,
+            switches: self.switches - before.switches,
         }
     }
+}
+
+/// The first whitespace-separated number of a text, 0 if none.
+fn first_number(text: &str) -> u64 {
+    text.split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Resident memory of a process, from `/proc/<pid>/status`.
