@@ -183,8 +183,9 @@ async fn stream_once(
     backoff: &mut Backoff<SmallRng>,
     healthy: &mut bool,
 ) -> Result<std::convert::Infallible, StreamError> {
-    let channel = connect(&link.address).await?;
+    // Re-read at each connection, so a rotated token is picked up without a restart.
     let token = shared.token_file.as_deref().map(read_token).transpose()?;
+    let channel = connect(&link.address).await?;
 
     let size = *shared.size.lock().unwrap_or_else(PoisonError::into_inner);
     let hello = wire::hello(&shared.identity, size, *shared.interval.borrow());
