@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, InvalidValue};
 use crate::sample::Sampler;
+use crate::tick::Ticker;
 use crate::transport::{self, Link, Shared, TokenError};
 use crate::wire::{self, Identity};
 
@@ -93,6 +94,7 @@ async fn sample_forever(
     mut interval: watch::Receiver<Duration>,
 ) {
     let mut period = *interval.borrow_and_update();
+    let mut ticker = Ticker::new(period, period);
     let mut seq = 0u64;
     loop {
         let taken = Instant::now();
@@ -120,9 +122,12 @@ async fn sample_forever(
         // sample just taken.
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(taken + period) => break,
+                () = ticker.tick() => break,
                 changed = interval.changed() => match changed {
-                    Ok(()) => period = *interval.borrow_and_update(),
+                    Ok(()) => {
+                        period = *interval.borrow_and_update();
+                        ticker.reset((taken + period).saturating_duration_since(Instant::now()), period);
+                    }
                     // The sender lives in `Shared` for the whole run.
                     Err(_) => std::future::pending::<()>().await,
                 },

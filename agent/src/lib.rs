@@ -14,6 +14,7 @@
 //! - [`buffer`]: the bounded queue of un-acknowledged reports (drops the oldest, counts
 //!   it, trims on acknowledgement).
 //! - [`backoff`]: gRPC's connection backoff (1 s × 1.6, ±20 %, cap 120 s).
+//! - [`tick`]: the sampling clock (a timerfd: one wake-up per sample).
 //! - [`transport`]: one stream per collector: `Hello`, replay, follow, reconnect.
 //! - [`wire`]: the transport edge, domain samples to `rally.v1` messages.
 //! - [`agent`]: one run: identity, the sampling loop, the stream tasks ([`run`]).
@@ -29,6 +30,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod sample;
+pub mod tick;
 pub mod transport;
 pub mod wire;
 

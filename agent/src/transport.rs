@@ -33,13 +33,16 @@ use crate::wire::{self, Identity};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the collector may take to answer the stream's request with its headers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 pings on an idle connection, so a dead collector (or a dead NAT entry) is
-/// noticed even when no report is due.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// An HTTP/2 ping goes out when nothing was received for this long, so a dead
+/// collector (or a dead NAT entry) is noticed even if reports stop. While acks flow
+/// no ping is sent, but hyper's timer still wakes the agent at this period, hence a
+/// minute rather than seconds.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a ping may go unanswered before the connection is considered dead.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A collector that keeps the connection alive but stops acknowledging is treated as
-/// failed once a sent report stays un-acknowledged for between one and two of these.
+/// failed once a sent report stays un-acknowledged for between one and two of these
+/// (checked on the sampler's ticks, so it needs no timer of its own).
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// A failing collector is logged at `warn` on its first failure and then at most this
 /// often (backoff already spaces the attempts out).
@@ -180,12 +183,14 @@ async fn stream_once(
     backoff: &mut Backoff<SmallRng>,
     healthy: &mut bool,
 ) -> Result<std::convert::Infallible, StreamError> {
-    let channel = connect(&link.address).await?;
+    // Re-read at each connection, so a rotated token is picked up without a restart.
     let token = shared.token_file.as_deref().map(read_token).transpose()?;
+    let channel = connect(&link.address).await?;
 
     let size = *shared.size.lock().unwrap_or_else(PoisonError::into_inner);
     let hello = wire::hello(&shared.identity, size, *shared.interval.borrow());
     link.sent.store(0, Ordering::Relaxed);
+    let seqs_for_checks = seqs.clone();
     let mut request = tonic::Request::new(outbound(hello, Arc::clone(link), seqs));
     if let Some(token) = token {
         request.metadata_mut().insert("authorization", token);
@@ -199,8 +204,8 @@ async fn stream_once(
 
     let mut acked = 0u64;
     let mut watch = AckWatch::default();
-    let check = tokio::time::sleep(ACK_TIMEOUT);
-    tokio::pin!(check);
+    let mut last_check = Instant::now();
+    let mut ticks = seqs_for_checks;
     loop {
         tokio::select! {
             message = inbound.message() => {
@@ -223,11 +228,14 @@ async fn stream_once(
                     None => {}
                 }
             }
-            () = &mut check => {
-                if watch.stalled(link.sent.load(Ordering::Relaxed), acked) {
-                    return Err(StreamError::AckTimeout);
+            // Each new report is a tick of the sampler's clock.
+            Ok(()) = ticks.changed() => {
+                if last_check.elapsed() >= ACK_TIMEOUT {
+                    if watch.stalled(link.sent.load(Ordering::Relaxed), acked) {
+                        return Err(StreamError::AckTimeout);
+                    }
+                    last_check = Instant::now();
                 }
-                check.as_mut().reset(tokio::time::Instant::now() + ACK_TIMEOUT);
             }
         }
     }
@@ -299,8 +307,8 @@ fn apply_settings(address: &str, interval: &watch::Sender<Duration>, settings: &
     }
 }
 
-/// Detects a collector that stopped acknowledging: checked every `ACK_TIMEOUT`, it
-/// reports a stall when a report that was outstanding at the previous check is still
+/// Detects a collector that stopped acknowledging: checked about every `ACK_TIMEOUT`,
+/// it reports a stall when a report that was outstanding at the previous check is still
 /// not acknowledged.
 #[derive(Debug, Default)]
 struct AckWatch {

@@ -230,6 +230,7 @@ fn collector_restart_loses_no_report() {
     assert_eq!(hello.boot_id, read_proc("/proc/sys/kernel/random/boot_id"));
     assert_eq!(hello.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(hello.interval_ms, 100);
+    assert!(hello.size.is_some_and(|s| s.vcpus >= 1), "{:?}", hello.size);
     assert_eq!(hello.labels.get("role").map(String::as_str), Some("test"));
     assert_eq!(authorization.as_deref(), Some("Bearer it-token"));
 

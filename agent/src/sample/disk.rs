@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use procfs::{DiskStats, FromBufRead};
 use serde::Serialize;
 
 use super::SampleError;
@@ -52,26 +51,44 @@ pub fn is_reported(name: &str) -> bool {
 }
 
 /// Parses `/proc/diskstats`, keeping the devices in `whole_disks` that are reported;
-/// sorted by name.
+/// sorted by name. Parsed directly: procfs would allocate a record (and its name) for
+/// every device, loop devices and partitions included, at every sample.
 pub fn parse(
     text: &str,
     whole_disks: &[String],
 ) -> Result<Vec<(String, DiskCounters)>, SampleError> {
-    let stats =
-        DiskStats::from_buf_read(text.as_bytes()).map_err(|e| SampleError::parse(PATH, e))?;
-    let mut out: Vec<(String, DiskCounters)> = stats
-        .0
-        .into_iter()
-        .filter(|d| is_reported(&d.name) && whole_disks.contains(&d.name))
-        .map(|d| {
-            let counters = DiskCounters {
-                sectors_read: d.sectors_read,
-                sectors_written: d.sectors_written,
-                io_ms: d.time_in_progress,
-            };
-            (d.name, counters)
-        })
-        .collect();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(name) = words.nth(2) else {
+            continue;
+        };
+        if !is_reported(name) || !whole_disks.iter().any(|w| w == name) {
+            continue;
+        }
+        // After the name: reads, reads merged, sectors read, ms reading, writes,
+        // writes merged, sectors written, ms writing, I/Os in flight, ms doing I/O.
+        let mut fields = [0u64; 10];
+        for (slot, word) in fields.iter_mut().zip(words.by_ref()) {
+            *slot = word.parse().map_err(|_| {
+                SampleError::format(PATH, format!("{name}: a counter is not a number"))
+            })?;
+        }
+        if line.split_whitespace().count() < 3 + fields.len() {
+            return Err(SampleError::format(
+                PATH,
+                format!("{name}: too few counters"),
+            ));
+        }
+        out.push((
+            name.to_owned(),
+            DiskCounters {
+                sectors_read: fields[2],
+                sectors_written: fields[6],
+                io_ms: fields[9],
+            },
+        ));
+    }
     out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
@@ -168,6 +185,17 @@ mod tests {
             parse(B, &sys_block()).unwrap(),
         );
         assert!(rates(&b, &a, Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        let whole = vec!["vda".to_owned()];
+        assert!(parse(" 254 0 vda 1 2 x 4 5 6 7 8 9 10 11\n", &whole).is_err());
+        assert!(parse(" 254 0 vda 1 2 3\n", &whole).is_err());
+        assert!(
+            parse(" 254 0 sdz 1 2 x\n", &whole).unwrap().is_empty(),
+            "not a disk of ours"
+        );
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! "Available" is the kernel's MemAvailable (what can be allocated without swapping),
 //! never MemFree, which leaves out reclaimable page cache.
 
-use procfs::{FromBufRead, Meminfo};
 use serde::Serialize;
 
 use super::SampleError;
@@ -24,17 +23,40 @@ pub struct Memory {
     pub swap_free_bytes: u64,
 }
 
-/// Parses the text of `/proc/meminfo` (procfs converts kB to bytes).
+/// Parses the text of `/proc/meminfo`, converting kB to bytes.
+///
+/// Only four of its ~50 lines are needed, so they are picked out directly rather than
+/// through procfs, which allocates a map entry and a string for every line of every
+/// sample.
 pub fn parse(text: &str) -> Result<Memory, SampleError> {
-    let m = Meminfo::from_buf_read(text.as_bytes()).map_err(|e| SampleError::parse(PATH, e))?;
-    let available_bytes = m
-        .mem_available
-        .ok_or_else(|| SampleError::format(PATH, "no MemAvailable (kernel older than 3.14)"))?;
+    let mut fields = [None; 4];
+    const KEYS: [&str; 4] = ["MemTotal", "MemAvailable", "SwapTotal", "SwapFree"];
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let Some(i) = KEYS.iter().position(|k| *k == key) else {
+            continue;
+        };
+        let mut words = value.split_whitespace();
+        let number: u64 = words
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| SampleError::format(PATH, format!("{key} is not a number")))?;
+        let bytes = match words.next() {
+            Some("kB") => number.checked_mul(1024),
+            None => Some(number),
+            Some(unit) => return Err(SampleError::format(PATH, format!("{key} has unit {unit}"))),
+        };
+        fields[i] =
+            Some(bytes.ok_or_else(|| SampleError::format(PATH, format!("{key} overflows")))?);
+    }
+    let missing = |i: usize, why: &str| SampleError::format(PATH, format!("no {}{why}", KEYS[i]));
     Ok(Memory {
-        total_bytes: m.mem_total,
-        available_bytes,
-        swap_total_bytes: m.swap_total,
-        swap_free_bytes: m.swap_free,
+        total_bytes: fields[0].ok_or_else(|| missing(0, ""))?,
+        available_bytes: fields[1].ok_or_else(|| missing(1, " (kernel older than 3.14)"))?,
+        swap_total_bytes: fields[2].ok_or_else(|| missing(2, ""))?,
+        swap_free_bytes: fields[3].ok_or_else(|| missing(3, ""))?,
     })
 }
 
@@ -72,5 +94,17 @@ mod tests {
             .collect();
         let err = parse(&old).unwrap_err();
         assert!(err.to_string().contains("MemAvailable"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse("").is_err());
+        assert!(parse("MemTotal: lots kB\n").is_err());
+        assert!(
+            parse("MemTotal: 1 MB\nMemAvailable: 1 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n").is_err()
+        );
+        let tiny =
+            parse("MemTotal: 2 kB\nMemAvailable: 1 kB\nSwapTotal: 0 kB\nSwapFree: 0 kB\n").unwrap();
+        assert_eq!((tiny.total_bytes, tiny.available_bytes), (2048, 1024));
     }
 }
