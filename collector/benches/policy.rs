@@ -149,6 +149,7 @@ fn live_fleet(n: usize, now: std::time::SystemTime, history: Duration) -> LiveFl
     let size = VmSize {
         vcpus: 4,
         memory_bytes: 8 * GIB - 150 * (1 << 20),
+        ..Default::default()
     };
     let start = now - history;
     for (i, name) in names.iter().enumerate() {
