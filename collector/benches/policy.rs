@@ -32,6 +32,7 @@ fn policy() -> Policy {
         name: name.into(),
         vcpus,
         memory_bytes: gib * GIB,
+        oktawave_type: None,
     };
     let mut p = GroupPolicy::with_ladder(vec![
         r("S", 1, 2),

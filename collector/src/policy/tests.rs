@@ -28,6 +28,7 @@ fn ladder() -> Vec<Rung> {
         name: name.into(),
         vcpus,
         memory_bytes: gib * GIB,
+        oktawave_type: None,
     };
     vec![
         r("S", 1, 2),
