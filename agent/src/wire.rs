@@ -133,6 +133,9 @@ fn vm_size(s: VmSize) -> pb::VmSize {
     pb::VmSize {
         vcpus: s.vcpus,
         memory_bytes: s.memory_bytes,
+        offline_cpus: s.offline_cpus,
+        offline_memory_blocks: s.offline_memory_blocks,
+        memory_block_bytes: s.memory_block_bytes,
     }
 }
 
@@ -190,6 +193,9 @@ mod tests {
             size: Some(VmSize {
                 vcpus: 4,
                 memory_bytes: 8 << 30,
+                offline_cpus: 2,
+                offline_memory_blocks: 8,
+                memory_block_bytes: 128 << 20,
             }),
             cpu: Some(shares(0.5)),
             cores: vec![
@@ -245,7 +251,10 @@ mod tests {
             r.size,
             Some(pb::VmSize {
                 vcpus: 4,
-                memory_bytes: 8 << 30
+                memory_bytes: 8 << 30,
+                offline_cpus: 2,
+                offline_memory_blocks: 8,
+                memory_block_bytes: 128 << 20,
             })
         );
         assert_eq!(r.cpu.unwrap().utilization, 0.5);

@@ -26,7 +26,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 enum Event {
-    Hello(pb::Hello, Option<String>),
+    Hello(Box<pb::Hello>, Option<String>),
     Report(Box<pb::Report>),
 }
 
@@ -58,7 +58,7 @@ impl Ingest for Recorder {
             while let Ok(Some(message)) = inbound.message().await {
                 match message.kind {
                     Some(pb::agent_message::Kind::Hello(hello)) => {
-                        let _ = events.send(Event::Hello(hello, authorization.clone()));
+                        let _ = events.send(Event::Hello(Box::new(hello), authorization.clone()));
                     }
                     Some(pb::agent_message::Kind::Report(report)) => {
                         let seq = report.seq;
@@ -148,7 +148,7 @@ impl Collector {
 
     fn hello(&self) -> (pb::Hello, Option<String>) {
         match self.next() {
-            Event::Hello(h, auth) => (h, auth),
+            Event::Hello(h, auth) => (*h, auth),
             Event::Report(r) => panic!("expected Hello first, got report {}", r.seq),
         }
     }

@@ -32,6 +32,7 @@ fn policy() -> Policy {
         name: name.into(),
         vcpus,
         memory_bytes: gib * GIB,
+        oktawave_type: None,
     };
     let mut p = GroupPolicy::with_ladder(vec![
         r("S", 1, 2),
@@ -149,6 +150,7 @@ fn live_fleet(n: usize, now: std::time::SystemTime, history: Duration) -> LiveFl
     let size = VmSize {
         vcpus: 4,
         memory_bytes: 8 * GIB - 150 * (1 << 20),
+        ..Default::default()
     };
     let start = now - history;
     for (i, name) in names.iter().enumerate() {

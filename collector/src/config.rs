@@ -599,7 +599,28 @@ impl Config {
                 }
             }
             if group.resizes() {
-                if let Err(e) = group.policy().compile() {
+                let mut policy = group.policy();
+                if group.ladder.iter().any(|r| r.oktawave_type.is_some()) {
+                    if !matches!(self.actuator, Some(ActuatorConfig::Oktawave(_))) {
+                        return err(
+                            &format!("groups[{i}].ladder"),
+                            "a rung names an oktawave_type but [actuator] is not kind = \"oktawave\""
+                                .into(),
+                        );
+                    }
+                    // Sizes of Oktawave types are read from the API at start (and the
+                    // ladder is checked again then); until then, stand-in sizes that grow
+                    // let names, min/max and boosts be checked here.
+                    let mut prev = (0u32, 0u64);
+                    for rung in &mut policy.ladder {
+                        if rung.oktawave_type.is_some() && rung.vcpus == 0 && rung.memory_bytes == 0
+                        {
+                            (rung.vcpus, rung.memory_bytes) = (prev.0 + 1, prev.1 + (1 << 30));
+                        }
+                        prev = (rung.vcpus, rung.memory_bytes);
+                    }
+                }
+                if let Err(e) = policy.compile() {
                     let key = policy_error_key(group, &e);
                     return err(&format!("groups[{i}].{key}"), e.to_string());
                 }
@@ -620,12 +641,26 @@ impl Config {
             }
         }
         if let Some(actuator) = &self.actuator
-            && let Err(e) = actuator.build()
+            && let Err(e) = actuator.check()
         {
-            let key = match e {
-                crate::actuator::ActuatorError::Secret { .. }
-                | crate::actuator::ActuatorError::EmptySecret(_) => "actuator.secret_file",
-                crate::actuator::ActuatorError::Url { .. } => "actuator.url",
+            use crate::actuator::ActuatorError as E;
+            let key = match (&e, actuator) {
+                (E::Secret { path, .. } | E::EmptySecret(path), ActuatorConfig::Oktawave(c)) => {
+                    if *path == c.password_file {
+                        "actuator.password_file"
+                    } else {
+                        "actuator.client_secret_file"
+                    }
+                }
+                (E::Secret { .. } | E::EmptySecret(_), _) => "actuator.secret_file",
+                (E::Url { url, .. }, ActuatorConfig::Oktawave(c)) => {
+                    if *url == c.id_url {
+                        "actuator.id_url"
+                    } else {
+                        "actuator.api_url"
+                    }
+                }
+                (E::Url { .. }, _) => "actuator.url",
                 _ => "actuator",
             };
             return err(key, e.to_string());

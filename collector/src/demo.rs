@@ -51,6 +51,7 @@ pub fn demo_group(vm: &str) -> Option<GroupConfig> {
         name: name.into(),
         vcpus,
         memory_bytes,
+        oktawave_type: None,
     };
     // A one-vCPU machine cannot halve its CPUs: its S keeps one and halves memory.
     let ladder = vec![

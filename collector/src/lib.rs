@@ -19,7 +19,8 @@
 //!   the API token or a loopback peer), the status page.
 //! - [`policy`]: the pure decision engine: group policy + metric view + clock →
 //!   resize decisions with their evidence. No I/O.
-//! - [`actuator`]: sends a resize request: signed webhook, command, or log only.
+//! - [`actuator`]: sends a resize request: Oktawave's API, signed webhook, command, or
+//!   log only.
 //! - [`store`]: the embedded SQLite state (decisions, attempts, cooldowns, flags).
 //! - [`engine`]: the resize loop: tick → evaluate → persist → dispatch to the actuator
 //!   (bounded queue, own tasks) → record outcomes → verify; restores after a restart.
@@ -65,7 +66,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::actuator::{Actuator, LogActuator};
+use crate::actuator::Actuator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::{Engine, EngineHandle};
@@ -164,7 +165,7 @@ impl Collector {
     }
 
     /// [`bind`](Collector::bind), with freshness and windows on `clock`.
-    pub async fn bind_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
+    pub async fn bind_with_clock(mut config: Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
         check_state_dir(&config.state.dir)?;
         let auth = Authenticator::from_config(&config.auth).map_err(Error::Auth)?;
         let bind = |what, addr| async move {
@@ -176,10 +177,7 @@ impl Collector {
         let http = bind("HTTP", config.listen.http).await?;
         let fleet = Arc::new(Fleet::new(FleetSettings::from_config(&config)));
         let store = Store::open(&config.state.dir)?;
-        let actuator: Arc<dyn Actuator> = match &config.actuator {
-            Some(a) => Arc::from(a.build()?),
-            None => Arc::new(LogActuator),
-        };
+        let actuator: Arc<dyn Actuator> = actuator::start(&mut config).await?;
         let api_token = config
             .api
             .token_file

@@ -284,6 +284,20 @@ pub fn render(fleet: &Fleet, stats: &IngestStats, engine: &EngineStats, now: Sys
     );
     e.per_vm(
         &vms,
+        "rally_vm_offline_cpus",
+        Gauge,
+        "CPUs present in the guest but offline: hot-added capacity the guest did not online.",
+        |vm| vm.size.map(|s| s.offline_cpus),
+    );
+    e.per_vm(
+        &vms,
+        "rally_vm_offline_memory_bytes",
+        Gauge,
+        "Memory present in the guest but offline (offline memory blocks): hot-added, not onlined.",
+        |vm| vm.size.map(|s| s.offline_memory_bytes),
+    );
+    e.per_vm(
+        &vms,
         "rally_vm_memory_available_bytes",
         Gauge,
         "MemAvailable: memory that can be allocated without swapping.",
@@ -622,6 +636,9 @@ mod tests {
                 size: Some(VmSize {
                     vcpus: 2,
                     memory_bytes: 4 << 30,
+                    // db-1 was given 2 CPUs and 1 GiB more and left them offline.
+                    offline_cpus: if *vm == "db-1" { 2 } else { 0 },
+                    offline_memory_bytes: if *vm == "db-1" { 1 << 30 } else { 0 },
                 }),
                 interval: Some(Duration::from_secs(5)),
             };
@@ -697,6 +714,9 @@ mod tests {
             "rally_vm_cpu_steal_ratio{vm=\"web-1\",group=\"web\"} 0.01",
             "rally_vm_vcpus{vm=\"web-1\",group=\"web\"} 2",
             "rally_vm_memory_total_bytes{vm=\"web-1\",group=\"web\"} 4294967296",
+            "rally_vm_offline_cpus{vm=\"web-1\",group=\"web\"} 0",
+            "rally_vm_offline_cpus{vm=\"db-1\",group=\"db\"} 2",
+            "rally_vm_offline_memory_bytes{vm=\"db-1\",group=\"db\"} 1073741824",
             "rally_vm_memory_available_bytes{vm=\"web-1\",group=\"web\"} 1073741824",
             "rally_vm_last_report_timestamp_seconds{vm=\"web-1\",group=\"web\"} 1700000000",
             "rally_vm_reports_lost_total{vm=\"web-2\",group=\"web\"} 2",

@@ -28,7 +28,8 @@ use crate::policy::state::{GroupState, Pause, ResizeRecord, ResizeStatus};
 pub const FILE_NAME: &str = "collector.sqlite3";
 
 /// Schema migrations; entry `n` takes the schema from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE decisions (
     id TEXT PRIMARY KEY,
     group_name TEXT NOT NULL,
@@ -78,7 +79,17 @@ CREATE TABLE groups (
     up_roll_stopped_until INTEGER,
     down_roll_stopped_until INTEGER
 );
-"#];
+"#,
+    r#"
+CREATE TABLE actuator_tickets (
+    decision_id TEXT PRIMARY KEY,
+    object_id TEXT NOT NULL,
+    ticket_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+"#,
+];
 
 /// How far back [`Store::load_group`] reads history (caps need at most a local day or a
 /// night; in-flight resizes are always read).
@@ -352,6 +363,46 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records the cloud operation (ticket) an actuator started for decision `id` on
+    /// `object_id`, so that after a restart it resumes polling the same ticket instead
+    /// of starting a second operation. Recording it again keeps the first.
+    pub fn record_ticket(
+        &mut self,
+        id: &str,
+        object_id: &str,
+        ticket_id: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO actuator_tickets (decision_id, object_id, ticket_id, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![id, object_id, ticket_id, at.timestamp_millis()],
+        )?;
+        Ok(())
+    }
+
+    /// Marks decision `id`'s ticket finished (its outcome is known).
+    pub fn finish_ticket(&mut self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE actuator_tickets SET finished_at = ?2 WHERE decision_id = ?1",
+            params![id, at.timestamp_millis()],
+        )?;
+        Ok(())
+    }
+
+    /// The ticket recorded for decision `id`: (object id, ticket id, finished).
+    pub fn ticket(&self, id: &str) -> Result<Option<(String, String, bool)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT object_id, ticket_id, finished_at IS NOT NULL FROM actuator_tickets
+                 WHERE decision_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
     }
 
     /// Records a new decision (in flight, or dry-run) before it is sent.
@@ -708,7 +759,7 @@ mod tests {
     fn decisions_attempts_and_verifications_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let d = decision("d1", "web", "web-1", "2026-01-15T10:00:00Z", false);
         store.record_decision(&d, 42).unwrap();
         let attempts = vec![
@@ -954,8 +1005,30 @@ mod tests {
             Store::open(dir.path()),
             Err(StoreError::NewerSchema {
                 found: 99,
-                supported: 1
+                supported: 2
             })
         ));
+    }
+
+    #[test]
+    fn a_ticket_is_kept_once_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let t: Timestamp = "2026-01-15T10:04:00Z".parse().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.ticket("d-1").unwrap(), None);
+        store.record_ticket("d-1", "501", "9001", t).unwrap();
+        // Recording again (a retried send) keeps the first ticket.
+        store.record_ticket("d-1", "501", "9002", t).unwrap();
+        drop(store);
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.ticket("d-1").unwrap(),
+            Some(("501".into(), "9001".into(), false))
+        );
+        store.finish_ticket("d-1", t).unwrap();
+        assert_eq!(
+            store.ticket("d-1").unwrap(),
+            Some(("501".into(), "9001".into(), true))
+        );
     }
 }

@@ -247,6 +247,8 @@ pub struct Sampler {
     whole_disks: Vec<String>,
     filesystems: filesystem::FilesystemSampler,
     filesystems_last: Previous<Vec<FilesystemSpace>>,
+    hotplug: size::Hotplug,
+    hotplug_text: String,
     health: [Health; Signal::ALL.len()],
 }
 
@@ -288,6 +290,8 @@ impl Sampler {
             whole_disks: Vec::new(),
             filesystems: filesystem::FilesystemSampler::new(),
             filesystems_last: None,
+            hotplug: size::Hotplug::new(&sys),
+            hotplug_text: String::new(),
             health: [Health::default(); Signal::ALL.len()],
         }
     }
@@ -343,17 +347,31 @@ impl Sampler {
         sample.memory = self.check(Signal::Memory, now, memory);
 
         // /proc/stat lists exactly the online CPUs: the fallback if sysfs is missing.
-        let vcpus = self
+        let from_sysfs = self
             .files
             .online_cpus
             .read(&mut self.text)
-            .and_then(|()| size::count_cpu_list(&self.text))
-            .or_else(|e| online_cores_in_stat.filter(|&n| n > 0).ok_or(e));
+            .and_then(|()| size::count_cpu_list(&self.text));
+        // Present-but-offline CPUs need the online list, which `self.text` holds when
+        // the sysfs read succeeded (without it, none is known to be offline).
+        let offline_cpus = if from_sysfs.is_ok() {
+            self.hotplug
+                .offline_cpus(&self.text, &mut self.hotplug_text)
+        } else {
+            Ok(0)
+        };
+        let vcpus = from_sysfs.or_else(|e| online_cores_in_stat.filter(|&n| n > 0).ok_or(e));
         let vcpus = self.check(Signal::Size, now, vcpus);
         if let (Some(vcpus), Some(memory)) = (vcpus, sample.memory) {
+            let offline_cpus = self.check(Signal::Size, now, offline_cpus).unwrap_or(0);
+            let blocks = self.hotplug.memory_blocks(now, memory.total_bytes);
+            let blocks = self.check(Signal::Size, now, blocks).unwrap_or_default();
             sample.size = Some(VmSize {
                 vcpus,
                 memory_bytes: memory.total_bytes,
+                offline_cpus,
+                offline_memory_blocks: blocks.offline,
+                memory_block_bytes: blocks.block_bytes,
             });
         }
 
@@ -662,6 +680,45 @@ mod tests {
         fs::remove_file(root.path().join("sys/devices/system/cpu/online")).unwrap();
         let sample = Sampler::new(root.path()).sample();
         assert_eq!(sample.size.unwrap().vcpus, 2);
+    }
+
+    #[test]
+    fn hot_added_capacity_left_offline_is_reported_with_the_size() {
+        let root = fake_root(true);
+        // The captured hot-add tree: CPUs 0-3 present, 0-1 online; 8 blocks offline.
+        let tree = Path::new(FIXTURES).join("sysfs-hotadd-offline/sys/devices/system");
+        let sys = root.path().join("sys/devices/system");
+        fs::copy(tree.join("cpu/online"), sys.join("cpu/online")).unwrap();
+        fs::copy(tree.join("cpu/present"), sys.join("cpu/present")).unwrap();
+        fs::create_dir_all(sys.join("memory")).unwrap();
+        for entry in fs::read_dir(tree.join("memory")).unwrap() {
+            let entry = entry.unwrap();
+            let to = sys.join("memory").join(entry.file_name());
+            if entry.path().is_dir() {
+                fs::create_dir_all(&to).unwrap();
+                fs::copy(entry.path().join("state"), to.join("state")).unwrap();
+            } else {
+                fs::copy(entry.path(), to).unwrap();
+            }
+        }
+        let size = Sampler::new(root.path()).sample().size.unwrap();
+        assert_eq!(size.vcpus, 2, "usable CPUs are the online ones");
+        assert_eq!(size.offline_cpus, 2);
+        assert_eq!(size.offline_memory_blocks, 8);
+        assert_eq!(size.memory_block_bytes, 128 << 20);
+    }
+
+    #[test]
+    fn a_root_without_hotplug_files_reports_nothing_offline() {
+        let size = Sampler::new(fake_root(true).path()).sample().size.unwrap();
+        assert_eq!(
+            (
+                size.offline_cpus,
+                size.offline_memory_blocks,
+                size.memory_block_bytes
+            ),
+            (0, 0, 0)
+        );
     }
 
     #[test]

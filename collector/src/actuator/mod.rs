@@ -1,6 +1,7 @@
-//! Actuators send a decided resize somewhere that can carry it out: a signed webhook, a
-//! local command, or the log only (what dry-run uses).
+//! Actuators send a decided resize somewhere that can carry it out: a cloud's API
+//! (Oktawave), a signed webhook, a local command, or the log only (what dry-run uses).
 //!
+//! - `oktawave`: changes the Oktawave instance type and follows the ticket to its end.
 //! - `webhook`: POSTs the SPEC's JSON body, HMAC-signed, with retries and backoff.
 //! - `command`: runs a program with the request on stdin and in `RALLY_*` variables.
 //! - `log`: records the request and accepts it.
@@ -10,10 +11,12 @@
 
 pub mod command;
 pub mod log;
+pub mod oktawave;
 pub mod webhook;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +26,7 @@ use crate::policy::decision::{Decision, Direction, Evidence, SizedRung, Trigger}
 
 pub use command::{Command, CommandConfig};
 pub use log::LogActuator;
+pub use oktawave::{Oktawave, OktawaveConfig};
 pub use webhook::{Webhook, WebhookConfig};
 
 /// The request every actuator sends: the webhook's JSON body, the command's stdin.
@@ -51,6 +55,9 @@ pub struct ResizeRequest {
     pub dry_run: bool,
     /// When the decision was made (RFC 3339).
     pub created_at: Timestamp,
+    /// When the resize fails if the agent has not reported the new size (RFC 3339);
+    /// actuators that follow a cloud operation stop waiting for it then.
+    pub verify_deadline: Timestamp,
     /// The leader's fencing token (0 without high availability); receivers may reject
     /// a token lower than one they have seen.
     pub fencing_token: u64,
@@ -71,6 +78,7 @@ impl ResizeRequest {
             evidence: decision.evidence.clone(),
             dry_run: decision.dry_run,
             created_at: decision.created_at,
+            verify_deadline: decision.verify_deadline,
             fencing_token,
         }
     }
@@ -204,6 +212,9 @@ pub enum ActuatorError {
     /// The command config is unusable.
     #[error("command: {0}")]
     Command(String),
+    /// The Oktawave actuator cannot start (config, API, or ladder resolution).
+    #[error("oktawave: {0}")]
+    Oktawave(String),
 }
 
 /// `[actuator]` in `collector.toml`: which actuator sends resize requests.
@@ -214,20 +225,54 @@ pub enum ActuatorConfig {
     Webhook(WebhookConfig),
     /// A local program.
     Command(CommandConfig),
+    /// Oktawave's API (instance type change tickets).
+    Oktawave(OktawaveConfig),
     /// Record only.
     Log {},
 }
 
 impl ActuatorConfig {
-    /// Builds the configured actuator (reads the webhook secret now, so a bad path fails
-    /// at start-up, not at the first resize).
+    /// Builds an actuator that needs nothing but its config (reads the webhook secret
+    /// now, so a bad path fails at start-up, not at the first resize). Oktawave needs the
+    /// API and the state store: it is built by [`start`].
     pub fn build(&self) -> Result<Box<dyn Actuator>, ActuatorError> {
         Ok(match self {
             ActuatorConfig::Webhook(c) => Box::new(Webhook::new(c.clone())?),
             ActuatorConfig::Command(c) => Box::new(Command::new(c.clone())?),
+            ActuatorConfig::Oktawave(_) => {
+                return Err(ActuatorError::Oktawave(
+                    "built at start with the API and the state store (actuator::start)".into(),
+                ));
+            }
             ActuatorConfig::Log {} => Box::new(LogActuator),
         })
     }
+
+    /// Checks what can be checked without the network: secret files, URLs, bounds.
+    pub fn check(&self) -> Result<(), ActuatorError> {
+        match self {
+            ActuatorConfig::Oktawave(c) => Oktawave::new(c.clone()).map(drop),
+            other => other.build().map(drop),
+        }
+    }
+}
+
+/// Builds the configured actuator for a starting collector (the log actuator without
+/// one). For Oktawave this asks the API for its instance types and resolves every
+/// group's ladder in `config` to them (refusing to start on an unknown type), and opens
+/// the ticket store in the state directory.
+pub async fn start(config: &mut crate::config::Config) -> Result<Arc<dyn Actuator>, ActuatorError> {
+    Ok(match &config.actuator {
+        None => Arc::new(LogActuator),
+        Some(ActuatorConfig::Oktawave(c)) => {
+            let store = crate::store::Store::open(&config.state.dir)
+                .map_err(|e| ActuatorError::Oktawave(format!("ticket store: {e}")))?;
+            let mut oktawave = Oktawave::new(c.clone())?.with_store(store);
+            oktawave.resolve(&mut config.groups).await?;
+            Arc::new(oktawave)
+        }
+        Some(other) => Arc::from(other.build()?),
+    })
 }
 
 /// Exponential backoff with ±20 % jitter: `initial × 2^(attempt−1)`, capped at `max`.

@@ -98,11 +98,13 @@ fn policy() -> GroupPolicy {
             name: "M".into(),
             vcpus: 2,
             memory_bytes: 4 * GIB,
+            oktawave_type: None,
         },
         Rung {
             name: "L".into(),
             vcpus: 4,
             memory_bytes: 8 * GIB,
+            oktawave_type: None,
         },
     ]);
     p.rules = vec![Rule {

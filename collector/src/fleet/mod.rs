@@ -716,6 +716,7 @@ mod tests {
             size: Some(VmSize {
                 vcpus: 2,
                 memory_bytes: 4 << 30,
+                ..Default::default()
             }),
             interval: Some(Duration::from_secs(5)),
         }
@@ -729,6 +730,7 @@ mod tests {
             size: Some(VmSize {
                 vcpus: 2,
                 memory_bytes: 4 << 30,
+                ..Default::default()
             }),
             cpu: Some(CpuShares {
                 utilization: util,

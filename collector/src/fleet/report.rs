@@ -6,13 +6,24 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-/// The size of a VM as the guest can use it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The size of a VM as the guest can use it, and what it was given but left offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct VmSize {
     /// Online CPUs.
     pub vcpus: u32,
     /// MemTotal, in bytes.
     pub memory_bytes: u64,
+    /// CPUs present but offline (hot-added, not onlined).
+    pub offline_cpus: u32,
+    /// Memory present but offline (offline blocks × block size), in bytes.
+    pub offline_memory_bytes: u64,
+}
+
+impl VmSize {
+    /// Whether hot-added capacity stayed offline in the guest.
+    pub fn has_offline_capacity(&self) -> bool {
+        self.offline_cpus > 0 || self.offline_memory_bytes > 0
+    }
 }
 
 /// Shares of an interval's CPU time, each in 0..1.

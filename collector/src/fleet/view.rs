@@ -140,6 +140,8 @@ impl MetricView for FleetView<'_> {
                 Some(ReportedSize {
                     vcpus: size.vcpus,
                     memory_total_bytes: size.memory_bytes,
+                    offline_cpus: size.offline_cpus,
+                    offline_memory_bytes: size.offline_memory_bytes,
                     at: timestamp(at),
                 })
             })
@@ -257,6 +259,7 @@ pub(crate) mod fixtures {
                 size: Some(VmSize {
                     vcpus,
                     memory_bytes,
+                    ..Default::default()
                 }),
                 interval: Some(interval),
             };
@@ -280,6 +283,7 @@ pub(crate) mod fixtures {
                 size: Some(VmSize {
                     vcpus: self.vcpus,
                     memory_bytes: self.memory_bytes,
+                    ..Default::default()
                 }),
                 cpu: Some(CpuShares {
                     utilization: cpu,

@@ -90,11 +90,22 @@ pub fn render(
                  <th>CPU pressure</th><th>agent</th></tr></thead>\n<tbody>\n",
             );
         }
-        let state = if vm.fresh {
-            "<span class=\"fresh\">up</span>"
+        let mut state = if vm.fresh {
+            "<span class=\"fresh\">up</span>".to_string()
         } else {
-            "<span class=\"stale\">stale</span>"
+            "<span class=\"stale\">stale</span>".to_string()
         };
+        // Hot-added capacity the guest did not online: the VM is not as big as it looks
+        // from the cloud, and a resize to it is not verified.
+        if let Some(s) = vm.size.filter(|s| s.has_offline_capacity()) {
+            let _ = write!(
+                state,
+                " <span class=\"stale\" title=\"hot-added capacity stayed offline in the guest\">\
+                 offline: {} CPUs, {}</span>",
+                s.offline_cpus,
+                bytes(Some(s.offline_memory_bytes))
+            );
+        }
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td class=\"text\">{}</td><td class=\"text\">{state}</td><td>{}</td>\

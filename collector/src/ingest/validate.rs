@@ -94,9 +94,32 @@ fn size(field: &str, size: Option<v1::VmSize>) -> Result<Option<VmSize>, Invalid
             "must be more than 0",
         ));
     }
+    if size.offline_cpus > MAX_VCPUS {
+        return Err(invalid(
+            format!("{field}.offline_cpus"),
+            format!("{} is more than {MAX_VCPUS}", size.offline_cpus),
+        ));
+    }
+    // Offline memory as bytes; a product that overflows is nonsense from the agent.
+    let offline_memory_bytes = u64::from(size.offline_memory_blocks)
+        .checked_mul(size.memory_block_bytes)
+        .ok_or_else(|| {
+            invalid(
+                format!("{field}.offline_memory_blocks"),
+                "times memory_block_bytes overflows",
+            )
+        })?;
+    if size.offline_memory_blocks > 0 && size.memory_block_bytes == 0 {
+        return Err(invalid(
+            format!("{field}.memory_block_bytes"),
+            "must be set when offline_memory_blocks is",
+        ));
+    }
     Ok(Some(VmSize {
         vcpus: size.vcpus,
         memory_bytes: size.memory_bytes,
+        offline_cpus: size.offline_cpus,
+        offline_memory_bytes,
     }))
 }
 
@@ -348,6 +371,7 @@ mod tests {
             size: Some(v1::VmSize {
                 vcpus: 2,
                 memory_bytes: 4 << 30,
+                ..Default::default()
             }),
             interval_ms: 5000,
         }
@@ -361,6 +385,7 @@ mod tests {
             size: Some(v1::VmSize {
                 vcpus: 2,
                 memory_bytes: 4 << 30,
+                ..Default::default()
             }),
             cpu: Some(v1::CpuTimes {
                 user: 0.3,
@@ -405,6 +430,23 @@ mod tests {
     }
 
     #[test]
+    fn offline_capacity_converts_to_bytes() {
+        let mut r = good_report();
+        let size = r.size.as_mut().unwrap();
+        (
+            size.offline_cpus,
+            size.offline_memory_blocks,
+            size.memory_block_bytes,
+        ) = (2, 8, 128 << 20);
+        let size = report(r).unwrap().size.unwrap();
+        assert_eq!((size.offline_cpus, size.offline_memory_bytes), (2, 1 << 30));
+        assert!(size.has_offline_capacity());
+        // An agent older than these fields sends zeros: nothing offline.
+        let size = report(good_report()).unwrap().size.unwrap();
+        assert!(!size.has_offline_capacity());
+    }
+
+    #[test]
     fn ratios_get_a_small_epsilon_and_are_clamped() {
         let mut r = good_report();
         r.cpu.as_mut().unwrap().utilization = 1.0 + 1e-9;
@@ -435,6 +477,21 @@ mod tests {
             (
                 "report.size.vcpus",
                 Box::new(|r| r.size.as_mut().unwrap().vcpus = 0),
+            ),
+            (
+                "report.size.memory_block_bytes",
+                Box::new(|r| r.size.as_mut().unwrap().offline_memory_blocks = 3),
+            ),
+            (
+                "report.size.offline_memory_blocks",
+                Box::new(|r| {
+                    let s = r.size.as_mut().unwrap();
+                    (s.offline_memory_blocks, s.memory_block_bytes) = (u32::MAX, u64::MAX);
+                }),
+            ),
+            (
+                "report.size.offline_cpus",
+                Box::new(|r| r.size.as_mut().unwrap().offline_cpus = u32::MAX),
             ),
             (
                 "report.load.one",

@@ -121,6 +121,7 @@ mod tests {
             name: name.into(),
             vcpus,
             memory_bytes: u64::from(vcpus) << 31,
+            oktawave_type: None,
         };
         Ladder::new(
             vec![r("S", 1), r("M", 2), r("L", 4), r("XL", 8)],

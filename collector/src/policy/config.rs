@@ -465,6 +465,7 @@ mod tests {
                 name: "S".into(),
                 vcpus: 1,
                 memory_bytes: 1 << 30,
+                oktawave_type: None,
             }])
         };
         let unknown = toml::from_str::<GroupPolicy>("ladder = []\nsurprise = 1").unwrap_err();

@@ -163,14 +163,27 @@ fn verify<V: MetricView + ?Sized>(
                 state.resizes[i].status = ResizeStatus::Verified { at: now };
                 state.consecutive_failures = 0;
             }
-            _ if now >= rec.deadline => {
-                let reason = format!(
-                    "not verified within {}: the agent did not report {} vCPUs and the requested memory",
-                    humantime::format_duration(
-                        (rec.deadline - rec.created_at).to_std().unwrap_or_default()
-                    ),
-                    rec.to.vcpus
+            reported if now >= rec.deadline => {
+                let within = humantime::format_duration(
+                    (rec.deadline - rec.created_at).to_std().unwrap_or_default(),
                 );
+                let reason = match reported {
+                    Some(rep)
+                        if rec.direction == Direction::Up
+                            && (rep.offline_cpus > 0 || rep.offline_memory_bytes > 0) =>
+                    {
+                        format!(
+                            "not verified within {within}: hot-added capacity stayed offline in the guest \
+                             ({} CPUs, {} MiB of memory offline; is rally-agent's udev rule installed?)",
+                            rep.offline_cpus,
+                            rep.offline_memory_bytes >> 20
+                        )
+                    }
+                    _ => format!(
+                        "not verified within {within}: the agent did not report {} vCPUs and the requested memory",
+                        rec.to.vcpus
+                    ),
+                };
                 state.fail(group.policy, i, now, &reason, &mut out.events);
             }
             _ => {}

@@ -19,15 +19,43 @@ pub struct Size {
 }
 
 /// One named size on a group's ladder, as written in `collector.toml`.
+///
+/// With the Oktawave actuator a rung may name an Oktawave instance type instead of a
+/// size (`{ name = "M", oktawave_type = "v1.standard-2.4" }` or `oktawave_type = 1047`):
+/// the collector reads the type's vCPUs and RAM from Oktawave's API when it starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rung {
     /// Name used in config, decisions and the API (e.g. the cloud's instance class).
     pub name: String,
-    /// Number of vCPUs at this rung.
+    /// Number of vCPUs at this rung (read from the type when `oktawave_type` is set).
+    #[serde(default)]
     pub vcpus: u32,
-    /// Memory at this rung, in bytes.
+    /// Memory at this rung, in bytes (read from the type when `oktawave_type` is set).
+    #[serde(default)]
     pub memory_bytes: u64,
+    /// The Oktawave instance type this rung is, by name or id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oktawave_type: Option<TypeRef>,
+}
+
+/// A cloud instance type named in a rung: its numeric id or its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TypeRef {
+    /// The type's id (`1047`).
+    Id(u32),
+    /// The type's name (`"v1.standard-2.4"`), or its id written as a string.
+    Name(String),
+}
+
+impl std::fmt::Display for TypeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TypeRef::Id(id) => write!(f, "{id}"),
+            TypeRef::Name(name) => write!(f, "{name:?}"),
+        }
+    }
 }
 
 impl Rung {
@@ -206,6 +234,7 @@ mod tests {
             name: name.into(),
             vcpus,
             memory_bytes: gib * GIB,
+            oktawave_type: None,
         }
     }
 

@@ -53,6 +53,15 @@ impl MemoryView {
         self.now = now;
     }
 
+    /// Marks `vm`'s latest reported size as leaving capacity offline (hot-added CPUs and
+    /// memory the guest did not online).
+    pub fn offline(&mut self, vm: &str, offline_cpus: u32, offline_memory_bytes: u64) {
+        if let Some(size) = self.vms.get_mut(vm).and_then(|r| r.size.as_mut()) {
+            size.offline_cpus = offline_cpus;
+            size.offline_memory_bytes = offline_memory_bytes;
+        }
+    }
+
     /// Records a report of `vm` at `at` with its size and the metrics it carried (a metric
     /// left out is absent in that report).
     pub fn report(
@@ -68,6 +77,8 @@ impl MemoryView {
         rec.size = Some(ReportedSize {
             vcpus,
             memory_total_bytes,
+            offline_cpus: 0,
+            offline_memory_bytes: 0,
             at,
         });
         for &(metric, value) in metrics {

@@ -99,9 +99,16 @@ impl ResizeRecord {
     }
 
     /// Whether `reported` shows this resize landed: the requested vCPU count, and MemTotal
-    /// moved by the requested amount give or take one 128 MiB memory block.
+    /// moved by the requested amount give or take one 128 MiB memory block. A scale-up is
+    /// never verified while the guest leaves hot-added CPUs or memory offline: the VM
+    /// would not be any faster.
     pub fn verified_by(&self, reported: &ReportedSize) -> bool {
         if reported.at <= self.created_at || reported.vcpus != self.to.vcpus {
+            return false;
+        }
+        if self.direction == Direction::Up
+            && (reported.offline_cpus > 0 || reported.offline_memory_bytes > 0)
+        {
             return false;
         }
         let requested = i128::from(self.to.memory_bytes) - i128::from(self.from.memory_bytes);

@@ -154,6 +154,7 @@ mod tests {
             name: name.into(),
             vcpus,
             memory_bytes: gib * GIB,
+            oktawave_type: None,
         };
         Ladder::new(
             vec![

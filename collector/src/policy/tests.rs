@@ -28,6 +28,7 @@ fn ladder() -> Vec<Rung> {
         name: name.into(),
         vcpus,
         memory_bytes: gib * GIB,
+        oktawave_type: None,
     };
     vec![
         r("S", 1, 2),
@@ -62,6 +63,8 @@ struct SimVm {
     mem_used: f64,
     reporting: bool,
     pending: Option<(Timestamp, u32, u64)>,
+    /// Hot-added capacity the guest left offline: (CPUs, memory bytes).
+    offline: (u32, u64),
 }
 
 struct Sim {
@@ -100,6 +103,7 @@ impl Sim {
                     mem_used: 0.3,
                     reporting: true,
                     pending: None,
+                    offline: (0, 0),
                 }
             })
             .collect();
@@ -153,6 +157,7 @@ impl Sim {
                     v.memory_bytes - RESERVED,
                     &metrics,
                 );
+                self.view.offline(&v.name, v.offline.0, v.offline.1);
             }
         }
         if evaluate_now {
@@ -617,6 +622,51 @@ fn an_unverified_resize_fails_and_stops_the_roll() {
     assert_eq!(sim.log().len(), 1);
     sim.run(mins(5));
     assert_eq!(sim.log().len(), 2);
+}
+
+#[test]
+fn a_scale_up_is_not_verified_while_hot_added_capacity_stays_offline() {
+    let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", |p| {
+        p.rules[0].hold_for = mins(1)
+    });
+    sim.load_all(0.95).run(mins(2) + Duration::from_secs(5));
+    assert_eq!(sim.log(), ["web-1 M→L rule"]);
+    // The cloud applies L, and the guest reports L's vCPUs and MemTotal, but one more
+    // CPU is present and offline: the guest did not online everything it was given.
+    sim.vm("web-1").offline = (1, 0);
+    sim.run(mins(2));
+    assert_eq!(sim.state.resizes[0].status, ResizeStatus::InFlight);
+    // The udev rule (or an operator) onlines it: verified at the next report.
+    sim.vm("web-1").offline = (0, 0);
+    sim.run(Duration::from_secs(5));
+    assert!(matches!(
+        sim.state.resizes[0].status,
+        ResizeStatus::Verified { .. }
+    ));
+}
+
+#[test]
+fn memory_left_offline_fails_the_resize_and_says_why() {
+    let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", |p| {
+        p.rules[0].hold_for = mins(1)
+    });
+    sim.cloud = Cloud::Ignores;
+    sim.load_all(0.95).run(mins(2) + Duration::from_secs(5));
+    assert_eq!(sim.log(), ["web-1 M→L rule"]);
+    // Stock Debian 12 without the rule: the CPUs came online (the kernel onlines CPUs),
+    // the 4 GiB of new memory blocks stayed offline, MemTotal did not move.
+    sim.vm("web-1").vcpus = 4;
+    sim.vm("web-1").offline = (0, 4 * GIB);
+    sim.run(mins(6));
+    let reason = sim.events.iter().find_map(|e| match e {
+        Event::Failed { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    let reason = reason.expect("the resize failed");
+    assert!(
+        reason.contains("hot-added capacity stayed offline") && reason.contains("4096 MiB"),
+        "{reason}"
+    );
 }
 
 #[test]

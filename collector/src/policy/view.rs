@@ -24,13 +24,17 @@ pub enum Freshness {
     Unknown,
 }
 
-/// The size the agent says the guest can use now.
+/// The size the agent says the guest can use now, and what it left offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReportedSize {
     /// Online vCPUs.
     pub vcpus: u32,
     /// MemTotal in bytes.
     pub memory_total_bytes: u64,
+    /// CPUs present in the guest but offline (hot-added, not onlined).
+    pub offline_cpus: u32,
+    /// Memory present in the guest but offline, in bytes.
+    pub offline_memory_bytes: u64,
     /// When the report carrying this size was taken.
     pub at: Timestamp,
 }

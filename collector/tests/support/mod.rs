@@ -110,6 +110,7 @@ pub fn hello(vm: &str, run_id: u64) -> v1::Hello {
         size: Some(v1::VmSize {
             vcpus: 2,
             memory_bytes: 4 << 30,
+            ..Default::default()
         }),
         interval_ms: 5000,
     }
@@ -127,6 +128,7 @@ pub fn report(seq: u64, utilization: f64) -> v1::Report {
         size: Some(v1::VmSize {
             vcpus: 2,
             memory_bytes: 4 << 30,
+            ..Default::default()
         }),
         cpu: Some(v1::CpuTimes {
             user: utilization,

@@ -1,0 +1,795 @@
+//! The Oktawave actuator against a fake Oktawave written here, speaking Oktawave's v1
+//! protocol over a real HTTP socket: the OAuth2 password grant at
+//! `/core/connect/token`, `GET /instances/types`, `GET /instances/{id}`,
+//! `POST /instances/{id}/change_type_ticket`, `GET /tickets/{id}` with tickets moving
+//! new (134) → running (135) → succeeded (136) or error (137).
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rally_collector::actuator::{self, Actuator, ResizeRequest, Verdict};
+use rally_collector::config::Config;
+use rally_collector::policy::decision::{Direction, SizedRung, Trigger};
+use serde_json::{Value, json};
+use support::WAIT;
+
+const CLIENT: &str = "rally-test-client";
+const SECRET: &str = "s3cret";
+const USER: &str = "ops@shop.example";
+const PASSWORD: &str = "p@ss word";
+const MIB: u64 = 1 << 20;
+
+/// How a ticket created by the fake ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Script {
+    /// Succeeds at this poll (1-based); earlier polls say new, then running.
+    SucceedAt(u32),
+    /// Ends in error at this poll.
+    FailAt(u32),
+    /// Runs until `release` is called, then succeeds at the next poll.
+    Hold,
+}
+
+#[derive(Debug, Clone)]
+struct FakeInstance {
+    cpu: u32,
+    ram_mb: u64,
+    locked: bool,
+}
+
+#[derive(Debug, Clone)]
+struct FakeTicket {
+    instance: u64,
+    type_id: u32,
+    polls: u32,
+    ended: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    next_token: u32,
+    valid_tokens: HashSet<String>,
+    /// Every token request: (authorization header, form fields).
+    token_requests: Vec<(String, HashMap<String, String>)>,
+    /// API calls answered 401.
+    unauthorized: u32,
+    /// The next API call with this token is refused as expired.
+    expire_next_use: bool,
+    instances: HashMap<u64, FakeInstance>,
+    tickets: HashMap<u64, FakeTicket>,
+    /// (instance, body, when) of every change_type_ticket.
+    changes: Vec<(u64, Value, chrono::DateTime<chrono::Utc>)>,
+    /// Ticket ids polled, in order.
+    polls: Vec<u64>,
+    /// The next N ticket polls answer 503.
+    failing_polls: u32,
+    script: Option<Script>,
+    released: bool,
+}
+
+#[derive(Clone)]
+struct Fake(Arc<Mutex<FakeState>>);
+
+fn types() -> Value {
+    json!({
+        "Items": [
+            {"Id": 1046, "Name": "v1.standard-1.2", "Cpu": 1, "Ram": 2048, "AvailableForFreemium": true,
+             "Category": {"Id": 1, "Label": "Standard"}},
+            {"Id": 1047, "Name": "v1.standard-2.4", "Cpu": 2, "Ram": 4096, "AvailableForFreemium": false,
+             "Category": {"Id": 1, "Label": "Standard"}},
+            {"Id": 1048, "Name": "v1.standard-4.8", "Cpu": 4, "Ram": 8192, "AvailableForFreemium": false,
+             "Category": {"Id": 1, "Label": "Standard"}},
+            {"Id": 1049, "Name": "v1.standard-8.16", "Cpu": 8, "Ram": 16384, "AvailableForFreemium": false,
+             "Category": {"Id": 1, "Label": "Standard"}}
+        ],
+        "Meta": {"TotalItems": 4, "PageNumber": 1, "PageSize": 100}
+    })
+}
+
+fn type_size(id: u32) -> (u32, u64) {
+    match id {
+        1046 => (1, 2048),
+        1047 => (2, 4096),
+        1048 => (4, 8192),
+        _ => (8, 16384),
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding, enough for the token request.
+fn form(body: &[u8]) -> HashMap<String, String> {
+    let decode = |s: &str| {
+        let bytes = s.replace('+', " ").into_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    std::str::from_utf8(body)
+        .unwrap()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn ticket_json(id: u64, t: &FakeTicket) -> Value {
+    let (status, label, end) = match t.ended {
+        Some(136) => (136, "Succeeded", json!("2026-01-15T10:04:31.52+01:00")),
+        Some(s) => (s, "Error", json!("2026-01-15T10:04:31.52+01:00")),
+        None if t.polls <= 1 => (134, "New", Value::Null),
+        None => (135, "Running", Value::Null),
+    };
+    json!({
+        "Id": id,
+        "CreationDate": "2026-01-15T10:04:00+01:00",
+        "CreationUser": {"Id": 42, "FullName": "ops"},
+        "EndDate": end,
+        "Status": {"Id": status, "Label": label},
+        "OperationType": {"Id": 1220, "Label": "Change instance class"},
+        "ObjectId": t.instance,
+        "ObjectType": {"Id": 1, "Label": "Instance"},
+        "ObjectName": "web-1",
+        "Progress": if t.ended.is_some() { 100 } else { 10 * t.polls.min(9) }
+    })
+}
+
+impl Fake {
+    fn new(instances: &[(u64, u32, u64)]) -> Self {
+        let state = FakeState {
+            instances: instances
+                .iter()
+                .map(|&(id, cpu, ram_mb)| {
+                    (
+                        id,
+                        FakeInstance {
+                            cpu,
+                            ram_mb,
+                            locked: false,
+                        },
+                    )
+                })
+                .collect(),
+            script: Some(Script::SucceedAt(3)),
+            ..FakeState::default()
+        };
+        Self(Arc::new(Mutex::new(state)))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+
+    /// Whether the request carries a valid token (an expired or unknown one counts a 401).
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_owned();
+        self.with(|s| {
+            if s.expire_next_use && s.valid_tokens.contains(&token) {
+                s.expire_next_use = false;
+                s.valid_tokens.remove(&token);
+            }
+            let ok = s.valid_tokens.contains(&token);
+            if !ok {
+                s.unauthorized += 1;
+            }
+            ok
+        })
+    }
+
+    async fn serve(self) -> SocketAddr {
+        let app = Router::new()
+            .route("/id/core/connect/token", post(token))
+            .route("/api/instances/types", get(list_types))
+            .route("/api/instances/{id}", get(instance))
+            .route("/api/instances/{id}/change_type_ticket", post(change_type))
+            .route("/api/tickets/{id}", get(ticket))
+            .with_state(self);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [("www-authenticate", "Bearer error=\"invalid_token\"")],
+        "",
+    )
+        .into_response()
+}
+
+async fn token(State(fake): State<Fake>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let fields = form(&body);
+    let expected = reqwest::Client::new()
+        .get("http://x")
+        .basic_auth(CLIENT, Some(SECRET))
+        .build()
+        .unwrap()
+        .headers()["authorization"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    fake.with(|s| {
+        s.token_requests.push((auth.clone(), fields.clone()));
+        let ok = auth == expected
+            && fields.get("grant_type").map(String::as_str) == Some("password")
+            && fields.get("username").map(String::as_str) == Some(USER)
+            && fields.get("password").map(String::as_str) == Some(PASSWORD)
+            && fields.get("scope").map(String::as_str) == Some("oktawave.api");
+        if !ok {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "invalid_grant"})),
+            )
+                .into_response();
+        }
+        s.next_token += 1;
+        let token = format!("token-{}", s.next_token);
+        s.valid_tokens.insert(token.clone());
+        axum::Json(json!({"access_token": token, "expires_in": 3600, "token_type": "Bearer"}))
+            .into_response()
+    })
+}
+
+async fn list_types(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    axum::Json(types()).into_response()
+}
+
+async fn instance(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+) -> Response {
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    fake.with(|s| match s.instances.get(&id) {
+        Some(i) => axum::Json(json!({
+            "Id": id, "Name": "web-1", "CpuNumber": i.cpu, "RamMb": i.ram_mb,
+            "IsLocked": i.locked, "Status": {"Id": 86, "Label": "Powered on"}
+        }))
+        .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    })
+}
+
+async fn change_type(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+    body: Bytes,
+) -> Response {
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    fake.with(|s| {
+        s.changes.push((id, body.clone(), chrono::Utc::now()));
+        let Some(type_id) = body["TypeId"].as_u64() else {
+            return (StatusCode::BAD_REQUEST, "TypeId required").into_response();
+        };
+        let Some(inst) = s.instances.get_mut(&id) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        if inst.locked {
+            return (StatusCode::CONFLICT, "instance locked").into_response();
+        }
+        inst.locked = true;
+        let ticket_id = 9000 + s.tickets.len() as u64 + 1;
+        let t = FakeTicket {
+            instance: id,
+            type_id: type_id as u32,
+            polls: 0,
+            ended: None,
+        };
+        let answer = ticket_json(ticket_id, &t);
+        s.tickets.insert(ticket_id, t);
+        axum::Json(answer).into_response()
+    })
+}
+
+async fn ticket(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<u64>,
+) -> Response {
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    fake.with(|s| {
+        s.polls.push(id);
+        if s.failing_polls > 0 {
+            s.failing_polls -= 1;
+            return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
+        }
+        let (script, released) = (s.script, s.released);
+        let Some(t) = s.tickets.get_mut(&id) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        t.polls += 1;
+        if t.ended.is_none() {
+            t.ended = match script {
+                Some(Script::SucceedAt(n)) if t.polls >= n => Some(136),
+                Some(Script::FailAt(n)) if t.polls >= n => Some(137),
+                Some(Script::Hold) if released => Some(136),
+                _ => None,
+            };
+            if let Some(end) = t.ended {
+                let (instance, type_id) = (t.instance, t.type_id);
+                let inst = s.instances.get_mut(&instance).unwrap();
+                inst.locked = false;
+                if end == 136 {
+                    (inst.cpu, inst.ram_mb) = type_size(type_id);
+                }
+            }
+        }
+        let t = &s.tickets[&id];
+        axum::Json(ticket_json(id, t)).into_response()
+    })
+}
+
+/// Secret files and the `[actuator]` TOML pointing at the fake.
+fn actuator_toml(dir: &Path, fake: SocketAddr) -> String {
+    std::fs::write(dir.join("client_secret"), format!("{SECRET}\n")).unwrap();
+    std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
+    format!(
+        r#"
+[actuator]
+kind = "oktawave"
+id_url = "http://{fake}/id"
+api_url = "http://{fake}/api"
+client_id = "{CLIENT}"
+client_secret_file = "{secret}"
+username = "{USER}"
+password_file = "{password}"
+poll_interval = "50ms"
+timeout = "5s"
+max_transient_errors = 3
+[actuator.instances]
+web-1 = 501
+web-2 = 502
+"#,
+        secret = dir.join("client_secret").display(),
+        password = dir.join("password").display(),
+    )
+}
+
+const GROUP: &str = r#"
+[[groups]]
+name = "web"
+vms = ["web-1", "web-2"]
+dry_run = false
+ladder = [
+  { name = "M", oktawave_type = "v1.standard-2.4" },
+  { name = "L", oktawave_type = 1048 },
+  { name = "XL", vcpus = 8, memory_bytes = 17179869184 },
+]
+"#;
+
+fn load(dir: &Path, fake: SocketAddr, group: &str) -> Config {
+    let source = format!(
+        "[state]\ndir = \"{}\"\n{group}{}",
+        dir.join("state").display(),
+        actuator_toml(dir, fake)
+    );
+    Config::from_toml(&source, Path::new("collector.toml")).unwrap()
+}
+
+fn request(id: &str, vm: &str, deadline: Duration) -> ResizeRequest {
+    let now = chrono::Utc::now();
+    ResizeRequest {
+        id: id.into(),
+        vm: vm.into(),
+        group: "web".into(),
+        direction: Direction::Up,
+        from: SizedRung {
+            rung: "M".into(),
+            vcpus: 2,
+            memory_bytes: 4096 * MIB,
+        },
+        to: SizedRung {
+            rung: "L".into(),
+            vcpus: 4,
+            memory_bytes: 8192 * MIB,
+        },
+        trigger: Trigger::Manual,
+        reason: "test".into(),
+        evidence: Vec::new(),
+        dry_run: false,
+        created_at: now,
+        verify_deadline: now + chrono::Duration::from_std(deadline).unwrap(),
+        fencing_token: 0,
+    }
+}
+
+async fn started(fake: &Fake, dir: &Path) -> (Config, Arc<dyn Actuator>) {
+    let addr = fake.clone().serve().await;
+    let mut config = load(dir, addr, GROUP);
+    let actuator = actuator::start(&mut config).await.unwrap();
+    (config, actuator)
+}
+
+async fn send(
+    actuator: &Arc<dyn Actuator>,
+    r: &ResizeRequest,
+) -> rally_collector::actuator::Outcome {
+    tokio::time::timeout(WAIT, actuator.send(r))
+        .await
+        .expect("the actuator answers in time")
+}
+
+#[tokio::test]
+async fn ladder_types_resolve_at_start_and_a_resize_follows_its_ticket_to_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    let (config, actuator) = started(&fake, dir.path()).await;
+    // Rungs named by type name, by id, and by size all got Oktawave's sizes.
+    let ladder = &config.groups[0].ladder;
+    assert_eq!((ladder[0].vcpus, ladder[0].memory_bytes), (2, 4096 * MIB));
+    assert_eq!((ladder[1].vcpus, ladder[1].memory_bytes), (4, 8192 * MIB));
+    assert_eq!(actuator.kind(), "oktawave");
+
+    let outcome = send(&actuator, &request("d-1", "web-1", WAIT)).await;
+    assert_eq!(outcome.verdict, Verdict::Accepted, "{outcome:?}");
+    fake.with(|s| {
+        assert_eq!(s.changes.len(), 1);
+        assert_eq!(s.changes[0].0, 501);
+        assert_eq!(s.changes[0].1, json!({"TypeId": 1048}));
+        // New, running, succeeded: three polls of the one ticket.
+        assert_eq!(s.polls, [9001, 9001, 9001]);
+        assert_eq!(s.instances[&501].cpu, 4);
+        // One token for the whole run (cached).
+        assert_eq!(s.token_requests.len(), 1);
+    });
+}
+
+#[tokio::test]
+async fn an_expired_token_is_renewed_after_a_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    let (_, actuator) = started(&fake, dir.path()).await;
+    fake.with(|s| s.expire_next_use = true);
+    let outcome = send(&actuator, &request("d-2", "web-1", WAIT)).await;
+    assert_eq!(outcome.verdict, Verdict::Accepted, "{outcome:?}");
+    fake.with(|s| {
+        assert_eq!(s.unauthorized, 1, "one call was refused");
+        assert_eq!(s.token_requests.len(), 2, "then a fresh token was fetched");
+        assert_eq!(s.changes.len(), 1);
+    });
+}
+
+#[tokio::test]
+async fn a_ticket_ending_in_error_fails_the_resize() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    let (_, actuator) = started(&fake, dir.path()).await;
+    fake.with(|s| s.script = Some(Script::FailAt(2)));
+    let outcome = send(&actuator, &request("d-3", "web-1", WAIT)).await;
+    match &outcome.verdict {
+        Verdict::Rejected { reason } => {
+            assert!(reason.contains("ended in error (status 137)"), "{reason}")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(
+        fake.with(|s| s.instances[&501].cpu),
+        2,
+        "the instance kept its type"
+    );
+}
+
+#[tokio::test]
+async fn a_locked_instance_gets_no_second_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    let (_, actuator) = started(&fake, dir.path()).await;
+    fake.with(|s| s.instances.get_mut(&501).unwrap().locked = true);
+    let outcome = send(&actuator, &request("d-4", "web-1", WAIT)).await;
+    match &outcome.verdict {
+        Verdict::Rejected { reason } => assert!(reason.contains("is locked"), "{reason}"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert!(fake.with(|s| s.changes.is_empty()), "nothing was sent");
+}
+
+#[tokio::test]
+async fn transient_poll_errors_are_tolerated_and_too_many_give_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096), (502, 2, 4096)]);
+    let (_, actuator) = started(&fake, dir.path()).await;
+    fake.with(|s| s.failing_polls = 2);
+    let outcome = send(&actuator, &request("d-5", "web-1", WAIT)).await;
+    assert_eq!(outcome.verdict, Verdict::Accepted, "{outcome:?}");
+    // max_transient_errors = 3: the fourth failure in a row gives up.
+    fake.with(|s| s.failing_polls = 10);
+    let outcome = send(&actuator, &request("d-6", "web-2", WAIT)).await;
+    assert!(
+        matches!(outcome.verdict, Verdict::GaveUp { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.attempts.len(),
+        1 + 4,
+        "the change, then four failed polls"
+    );
+}
+
+#[tokio::test]
+async fn a_ticket_still_running_at_the_verification_deadline_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    let (_, actuator) = started(&fake, dir.path()).await;
+    fake.with(|s| s.script = Some(Script::Hold));
+    let outcome = send(
+        &actuator,
+        &request("d-7", "web-1", Duration::from_millis(400)),
+    )
+    .await;
+    match &outcome.verdict {
+        Verdict::GaveUp { reason } => assert!(reason.contains("verification deadline"), "{reason}"),
+        other => panic!("expected to give up, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_collector_resumes_the_same_ticket_and_sends_no_second_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    fake.with(|s| s.script = Some(Script::Hold));
+    let addr = fake.clone().serve().await;
+    let r = request("d-8", "web-1", WAIT);
+
+    // First collector: the change is requested, the ticket runs; the process dies.
+    let mut config = load(dir.path(), addr, GROUP);
+    let first = actuator::start(&mut config).await.unwrap();
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { first.send(&r).await }
+    });
+    let t0 = Instant::now();
+    while fake.with(|s| s.polls.len()) < 2 {
+        assert!(t0.elapsed() < WAIT, "the ticket is polled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+    let _ = task.await;
+
+    // Second collector, same state directory: the engine sends the unanswered decision
+    // again with the same id; the actuator finds its ticket and only polls it.
+    let mut config = load(dir.path(), addr, GROUP);
+    let second = actuator::start(&mut config).await.unwrap();
+    fake.with(|s| s.released = true);
+    let outcome = send(&second, &r).await;
+    assert_eq!(outcome.verdict, Verdict::Accepted, "{outcome:?}");
+    fake.with(|s| {
+        assert_eq!(s.changes.len(), 1, "no second change_type_ticket");
+        assert!(s.polls.iter().all(|&t| t == 9001), "{:?}", s.polls);
+    });
+}
+
+#[tokio::test]
+async fn an_unknown_type_in_a_ladder_refuses_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    let addr = fake.clone().serve().await;
+    let group = GROUP.replace("oktawave_type = 1048", "oktawave_type = \"v9.huge\"");
+    let mut config = load(dir.path(), addr, &group);
+    let err = actuator::start(&mut config)
+        .await
+        .err()
+        .expect("start refused")
+        .to_string();
+    assert!(
+        err.contains("rung `L`") && err.contains("no instance type \"v9.huge\""),
+        "{err}"
+    );
+    // A size no type has is refused too.
+    let group = GROUP.replace(
+        "vcpus = 8, memory_bytes = 17179869184",
+        "vcpus = 8, memory_bytes = 17179869185",
+    );
+    let mut config = load(dir.path(), addr, &group);
+    let err = actuator::start(&mut config)
+        .await
+        .err()
+        .expect("start refused")
+        .to_string();
+    assert!(
+        err.contains("rung `XL`: no Oktawave instance type has"),
+        "{err}"
+    );
+    // And a member without an instance id.
+    let group = GROUP.replace("[\"web-1\", \"web-2\"]", "[\"web-1\", \"web-9\"]");
+    let mut config = load(dir.path(), addr, &group);
+    let err = actuator::start(&mut config)
+        .await
+        .err()
+        .expect("start refused")
+        .to_string();
+    assert!(
+        err.contains("VM `web-9` has no Oktawave instance id"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_oktawave_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let source = format!(
+        "[state]\ndir = \"{}\"\n{GROUP}{}",
+        dir.path().display(),
+        actuator_toml(dir.path(), addr)
+    );
+    std::fs::remove_file(dir.path().join("password")).unwrap();
+    let err = Config::from_toml(&source, Path::new("collector.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("actuator.password_file"), "{err}");
+    // A rung naming a type without the Oktawave actuator.
+    let err = Config::from_toml(
+        &format!("{GROUP}[actuator]\nkind = \"log\"\n"),
+        Path::new("collector.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("oktawave_type") && err.contains("groups[0].ladder"),
+        "{err}"
+    );
+}
+
+/// End to end through a real collector: a manual resize decided over the API reaches the
+/// fake's change_type_ticket; the ticket succeeds; a fake agent reports the new size; the
+/// resize is verified. Prints the two figures the issue asks for.
+#[tokio::test]
+async fn end_to_end_figures_decision_to_ticket_and_report_to_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096), (502, 2, 4096)]);
+    let addr = fake.clone().serve().await;
+    let extra = format!(
+        "{GROUP}\n[engine]\ntick = \"100ms\"\n{}",
+        actuator_toml(dir.path(), addr)
+    );
+    let collector = support::start(&extra).await;
+
+    // The agent of web-1 reports M's size (MemTotal a little under the rung) every 50 ms.
+    let size = |vcpus: u32, mib: u64| rally_proto::v1::VmSize {
+        vcpus,
+        memory_bytes: (mib - 150) * MIB,
+        ..Default::default()
+    };
+    let mut hello = support::hello("web-1", 1);
+    hello.size = Some(size(2, 4096));
+    let (agent, _) = support::Agent::connect(collector.grpc, None, hello).await;
+    let reported = Arc::new(Mutex::new(size(2, 4096)));
+    let new_size_sent_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let reporter = {
+        let (reported, sent_at) = (Arc::clone(&reported), Arc::clone(&new_size_sent_at));
+        tokio::spawn(async move {
+            for seq in 1.. {
+                let mut r = support::report(seq, 0.3);
+                let s = *reported.lock().unwrap();
+                r.size = Some(s);
+                r.memory.as_mut().unwrap().total_bytes = s.memory_bytes;
+                r.memory.as_mut().unwrap().available_bytes = s.memory_bytes / 2;
+                agent.report(r).await;
+                if s.vcpus == 4 {
+                    sent_at.lock().unwrap().get_or_insert_with(Instant::now);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let http = reqwest::Client::new();
+    let t0 = Instant::now();
+    // Wait until the fleet knows web-1's size, then ask for L.
+    let decision = loop {
+        let resp = http
+            .post(collector.url("/api/v1/vms/web-1/resize"))
+            .json(&json!({"rung": "L"}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status().is_success() {
+            break resp.json::<Value>().await.unwrap();
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "resize accepted: {}",
+            resp.text().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let id = decision["id"].as_str().unwrap().to_owned();
+    let created_at: chrono::DateTime<chrono::Utc> =
+        decision["created_at"].as_str().unwrap().parse().unwrap();
+
+    // The ticket request reaches the fake.
+    let change_at = loop {
+        if let Some(at) = fake.with(|s| s.changes.first().map(|c| c.2)) {
+            break at;
+        }
+        assert!(t0.elapsed() < WAIT, "change_type_ticket sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // The ticket ends; the guest (with the udev rule) onlines what was hot-added.
+    while fake.with(|s| s.instances[&501].cpu) != 4 {
+        assert!(t0.elapsed() < WAIT, "ticket succeeded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    *reported.lock().unwrap() = size(4, 8192);
+    let verified_seen = loop {
+        let decisions: Value = http
+            .get(collector.url("/api/v1/decisions?vm=web-1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rows = decisions.as_array().cloned().unwrap_or_else(|| {
+            decisions["decisions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        });
+        let row = rows
+            .iter()
+            .find(|d| d["decision"]["id"] == id.as_str() || d["id"] == id.as_str());
+        if row.is_some_and(|d| d["status"] == "verified") {
+            break Instant::now();
+        }
+        assert!(t0.elapsed() < WAIT, "verified: {decisions}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    reporter.abort();
+    let decision_to_ticket = (change_at - created_at).to_std().unwrap_or_default();
+    let sent_at = new_size_sent_at.lock().unwrap().expect("new size reported");
+    let report_to_verified = verified_seen.duration_since(sent_at);
+    println!(
+        "FIGURES oktawave end to end (engine tick 100 ms, poll_interval 50 ms, reports every 50 ms, \
+         API polled every 5 ms): decision -> change_type_ticket request {:.1} ms; \
+         agent reports new size -> resize verified {:.1} ms",
+        decision_to_ticket.as_secs_f64() * 1e3,
+        report_to_verified.as_secs_f64() * 1e3
+    );
+    assert_eq!(fake.with(|s| s.changes.len()), 1);
+    collector.stop().await.unwrap();
+}
