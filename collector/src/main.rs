@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use rally_collector::cli::{Cli, Command};
 use rally_collector::config::Config;
+use sd_notify::NotifyState;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -43,7 +44,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let config = Config::load(&cli.config)?;
             runtime()?.block_on(async {
-                rally_collector::run(config, shutdown_signal()?)
+                let shutdown = shutdown_signal()?;
+                let stopping = async {
+                    shutdown.await;
+                    notify(&[NotifyState::Stopping]);
+                };
+                let collector = rally_collector::Collector::bind(config)
+                    .await
+                    .context("starting the collector")?;
+                // Both listeners are bound and the store is open (the unit is
+                // Type=notify); connections queue until `serve` accepts them.
+                notify(&[NotifyState::Ready]);
+                collector
+                    .serve(stopping)
                     .await
                     .context("running the collector")
             })
@@ -151,6 +164,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name("rally-collector")
         .build()
         .context("starting the tokio runtime")
+}
+
+/// Tells systemd about a state change; does nothing when `NOTIFY_SOCKET` is unset.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(state) {
+        tracing::warn!(%error, "cannot notify systemd");
+    }
 }
 
 /// Completes on SIGTERM (systemd) or SIGINT (Ctrl-C). The handlers are installed
