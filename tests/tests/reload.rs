@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use rally_tests::process::Process;
-use rally_tests::{bin, free_port};
+use rally_tests::rally::{Agent, Collector};
+use rally_tests::{bin, eventually, free_port};
+use serde_json::Value;
 
 /// Long enough for any sane machine; only reached when a daemon is broken.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -98,5 +100,118 @@ fn collector_notifies_systemd_ready_once_listening_and_stopping_on_sigterm() {
     assert!(
         collector.terminate(PATIENCE),
         "collector did not exit cleanly"
+    );
+}
+
+fn vm<'a>(vms: &'a Value, id: &str) -> Option<&'a Value> {
+    vms["vms"].as_array()?.iter().find(|v| v["vm"] == id)
+}
+
+/// How many streams the collector accepted from `vm` (its "agent connected" lines).
+fn connections(collector: &Collector, vm: &str) -> usize {
+    let needle = format!("vm={vm} ");
+    collector
+        .logs()
+        .iter()
+        .flat_map(|log| log.lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| l.contains("agent connected") && l.contains(&needle))
+        .count()
+}
+
+/// Waits until `vm`'s latest report covers an interval within 25 % of `seconds`, and
+/// returns its sequence number.
+async fn wait_for_interval(collector: &Collector, id: &str, seconds: f64, log: &str) -> u64 {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{id} reporting every {seconds}s"),
+        || async {
+            let vms = collector.vms().await;
+            let latest = &vm(&vms, id)?["latest"];
+            let interval = latest["interval_seconds"].as_f64()?;
+            ((interval - seconds).abs() <= seconds * 0.25).then(|| latest["seq"].as_u64())?
+        },
+    )
+    .await;
+    let vms = collector.vms().await;
+    vm(&vms, id)
+        .and_then(|v| v["latest"]["seq"].as_u64())
+        .unwrap_or_else(|| panic!("{id} has no report; agent log:\n{log}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_sighup_changes_the_interval_without_reconnecting_and_keeps_a_broken_file_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start(dir.path(), "").await;
+    let mut agent = Agent::start(dir.path(), "reload-a", &[collector.grpc_url()], "500ms", "");
+    wait_for_interval(&collector, "reload-a", 0.5, &agent.process.log()).await;
+
+    // A new interval, applied by SIGHUP.
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(&agent.config, text.replace("\"500ms\"", "\"2s\"")).unwrap();
+    agent.process.signal("HUP");
+    let seq = wait_for_interval(&collector, "reload-a", 2.0, &agent.process.log()).await;
+
+    // A broken file: rejected with its file, line and key; the agent keeps running on
+    // the configuration it had.
+    let broken = format!(
+        "{}\nbuffer_reports = \"many\"\n",
+        std::fs::read_to_string(&agent.config).unwrap()
+    );
+    let broken_line = broken.lines().count();
+    std::fs::write(&agent.config, &broken).unwrap();
+    agent.process.signal("HUP");
+    let expected = format!("{}:{broken_line}:", agent.config.display());
+    eventually(
+        Duration::from_secs(10),
+        "the rejection in the agent's log",
+        || {
+            let log = agent.process.log();
+            let hit = log.lines().any(|l| {
+                l.contains("configuration rejected")
+                    && l.contains(&expected)
+                    && l.contains("key `buffer_reports`")
+            });
+            async move { hit.then_some(()) }
+        },
+    )
+    .await;
+    let later = eventually(Duration::from_secs(30), "two more reports", || async {
+        let vms = collector.vms().await;
+        let latest = &vm(&vms, "reload-a")?["latest"];
+        let s = latest["seq"].as_u64()?;
+        (s >= seq + 2).then(|| latest.clone())
+    })
+    .await;
+    let interval = later["interval_seconds"].as_f64().unwrap();
+    assert!(
+        (interval - 2.0).abs() <= 0.5,
+        "the old configuration (2s) stays: {later}"
+    );
+    assert!(
+        agent.process.is_running(),
+        "the agent must survive a broken file"
+    );
+
+    // One stream all along: the collector accepted a single connection from this run
+    // and lost no report.
+    let vms = collector.vms().await;
+    let v = vm(&vms, "reload-a").unwrap();
+    assert_eq!(
+        connections(&collector, "reload-a"),
+        1,
+        "{:#?}",
+        collector.logs()
+    );
+    assert_eq!(v["streams"], 1, "{v}");
+    assert_eq!(v["reports"]["lost"], 0, "{v}");
+    assert_eq!(
+        agent
+            .process
+            .log()
+            .matches("stream to collector open")
+            .count(),
+        1,
+        "{}",
+        agent.process.log()
     );
 }
