@@ -215,3 +215,99 @@ async fn agent_sighup_changes_the_interval_without_reconnecting_and_keeps_a_brok
         agent.process.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collector_sighup_moves_a_vm_into_a_group_without_dropping_its_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(
+        dir.path(),
+        "[[groups]]\nname = \"web\"\nvms = [\"web-9\"]\n",
+    )
+    .await;
+    let agent = Agent::start(dir.path(), "reload-c", &[collector.grpc_url()], "500ms", "");
+    let group_of = |vms: &Value| vm(vms, "reload-c").map(|v| v["group"].clone());
+    eventually(
+        Duration::from_secs(30),
+        "reload-c reporting, ungrouped",
+        || async {
+            let vms = collector.vms().await;
+            (group_of(&vms)? == "ungrouped" && vm(&vms, "reload-c")?["latest"].is_object())
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The group gains the VM, applied by SIGHUP.
+    let text = std::fs::read_to_string(&collector.config).unwrap();
+    let grouped = text.replace("vms = [\"web-9\"]", "vms = [\"web-9\", \"reload-c\"]");
+    assert_ne!(text, grouped);
+    std::fs::write(&collector.config, &grouped).unwrap();
+    let process = collector.process.as_ref().unwrap();
+    process.signal("HUP");
+    eventually(Duration::from_secs(30), "reload-c in group web", || async {
+        let vms = collector.vms().await;
+        (group_of(&vms)? == "web").then_some(())
+    })
+    .await;
+    let groups: Value =
+        serde_json::from_str(&collector.get("/api/v1/groups").await).expect("groups JSON");
+    assert!(
+        groups.to_string().contains("reload-c"),
+        "the engine sees the new member: {groups}"
+    );
+    let seq = collector.vms().await;
+    let seq = vm(&seq, "reload-c").unwrap()["latest"]["seq"]
+        .as_u64()
+        .unwrap();
+
+    // A broken file: rejected with file, line and key; the running configuration stays.
+    let broken = format!("{grouped}\n[ingest]\nstale_afterr = \"5s\"\n");
+    let broken_line = broken.lines().count();
+    std::fs::write(&collector.config, &broken).unwrap();
+    process.signal("HUP");
+    let expected = format!("{}:{broken_line}:", collector.config.display());
+    eventually(
+        Duration::from_secs(10),
+        "the rejection in the collector's log",
+        || {
+            let hit = collector.logs().concat().lines().any(|l| {
+                l.contains("configuration rejected")
+                    && l.contains(&expected)
+                    && l.contains("key `ingest.stale_afterr`")
+            });
+            async move { hit.then_some(()) }
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(30), "reports still flowing", || async {
+        let vms = collector.vms().await;
+        (vm(&vms, "reload-c")?["latest"]["seq"].as_u64()? >= seq + 2).then_some(())
+    })
+    .await;
+    assert!(collector.process.as_mut().unwrap().is_running());
+
+    let vms = collector.vms().await;
+    let v = vm(&vms, "reload-c").unwrap();
+    assert_eq!(
+        v["group"], "web",
+        "the old (reloaded) configuration stays: {v}"
+    );
+    assert_eq!(v["streams"], 1, "{v}");
+    assert_eq!(v["reports"]["lost"], 0, "{v}");
+    assert_eq!(
+        connections(&collector, "reload-c"),
+        1,
+        "{:#?}",
+        collector.logs()
+    );
+    assert_eq!(
+        agent
+            .process
+            .log()
+            .matches("stream to collector open")
+            .count(),
+        1,
+        "{}",
+        agent.process.log()
+    );
+}
