@@ -1,17 +1,31 @@
-//! One agent run: identity, the sampling loop, and a stream task per collector.
+//! One agent run: identity, the sampling loop, a stream task per collector, and live
+//! reloads of the configuration.
 //!
 //! The sampling loop is the only producer: every interval it samples, encodes the report
 //! once, appends it to every collector's buffer and bumps a watch that wakes the
 //! streams. Nothing in it waits on a network. All tasks are futures polled by `run`'s
 //! own future (none is spawned), so the agent works on any tokio runtime and stops by
 //! being dropped.
+//!
+//! A reload is a new [`Config`] sent on the watch [`run_live`] reads. What can change
+//! live does, without dropping a stream: `interval` (from the next sample),
+//! `buffer_reports` (a smaller buffer drops its oldest reports, counted), `collectors`
+//! (only the added and removed ones connect or disconnect). `labels` and `token_file`
+//! travel at the start of a stream, so a change re-opens every stream, with the same
+//! run id and buffers: nothing is lost or counted twice. `vm_id` and `root` make the
+//! agent's identity; changing them needs a restart, so the running values stay and a
+//! warning says so.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, InvalidValue};
@@ -40,59 +54,223 @@ pub enum Error {
     Token(#[from] TokenError),
 }
 
-/// Runs the agent until `shutdown` completes.
+/// Runs the agent on `config` until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    config.validate()?;
-    if let Some(path) = &config.token_file {
-        // Fail at start rather than on every reconnect; it is re-read at each connect.
-        transport::read_token(path)?;
-    }
-    let identity = identity(&config)?;
+    let (_unchanging, config) = watch::channel(config);
+    run_live(config, shutdown, || {}).await
+}
+
+/// Runs the agent until `shutdown` completes, applying each configuration sent on
+/// `config` (a reload: see the module documentation for what changes live). `ready` is
+/// called once, when the first sample is in the buffers (systemd's `READY=1`).
+pub async fn run_live(
+    mut config: watch::Receiver<Config>,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<(), Error> {
+    let mut current = config.borrow_and_update().clone();
+    check(&current)?;
+    let identity = identity(&current)?;
     tracing::info!(
         vm_id = %identity.vm_id,
         run_id = identity.run_id,
-        collectors = ?config.collectors,
-        interval = ?config.interval,
+        collectors = ?current.collectors,
+        interval = ?current.interval,
         "rally-agent starting"
     );
 
-    let (interval, interval_rx) = watch::channel(config.interval);
+    let (interval, interval_rx) = watch::channel(current.interval);
     let shared = Arc::new(Shared {
-        identity,
-        token_file: config.token_file.clone(),
+        identity: Mutex::new(identity),
+        token_file: Mutex::new(current.token_file.clone()),
         interval,
         size: Mutex::new(None),
     });
-    let links: Vec<Arc<Link>> = config
-        .collectors
-        .iter()
-        .map(|address| Arc::new(Link::new(address.clone(), config.buffer_reports)))
-        .collect();
     let (seqs, seqs_rx) = watch::channel(0u64);
+    let mut streams = Streams::new(Arc::clone(&shared), seqs_rx);
+    for address in &current.collectors {
+        streams.start(Arc::new(Link::new(address.clone(), current.buffer_reports)));
+    }
+    let links = Mutex::new(streams.links());
 
-    let sampler = Sampler::new(&config.root);
-    let sampling = sample_forever(sampler, &links, &shared, seqs, interval_rx);
-    let streams =
-        futures_util::future::join_all(links.iter().map(|link| {
-            transport::maintain(Arc::clone(link), Arc::clone(&shared), seqs_rx.clone())
-        }));
-    tokio::select! {
-        () = shutdown => tracing::info!("rally-agent stopping"),
-        () = sampling => {}
-        _ = streams => {}
+    let sampler = Sampler::new(&current.root);
+    let sampling = sample_forever(sampler, &links, &shared, seqs, interval_rx, ready);
+    tokio::pin!(sampling, shutdown);
+    let mut reloads_open = true;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = &mut sampling => break,
+            // A stream task ends only when a reload stopped it; nothing to do.
+            Some(()) = streams.tasks.next() => {}
+            changed = config.changed(), if reloads_open => {
+                if changed.is_err() {
+                    // Nobody can send a new configuration any more.
+                    reloads_open = false;
+                    continue;
+                }
+                let new = config.borrow_and_update().clone();
+                if let Err(error) = check(&new) {
+                    tracing::error!(%error, "new configuration rejected; keeping the running one");
+                    continue;
+                }
+                current = reload(current, new, &shared, &mut streams);
+                *links.lock().unwrap_or_else(PoisonError::into_inner) = streams.links();
+            }
+        }
+    }
+    tracing::info!("rally-agent stopping");
+    Ok(())
+}
+
+/// What must hold before a configuration is used: valid values, a readable token.
+fn check(config: &Config) -> Result<(), Error> {
+    config.validate()?;
+    if let Some(path) = &config.token_file {
+        // Fail at start (or reload) rather than on every reconnect; it is re-read at
+        // each connect, so a token rotated in place is picked up by the next stream.
+        transport::read_token(path)?;
     }
     Ok(())
 }
 
+/// Applies `new` over `current` (both checked) and returns what is now in force.
+fn reload(current: Config, mut new: Config, shared: &Shared, streams: &mut Streams) -> Config {
+    let restart_needed = |key: &str| {
+        tracing::warn!(
+            key,
+            "changing `{key}` needs a restart (systemctl restart rally-agent); keeping the running value"
+        );
+    };
+    if new.vm_id != current.vm_id {
+        restart_needed("vm_id");
+        new.vm_id.clone_from(&current.vm_id);
+    }
+    if new.root != current.root {
+        restart_needed("root");
+        new.root.clone_from(&current.root);
+    }
+    if new.interval != current.interval {
+        shared.interval.send_replace(new.interval);
+        tracing::info!(interval = ?new.interval, "sampling interval changed");
+    }
+    if new.buffer_reports != current.buffer_reports {
+        for link in streams.links() {
+            let dropped = link.buffer().set_capacity(new.buffer_reports);
+            if dropped > 0 {
+                tracing::warn!(collector = %link.address, dropped, "buffer shrunk: dropped the oldest un-acknowledged reports");
+            }
+        }
+        tracing::info!(buffer_reports = new.buffer_reports, "buffer size changed");
+    }
+    let mut reopen = false;
+    if new.labels != current.labels {
+        shared
+            .identity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .labels
+            .clone_from(&new.labels);
+        tracing::info!(labels = ?new.labels, "labels changed; re-opening the streams to send them");
+        reopen = true;
+    }
+    if new.token_file != current.token_file {
+        *shared
+            .token_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = new.token_file.clone();
+        tracing::info!("token_file changed; re-opening the streams to present it");
+        reopen = true;
+    }
+    let old: BTreeSet<&String> = current.collectors.iter().collect();
+    let wanted: BTreeSet<&String> = new.collectors.iter().collect();
+    for gone in old.difference(&wanted) {
+        streams.stop(gone);
+        tracing::info!(collector = %gone, "collector removed; its stream and buffer are dropped");
+    }
+    if reopen {
+        streams.restart_all();
+    }
+    for added in wanted.difference(&old) {
+        streams.start(Arc::new(Link::new((*added).clone(), new.buffer_reports)));
+        tracing::info!(collector = %added, "collector added");
+    }
+    tracing::info!("configuration reloaded");
+    new
+}
+
+/// The stream tasks, one per collector, each stoppable on its own.
+struct Streams {
+    shared: Arc<Shared>,
+    seqs: watch::Receiver<u64>,
+    /// Each running link with the sender whose drop stops its task.
+    running: Vec<(Arc<Link>, oneshot::Sender<()>)>,
+    /// The tasks: each ends only when its sender is dropped.
+    tasks: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Streams {
+    fn new(shared: Arc<Shared>, seqs: watch::Receiver<u64>) -> Self {
+        Self {
+            shared,
+            seqs,
+            running: Vec::new(),
+            tasks: FuturesUnordered::new(),
+        }
+    }
+
+    /// Starts keeping a stream open to `link`'s collector.
+    fn start(&mut self, link: Arc<Link>) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = transport::maintain(
+            Arc::clone(&link),
+            Arc::clone(&self.shared),
+            self.seqs.clone(),
+        );
+        self.tasks.push(Box::pin(async move {
+            // Dropping the task drops its stream (the collector sees it end).
+            tokio::select! {
+                () = task => {}
+                _ = stopped => {}
+            }
+        }));
+        self.running.push((link, stop));
+    }
+
+    /// Stops the stream to `address` (its task ends when next polled).
+    fn stop(&mut self, address: &str) {
+        self.running.retain(|(link, _)| link.address != address);
+    }
+
+    /// Re-opens every stream, keeping each link's buffer.
+    fn restart_all(&mut self) {
+        for (link, stop) in std::mem::take(&mut self.running) {
+            drop(stop);
+            self.start(link);
+        }
+    }
+
+    /// The running links, for the sampler.
+    fn links(&self) -> Vec<Arc<Link>> {
+        self.running
+            .iter()
+            .map(|(link, _)| Arc::clone(link))
+            .collect()
+    }
+}
+
 /// Samples at once (the report without CPU shares that primes the counters), then every
-/// interval, appending each report to every link's buffer.
+/// interval, appending each report to every link's buffer. `ready` is called after the
+/// first one.
 async fn sample_forever(
     mut sampler: Sampler,
-    links: &[Arc<Link>],
+    links: &Mutex<Vec<Arc<Link>>>,
     shared: &Shared,
     seqs: watch::Sender<u64>,
     mut interval: watch::Receiver<Duration>,
+    ready: impl FnOnce(),
 ) {
+    let mut ready = Some(ready);
     let mut period = *interval.borrow_and_update();
     let mut ticker = Ticker::new(period, period);
     let mut seq = 0u64;
@@ -102,7 +280,8 @@ async fn sample_forever(
         seq += 1;
         *shared.size.lock().unwrap_or_else(PoisonError::into_inner) = sample.size;
         let report = wire::encode_report(seq, &sample);
-        for link in links {
+        let links = links.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for link in &links {
             let mut buffer = link.buffer();
             if buffer.push(seq, report.clone()) {
                 let dropped = buffer.dropped_total();
@@ -117,9 +296,12 @@ async fn sample_forever(
             }
         }
         seqs.send_replace(seq);
+        if let Some(ready) = ready.take() {
+            ready();
+        }
 
-        // Wait for the next sample; a new interval from a collector applies from the
-        // sample just taken.
+        // Wait for the next sample; a new interval (from a collector or a reload)
+        // applies from the sample just taken.
         loop {
             tokio::select! {
                 () = ticker.tick() => break,

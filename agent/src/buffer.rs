@@ -83,6 +83,25 @@ impl Buffer {
         self.entries.get(i)
     }
 
+    /// Changes the capacity (a reloaded `buffer_reports`); a smaller buffer drops its
+    /// oldest reports at once, counted as any drop is. Returns how many were dropped.
+    pub fn set_capacity(&mut self, capacity: usize) -> usize {
+        self.capacity = capacity.max(1);
+        let mut dropped = 0;
+        while self.entries.len() > self.capacity
+            && let Some(oldest) = self.entries.pop_front()
+        {
+            dropped += 1;
+            self.dropped_total += 1;
+            let carried = oldest.dropped_before + 1;
+            // The front is never empty here: more than `capacity` (≥ 1) entries remain.
+            if let Some(next) = self.entries.front_mut() {
+                next.dropped_before += carried;
+            }
+        }
+        dropped
+    }
+
     /// How many reports are buffered.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -154,6 +173,20 @@ mod tests {
         b.push(4, bytes(4)); // drops 2 (carrying 1) → 3 carries 2
         assert_eq!(replay(&b), vec![(3, 2), (4, 0)]);
         assert_eq!(b.dropped_total(), 2);
+    }
+
+    #[test]
+    fn shrinking_drops_the_oldest_and_carries_the_count() {
+        let mut b = filled(10, 1..=5);
+        assert_eq!(b.set_capacity(20), 0, "growing drops nothing");
+        assert_eq!(b.set_capacity(2), 3);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.dropped_total(), 3);
+        let first = b.next_after(0).unwrap();
+        assert_eq!((first.seq, first.dropped_before), (4, 3));
+        // The new capacity holds for later pushes.
+        assert!(b.push(6, bytes(6)));
+        assert_eq!(b.len(), 2);
     }
 
     #[test]

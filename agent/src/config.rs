@@ -364,6 +364,12 @@ zone = "waw-1"
     }
 
     #[test]
+    fn shipped_file_parses_and_is_the_built_in_defaults() {
+        let shipped = include_str!("../../packaging/agent/agent.toml");
+        assert_eq!(parse(shipped).unwrap(), Config::default());
+    }
+
+    #[test]
     fn missing_file_names_the_file() {
         let err = load_config(Path::new("/nonexistent/rally/agent.toml")).unwrap_err();
         assert!(

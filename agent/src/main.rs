@@ -1,6 +1,6 @@
 //! `rally-agent`: see the library's documentation.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,6 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use rally_agent::cli::{Cli, Command};
 use rally_agent::config::{self, Config};
+use sd_notify::NotifyState;
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -28,13 +30,12 @@ fn execute(cli: &Cli) -> anyhow::Result<()> {
         Command::CheckConfig => {
             let (path, _) = cli.config_path();
             let config = config::load_config(path)?;
-            println!(
-                "{}: ok ({} collector(s), interval {})",
+            print(&format!(
+                "{}: ok ({} collector(s), interval {})\n",
                 path.display(),
                 config.collectors.len(),
                 humantime_serde::re::humantime::format_duration(config.interval)
-            );
-            Ok(())
+            ))
         }
         Command::Sample => {
             let config = load(cli)?;
@@ -44,8 +45,7 @@ fn execute(cli: &Cli) -> anyhow::Result<()> {
             let sample = sampler.sample();
             let json =
                 serde_json::to_string_pretty(&sample).context("encoding the sample as JSON")?;
-            println!("{json}");
-            Ok(())
+            print(&format!("{json}\n"))
         }
         Command::Run => {
             let config = load(cli)?;
@@ -57,9 +57,22 @@ fn execute(cli: &Cli) -> anyhow::Result<()> {
                 .context("building the tokio runtime")?;
             runtime.block_on(async {
                 let shutdown = shutdown_signal().context("installing signal handlers")?;
-                rally_agent::run(config, shutdown)
-                    .await
-                    .context("running the agent")
+                let stopping = async {
+                    shutdown.await;
+                    notify(&[NotifyState::Stopping]);
+                };
+                let (config_tx, config_rx) = watch::channel(config);
+                let reloads =
+                    reload_on_hangup(cli, config_tx).context("installing signal handlers")?;
+                // READY=1 once the configuration is loaded and the first sample is in
+                // the buffers (the unit is Type=notify).
+                let agent = rally_agent::agent::run_live(config_rx, stopping, || {
+                    notify(&[NotifyState::Ready]);
+                });
+                tokio::select! {
+                    result = agent => result.context("running the agent"),
+                    () = reloads => Ok(()),
+                }
             })
         }
     }
@@ -74,6 +87,56 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
         return Ok(Config::default());
     }
     Ok(config::load_config(path)?)
+}
+
+/// Re-reads the configuration on every SIGHUP (`systemctl reload`) and sends it to the
+/// running agent; an invalid file is logged with its file, line and key, and the
+/// running configuration stays. Never completes.
+fn reload_on_hangup(
+    cli: &Cli,
+    config: watch::Sender<Config>,
+) -> std::io::Result<impl std::future::Future<Output = ()> + '_> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            // systemd 253+ wants the monotonic time with RELOADING=1; 252 ignores it.
+            match NotifyState::monotonic_usec_now() {
+                Ok(now) => notify(&[NotifyState::Reloading, now]),
+                Err(_) => notify(&[NotifyState::Reloading]),
+            }
+            match load(cli) {
+                Ok(new) => {
+                    config.send_replace(new);
+                }
+                Err(error) => tracing::error!(
+                    error = %format!("{error:#}"),
+                    "configuration rejected; keeping the running one"
+                ),
+            }
+            notify(&[NotifyState::Ready]);
+        }
+        std::future::pending::<()>().await;
+    })
+}
+
+/// Tells systemd about a state change; does nothing when `NOTIFY_SOCKET` is unset (not
+/// started by systemd as Type=notify).
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(state) {
+        tracing::warn!(%error, "cannot notify systemd");
+    }
+}
+
+/// Writes `text` to stdout; a reader that went away (`rally-agent sample | head`) ends
+/// the output quietly instead of failing.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("writing to stdout"),
+    }
 }
 
 /// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).

@@ -51,10 +51,10 @@ const WARN_EVERY: Duration = Duration::from_secs(600);
 /// What the sampling loop and every link share.
 #[derive(Debug)]
 pub struct Shared {
-    /// The agent's identity for `Hello`.
-    pub identity: Identity,
+    /// The agent's identity for `Hello` (its labels change on a reload).
+    pub identity: Mutex<Identity>,
     /// Where the bearer token is read from at each connection (so it can be rotated).
-    pub token_file: Option<PathBuf>,
+    pub token_file: Mutex<Option<PathBuf>>,
     /// The sampling interval; a collector's `Settings` change it.
     pub interval: watch::Sender<Duration>,
     /// The size from the latest sample, for `Hello`.
@@ -184,11 +184,23 @@ async fn stream_once(
     healthy: &mut bool,
 ) -> Result<std::convert::Infallible, StreamError> {
     // Re-read at each connection, so a rotated token is picked up without a restart.
-    let token = shared.token_file.as_deref().map(read_token).transpose()?;
+    let token_file = shared
+        .token_file
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let token = token_file.as_deref().map(read_token).transpose()?;
     let channel = connect(&link.address).await?;
 
     let size = *shared.size.lock().unwrap_or_else(PoisonError::into_inner);
-    let hello = wire::hello(&shared.identity, size, *shared.interval.borrow());
+    let hello = wire::hello(
+        &shared
+            .identity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+        size,
+        *shared.interval.borrow(),
+    );
     link.sent.store(0, Ordering::Relaxed);
     let seqs_for_checks = seqs.clone();
     let mut request = tonic::Request::new(outbound(hello, Arc::clone(link), seqs));

@@ -1165,6 +1165,91 @@ vms = ["db-1"]
         assert_eq!(key.as_deref(), Some("api.token_file"));
     }
 
+    /// The packaged `/etc/rally/collector.toml`.
+    const SHIPPED: &str = include_str!("../../packaging/collector/collector.toml");
+
+    /// Commented-out example lines made live: one leading `#` removed from each line.
+    fn uncomment(block: &str) -> String {
+        block
+            .lines()
+            .map(|l| l.strip_prefix('#').unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn shipped_file_parses_and_is_the_built_in_defaults() {
+        let config = parse(SHIPPED).unwrap();
+        assert_eq!(config, Config::default());
+        assert!(config.dry_run, "the shipped mode is dry-run");
+    }
+
+    #[test]
+    fn shipped_examples_are_valid_when_uncommented() {
+        let groups = SHIPPED
+            .find("#[[groups]]")
+            .map(|i| uncomment(&SHIPPED[i..]))
+            .unwrap();
+        let config = parse(&groups).unwrap();
+        let names: Vec<_> = config.groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["db", "web"]);
+        assert!(!config.groups[0].resizes());
+        let web = config.groups[1].policy();
+        let compiled = web.compile().unwrap();
+        // Every key but the ladder and its bounds is written with its default.
+        let defaults = GroupPolicy::with_ladder(web.ladder.clone());
+        assert_eq!(web.rules, defaults.rules);
+        assert_eq!(web.scale_up, defaults.scale_up);
+        assert_eq!(web.scale_down, defaults.scale_down);
+        assert_eq!(
+            (
+                web.timezone,
+                web.warm_up,
+                web.circuit_breaker,
+                web.allow_restart
+            ),
+            (
+                defaults.timezone,
+                defaults.warm_up,
+                defaults.circuit_breaker,
+                defaults.allow_restart
+            )
+        );
+        assert_eq!(web.targets.len(), 1);
+        assert_eq!(web.targets[0].metric, defaults.targets[0].metric);
+        assert_eq!(
+            web.targets[0].target_value(),
+            defaults.targets[0].target_value()
+        );
+        assert_eq!(web.boosts.len(), 1);
+        drop(compiled);
+
+        let api = SHIPPED.find("#[api]").map(|i| &SHIPPED[i..]).unwrap();
+        let api = uncomment(&api[..api.find("\n\n").unwrap()]);
+        let token = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(token.path(), "api-token\n").unwrap();
+        let api = api.replace("/etc/rally/api.token", &token.path().display().to_string());
+        assert_eq!(
+            parse(&api).unwrap().api.token_file.as_deref(),
+            Some(token.path())
+        );
+
+        // Each [actuator] example is an actuator of its kind.
+        let blocks: Vec<&str> = SHIPPED.split("#[actuator]\n").skip(1).collect();
+        assert_eq!(blocks.len(), 3, "webhook, command and log examples");
+        for (block, kind) in blocks.iter().zip(["webhook", "command", "log"]) {
+            let body: String = block
+                .lines()
+                .take_while(|l| l.starts_with('#') && *l != "#")
+                .map(|l| format!("{}\n", &l[1..]))
+                .collect();
+            let actuator: ActuatorConfig =
+                toml::from_str(&body).unwrap_or_else(|e| panic!("{kind} example:\n{body}\n{e}"));
+            let shown = format!("{actuator:?}").to_lowercase();
+            assert!(shown.starts_with(kind), "{kind}: {shown}");
+        }
+    }
+
     #[test]
     fn unreadable_file_names_the_path() {
         let err = Config::load(Path::new("/nonexistent/collector.toml")).unwrap_err();

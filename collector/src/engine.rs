@@ -256,6 +256,10 @@ impl EngineStats {
             .or_default() += 1;
     }
 
+    fn remove_group(&self, name: &str) {
+        lock(&self.groups).remove(name);
+    }
+
     fn set_group(&self, status: GroupStatus) {
         lock(&self.groups).insert(status.group.clone(), status);
     }
@@ -287,6 +291,11 @@ enum Command {
         rung: String,
         reply: oneshot::Sender<Result<Decision, CommandError>>,
     },
+    Reconfigure {
+        config: Box<Config>,
+        actuator: Arc<dyn Actuator>,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
 }
 
 /// What the HTTP API holds: the engine's status, its command channel and the store.
@@ -303,6 +312,7 @@ impl std::fmt::Debug for Command {
             Command::Pause { group, .. } => write!(f, "Pause({group})"),
             Command::Resume { group, .. } => write!(f, "Resume({group})"),
             Command::Resize { vm, rung, .. } => write!(f, "Resize({vm}, {rung})"),
+            Command::Reconfigure { .. } => write!(f, "Reconfigure"),
         }
     }
 }
@@ -353,6 +363,24 @@ impl EngineHandle {
     pub async fn resize(&self, vm: &str, rung: &str) -> Result<Decision, CommandError> {
         let (vm, rung) = (vm.to_owned(), rung.to_owned());
         self.ask(|reply| Command::Resize { vm, rung, reply }).await
+    }
+
+    /// Applies a reloaded configuration's groups, policies, `dry_run` and actuator.
+    /// A group that stays keeps its state (flags, cooldowns, a resize in flight); a new
+    /// one starts from what the store remembers of it. Requests already with the old
+    /// actuator finish there. `[engine]` itself needs a restart.
+    pub async fn reconfigure(
+        &self,
+        config: &Config,
+        actuator: Arc<dyn Actuator>,
+    ) -> Result<(), CommandError> {
+        let config = Box::new(config.clone());
+        self.ask(|reply| Command::Reconfigure {
+            config,
+            actuator,
+            reply,
+        })
+        .await
     }
 
     /// Decisions matching `filter`, newest first, with attempts and verification.
@@ -444,6 +472,8 @@ impl GroupRuntime {
 /// [`Engine::run`] (the collector does both in `serve`).
 pub struct Engine {
     groups: Vec<GroupRuntime>,
+    /// Where non-dry-run requests go; a reload replaces it.
+    actuator: Arc<std::sync::RwLock<Arc<dyn Actuator>>>,
     fleet: Arc<Fleet>,
     clock: Arc<dyn Clock>,
     store: Arc<Mutex<Store>>,
@@ -477,31 +507,12 @@ impl Engine {
         store: Store,
         actuator: Arc<dyn Actuator>,
     ) -> (Self, EngineHandle) {
-        let mut groups = Vec::new();
-        for g in &config.groups {
-            let policy = if g.resizes() {
-                match g.policy().compile() {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        // Config::check compiled it already; this cannot happen for a
-                        // loaded config, and a hand-built one just does not resize.
-                        error!(group = %g.name, error = %e, "group policy is invalid; not resizing it");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            groups.push(GroupRuntime {
-                name: g.name.clone(),
-                members: g.vms.clone(),
-                dry_run: g.effective_dry_run(config.dry_run),
-                policy,
-                state: GroupState::default(),
-                last_decision: None,
-                skips: Vec::new(),
-            });
-        }
+        let groups = config
+            .groups
+            .iter()
+            .map(|g| group_runtime(g, config.dry_run))
+            .collect();
+        let actuator = Arc::new(std::sync::RwLock::new(actuator));
         let store = Arc::new(Mutex::new(store));
         let stats = Arc::new(EngineStats::default());
         let (jobs_tx, jobs_rx) = mpsc::channel(config.engine.queue);
@@ -511,11 +522,12 @@ impl Engine {
         tokio::spawn(dispatch(
             jobs_rx,
             outcomes_tx,
-            actuator,
+            Arc::clone(&actuator),
             config.engine.concurrency,
         ));
         let engine = Self {
             groups,
+            actuator,
             fleet,
             clock,
             store: Arc::clone(&store),
@@ -753,6 +765,63 @@ impl Engine {
                 let r = self.manual(&vm, &rung).await;
                 let _ = reply.send(r);
             }
+            Command::Reconfigure {
+                config,
+                actuator,
+                reply,
+            } => {
+                self.reconfigure(&config, actuator).await;
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// See [`EngineHandle::reconfigure`].
+    async fn reconfigure(&mut self, config: &Config, actuator: Arc<dyn Actuator>) {
+        *self
+            .actuator
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = actuator;
+        let mut old = std::mem::take(&mut self.groups);
+        let mut added = Vec::new();
+        for g in &config.groups {
+            let mut runtime = group_runtime(g, config.dry_run);
+            match old.iter().position(|o| o.name == g.name) {
+                Some(i) => {
+                    let kept = old.swap_remove(i);
+                    runtime.state = kept.state;
+                    runtime.last_decision = kept.last_decision;
+                    runtime.skips = kept.skips;
+                }
+                None => added.push(self.groups.len()),
+            }
+            self.groups.push(runtime);
+        }
+        for gone in old {
+            if let Some(r) = gone.state.in_flight() {
+                warn!(group = %gone.name, vm = %r.vm, id = %r.id, "group removed with a resize in flight; it is no longer verified");
+            }
+            info!(group = %gone.name, "group removed from the configuration");
+            self.stats.remove_group(&gone.name);
+        }
+        let now = self.now();
+        for i in added {
+            let name = self.groups[i].name.clone();
+            let loaded = with_store(&self.store, {
+                let name = name.clone();
+                move |store| store.load_group(&name, now)
+            })
+            .await;
+            match loaded {
+                Ok(state) => self.groups[i].state = state,
+                Err(e) => {
+                    error!(group = %name, error = %e, "cannot load the new group's state; starting it afresh")
+                }
+            }
+            info!(group = %name, "group added");
+        }
+        for g in &self.groups {
+            self.stats.set_group(g.status());
         }
     }
 
@@ -855,6 +924,32 @@ impl Engine {
     }
 }
 
+/// The engine's view of one configured group, with a fresh state.
+fn group_runtime(g: &crate::config::GroupConfig, global_dry_run: bool) -> GroupRuntime {
+    let policy = if g.resizes() {
+        match g.policy().compile() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // Config::check compiled it already; this cannot happen for a loaded
+                // config, and a hand-built one just does not resize.
+                error!(group = %g.name, error = %e, "group policy is invalid; not resizing it");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    GroupRuntime {
+        name: g.name.clone(),
+        members: g.vms.clone(),
+        dry_run: g.effective_dry_run(global_dry_run),
+        policy,
+        state: GroupState::default(),
+        last_decision: None,
+        skips: Vec::new(),
+    }
+}
+
 fn log_event(group: &str, e: &Event) {
     match e {
         Event::Verified {
@@ -886,7 +981,7 @@ fn log_event(group: &str, e: &Event) {
 async fn dispatch(
     mut jobs: mpsc::Receiver<Job>,
     outcomes: mpsc::Sender<Delivered>,
-    actuator: Arc<dyn Actuator>,
+    actuator: Arc<std::sync::RwLock<Arc<dyn Actuator>>>,
     concurrency: usize,
 ) {
     let permits = Arc::new(Semaphore::new(concurrency));
@@ -898,7 +993,7 @@ async fn dispatch(
         let actuator = if job.request.dry_run {
             Arc::clone(&log)
         } else {
-            Arc::clone(&actuator)
+            Arc::clone(&actuator.read().unwrap_or_else(PoisonError::into_inner))
         };
         let outcomes = outcomes.clone();
         tokio::spawn(async move {

@@ -30,6 +30,11 @@
 //!   machine, on loopback.
 //!
 //! [`Collector`] binds both listeners and serves until told to stop; [`run`] does both.
+//! [`Collector::serve_live`] also applies reloaded configurations (SIGHUP): groups and
+//! their policies, `dry_run`, the actuator, `[api]`, `[auth]` tokens and the fleet's
+//! `ingest.stale_after`, `forget_after`, `unknown_vms` and `max_vms` change live,
+//! without dropping a stream; `[listen]`, `[state]`, `[engine]` and the other
+//! `[ingest]` limits need a restart (a reload logs each one it kept).
 //!
 //! **Invariant:** the ingest path never waits on anything slow: no disk, no actuator,
 //! no other stream. It only takes one VM's lock for the moment a report is folded in.
@@ -68,7 +73,7 @@ use tracing::{info, warn};
 
 use crate::actuator::Actuator;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, IngestConfig};
 use crate::engine::{Engine, EngineHandle};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::ingest::auth::Authenticator;
@@ -243,7 +248,23 @@ impl Collector {
     /// Serves both listeners until `shutdown` completes, then closes agent streams
     /// (`Unavailable`, so agents reconnect elsewhere) and finishes within a grace time.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (_unchanging, config) = watch::channel(self.config.clone());
+        self.serve_live(config, shutdown).await
+    }
+
+    /// [`serve`](Collector::serve), applying each configuration sent on `config` (a
+    /// reload; see the crate documentation for what changes live). Send only checked
+    /// configurations ([`Config::load`]); one whose token, secret or API token file
+    /// cannot be read now is rejected as a whole.
+    pub async fn serve_live(
+        self,
+        mut config: watch::Receiver<Config>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        config.borrow_and_update();
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (auth_tx, auth_rx) = watch::channel(Arc::new(self.auth.clone()));
+        let (api_token_tx, api_token_rx) = watch::channel(self.api_token.clone());
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
@@ -255,7 +276,7 @@ impl Collector {
             Arc::clone(&self.fleet),
             Arc::clone(&self.clock),
             Arc::clone(&self.stats),
-            self.auth,
+            auth_rx,
             stop_rx.clone(),
         );
         let incoming = TcpIncoming::from(self.grpc)
@@ -274,7 +295,7 @@ impl Collector {
             clock: Arc::clone(&self.clock),
             ready: Arc::clone(&self.ready),
             engine: self.engine_handle.clone(),
-            api_token: self.api_token.clone(),
+            api_token: api_token_rx,
         });
         let http = axum::serve(
             self.http,
@@ -299,6 +320,22 @@ impl Collector {
                     for vm in fleet.forget_silent(clock.now()) {
                         info!(vm = %vm, "forgot a VM silent for ingest.forget_after");
                     }
+                }
+            })
+        };
+
+        let reloads = {
+            let live = Live {
+                fleet: Arc::clone(&self.fleet),
+                engine: self.engine_handle.clone(),
+                auth: auth_tx,
+                api_token: api_token_tx,
+            };
+            let mut running = self.config.clone();
+            tokio::spawn(async move {
+                while config.changed().await.is_ok() {
+                    let new = config.borrow_and_update().clone();
+                    running = live.reload(running, new).await;
                 }
             })
         };
@@ -335,7 +372,88 @@ impl Collector {
         };
         forget.abort();
         engine.abort();
+        reloads.abort();
         result
+    }
+}
+
+/// What a reload replaces in a running collector.
+struct Live {
+    fleet: Arc<Fleet>,
+    engine: EngineHandle,
+    auth: watch::Sender<Arc<Authenticator>>,
+    api_token: watch::Sender<Option<Arc<str>>>,
+}
+
+impl Live {
+    /// Applies `new` over `running` and returns the configuration now in force (the
+    /// running one, whole, when `new` cannot be applied).
+    async fn reload(&self, running: Config, mut new: Config) -> Config {
+        keep_restart_only(&running, &mut new);
+        let auth = match Authenticator::from_config(&new.auth) {
+            Ok(auth) => auth,
+            Err(error) => return rejected(running, &format!("auth: {error}")),
+        };
+        let actuator: Arc<dyn Actuator> = match new.actuator.as_ref().map(|a| a.build()) {
+            None => Arc::new(LogActuator),
+            Some(Ok(actuator)) => Arc::from(actuator),
+            Some(Err(error)) => return rejected(running, &format!("actuator: {error}")),
+        };
+        let api_token = match new.api.token_file.as_deref().map(config::read_token) {
+            None => None,
+            Some(Ok(token)) => Some(Arc::from(token)),
+            Some(Err(error)) => return rejected(running, &format!("api.token_file: {error}")),
+        };
+        self.fleet.reconfigure(FleetSettings::from_config(&new));
+        self.auth.send_replace(Arc::new(auth));
+        self.api_token.send_replace(api_token);
+        if let Err(error) = self.engine.reconfigure(&new, actuator).await {
+            warn!(%error, "the resize engine did not take the new groups");
+        }
+        info!(
+            groups = new.groups.len(),
+            dry_run = new.dry_run,
+            "configuration reloaded"
+        );
+        new
+    }
+}
+
+fn rejected(running: Config, why: &str) -> Config {
+    tracing::error!(
+        error = why,
+        "new configuration rejected; keeping the running one"
+    );
+    running
+}
+
+/// Puts back, with a warning, every key of `new` that only a restart can change.
+fn keep_restart_only(running: &Config, new: &mut Config) {
+    let restart = |key: &str| {
+        warn!(
+            key,
+            "changing `{key}` needs a restart (systemctl restart rally-collector); keeping the running value"
+        );
+    };
+    if new.listen != running.listen {
+        restart("listen");
+        new.listen = running.listen.clone();
+    }
+    if new.state != running.state {
+        restart("state");
+        new.state = running.state.clone();
+    }
+    if new.engine != running.engine {
+        restart("engine");
+        new.engine = running.engine.clone();
+    }
+    let (old, ingest) = (&running.ingest, &mut new.ingest);
+    let fixed = |i: &IngestConfig| (i.max_message_bytes, i.max_streams, i.hello_timeout);
+    if fixed(ingest) != fixed(old) {
+        restart("ingest.max_message_bytes, ingest.max_streams, ingest.hello_timeout");
+        ingest.max_message_bytes = old.max_message_bytes;
+        ingest.max_streams = old.max_streams;
+        ingest.hello_timeout = old.hello_timeout;
     }
 }
 

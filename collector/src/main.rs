@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use rally_collector::cli::{Cli, Command};
 use rally_collector::config::Config;
+use sd_notify::NotifyState;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -42,10 +43,27 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => {
             let config = Config::load(&cli.config)?;
+            let config_copy = config.clone();
             runtime()?.block_on(async {
-                rally_collector::run(config, shutdown_signal()?)
+                let shutdown = shutdown_signal()?;
+                let stopping = async {
+                    shutdown.await;
+                    notify(&[NotifyState::Stopping]);
+                };
+                let collector = rally_collector::Collector::bind(config)
                     .await
-                    .context("running the collector")
+                    .context("starting the collector")?;
+                // Both listeners are bound and the store is open (the unit is
+                // Type=notify); connections queue until `serve` accepts them.
+                notify(&[NotifyState::Ready]);
+                let (config_tx, config_rx) = tokio::sync::watch::channel(config_copy);
+                let reloads = reload_on_hangup(&cli.config, config_tx)?;
+                tokio::select! {
+                    result = collector.serve_live(config_rx, stopping) => {
+                        result.context("running the collector")
+                    }
+                    () = reloads => Ok(()),
+                }
             })
         }
         Command::Demo(args) => runtime()?.block_on(async {
@@ -151,6 +169,45 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name("rally-collector")
         .build()
         .context("starting the tokio runtime")
+}
+
+/// Re-reads the configuration on every SIGHUP (`systemctl reload`) and sends it to the
+/// running collector; an invalid file is logged with its file, line and key, and the
+/// running configuration stays. Never completes.
+fn reload_on_hangup(
+    path: &std::path::Path,
+    config: tokio::sync::watch::Sender<Config>,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + '_> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            // systemd 253+ wants the monotonic time with RELOADING=1; 252 ignores it.
+            match NotifyState::monotonic_usec_now() {
+                Ok(now) => notify(&[NotifyState::Reloading, now]),
+                Err(_) => notify(&[NotifyState::Reloading]),
+            }
+            match Config::load(path) {
+                Ok(new) => {
+                    config.send_replace(new);
+                }
+                Err(error) => tracing::error!(
+                    error = %format!("{error:#}"),
+                    "configuration rejected; keeping the running one"
+                ),
+            }
+            notify(&[NotifyState::Ready]);
+        }
+        std::future::pending::<()>().await;
+    })
+}
+
+/// Tells systemd about a state change; does nothing when `NOTIFY_SOCKET` is unset.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(state) {
+        tracing::warn!(%error, "cannot notify systemd");
+    }
 }
 
 /// Completes on SIGTERM (systemd) or SIGINT (Ctrl-C). The handlers are installed

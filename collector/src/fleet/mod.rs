@@ -432,49 +432,102 @@ impl Drop for Session {
 /// Every VM the collector knows, by id.
 #[derive(Debug)]
 pub struct Fleet {
+    /// The settings and group membership; replaced whole by a reload.
+    rules: RwLock<Arc<Rules>>,
+    vms: RwLock<HashMap<String, Arc<Mutex<Vm>>>>,
+}
+
+/// The fleet's settings with the membership they imply.
+#[derive(Debug)]
+struct Rules {
     settings: FleetSettings,
     /// vm id → configured group.
     configured: HashMap<String, String>,
-    vms: RwLock<HashMap<String, Arc<Mutex<Vm>>>>,
+}
+
+impl Rules {
+    fn new(settings: FleetSettings) -> Self {
+        let configured = settings
+            .groups
+            .iter()
+            .flat_map(|(group, members)| members.iter().map(|vm| (vm.clone(), group.clone())))
+            .collect();
+        Self {
+            settings,
+            configured,
+        }
+    }
 }
 
 impl Fleet {
     /// A fleet holding the configured VMs (without data yet).
     pub fn new(settings: FleetSettings) -> Self {
-        let mut configured = HashMap::new();
-        let mut vms = HashMap::new();
-        for (group, members) in &settings.groups {
-            for vm in members {
-                configured.insert(vm.clone(), group.clone());
-                vms.insert(
-                    vm.clone(),
-                    Arc::new(Mutex::new(Vm::new(vm.clone(), group.clone()))),
-                );
-            }
-        }
+        let rules = Rules::new(settings);
+        let vms = rules
+            .configured
+            .iter()
+            .map(|(vm, group)| {
+                let state = Vm::new(vm.clone(), group.clone());
+                (vm.clone(), Arc::new(Mutex::new(state)))
+            })
+            .collect();
         Self {
-            settings,
-            configured,
+            rules: RwLock::new(Arc::new(rules)),
             vms: RwLock::new(vms),
         }
     }
 
-    /// The settings the fleet was built with.
-    pub fn settings(&self) -> &FleetSettings {
-        &self.settings
+    fn rules(&self) -> Arc<Rules> {
+        Arc::clone(&self.rules.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> FleetSettings {
+        self.rules().settings.clone()
+    }
+
+    /// Applies new settings (a reload): every VM moves to the group that now names it
+    /// (or `ungrouped`), newly named VMs are listed, and VMs that are no longer named
+    /// and never reported are dropped. Streams, reports and windows are kept. A VM
+    /// `unknown_vms = "reject"` would now refuse keeps its open stream; its next one is
+    /// refused.
+    pub fn reconfigure(&self, settings: FleetSettings) {
+        let rules = Arc::new(Rules::new(settings));
+        let mut map = self.vms.write().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|id, vm| {
+            let mut state = lock(vm);
+            match rules.configured.get(id) {
+                Some(group) => {
+                    state.group.clone_from(group);
+                    true
+                }
+                // Listed only because a group named it: nothing to keep.
+                None if state.last_seen_at.is_none() && state.streams == 0 => false,
+                None => {
+                    UNGROUPED.clone_into(&mut state.group);
+                    true
+                }
+            }
+        });
+        for (vm, group) in &rules.configured {
+            map.entry(vm.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(Vm::new(vm.clone(), group.clone()))));
+        }
+        *self.rules.write().unwrap_or_else(PoisonError::into_inner) = rules;
     }
 
     /// After `stale_after` without a report a VM is stale.
     pub fn stale_after(&self) -> Duration {
-        self.settings.stale_after
+        self.rules().settings.stale_after
     }
 
     /// The group a VM id belongs to, or `None` if it would be refused.
-    pub fn group_for(&self, vm: &str) -> Option<&str> {
-        match self.configured.get(vm) {
-            Some(group) => Some(group),
-            None => match self.settings.unknown_vms {
-                UnknownVms::Ungrouped => Some(UNGROUPED),
+    pub fn group_for(&self, vm: &str) -> Option<String> {
+        let rules = self.rules();
+        match rules.configured.get(vm) {
+            Some(group) => Some(group.clone()),
+            None => match rules.settings.unknown_vms {
+                UnknownVms::Ungrouped => Some(UNGROUPED.to_owned()),
                 UnknownVms::Reject => None,
             },
         }
@@ -485,8 +538,7 @@ impl Fleet {
     pub fn hello(&self, hello: &Hello, now: SystemTime) -> Result<Session, HelloError> {
         let group = self
             .group_for(&hello.vm_id)
-            .ok_or_else(|| HelloError::UnknownVm(hello.vm_id.clone()))?
-            .to_string();
+            .ok_or_else(|| HelloError::UnknownVm(hello.vm_id.clone()))?;
         let vm = self.get_or_insert(&hello.vm_id, group)?;
         let watermark = {
             let mut state = lock(&vm);
@@ -508,7 +560,7 @@ impl Fleet {
             vm,
             run: hello.run.clone(),
             watermark,
-            stale_after: self.settings.stale_after,
+            stale_after: self.stale_after(),
         })
     }
 
@@ -520,8 +572,9 @@ impl Fleet {
         if let Some(vm) = map.get(id) {
             return Ok(Arc::clone(vm));
         }
-        if map.len() >= self.settings.max_vms {
-            return Err(HelloError::Full(self.settings.max_vms));
+        let max_vms = self.rules().settings.max_vms;
+        if map.len() >= max_vms {
+            return Err(HelloError::Full(max_vms));
         }
         let vm = Arc::new(Mutex::new(Vm::new(id.to_string(), group)));
         map.insert(id.to_string(), Arc::clone(&vm));
@@ -562,7 +615,7 @@ impl Fleet {
 
     /// Every VM's summary at `now`, in (group, id) order.
     pub fn snapshot(&self, now: SystemTime) -> Vec<VmSummary> {
-        let stale_after = self.settings.stale_after;
+        let stale_after = self.stale_after();
         let mut out = Vec::new();
         self.for_each_vm(|vm| out.push(vm.summary(now, stale_after)));
         out
@@ -570,7 +623,7 @@ impl Fleet {
 
     /// One VM's summary at `now`.
     pub fn summary(&self, id: &str, now: SystemTime) -> Option<VmSummary> {
-        let stale_after = self.settings.stale_after;
+        let stale_after = self.stale_after();
         self.with_vm(id, |vm| vm.summary(now, stale_after))
     }
 
@@ -605,7 +658,7 @@ impl Fleet {
 
     /// Whether `vm` reported within `stale_after` of `now` (false if unknown).
     pub fn is_fresh(&self, vm: &str, now: SystemTime) -> bool {
-        let stale_after = self.settings.stale_after;
+        let stale_after = self.stale_after();
         self.with_vm(vm, |v| v.is_fresh(now, stale_after))
             .unwrap_or(false)
     }
@@ -636,7 +689,7 @@ impl Fleet {
     /// Whether `metric` was reported for `vm` throughout `range`, with no gap longer
     /// than `stale_after` (see [`Windows::covers`]).
     pub fn covers(&self, vm: &str, metric: Metric, range: TimeRange) -> bool {
-        let max_gap = self.settings.stale_after;
+        let max_gap = self.stale_after();
         self.with_vm(vm, |v| v.windows.covers(metric, range, max_gap))
             .unwrap_or(false)
     }
@@ -644,7 +697,8 @@ impl Fleet {
     /// Drops VMs silent for `forget_after` that have no open stream; configured VMs
     /// are reset to "no data" instead. Returns the ids forgotten.
     pub fn forget_silent(&self, now: SystemTime) -> Vec<String> {
-        let forget_after = self.settings.forget_after;
+        let rules = self.rules();
+        let forget_after = rules.settings.forget_after;
         let silent = |vm: &Vm| {
             vm.streams == 0
                 && vm
@@ -671,7 +725,7 @@ impl Fleet {
             if !silent(&lock(vm)) {
                 continue;
             }
-            match self.configured.get(&id) {
+            match rules.configured.get(&id) {
                 Some(group) => {
                     *lock(vm) = Vm::new(id.clone(), group.clone());
                 }

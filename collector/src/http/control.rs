@@ -96,7 +96,8 @@ fn check_operator(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Result<(), ApiError> {
-    match &state.api_token {
+    let token = state.api_token.borrow().clone();
+    match &token {
         Some(token) => {
             let given = headers
                 .get(header::AUTHORIZATION)

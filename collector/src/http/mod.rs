@@ -37,8 +37,8 @@ pub struct HttpState {
     /// The resize engine: status, commands, decisions.
     pub engine: EngineHandle,
     /// The bearer token the mutating endpoints require (`[api] token_file`); without
-    /// one they are accepted from loopback only.
-    pub api_token: Option<Arc<str>>,
+    /// one they are accepted from loopback only. A reload replaces it.
+    pub api_token: tokio::sync::watch::Receiver<Option<Arc<str>>>,
 }
 
 /// The router of the HTTP listener.
@@ -147,7 +147,7 @@ mod tests {
             clock: Arc::new(SystemClock),
             ready: Arc::new(AtomicBool::new(false)),
             engine: handle,
-            api_token: None,
+            api_token: tokio::sync::watch::channel(None).1,
         };
         let (status, _) = readyz(State(state.clone())).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

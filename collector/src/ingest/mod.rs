@@ -136,27 +136,29 @@ pub struct IngestService {
     fleet: Arc<Fleet>,
     clock: Arc<dyn Clock>,
     stats: Arc<IngestStats>,
-    auth: Arc<Authenticator>,
+    /// Replaced by a reload; streams already open keep the identity they proved.
+    auth: watch::Receiver<Arc<Authenticator>>,
     streams: Arc<Semaphore>,
     hello_timeout: Duration,
     shutdown: watch::Receiver<bool>,
 }
 
 impl IngestService {
-    /// A service feeding `fleet`; streams end when `shutdown` turns true.
+    /// A service feeding `fleet`, authenticating with the latest value of `auth`;
+    /// streams end when `shutdown` turns true.
     pub fn new(
         config: &IngestConfig,
         fleet: Arc<Fleet>,
         clock: Arc<dyn Clock>,
         stats: Arc<IngestStats>,
-        auth: Authenticator,
+        auth: watch::Receiver<Arc<Authenticator>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             fleet,
             clock,
             stats,
-            auth: Arc::new(auth),
+            auth,
             streams: Arc::new(Semaphore::new(config.max_streams)),
             hello_timeout: config.hello_timeout,
             shutdown,
@@ -271,18 +273,22 @@ impl Ingest for IngestService {
                 Status::resource_exhausted("too many agent streams (ingest.max_streams)"),
             ));
         };
-        let identity = self.auth.identify(request.metadata()).map_err(|err| {
-            let message = match err {
-                AuthError::Missing | AuthError::Malformed => err.to_string(),
-                AuthError::Unknown => "unknown token".to_string(),
-            };
-            self.rejected(
-                Reason::Unauthenticated,
-                peer,
-                None,
-                Status::unauthenticated(message),
-            )
-        })?;
+        let identity = self
+            .auth
+            .borrow()
+            .identify(request.metadata())
+            .map_err(|err| {
+                let message = match err {
+                    AuthError::Missing | AuthError::Malformed => err.to_string(),
+                    AuthError::Unknown => "unknown token".to_string(),
+                };
+                self.rejected(
+                    Reason::Unauthenticated,
+                    peer,
+                    None,
+                    Status::unauthenticated(message),
+                )
+            })?;
         // Answer at once and read the Hello in the stream's task, so that an agent that
         // waits for the response before sending its Hello is served too.
         let (ack_tx, ack_rx) = watch::channel(0);
