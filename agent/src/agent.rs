@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Config, InvalidValue};
-use crate::sample::Sampler;
+use crate::sample::{Sample, Sampler};
+use crate::source::Sources;
 use crate::tick::Ticker;
 use crate::transport::{self, Link, Shared, TokenError};
 use crate::wire::{self, Identity};
@@ -71,7 +72,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (seqs, seqs_rx) = watch::channel(0u64);
 
     let sampler = Sampler::new(&config.root);
-    let sampling = sample_forever(sampler, &links, &shared, seqs, interval_rx);
+    let sources = sources(&config)?;
+    let sampling = sample_forever(sampler, sources, &links, &shared, seqs, interval_rx);
     let streams =
         futures_util::future::join_all(links.iter().map(|link| {
             transport::maintain(Arc::clone(link), Arc::clone(&shared), seqs_rx.clone())
@@ -88,6 +90,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// interval, appending each report to every link's buffer.
 async fn sample_forever(
     mut sampler: Sampler,
+    mut sources: Sources,
     links: &[Arc<Link>],
     shared: &Shared,
     seqs: watch::Sender<u64>,
@@ -98,7 +101,10 @@ async fn sample_forever(
     let mut seq = 0u64;
     loop {
         let taken = Instant::now();
-        let sample = sampler.sample();
+        let mut sample = sampler.sample();
+        // Web-server sources are read concurrently, each within its timeout (shorter
+        // than the interval); the streams keep running meanwhile.
+        sample.sources = sources.sample().await;
         seq += 1;
         *shared.size.lock().unwrap_or_else(PoisonError::into_inner) = sample.size;
         let report = wire::encode_report(seq, &sample);
@@ -134,6 +140,30 @@ async fn sample_forever(
             }
         }
     }
+}
+
+/// The configured web-server sources.
+fn sources(config: &Config) -> Result<Sources, Error> {
+    Sources::new(&config.sources).map_err(|message| {
+        Error::Config(InvalidValue {
+            key: "sources",
+            message,
+        })
+    })
+}
+
+/// Two readings `pause` apart and the second as one sample, sources included (for
+/// `rally-agent sample`).
+pub async fn sample_once(config: &Config, pause: Duration) -> Result<Sample, Error> {
+    config.validate()?;
+    let mut sampler = Sampler::new(&config.root);
+    let mut sources = sources(config)?;
+    sampler.sample();
+    sources.sample().await;
+    tokio::time::sleep(pause).await;
+    let mut sample = sampler.sample();
+    sample.sources = sources.sample().await;
+    Ok(sample)
 }
 
 /// Who this agent is: VM id, hostname, boot id and a fresh run id.
