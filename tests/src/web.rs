@@ -256,7 +256,8 @@ fn wait_until_closed(port: u16) {
 }
 
 /// Sends GET requests to `url` at `per_second`, on an absolute schedule (a late
-/// request does not shift the next ones), until `stop` says so; returns how many were
+/// request does not shift the next ones, and a stalled server gets no catch-up burst,
+/// so the pace is never exceeded), until `stop` says so; returns how many were
 /// answered (each checked to be an HTTP answer).
 pub async fn load(url: String, per_second: u32, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
     let client = reqwest::Client::builder()
@@ -264,7 +265,7 @@ pub async fn load(url: String, per_second: u32, stop: tokio::sync::watch::Receiv
         .build()
         .expect("client");
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sent = 0;
     while !*stop.borrow() {
         tick.tick().await;
