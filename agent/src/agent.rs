@@ -29,7 +29,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, InvalidValue};
-use crate::sample::Sampler;
+use crate::sample::{Sample, Sampler};
+use crate::source::Sources;
 use crate::tick::Ticker;
 use crate::transport::{self, Link, Shared, TokenError};
 use crate::wire::{self, Identity};
@@ -94,7 +95,8 @@ pub async fn run_live(
     let links = Mutex::new(streams.links());
 
     let sampler = Sampler::new(&current.root);
-    let sampling = sample_forever(sampler, &links, &shared, seqs, interval_rx, ready);
+    let sources = sources(&current)?;
+    let sampling = sample_forever(sampler, sources, &links, &shared, seqs, interval_rx, ready);
     tokio::pin!(sampling, shutdown);
     let mut reloads_open = true;
     loop {
@@ -149,6 +151,12 @@ fn reload(current: Config, mut new: Config, shared: &Shared, streams: &mut Strea
     if new.root != current.root {
         restart_needed("root");
         new.root.clone_from(&current.root);
+    }
+    // Sources hold open log files and counters; swapping them live would lose the
+    // interval in progress, so a change waits for a restart like the identity.
+    if new.sources != current.sources {
+        restart_needed("sources");
+        new.sources.clone_from(&current.sources);
     }
     if new.interval != current.interval {
         shared.interval.send_replace(new.interval);
@@ -264,6 +272,7 @@ impl Streams {
 /// first one.
 async fn sample_forever(
     mut sampler: Sampler,
+    mut sources: Sources,
     links: &Mutex<Vec<Arc<Link>>>,
     shared: &Shared,
     seqs: watch::Sender<u64>,
@@ -276,7 +285,10 @@ async fn sample_forever(
     let mut seq = 0u64;
     loop {
         let taken = Instant::now();
-        let sample = sampler.sample();
+        let mut sample = sampler.sample();
+        // Web-server sources are read concurrently, each within its timeout (shorter
+        // than the interval); the streams keep running meanwhile.
+        sample.sources = sources.sample().await;
         seq += 1;
         *shared.size.lock().unwrap_or_else(PoisonError::into_inner) = sample.size;
         let report = wire::encode_report(seq, &sample);
@@ -316,6 +328,30 @@ async fn sample_forever(
             }
         }
     }
+}
+
+/// The configured web-server sources.
+fn sources(config: &Config) -> Result<Sources, Error> {
+    Sources::new(&config.sources).map_err(|message| {
+        Error::Config(InvalidValue {
+            key: "sources",
+            message,
+        })
+    })
+}
+
+/// Two readings `pause` apart and the second as one sample, sources included (for
+/// `rally-agent sample`).
+pub async fn sample_once(config: &Config, pause: Duration) -> Result<Sample, Error> {
+    config.validate()?;
+    let mut sampler = Sampler::new(&config.root);
+    let mut sources = sources(config)?;
+    sampler.sample();
+    sources.sample().await;
+    tokio::time::sleep(pause).await;
+    let mut sample = sampler.sample();
+    sample.sources = sources.sample().await;
+    Ok(sample)
 }
 
 /// Who this agent is: VM id, hostname, boot id and a fresh run id.

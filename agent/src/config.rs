@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::source::SourceConfig;
+
 /// Where the packaged agent looks for its configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/rally/agent.toml";
 
@@ -46,6 +48,8 @@ pub struct Config {
     /// Where `proc/` and `sys/` are read from: `/` on the VM itself, or the host's
     /// root mounted elsewhere (e.g. `/host` in a container).
     pub root: PathBuf,
+    /// Web-server request sources (`[[sources]]`), read at every sample.
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for Config {
@@ -58,6 +62,7 @@ impl Default for Config {
             token_file: None,
             labels: BTreeMap::new(),
             root: PathBuf::from("/"),
+            sources: Vec::new(),
         }
     }
 }
@@ -202,6 +207,9 @@ impl Config {
         }
         if self.buffer_reports == 0 {
             return invalid("buffer_reports", "must be at least 1".into());
+        }
+        if let Err(message) = crate::source::validate_all(&self.sources, self.interval) {
+            return invalid("sources", message);
         }
         if let Some(vm_id) = &self.vm_id
             && vm_id.trim().is_empty()

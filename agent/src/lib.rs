@@ -11,6 +11,9 @@
 //! - [`sample`]: one module per signal (`cpu`, `memory`, `load`, `pressure`, `net`,
 //!   `disk`, `filesystem`, `size`), each a file read plus pure functions over its text,
 //!   and the [`sample::Sampler`] that reads them all and keeps previous counters.
+//! - [`source`]: one module per web-server source (`nginx`, `apache`, `php_fpm`,
+//!   `access_log` with its rotation-proof `tail`, `prometheus`), the bounded HTTP
+//!   reader they share, counter-reset math, and [`source::Sources`] that reads them all.
 //! - [`buffer`]: the bounded queue of un-acknowledged reports (drops the oldest, counts
 //!   it, trims on acknowledgement).
 //! - [`backoff`]: gRPC's connection backoff (1 s × 1.6, ±20 %, cap 120 s).
@@ -30,6 +33,7 @@ pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod sample;
+pub mod source;
 pub mod tick;
 pub mod transport;
 pub mod wire;

@@ -39,10 +39,16 @@ fn execute(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Sample => {
             let config = load(cli)?;
-            let mut sampler = rally_agent::sample::Sampler::new(&config.root);
-            sampler.sample();
-            std::thread::sleep(Duration::from_secs(1));
-            let sample = sampler.sample();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building the tokio runtime")?;
+            let sample = runtime
+                .block_on(rally_agent::agent::sample_once(
+                    &config,
+                    Duration::from_secs(1),
+                ))
+                .context("sampling")?;
             let json =
                 serde_json::to_string_pretty(&sample).context("encoding the sample as JSON")?;
             print(&format!("{json}\n"))

@@ -415,6 +415,7 @@ mod tests {
             net: Vec::new(),
             disks: Vec::new(),
             filesystems: Vec::new(),
+            sources: Vec::new(),
         };
         for seq in 1..=2 {
             link.buffer().push(seq, wire::encode_report(seq, &sample));

@@ -12,6 +12,7 @@ use rally_proto::v1 as pb;
 
 use crate::buffer::Entry;
 use crate::sample::{CpuShares, PressureLine, PressureResource, Sample, VmSize};
+use crate::source::SourceSample;
 
 /// Who the agent is, for the stream's `Hello`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +127,61 @@ pub fn report(seq: u64, s: &Sample) -> pb::Report {
             })
             .collect(),
         dropped: 0,
+        sources: s.sources.iter().map(source_report).collect(),
+    }
+}
+
+fn source_report(s: &SourceSample) -> pb::SourceReport {
+    pb::SourceReport {
+        name: s.name.clone(),
+        kind: s.kind.name().to_owned(),
+        up: s.up,
+        error: s.error.clone().unwrap_or_default(),
+        down_total: s.down_total,
+        interval_ms: s.interval_ms,
+        requests: s.requests,
+        requests_per_second: s.requests_per_second,
+        statuses: s.statuses.map(|c| pb::StatusClasses {
+            informational: c.informational,
+            success: c.success,
+            redirection: c.redirection,
+            client_error: c.client_error,
+            server_error: c.server_error,
+        }),
+        latency: s.latency.map(|l| pb::Latency {
+            count: l.count,
+            p50_seconds: l.p50_seconds,
+            p95_seconds: l.p95_seconds,
+            p99_seconds: l.p99_seconds,
+        }),
+        nginx: s.nginx.map(|n| pb::NginxStatus {
+            active: n.active,
+            reading: n.reading,
+            writing: n.writing,
+            waiting: n.waiting,
+            accepted_per_second: n.accepted_per_second,
+            handled_per_second: n.handled_per_second,
+        }),
+        apache: s.apache.as_ref().map(|a| pb::ApacheStatus {
+            busy_workers: a.busy_workers,
+            idle_workers: a.idle_workers,
+            scoreboard: a
+                .scoreboard
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+        }),
+        php_fpm: s.php_fpm.map(|p| pb::PhpFpmStatus {
+            listen_queue: p.listen_queue,
+            max_listen_queue: p.max_listen_queue,
+            listen_queue_len: p.listen_queue_len,
+            idle_processes: p.idle_processes,
+            active_processes: p.active_processes,
+            total_processes: p.total_processes,
+            max_active_processes: p.max_active_processes,
+            max_children_reached: p.max_children_reached,
+            slow_requests: p.slow_requests,
+        }),
     }
 }
 
@@ -231,6 +287,7 @@ mod tests {
             net: Vec::new(),
             disks: Vec::new(),
             filesystems: Vec::new(),
+            sources: Vec::new(),
         }
     }
 

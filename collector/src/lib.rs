@@ -394,10 +394,11 @@ impl Live {
             Ok(auth) => auth,
             Err(error) => return rejected(running, &format!("auth: {error}")),
         };
-        let actuator: Arc<dyn Actuator> = match new.actuator.as_ref().map(|a| a.build()) {
-            None => Arc::new(LogActuator),
-            Some(Ok(actuator)) => Arc::from(actuator),
-            Some(Err(error)) => return rejected(running, &format!("actuator: {error}")),
+        // The same path as at start: Oktawave resolves the ladders against its API again,
+        // and a reload it cannot complete keeps the running configuration.
+        let actuator: Arc<dyn Actuator> = match actuator::start(&mut new).await {
+            Ok(actuator) => actuator,
+            Err(error) => return rejected(running, &format!("actuator: {error}")),
         };
         let api_token = match new.api.token_file.as_deref().map(config::read_token) {
             None => None,

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use crate::clock::unix_seconds;
 use crate::engine::EngineStats;
-use crate::fleet::{Fleet, Metric, PressureResource, VmSummary};
+use crate::fleet::{Fleet, Latency, Metric, PressureResource, SourceReport, VmSummary};
 use crate::ingest::{IngestStats, Reason};
 
 /// The `Content-Type` of [`render`]'s output.
@@ -395,6 +395,7 @@ pub fn render(fleet: &Fleet, stats: &IngestStats, engine: &EngineStats, now: Sys
             }
         }
     }
+    request_metrics(&mut e, &vms);
     e.per_vm(
         &vms,
         "rally_vm_reports_total",
@@ -482,6 +483,192 @@ pub fn render(fleet: &Fleet, stats: &IngestStats, engine: &EngineStats, now: Sys
     e.sample("rally_collector_vms", &[], vms.len() as u64);
     resize_metrics(&mut e, engine);
     e.out
+}
+
+/// Reads one figure of a `T`.
+type Pick<T> = fn(&T) -> f64;
+
+/// `percentile` label values of source latency (a `quantile` label is reserved for
+/// summaries, which promtool checks for `_sum` and `_count`).
+const QUANTILES: &[(&str, Pick<Latency>)] = &[
+    ("50", |l| l.p50_seconds),
+    ("95", |l| l.p95_seconds),
+    ("99", |l| l.p99_seconds),
+];
+
+/// Request rates from the agents' web-server sources. Label sets are bounded: at most
+/// `MAX_SOURCES` sources per VM (checked at ingest), five status classes, three
+/// quantiles.
+fn request_metrics(e: &mut Exposition, vms: &[VmSummary]) {
+    use Kind::{Counter, Gauge};
+    let latest = |vm: &VmSummary, metric: Metric| vm.latest_values.get(metric);
+    e.per_vm(
+        vms,
+        "rally_vm_requests_per_second",
+        Gauge,
+        "Web requests per second over the last report's interval, summed over the VM's request sources (absent without a source with a rate).",
+        |vm| latest(vm, Metric::RequestsPerSecond),
+    );
+    e.per_vm_and(
+        vms,
+        "rally_vm_requests_per_second_mean",
+        "Mean web requests per second over a window.",
+        "window",
+        WINDOWS,
+        |vm, w| window_mean(vm, w, Metric::RequestsPerSecond),
+    );
+    e.per_vm(
+        vms,
+        "rally_vm_requests_per_second_per_vcpu",
+        Gauge,
+        "Web requests per second divided by the VM's vCPUs.",
+        |vm| latest(vm, Metric::RequestsPerSecondPerVcpu),
+    );
+    e.per_vm(
+        vms,
+        "rally_vm_server_error_ratio",
+        Gauge,
+        "5xx responses over all responses in the last interval (access-log sources).",
+        |vm| latest(vm, Metric::ServerErrorRatio),
+    );
+    e.per_vm(
+        vms,
+        "rally_vm_request_latency_p95_seconds",
+        Gauge,
+        "The highest p95 request latency among the VM's access-log sources over the last interval.",
+        |vm| latest(vm, Metric::LatencyP95Seconds),
+    );
+    e.per_vm(
+        vms,
+        "rally_vm_php_fpm_listen_queue",
+        Gauge,
+        "Requests waiting in php-fpm listen queues (summed over pools).",
+        |vm| latest(vm, Metric::PhpFpmListenQueue),
+    );
+
+    let sources = |vm: &VmSummary| -> Vec<SourceReport> {
+        vm.latest
+            .as_ref()
+            .map(|r| r.sources.clone())
+            .unwrap_or_default()
+    };
+    let per_source = |e: &mut Exposition,
+                      name: &str,
+                      kind: Kind,
+                      help: &str,
+                      value: &dyn Fn(&SourceReport) -> Option<f64>| {
+        e.family(name, kind, help);
+        for vm in vms {
+            for s in sources(vm) {
+                if let Some(v) = value(&s) {
+                    e.sample(
+                        name,
+                        &[
+                            ("vm", &vm.id),
+                            ("group", &vm.group),
+                            ("source", &s.name),
+                            ("kind", s.kind.name()),
+                        ],
+                        v,
+                    );
+                }
+            }
+        }
+    };
+    per_source(
+        e,
+        "rally_vm_source_up",
+        Gauge,
+        "1 if the agent could read the request source at its last sample, else 0.",
+        &|s| Some(f64::from(u8::from(s.up))),
+    );
+    per_source(
+        e,
+        "rally_vm_source_down_total",
+        Counter,
+        "Failed readings of the request source since its agent started.",
+        &|s| Some(s.down_total as f64),
+    );
+    per_source(
+        e,
+        "rally_vm_source_requests_per_second",
+        Gauge,
+        "Requests per second of one source over its last interval.",
+        &|s| s.requests_per_second,
+    );
+    per_source(
+        e,
+        "rally_vm_source_busy",
+        Gauge,
+        "What the source is serving now: nginx connections reading or writing, Apache busy workers, php-fpm active processes.",
+        &|s| s.busy.map(|b| b as f64),
+    );
+    per_source(
+        e,
+        "rally_vm_source_php_fpm_listen_queue",
+        Gauge,
+        "Requests waiting in the php-fpm pool's listen queue.",
+        &|s| s.php_fpm.map(|p| p.listen_queue as f64),
+    );
+    per_source(
+        e,
+        "rally_vm_source_php_fpm_idle_processes",
+        Gauge,
+        "Idle php-fpm workers of the pool.",
+        &|s| s.php_fpm.map(|p| p.idle_processes as f64),
+    );
+
+    let name = "rally_vm_source_responses_per_second";
+    e.family(
+        name,
+        Gauge,
+        "Responses per second by status class over the source's last interval (access logs).",
+    );
+    for vm in vms {
+        for s in sources(vm) {
+            let (Some(statuses), Some(secs)) = (
+                s.statuses.filter(|_| s.requests_per_second.is_some()),
+                Some(s.interval.as_secs_f64()).filter(|d| *d > 0.0),
+            ) else {
+                continue;
+            };
+            for (class, n) in statuses.by_class() {
+                e.sample(
+                    name,
+                    &[
+                        ("vm", &vm.id),
+                        ("group", &vm.group),
+                        ("source", &s.name),
+                        ("class", class),
+                    ],
+                    n as f64 / secs,
+                );
+            }
+        }
+    }
+    let name = "rally_vm_source_request_latency_seconds";
+    e.family(
+        name,
+        Gauge,
+        "Request latency quantiles over the source's last interval, from a histogram with 10 % buckets (access logs with a request time).",
+    );
+    for vm in vms {
+        for s in sources(vm) {
+            let Some(latency) = s.latency else { continue };
+            for (quantile, value) in QUANTILES {
+                e.sample(
+                    name,
+                    &[
+                        ("vm", &vm.id),
+                        ("group", &vm.group),
+                        ("source", &s.name),
+                        ("percentile", quantile),
+                    ],
+                    value(&latency),
+                );
+            }
+        }
+    }
 }
 
 /// The resize engine's families. Counters have a sample only once something happened
@@ -685,6 +872,7 @@ mod tests {
                     disks: vec![],
                     filesystems: vec![],
                     dropped: 0,
+                    sources: if i == 0 { web_sources() } else { vec![] },
                 };
                 session.apply(report, now);
             }
@@ -695,6 +883,56 @@ mod tests {
             .reports
             .fetch_add(12, std::sync::atomic::Ordering::Relaxed);
         (fleet, stats)
+    }
+
+    fn web_sources() -> Vec<SourceReport> {
+        use crate::fleet::{PhpFpm, SourceKind, StatusClasses};
+        let source = |name: &str, kind| SourceReport {
+            name: name.into(),
+            kind,
+            up: true,
+            down_total: 0,
+            interval: std::time::Duration::from_secs(5),
+            requests: 0,
+            requests_per_second: None,
+            statuses: None,
+            latency: None,
+            busy: None,
+            php_fpm: None,
+        };
+        vec![
+            SourceReport {
+                requests: 500,
+                requests_per_second: Some(100.0),
+                statuses: Some(StatusClasses {
+                    success: 490,
+                    server_error: 10,
+                    ..Default::default()
+                }),
+                latency: Some(Latency {
+                    count: 500,
+                    p50_seconds: 0.01,
+                    p95_seconds: 0.2,
+                    p99_seconds: 0.5,
+                }),
+                ..source("shop-log", SourceKind::AccessLog)
+            },
+            SourceReport {
+                requests: 250,
+                requests_per_second: Some(50.0),
+                busy: Some(3),
+                php_fpm: Some(PhpFpm {
+                    listen_queue: 4,
+                    ..Default::default()
+                }),
+                ..source("fpm", SourceKind::PhpFpm)
+            },
+            SourceReport {
+                up: false,
+                down_total: 2,
+                ..source("nginx", SourceKind::Nginx)
+            },
+        ]
     }
 
     #[test]
@@ -728,7 +966,21 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
-        assert!(!text.contains("requests_per_second"));
+        for needle in [
+            "rally_vm_requests_per_second{vm=\"web-1\",group=\"web\"} 150",
+            "rally_vm_requests_per_second_per_vcpu{vm=\"web-1\",group=\"web\"} 75",
+            "rally_vm_server_error_ratio{vm=\"web-1\",group=\"web\"} 0.02",
+            "rally_vm_php_fpm_listen_queue{vm=\"web-1\",group=\"web\"} 4",
+            "rally_vm_source_up{vm=\"web-1\",group=\"web\",source=\"nginx\",kind=\"nginx\"} 0",
+            "rally_vm_source_down_total{vm=\"web-1\",group=\"web\",source=\"nginx\",kind=\"nginx\"} 2",
+            "rally_vm_source_requests_per_second{vm=\"web-1\",group=\"web\",source=\"shop-log\",kind=\"access_log\"} 100",
+            "rally_vm_source_responses_per_second{vm=\"web-1\",group=\"web\",source=\"shop-log\",class=\"5xx\"} 2",
+            "rally_vm_source_request_latency_seconds{vm=\"web-1\",group=\"web\",source=\"shop-log\",percentile=\"95\"} 0.2",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        // A VM without sources has no request figures (absent, not 0).
+        assert!(!text.contains("rally_vm_requests_per_second{vm=\"db-1\""));
 
         // promtool must be installed: a missing promtool fails the test.
         let mut child = Command::new("promtool")

@@ -9,6 +9,8 @@
 //! - [`tool`]: requires an external program (promtool, nginx, ...): a missing one is
 //!   a test failure, never a skip.
 //! - [`raw`]: a gRPC client that can send bytes the generated client never would.
+//! - [`web`]: real nginx, Apache and php-fpm on loopback with the test's own configs,
+//!   and a paced load generator.
 //! - [`webhook`]: a real HTTP receiver of resize webhooks that checks signatures.
 
 pub mod bin;
@@ -16,6 +18,7 @@ pub mod process;
 pub mod rally;
 pub mod raw;
 pub mod tool;
+pub mod web;
 pub mod webhook;
 
 use std::time::{Duration, Instant};

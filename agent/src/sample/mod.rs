@@ -76,6 +76,10 @@ pub struct Sample {
     pub disks: Vec<DiskRate>,
     /// Real mounted filesystems.
     pub filesystems: Vec<FilesystemSpace>,
+    /// Web-server request sources, one per configured source (filled by the agent,
+    /// which reads them after the host signals).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::source::SourceSample>,
 }
 
 /// Why one signal could not be sampled.
@@ -320,6 +324,7 @@ impl Sampler {
             net: Vec::new(),
             disks: Vec::new(),
             filesystems: Vec::new(),
+            sources: Vec::new(),
         };
 
         let mut online_cores_in_stat = None;

@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 pub use report::{
-    CpuShares, DiskIo, Filesystem, Hello, LoadAverage, Memory, NetInterface, Pressure,
-    PressureLine, PressureResource, Report, RunKey, VmSize,
+    CpuShares, DiskIo, Filesystem, Hello, Latency, LoadAverage, MAX_SOURCES, Memory, NetInterface,
+    PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind, SourceReport,
+    StatusClasses, VmSize,
 };
 pub use view::FleetView;
 pub use window::{
@@ -805,6 +806,7 @@ mod tests {
             disks: vec![],
             filesystems: vec![],
             dropped: 0,
+            sources: vec![],
         }
     }
 

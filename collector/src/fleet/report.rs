@@ -194,6 +194,192 @@ pub struct Report {
     pub filesystems: Vec<Filesystem>,
     /// Reports the agent dropped from its full buffer just before this one.
     pub dropped: u64,
+    /// Web-server request sources, at most [`MAX_SOURCES`], names unique.
+    pub sources: Vec<SourceReport>,
+}
+
+/// The most sources one report may carry (each is a label value on `/metrics`).
+pub const MAX_SOURCES: usize = 32;
+
+impl Report {
+    /// Requests per second summed over the sources that have a rate this time; `None`
+    /// when none has (no source, all down, or the first reading after agent start).
+    pub fn requests_per_second(&self) -> Option<f64> {
+        self.sources
+            .iter()
+            .filter_map(|s| s.requests_per_second)
+            .reduce(|a, b| a + b)
+    }
+
+    /// 5xx responses over all responses of the interval, from the sources that count
+    /// status classes; `None` without such a source or without responses.
+    pub fn server_error_ratio(&self) -> Option<f64> {
+        let (errors, all) = self
+            .sources
+            .iter()
+            .filter(|s| s.requests_per_second.is_some())
+            .filter_map(|s| s.statuses)
+            .fold((0u64, 0u64), |(e, a), c| {
+                (
+                    e.saturating_add(c.server_error),
+                    a.saturating_add(c.total()),
+                )
+            });
+        (all > 0).then(|| errors as f64 / all as f64)
+    }
+
+    /// The highest p95 latency among the sources that measure it, in seconds.
+    pub fn latency_p95_seconds(&self) -> Option<f64> {
+        self.sources
+            .iter()
+            .filter_map(|s| s.latency.map(|l| l.p95_seconds))
+            .reduce(f64::max)
+    }
+
+    /// Requests waiting in php-fpm listen queues, summed over php-fpm sources.
+    pub fn php_fpm_listen_queue(&self) -> Option<f64> {
+        self.sources
+            .iter()
+            .filter_map(|s| s.php_fpm.map(|p| p.listen_queue as f64))
+            .reduce(|a, b| a + b)
+    }
+}
+
+/// What a source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// nginx `stub_status`.
+    Nginx,
+    /// Apache `mod_status`.
+    Apache,
+    /// php-fpm status.
+    PhpFpm,
+    /// A tailed access log.
+    AccessLog,
+    /// A Prometheus endpoint's counter.
+    Prometheus,
+}
+
+impl SourceKind {
+    /// Every kind.
+    pub const ALL: [SourceKind; 5] = [
+        SourceKind::Nginx,
+        SourceKind::Apache,
+        SourceKind::PhpFpm,
+        SourceKind::AccessLog,
+        SourceKind::Prometheus,
+    ];
+
+    /// The wire and label name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Nginx => "nginx",
+            SourceKind::Apache => "apache",
+            SourceKind::PhpFpm => "php_fpm",
+            SourceKind::AccessLog => "access_log",
+            SourceKind::Prometheus => "prometheus",
+        }
+    }
+}
+
+/// Requests by status class during an interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct StatusClasses {
+    /// 1xx.
+    pub informational: u64,
+    /// 2xx.
+    pub success: u64,
+    /// 3xx.
+    pub redirection: u64,
+    /// 4xx.
+    pub client_error: u64,
+    /// 5xx.
+    pub server_error: u64,
+}
+
+impl StatusClasses {
+    /// All classes together.
+    pub fn total(&self) -> u64 {
+        [
+            self.informational,
+            self.success,
+            self.redirection,
+            self.client_error,
+            self.server_error,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b))
+    }
+
+    /// `(label, count)` per class, `1xx`..`5xx`.
+    pub fn by_class(&self) -> [(&'static str, u64); 5] {
+        [
+            ("1xx", self.informational),
+            ("2xx", self.success),
+            ("3xx", self.redirection),
+            ("4xx", self.client_error),
+            ("5xx", self.server_error),
+        ]
+    }
+}
+
+/// Latency quantiles of an interval, in seconds (p50 ≤ p95 ≤ p99).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    /// Requests the quantiles cover.
+    pub count: u64,
+    /// Median.
+    pub p50_seconds: f64,
+    /// 95th percentile.
+    pub p95_seconds: f64,
+    /// 99th percentile.
+    pub p99_seconds: f64,
+}
+
+/// php-fpm pool figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct PhpFpm {
+    /// Requests waiting for a free worker.
+    pub listen_queue: u64,
+    /// Idle workers.
+    pub idle_processes: u64,
+    /// Busy workers.
+    pub active_processes: u64,
+    /// All workers.
+    pub total_processes: u64,
+    /// Times `pm.max_children` was hit during the interval.
+    pub max_children_reached: u64,
+    /// Slow requests during the interval.
+    pub slow_requests: u64,
+}
+
+/// One web-server source's figures over its interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceReport {
+    /// Its configured name (`[a-z0-9_-]`, unique in the report).
+    pub name: String,
+    /// What it reads.
+    pub kind: SourceKind,
+    /// Whether the agent could read it this time.
+    pub up: bool,
+    /// Failed readings since the agent started.
+    pub down_total: u64,
+    /// The interval the figures cover.
+    pub interval: Duration,
+    /// Requests during the interval.
+    pub requests: u64,
+    /// Requests per second (absent: no rate this time).
+    pub requests_per_second: Option<f64>,
+    /// Requests by status class (access logs).
+    pub statuses: Option<StatusClasses>,
+    /// Latency quantiles (access logs with a request time).
+    pub latency: Option<Latency>,
+    /// What is being served now: nginx connections reading or writing, Apache busy
+    /// workers, php-fpm active processes.
+    pub busy: Option<u64>,
+    /// php-fpm pool figures.
+    pub php_fpm: Option<PhpFpm>,
 }
 
 /// (boot id, run id): the agent run whose sequence numbers are de-duplicated.

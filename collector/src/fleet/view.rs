@@ -42,9 +42,15 @@ impl Source {
             PolicyMetric::MemoryAvailableRatio => Some(Source::Complement(Metric::MemoryUsedRatio)),
             PolicyMetric::PsiCpuSomeAvg10 => Some(Source::Direct(Metric::PressureCpuSome)),
             PolicyMetric::PsiMemorySomeAvg10 => Some(Source::Direct(Metric::PressureMemorySome)),
-            // Agents do not report request rates to the collector yet: always absent, so
-            // a rule on it never fires and never counts as low use.
-            PolicyMetric::RequestsPerSecondPerVcpu => None,
+            // Absent for a VM without request sources (or whose sources all have no
+            // rate): a rule on them then neither fires nor counts as low use.
+            PolicyMetric::RequestsPerSecondPerVcpu => {
+                Some(Source::Direct(Metric::RequestsPerSecondPerVcpu))
+            }
+            PolicyMetric::RequestsPerSecond => Some(Source::Direct(Metric::RequestsPerSecond)),
+            PolicyMetric::ServerErrorRatio => Some(Source::Direct(Metric::ServerErrorRatio)),
+            PolicyMetric::LatencyP95Seconds => Some(Source::Direct(Metric::LatencyP95Seconds)),
+            PolicyMetric::PhpFpmListenQueue => Some(Source::Direct(Metric::PhpFpmListenQueue)),
         }
     }
 
@@ -275,6 +281,17 @@ pub(crate) mod fixtures {
 
         /// Reports CPU utilization `cpu` and memory used ratio `used` sampled at `t`.
         pub(crate) fn report(&mut self, t: SystemTime, cpu: f64, used: f64) {
+            self.report_sources(t, cpu, used, vec![]);
+        }
+
+        /// Like [`Agent::report`], with web-server sources.
+        pub(crate) fn report_sources(
+            &mut self,
+            t: SystemTime,
+            cpu: f64,
+            used: f64,
+            sources: Vec<crate::fleet::SourceReport>,
+        ) {
             self.seq += 1;
             let report = Report {
                 seq: self.seq,
@@ -304,6 +321,7 @@ pub(crate) mod fixtures {
                 disks: vec![],
                 filesystems: vec![],
                 dropped: 0,
+                sources,
             };
             self.session.apply(report, t);
         }
@@ -441,6 +459,76 @@ mod tests {
             .max("db-1", PolicyMetric::MemoryAvailableRatio, secs(20 * 60))
             .unwrap();
         assert!((min_avail.value - 0.7).abs() < 1e-3, "{min_avail:?}");
+    }
+
+    #[test]
+    fn request_metrics_come_from_the_sources_and_are_absent_without_a_rate() {
+        use crate::fleet::{Latency, PhpFpm, SourceKind, SourceReport, StatusClasses};
+        let fleet = fleet(&[("web", &["web-1"])]);
+        let mut a = Agent::connect(&fleet, "web-1", 4, 4 * GIB, secs(5), t0());
+        let log = SourceReport {
+            name: "log".into(),
+            kind: SourceKind::AccessLog,
+            up: true,
+            down_total: 0,
+            interval: secs(5),
+            requests: 1000,
+            requests_per_second: Some(200.0),
+            statuses: Some(StatusClasses {
+                success: 950,
+                server_error: 50,
+                ..Default::default()
+            }),
+            latency: Some(Latency {
+                count: 1000,
+                p50_seconds: 0.01,
+                p95_seconds: 0.3,
+                p99_seconds: 0.9,
+            }),
+            busy: None,
+            php_fpm: None,
+        };
+        let fpm = SourceReport {
+            name: "fpm".into(),
+            kind: SourceKind::PhpFpm,
+            requests_per_second: Some(40.0),
+            statuses: None,
+            latency: None,
+            php_fpm: Some(PhpFpm {
+                listen_queue: 7,
+                ..Default::default()
+            }),
+            ..log.clone()
+        };
+        let mut t = t0();
+        for _ in 0..13 {
+            t += secs(5);
+            a.report_sources(t, 0.5, 0.5, vec![log.clone(), fpm.clone()]);
+        }
+        let view = FleetView::new(&fleet, t);
+        let latest = |m| view.latest("web-1", m).map(|o| o.value);
+        assert_eq!(latest(PolicyMetric::RequestsPerSecond), Some(240.0));
+        assert_eq!(latest(PolicyMetric::RequestsPerSecondPerVcpu), Some(60.0));
+        assert_eq!(latest(PolicyMetric::ServerErrorRatio), Some(0.05));
+        assert_eq!(latest(PolicyMetric::LatencyP95Seconds), Some(0.3));
+        assert_eq!(latest(PolicyMetric::PhpFpmListenQueue), Some(7.0));
+        let mean = view
+            .mean("web-1", PolicyMetric::RequestsPerSecondPerVcpu, secs(60))
+            .unwrap();
+        assert!(
+            (mean.value - 60.0).abs() < 1e-9 && mean.complete,
+            "{mean:?}"
+        );
+
+        // The first sample after an agent start has no rate: absent, never 0.
+        let first = SourceReport {
+            requests_per_second: None,
+            ..log
+        };
+        a.report_sources(t + secs(5), 0.5, 0.5, vec![first]);
+        let view = FleetView::new(&fleet, t + secs(5));
+        assert_eq!(view.latest("web-1", PolicyMetric::RequestsPerSecond), None);
+        assert_eq!(view.latest("web-1", PolicyMetric::ServerErrorRatio), None);
     }
 
     #[test]

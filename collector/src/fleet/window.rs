@@ -42,6 +42,16 @@ pub enum Metric {
     PressureMemorySome,
     /// PSI io "some" avg10 / 100.
     PressureIoSome,
+    /// Web requests per second, summed over the VM's sources.
+    RequestsPerSecond,
+    /// Web requests per second divided by the vCPUs.
+    RequestsPerSecondPerVcpu,
+    /// 5xx responses / all responses (sources that count status classes).
+    ServerErrorRatio,
+    /// The highest p95 request latency among the sources, seconds.
+    LatencyP95Seconds,
+    /// Requests waiting in php-fpm listen queues.
+    PhpFpmListenQueue,
 }
 
 /// How many metrics there are.
@@ -49,7 +59,7 @@ pub const METRIC_COUNT: usize = Metric::ALL.len();
 
 impl Metric {
     /// Every metric, in a fixed order.
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 14] = [
         Metric::CpuUtilization,
         Metric::CpuSteal,
         Metric::CpuIowait,
@@ -59,6 +69,11 @@ impl Metric {
         Metric::PressureCpuSome,
         Metric::PressureMemorySome,
         Metric::PressureIoSome,
+        Metric::RequestsPerSecond,
+        Metric::RequestsPerSecondPerVcpu,
+        Metric::ServerErrorRatio,
+        Metric::LatencyP95Seconds,
+        Metric::PhpFpmListenQueue,
     ];
 
     /// The snake_case name used in JSON and metric names.
@@ -73,6 +88,11 @@ impl Metric {
             Metric::PressureCpuSome => "pressure_cpu_some",
             Metric::PressureMemorySome => "pressure_memory_some",
             Metric::PressureIoSome => "pressure_io_some",
+            Metric::RequestsPerSecond => "requests_per_second",
+            Metric::RequestsPerSecondPerVcpu => "requests_per_second_per_vcpu",
+            Metric::ServerErrorRatio => "server_error_ratio",
+            Metric::LatencyP95Seconds => "latency_p95_seconds",
+            Metric::PhpFpmListenQueue => "php_fpm_listen_queue",
         }
     }
 
@@ -101,6 +121,16 @@ impl Metric {
             Metric::PressureCpuSome => psi(|p| p.cpu),
             Metric::PressureMemorySome => psi(|p| p.memory),
             Metric::PressureIoSome => psi(|p| p.io),
+            Metric::RequestsPerSecond => report.requests_per_second(),
+            Metric::RequestsPerSecondPerVcpu => {
+                let vcpus = report.size?.vcpus;
+                report
+                    .requests_per_second()
+                    .map(|rps| rps / f64::from(vcpus.max(1)))
+            }
+            Metric::ServerErrorRatio => report.server_error_ratio(),
+            Metric::LatencyP95Seconds => report.latency_p95_seconds(),
+            Metric::PhpFpmListenQueue => report.php_fpm_listen_queue(),
         }
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime};
 use rally_proto::v1;
 
 use crate::fleet::{
-    CpuShares, DiskIo, Filesystem, Hello, LoadAverage, Memory, NetInterface, Pressure,
-    PressureLine, PressureResource, Report, RunKey, VmSize, validate_id,
+    CpuShares, DiskIo, Filesystem, Hello, Latency, LoadAverage, MAX_SOURCES, Memory, NetInterface,
+    PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind, SourceReport,
+    StatusClasses, VmSize, validate_id,
 };
 
 /// Floating-point slack around the 0..1 (and 0..100) bounds of shares.
@@ -238,6 +239,108 @@ fn devices<T, U>(
         .collect()
 }
 
+/// Checks the web-server sources of a report: bounded, names unique and label-safe,
+/// figures finite and non-negative, quantiles in order.
+fn sources(items: Vec<v1::SourceReport>) -> Result<Vec<SourceReport>, Invalid> {
+    if items.len() > MAX_SOURCES {
+        return Err(invalid(
+            "report.sources",
+            format!("{} sources, at most {MAX_SOURCES} allowed", items.len()),
+        ));
+    }
+    let mut out: Vec<SourceReport> = Vec::with_capacity(items.len());
+    for (i, s) in items.into_iter().enumerate() {
+        let field = format!("report.sources[{i}]");
+        let valid_name = !s.name.is_empty()
+            && s.name.len() <= 64
+            && s.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !valid_name {
+            return Err(invalid(
+                format!("{field}.name"),
+                "a source name is 1..=64 characters of a-z 0-9 _ -",
+            ));
+        }
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(invalid(
+                format!("{field}.name"),
+                format!("`{}` appears twice", s.name),
+            ));
+        }
+        let kind = SourceKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s.kind)
+            .ok_or_else(|| {
+                invalid(
+                    format!("{field}.kind"),
+                    format!("unknown source kind {:?}", s.kind),
+                )
+            })?;
+        text(&format!("{field}.error"), &s.error, 1024, false)?;
+        let rate = s
+            .requests_per_second
+            .map(|r| finite_non_negative(&format!("{field}.requests_per_second"), r))
+            .transpose()?;
+        let latency = match s.latency {
+            None => None,
+            Some(l) => {
+                let q = |name: &str, v| finite_non_negative(&format!("{field}.latency.{name}"), v);
+                let (p50, p95, p99) = (
+                    q("p50_seconds", l.p50_seconds)?,
+                    q("p95_seconds", l.p95_seconds)?,
+                    q("p99_seconds", l.p99_seconds)?,
+                );
+                if !(p50 <= p95 && p95 <= p99) {
+                    return Err(invalid(
+                        format!("{field}.latency"),
+                        format!("quantiles out of order: p50 {p50}, p95 {p95}, p99 {p99}"),
+                    ));
+                }
+                Some(Latency {
+                    count: l.count,
+                    p50_seconds: p50,
+                    p95_seconds: p95,
+                    p99_seconds: p99,
+                })
+            }
+        };
+        let busy = s
+            .nginx
+            .map(|n| n.reading.saturating_add(n.writing))
+            .or(s.apache.as_ref().map(|a| a.busy_workers))
+            .or(s.php_fpm.map(|p| p.active_processes));
+        out.push(SourceReport {
+            name: s.name,
+            kind,
+            // A source that is down carries no figures, whatever the message says.
+            up: s.up,
+            down_total: s.down_total,
+            interval: interval(&format!("{field}.interval_ms"), s.interval_ms)?,
+            requests: if s.up { s.requests } else { 0 },
+            requests_per_second: rate.filter(|_| s.up && s.interval_ms > 0),
+            statuses: s.statuses.filter(|_| s.up).map(|c| StatusClasses {
+                informational: c.informational,
+                success: c.success,
+                redirection: c.redirection,
+                client_error: c.client_error,
+                server_error: c.server_error,
+            }),
+            latency: latency.filter(|_| s.up),
+            busy: busy.filter(|_| s.up),
+            php_fpm: s.php_fpm.filter(|_| s.up).map(|p| PhpFpm {
+                listen_queue: p.listen_queue,
+                idle_processes: p.idle_processes,
+                active_processes: p.active_processes,
+                total_processes: p.total_processes,
+                max_children_reached: p.max_children_reached,
+                slow_requests: p.slow_requests,
+            }),
+        });
+    }
+    Ok(out)
+}
+
 /// Checks a `Report`.
 pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
     if msg.seq == 0 {
@@ -350,6 +453,7 @@ pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
             })
         })?,
         dropped: msg.dropped,
+        sources: sources(msg.sources)?,
     })
 }
 
@@ -427,6 +531,95 @@ mod tests {
         assert_eq!(report.cpu.unwrap().utilization, 0.4);
         let psi = report.pressure.unwrap().cpu.unwrap().some.unwrap();
         assert_eq!(psi.avg10, 12.5);
+    }
+
+    fn good_source() -> v1::SourceReport {
+        v1::SourceReport {
+            name: "shop-log".into(),
+            kind: "access_log".into(),
+            up: true,
+            interval_ms: 5000,
+            requests: 500,
+            requests_per_second: Some(100.0),
+            statuses: Some(v1::StatusClasses {
+                success: 490,
+                server_error: 10,
+                ..Default::default()
+            }),
+            latency: Some(v1::Latency {
+                count: 500,
+                p50_seconds: 0.01,
+                p95_seconds: 0.2,
+                p99_seconds: 0.5,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sources_convert_and_a_down_one_carries_no_figures() {
+        let mut r = good_report();
+        let mut down = good_source();
+        down.name = "nginx".into();
+        down.kind = "nginx".into();
+        down.up = false;
+        down.down_total = 3;
+        r.sources = vec![good_source(), down];
+        let report = report(r).unwrap();
+        let s = &report.sources[0];
+        assert_eq!(
+            (s.kind, s.requests, s.requests_per_second),
+            (SourceKind::AccessLog, 500, Some(100.0))
+        );
+        assert_eq!(s.statuses.unwrap().server_error, 10);
+        let d = &report.sources[1];
+        assert_eq!(
+            (d.up, d.down_total, d.requests_per_second, d.requests),
+            (false, 3, None, 0)
+        );
+        assert_eq!(report.requests_per_second(), Some(100.0));
+        assert_eq!(report.server_error_ratio(), Some(0.02));
+        assert_eq!(report.latency_p95_seconds(), Some(0.2));
+    }
+
+    #[test]
+    fn bad_sources_name_their_field() {
+        let cases: Vec<(&str, Spoil<v1::SourceReport>)> = vec![
+            (
+                "report.sources[0].name",
+                Box::new(|s| s.name = "Shop Log".into()),
+            ),
+            (
+                "report.sources[0].kind",
+                Box::new(|s| s.kind = "squid".into()),
+            ),
+            (
+                "report.sources[0].requests_per_second",
+                Box::new(|s| s.requests_per_second = Some(-1.0)),
+            ),
+            (
+                "report.sources[0].latency",
+                Box::new(|s| s.latency.as_mut().unwrap().p50_seconds = 9.0),
+            ),
+            (
+                "report.sources[0].latency.p99_seconds",
+                Box::new(|s| s.latency.as_mut().unwrap().p99_seconds = f64::NAN),
+            ),
+        ];
+        for (field, spoil) in cases {
+            let mut source = good_source();
+            spoil(&mut source);
+            let mut r = good_report();
+            r.sources = vec![source];
+            let err = report(r).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+        let mut r = good_report();
+        r.sources = vec![good_source(), good_source()];
+        assert_eq!(report(r).unwrap_err().field, "report.sources[1].name");
+        let mut r = good_report();
+        r.sources = vec![good_source(); MAX_SOURCES + 1];
+        assert_eq!(report(r).unwrap_err().field, "report.sources");
     }
 
     #[test]

@@ -25,17 +25,31 @@ pub enum Metric {
     /// Web requests per second divided by the VM's vCPUs (absent until a request-rate
     /// source reports).
     RequestsPerSecondPerVcpu,
+    /// Web requests per second, summed over the VM's request sources.
+    RequestsPerSecond,
+    /// 5xx responses over all responses, 0..1 (access-log sources).
+    ServerErrorRatio,
+    /// p95 request latency in seconds (the highest among access-log sources with a
+    /// request time).
+    LatencyP95Seconds,
+    /// Requests waiting in php-fpm's listen queue (summed over pools): PHP workers, not
+    /// CPU, are the bottleneck when it is above 0.
+    PhpFpmListenQueue,
 }
 
 impl Metric {
     /// Every metric, in a fixed order.
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 10] = [
         Metric::CpuUtilization,
         Metric::MemoryUsedRatio,
         Metric::MemoryAvailableRatio,
         Metric::PsiCpuSomeAvg10,
         Metric::PsiMemorySomeAvg10,
         Metric::RequestsPerSecondPerVcpu,
+        Metric::RequestsPerSecond,
+        Metric::ServerErrorRatio,
+        Metric::LatencyP95Seconds,
+        Metric::PhpFpmListenQueue,
     ];
 
     /// The config/evidence name (`cpu_utilization`, ...).
@@ -47,6 +61,10 @@ impl Metric {
             Metric::PsiCpuSomeAvg10 => "psi_cpu_some_avg10",
             Metric::PsiMemorySomeAvg10 => "psi_memory_some_avg10",
             Metric::RequestsPerSecondPerVcpu => "requests_per_second_per_vcpu",
+            Metric::RequestsPerSecond => "requests_per_second",
+            Metric::ServerErrorRatio => "server_error_ratio",
+            Metric::LatencyP95Seconds => "latency_p95_seconds",
+            Metric::PhpFpmListenQueue => "php_fpm_listen_queue",
         }
     }
 
@@ -62,9 +80,15 @@ impl Metric {
         match self {
             Metric::CpuUtilization | Metric::RequestsPerSecondPerVcpu => Some(Capacity::Vcpus),
             Metric::MemoryUsedRatio => Some(Capacity::Memory),
-            Metric::MemoryAvailableRatio | Metric::PsiCpuSomeAvg10 | Metric::PsiMemorySomeAvg10 => {
-                None
-            }
+            // Requests per second do not fall when a VM grows (the same customers come),
+            // nor do errors, latency or php-fpm's queue in proportion: rules only.
+            Metric::MemoryAvailableRatio
+            | Metric::PsiCpuSomeAvg10
+            | Metric::PsiMemorySomeAvg10
+            | Metric::RequestsPerSecond
+            | Metric::ServerErrorRatio
+            | Metric::LatencyP95Seconds
+            | Metric::PhpFpmListenQueue => None,
         }
     }
 }

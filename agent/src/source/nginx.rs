@@ -1,0 +1,93 @@
+//! nginx `stub_status`: connections and the total request counter.
+//!
+//! ```text
+//! Active connections: 2
+//! server accepts handled requests
+//!  16 16 31
+//! Reading: 0 Writing: 1 Waiting: 1
+//! ```
+
+/// One reading of `stub_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StubStatus {
+    /// Open client connections, waiting ones included.
+    pub active: u64,
+    /// Connections accepted since the server started (counter).
+    pub accepts: u64,
+    /// Connections handled (counter).
+    pub handled: u64,
+    /// Client requests (counter; nginx keeps it across `nginx -s reload`).
+    pub requests: u64,
+    /// Connections where nginx reads the request header.
+    pub reading: u64,
+    /// Connections where nginx writes the response.
+    pub writing: u64,
+    /// Idle keep-alive connections.
+    pub waiting: u64,
+}
+
+/// Parses a `stub_status` page.
+pub fn parse(text: &str) -> Result<StubStatus, String> {
+    let mut status = StubStatus::default();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let number = |s: Option<&str>, what: &str| -> Result<u64, String> {
+        s.ok_or_else(|| format!("no {what}"))?
+            .parse()
+            .map_err(|e| format!("{what}: {e}"))
+    };
+    let active = lines
+        .next()
+        .and_then(|l| l.strip_prefix("Active connections:"))
+        .ok_or("not a stub_status page: no `Active connections:`")?;
+    status.active = number(Some(active.trim()), "active connections")?;
+    if lines.next() != Some("server accepts handled requests") {
+        return Err("not a stub_status page: no `server accepts handled requests`".into());
+    }
+    let mut counters = lines.next().ok_or("no counters line")?.split_whitespace();
+    status.accepts = number(counters.next(), "accepts")?;
+    status.handled = number(counters.next(), "handled")?;
+    status.requests = number(counters.next(), "requests")?;
+    let mut words = lines
+        .next()
+        .ok_or("no Reading/Writing/Waiting line")?
+        .split_whitespace();
+    while let Some(word) = words.next() {
+        let value = number(words.next(), word)?;
+        match word {
+            "Reading:" => status.reading = value,
+            "Writing:" => status.writing = value,
+            "Waiting:" => status.waiting = value,
+            _ => {}
+        }
+    }
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nginx_output() {
+        let text = "Active connections: 291 \nserver accepts handled requests\n 16630948 16630948 31070465 \nReading: 6 Writing: 179 Waiting: 106 \n";
+        assert_eq!(
+            parse(text).unwrap(),
+            StubStatus {
+                active: 291,
+                accepts: 16_630_948,
+                handled: 16_630_948,
+                requests: 31_070_465,
+                reading: 6,
+                writing: 179,
+                waiting: 106,
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_other_pages() {
+        assert!(parse("<html>404</html>").is_err());
+        assert!(parse("Active connections: 1\nserver accepts handled requests\n 1 x 3\n").is_err());
+        assert!(parse("").is_err());
+    }
+}
