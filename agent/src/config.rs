@@ -378,6 +378,22 @@ zone = "waw-1"
     }
 
     #[test]
+    fn shipped_source_examples_are_valid_when_uncommented() {
+        let shipped = include_str!("../../packaging/agent/agent.toml");
+        let at = shipped
+            .find("#[[sources]]")
+            .expect("the shipped file shows sources");
+        let examples: String = shipped[at..]
+            .lines()
+            .map(|l| l.strip_prefix('#').unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&format!("{}{examples}", &shipped[..at])).unwrap();
+        let kinds: Vec<_> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(kinds, ["nginx", "apache", "fpm", "shop-log", "app"]);
+    }
+
+    #[test]
     fn missing_file_names_the_file() {
         let err = load_config(Path::new("/nonexistent/rally/agent.toml")).unwrap_err();
         assert!(
