@@ -161,7 +161,12 @@ async fn a_stopped_nginx_is_reported_down_and_comes_back() {
         "[[sources]]\nname = \"nginx\"\nkind = \"nginx\"\nurl = \"{}\"\ntimeout = \"500ms\"\n",
         nginx.url("/status")
     ));
-    let client = reqwest::Client::new();
+    // No kept-alive connections: after `nginx -s quit` the old worker may still answer
+    // on one, and its request would never reach the restarted server's counter.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let hit = |n: usize| {
         let client = client.clone();
         let url = nginx.url("/");
