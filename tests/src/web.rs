@@ -260,8 +260,11 @@ fn wait_until_closed(port: u16) {
 /// so the pace is never exceeded), until `stop` says so; returns how many were
 /// answered (each checked to be an HTTP answer).
 pub async fn load(url: String, per_second: u32, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+    // A new connection per request: a kept-alive one can be closed by a worker that a
+    // reload or rotation retires just as a request goes out on it (IncompleteMessage),
+    // which would be the test's failure, not the server's or the agent's.
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(4)
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client");
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
