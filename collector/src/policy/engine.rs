@@ -480,38 +480,14 @@ fn up_blocked(
     now: Timestamp,
 ) -> Option<SkipReason> {
     let cfg = &group.policy.config;
-    if let Some(until) = state.up_roll_stopped_until.filter(|u| *u > now) {
-        return Some(SkipReason::RollStopped {
-            direction: Direction::Up,
-            until,
-        });
-    }
-    let ups = || {
-        state
-            .resizes
-            .iter()
-            .filter(|r| r.vm == vm && r.direction == Direction::Up)
-    };
-    if let Some(until) = ups()
-        .filter_map(|r| r.completed_at())
-        .max()
-        .map(|t| t + chrono(cfg.scale_up.cooldown))
-        .filter(|u| *u > now)
-    {
-        return Some(SkipReason::Cooldown {
-            direction: Direction::Up,
-            until,
-        });
-    }
-    let day_start = local_day_start(cfg.timezone, now);
-    let count = ups()
-        .filter(|r| r.trigger.is_load_driven() && r.created_at >= day_start)
-        .count() as u32;
-    (count >= cfg.scale_up.daily_cap).then_some(SkipReason::Cap {
+    let limits = Limits {
         direction: Direction::Up,
-        count,
+        roll_stopped_until: state.up_roll_stopped_until,
+        cooldown: cfg.scale_up.cooldown,
         cap: cfg.scale_up.daily_cap,
-    })
+        period: (local_day_start(cfg.timezone, now), None),
+    };
+    limits.blocking(state, vm, now)
 }
 
 /// Cooldown, nightly cap and roll stop for a scale-down in the occurrence [start, end).
@@ -524,37 +500,65 @@ fn down_blocked(
     end: Timestamp,
 ) -> Option<SkipReason> {
     let cfg = &group.policy.config;
-    if let Some(until) = state.down_roll_stopped_until.filter(|u| *u > now) {
-        return Some(SkipReason::RollStopped {
-            direction: Direction::Down,
-            until,
-        });
-    }
-    let downs = || {
-        state
-            .resizes
-            .iter()
-            .filter(|r| r.vm == vm && r.direction == Direction::Down)
-    };
-    if let Some(until) = downs()
-        .filter_map(|r| r.completed_at())
-        .max()
-        .map(|t| t + chrono(cfg.scale_down.cooldown))
-        .filter(|u| *u > now)
-    {
-        return Some(SkipReason::Cooldown {
-            direction: Direction::Down,
-            until,
-        });
-    }
-    let count = downs()
-        .filter(|r| r.trigger.is_load_driven() && r.created_at >= start && r.created_at < end)
-        .count() as u32;
-    (count >= cfg.scale_down.nightly_cap).then_some(SkipReason::Cap {
+    let limits = Limits {
         direction: Direction::Down,
-        count,
+        roll_stopped_until: state.down_roll_stopped_until,
+        cooldown: cfg.scale_down.cooldown,
         cap: cfg.scale_down.nightly_cap,
-    })
+        period: (start, Some(end)),
+    };
+    limits.blocking(state, vm, now)
+}
+
+/// What holds back one direction of load-driven resizes of a VM.
+struct Limits {
+    direction: Direction,
+    /// A failed resize stopped this direction's roll until then.
+    roll_stopped_until: Option<Timestamp>,
+    /// Time after a completed resize in this direction before the next.
+    cooldown: std::time::Duration,
+    /// Load-driven resizes allowed per period.
+    cap: u32,
+    /// The cap's period: [start, end), open-ended when `end` is None.
+    period: (Timestamp, Option<Timestamp>),
+}
+
+impl Limits {
+    /// The first limit that blocks a resize of `vm` at `now`, in the order roll stop,
+    /// cooldown, cap.
+    fn blocking(&self, state: &GroupState, vm: &str, now: Timestamp) -> Option<SkipReason> {
+        let direction = self.direction;
+        if let Some(until) = self.roll_stopped_until.filter(|u| *u > now) {
+            return Some(SkipReason::RollStopped { direction, until });
+        }
+        let mine = || {
+            state
+                .resizes
+                .iter()
+                .filter(|r| r.vm == vm && r.direction == direction)
+        };
+        if let Some(until) = mine()
+            .filter_map(|r| r.completed_at())
+            .max()
+            .map(|t| t + chrono(self.cooldown))
+            .filter(|u| *u > now)
+        {
+            return Some(SkipReason::Cooldown { direction, until });
+        }
+        let (start, end) = self.period;
+        let count = mine()
+            .filter(|r| {
+                r.trigger.is_load_driven()
+                    && r.created_at >= start
+                    && end.is_none_or(|end| r.created_at < end)
+            })
+            .count() as u32;
+        (count >= self.cap).then_some(SkipReason::Cap {
+            direction,
+            count,
+            cap: self.cap,
+        })
+    }
 }
 
 fn sized(group: &Group<'_>, index: RungIndex) -> SizedRung {
