@@ -20,10 +20,8 @@ use rally_collector::config::UnknownVms;
 use rally_collector::fleet::{
     CpuShares, Fleet as LiveFleet, FleetSettings, FleetView, Hello, Memory, Report, RunKey, VmSize,
 };
-use rally_collector::policy::memory_view::MemoryView;
-use rally_collector::policy::{
-    Group, GroupPolicy, GroupState, Metric, Policy, Rung, Timestamp, evaluate,
-};
+use rally_policy::memory_view::MemoryView;
+use rally_policy::{Group, GroupPolicy, GroupState, Metric, Policy, Rung, Timestamp, evaluate};
 
 const GIB: u64 = 1 << 30;
 

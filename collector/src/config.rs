@@ -15,12 +15,12 @@ use serde::Deserialize;
 
 use crate::actuator::ActuatorConfig;
 use crate::fleet::{UNGROUPED, validate_id};
-use crate::policy::boost::BoostConfig;
-use crate::policy::config::{self as policy_defaults, ScaleDown, ScaleUp};
-use crate::policy::ladder::{LadderError, Rung};
-use crate::policy::rule::Rule;
-use crate::policy::target::Target;
-use crate::policy::{GroupPolicy, PolicyError};
+use rally_policy::boost::BoostConfig;
+use rally_policy::group::{self as policy_defaults, ScaleDown, ScaleUp};
+use rally_policy::ladder::{LadderError, Rung};
+use rally_policy::rule::Rule;
+use rally_policy::target::Target;
+use rally_policy::{GroupPolicy, PolicyError};
 
 /// Where the collector reads its configuration unless `--config` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/rally/collector.toml";
@@ -1086,7 +1086,7 @@ vms = ["db-1"]
         let policy = web.policy();
         assert_eq!(policy.rules[0].hold_for, Duration::from_secs(30));
         assert_eq!(policy.scale_down.lookback, Duration::from_secs(3600));
-        assert_eq!(policy.targets, crate::policy::config::default_targets());
+        assert_eq!(policy.targets, rally_policy::group::default_targets());
         policy.compile().unwrap();
         assert_eq!(config.engine.tick, Duration::from_secs(5));
         // A group without a ladder is monitored only.

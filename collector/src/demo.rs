@@ -16,11 +16,11 @@ use tokio::sync::watch;
 use crate::cli::DemoArgs;
 use crate::config::{Config, GroupConfig};
 use crate::fleet::validate_id;
-use crate::policy::GroupPolicy;
-use crate::policy::ladder::Rung;
-use crate::policy::metric::{Metric, Window};
-use crate::policy::rule::Rule;
 use crate::{Collector, Error};
+use rally_policy::GroupPolicy;
+use rally_policy::ladder::Rung;
+use rally_policy::metric::{Metric, Window};
+use rally_policy::rule::Rule;
 
 /// The demo group's name.
 pub const DEMO_GROUP: &str = "demo";

@@ -36,11 +36,11 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::fleet::view::timestamp;
 use crate::fleet::{Fleet, FleetView};
-use crate::policy::decision::{Decision, Direction, Event, PauseReason, Skip, SkipReason};
-use crate::policy::ladder::Size;
-use crate::policy::state::GroupState;
-use crate::policy::{Group, ManualError, Policy, Timestamp, evaluate, manual_resize};
 use crate::store::{DecisionFilter, Store, StoreError, StoredDecision, Verification};
+use rally_policy::decision::{Decision, Direction, Event, PauseReason, Skip, SkipReason};
+use rally_policy::ladder::Size;
+use rally_policy::state::GroupState;
+use rally_policy::{Group, ManualError, Policy, Timestamp, evaluate, manual_resize};
 
 /// Without high availability there is one collector and no leader election: token 0.
 pub const FENCING_TOKEN: u64 = 0;

@@ -17,8 +17,8 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the resize API
 //!   (`/api/v1/groups`, `/api/v1/decisions`, pause, resume, resize; mutating calls need
 //!   the API token or a loopback peer), the status page.
-//! - [`policy`]: the pure decision engine: group policy + metric view + clock →
-//!   resize decisions with their evidence. No I/O.
+//! - the pure decision engine is its own crate, [`rally_policy`]: group policy + metric
+//!   view + clock → resize decisions with their evidence. No I/O.
 //! - [`actuator`]: sends a resize request: Oktawave's API, signed webhook, command, or
 //!   log only.
 //! - [`store`]: the embedded SQLite state (decisions, attempts, cooldowns, flags).
@@ -56,7 +56,7 @@ pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
-pub mod policy;
+
 pub mod store;
 
 use std::future::Future;

@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::actuator::{Attempt, AttemptResult, Outcome};
-use crate::policy::Timestamp;
-use crate::policy::decision::{
+use rally_policy::Timestamp;
+use rally_policy::decision::{
     Baseline, Decision, Direction, Event, PauseReason, SizedRung, Trigger,
 };
-use crate::policy::ladder::Size;
-use crate::policy::state::{GroupState, Pause, ResizeRecord, ResizeStatus};
+use rally_policy::ladder::Size;
+use rally_policy::state::{GroupState, Pause, ResizeRecord, ResizeStatus};
 
 /// File name of the database inside the state directory.
 pub const FILE_NAME: &str = "collector.sqlite3";
@@ -710,8 +710,8 @@ impl Store {
 mod tests {
     use super::*;
     use crate::actuator::Verdict;
-    use crate::policy::Metric;
-    use crate::policy::decision::Evidence;
+    use rally_policy::Metric;
+    use rally_policy::decision::Evidence;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rally_collector::actuator::{self, Actuator, ResizeRequest, Verdict};
 use rally_collector::config::Config;
-use rally_collector::policy::decision::{Direction, SizedRung, Trigger};
+use rally_policy::decision::{Direction, SizedRung, Trigger};
 use serde_json::{Value, json};
 use support::WAIT;
 

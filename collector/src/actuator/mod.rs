@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Timestamp;
-use crate::policy::decision::{Decision, Direction, Evidence, SizedRung, Trigger};
+use rally_policy::Timestamp;
+use rally_policy::decision::{Decision, Direction, Evidence, SizedRung, Trigger};
 
 pub use command::{Command, CommandConfig};
 pub use log::LogActuator;
@@ -293,7 +293,7 @@ pub(crate) fn excerpt(bytes: &[u8], limit: usize) -> String {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 pub(crate) mod tests {
     use super::*;
-    use crate::policy::decision::Baseline;
+    use rally_policy::decision::Baseline;
 
     /// A request as the engine would build it.
     pub(crate) fn request() -> ResizeRequest {
@@ -316,7 +316,7 @@ pub(crate) mod tests {
             trigger: Trigger::Rule,
             reason: "rule held: cpu_utilization 1m >= 0.8 for 3m, clears < 0.55".into(),
             evidence: vec![Evidence {
-                metric: crate::policy::Metric::CpuUtilization,
+                metric: rally_policy::Metric::CpuUtilization,
                 window: "1m".into(),
                 value: 0.92,
                 threshold: 0.8,

@@ -33,8 +33,8 @@ use super::{
     excerpt,
 };
 use crate::config::GroupConfig;
-use crate::policy::ladder::TypeRef;
 use crate::store::Store;
+use rally_policy::ladder::TypeRef;
 
 /// Oktawave's public identity server.
 pub const DEFAULT_ID_URL: &str = "https://id.oktawave.com";

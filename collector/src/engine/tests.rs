@@ -10,10 +10,10 @@ use crate::actuator::{Attempt, AttemptResult, BoxFuture};
 use crate::clock::ManualClock;
 use crate::config::GroupConfig;
 use crate::fleet::view::fixtures::{Agent, fleet, t0};
-use crate::policy::GroupPolicy;
-use crate::policy::ladder::Rung;
-use crate::policy::metric::{Metric, Window};
-use crate::policy::rule::Rule;
+use rally_policy::GroupPolicy;
+use rally_policy::ladder::Rung;
+use rally_policy::metric::{Metric, Window};
+use rally_policy::rule::Rule;
 
 const GIB: u64 = 1 << 30;
 const INTERVAL: Duration = Duration::from_secs(5);

@@ -1,5 +1,5 @@
 //! The fleet as the policy engine sees it: [`FleetView`] implements
-//! [`policy::MetricView`](crate::policy::MetricView) over the live windows, at one
+//! [`policy::MetricView`](rally_policy::MetricView) over the live windows, at one
 //! instant.
 //!
 //! Missing or stale data is `None` (or an incomplete window), never a stand-in value:
@@ -9,8 +9,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::policy::view::{Freshness, MetricView, Observation, ReportedSize, WindowStat};
-use crate::policy::{Metric as PolicyMetric, Timestamp};
+use rally_policy::view::{Freshness, MetricView, Observation, ReportedSize, WindowStat};
+use rally_policy::{Metric as PolicyMetric, Timestamp};
 
 use super::window::{Metric, TimeRange, Windows};
 use super::{Fleet, Vm};

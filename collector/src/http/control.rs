@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::HttpState;
 use crate::engine::{CommandError, DecisionRecord, GroupStatus};
-use crate::policy::{Decision, ManualError, Timestamp};
 use crate::store::DecisionFilter;
+use rally_policy::{Decision, ManualError, Timestamp};
 
 /// A JSON error answer.
 #[derive(Debug, Serialize)]

@@ -114,7 +114,7 @@ pub fn floor_at(boosts: &[Boost], now: Timestamp) -> Option<&Boost> {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::policy::ladder::Rung;
+    use crate::ladder::Rung;
 
     fn ladder() -> Ladder {
         let r = |name: &str, vcpus| Rung {

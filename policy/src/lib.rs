@@ -1,5 +1,5 @@
-//! The resize engine: pure decisions from group config, a view of each VM's metrics,
-//! persisted state and the time `now`.
+//! `rally-policy`: Rally's resize policy: pure decisions from a group's policy, a view
+//! of each VM's metrics, the group's remembered state and the time `now`.
 //!
 //! Nothing here does I/O or reads a clock: [`evaluate`] takes `now` and a [`MetricView`],
 //! and returns an [`Evaluation`] (decisions with evidence, events about resizes in flight,
@@ -9,7 +9,9 @@
 //! All times are wall-clock UTC ([`Timestamp`]); windows and caps convert to the group's
 //! IANA zone where local time matters.
 //!
-//! - `config`: a group's policy keys in `collector.toml` ([`GroupPolicy`]) and their
+//! # Layout
+//!
+//! - `group`: a group's policy keys in `collector.toml` ([`GroupPolicy`]) and their
 //!   validated form ([`Policy`]).
 //! - `ladder`: ordered rungs and the group's min/max.
 //! - `metric`: the metrics rules can watch and the windows they read.
@@ -22,12 +24,18 @@
 //! - `scale_down`: the 24 h evidence a shrink needs.
 //! - `decision`: decisions, evidence, skip reasons, events.
 //! - `state`: what a group remembers between ticks (in flight, history, pause, circuit).
-//! - `engine`: one evaluation of one group, and manual resizes.
+//! - `evaluate`: one evaluation of one group, and manual resizes.
+//!
+//! **Invariant:** no I/O and no clock: this crate's manifest has no tokio, tonic, axum
+//! or rusqlite, so Cargo enforces it.
+
+// unwrap() is fine in tests (a panic is the failure report).
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod boost;
-pub mod config;
 pub mod decision;
-pub mod engine;
+pub mod evaluate;
+pub mod group;
 pub mod ladder;
 pub mod memory_view;
 pub mod metric;
@@ -45,9 +53,9 @@ mod tests;
 /// Wall-clock time, the only clock type in the engine.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
-pub use config::{GroupPolicy, Policy, PolicyError};
 pub use decision::{Decision, Direction, Evaluation, Event, Evidence, Skip, SkipReason, Trigger};
-pub use engine::{Group, ManualError, evaluate, manual_resize};
+pub use evaluate::{Group, ManualError, evaluate, manual_resize};
+pub use group::{GroupPolicy, Policy, PolicyError};
 pub use ladder::{Ladder, Rung, Size};
 pub use metric::{Metric, Window};
 pub use state::{GroupState, ResizeRecord, ResizeStatus};

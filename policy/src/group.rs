@@ -157,19 +157,24 @@ impl Default for ScaleDown {
     }
 }
 
-pub(crate) fn default_timezone() -> Tz {
+/// The default `timezone`: Europe/Warsaw.
+pub fn default_timezone() -> Tz {
     chrono_tz::Europe::Warsaw
 }
-pub(crate) fn default_rules() -> Vec<Rule> {
+/// The default `rules`: CPU at 0.80 for 3 min.
+pub fn default_rules() -> Vec<Rule> {
     vec![Rule::default_cpu()]
 }
-pub(crate) fn default_targets() -> Vec<Target> {
+/// The default `targets`.
+pub fn default_targets() -> Vec<Target> {
     vec![Target::default_memory()]
 }
-pub(crate) fn default_warm_up() -> Duration {
+/// The default `warm_up`.
+pub fn default_warm_up() -> Duration {
     Duration::from_secs(60)
 }
-pub(crate) fn default_circuit_breaker() -> u32 {
+/// The default `circuit_breaker`.
+pub fn default_circuit_breaker() -> u32 {
     3
 }
 fn default_cooldown() -> Duration {
@@ -353,7 +358,7 @@ impl GroupPolicy {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::policy::metric::{Metric, Window};
+    use crate::metric::{Metric, Window};
 
     #[test]
     fn a_group_with_only_a_ladder_gets_the_shipped_defaults() {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::config::ScaleDown;
 use super::decision::Evidence;
+use super::group::ScaleDown;
 use super::ladder::Rung;
 use super::metric::Metric;
 use super::view::MetricView;

@@ -5,11 +5,11 @@ use chrono::Duration as ChronoDuration;
 
 use super::Timestamp;
 use super::boost::floor_at;
-use super::config::Policy;
 use super::decision::{
     Baseline, Decision, Direction, Evaluation, Event, Evidence, SizedRung, SkipReason, Trigger,
     decision_id,
 };
+use super::group::Policy;
 use super::ladder::RungIndex;
 use super::metric::{Metric, Window};
 use super::rule::{RuleVerdict, step};

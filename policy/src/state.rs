@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::Timestamp;
-use super::config::Policy;
 use super::decision::{Baseline, Decision, Direction, Event, PauseReason, Trigger};
+use super::group::Policy;
 use super::ladder::{MEMORY_BLOCK_BYTES, Size};
 use super::rule::RuleState;
 use super::view::ReportedSize;

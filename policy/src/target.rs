@@ -145,7 +145,7 @@ impl Target {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::policy::ladder::Rung;
+    use crate::ladder::Rung;
 
     const GIB: u64 = 1024 * 1024 * 1024;
 

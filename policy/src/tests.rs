@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use super::config::GroupPolicy;
 use super::decision::{Decision, Direction, Event, PauseReason, SkipReason, Trigger};
-use super::engine::{Group, ManualError, evaluate, manual_resize};
+use super::evaluate::{Group, ManualError, evaluate, manual_resize};
+use super::group::GroupPolicy;
 use super::ladder::Rung;
 use super::memory_view::MemoryView;
 use super::metric::{Metric, Window};
