@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono_tz::Tz;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::actuator::ActuatorConfig;
 use crate::fleet::{UNGROUPED, validate_id};
@@ -29,7 +29,7 @@ pub const DEFAULT_PATH: &str = "/etc/rally/collector.toml";
 const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
 /// The whole `collector.toml`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[listen]`: the gRPC and HTTP addresses.
@@ -91,7 +91,7 @@ impl Default for Config {
 /// defaults to `0.0.0.0` for Prometheus, and an unauthenticated resize from the network
 /// would let anyone who can scrape also spend money. Read-only endpoints stay open, like
 /// `/metrics`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// A file holding the API bearer token (surrounding whitespace ignored).
@@ -100,7 +100,7 @@ pub struct ApiConfig {
 }
 
 /// `[engine]`: how often groups are evaluated and how much may queue for the actuator.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     /// How often every group is evaluated (the agents' report interval, 5 s, is the
@@ -139,7 +139,7 @@ impl Default for EngineConfig {
 }
 
 /// `[listen]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     /// The gRPC address agents stream to (`rally.v1.Ingest`).
@@ -168,7 +168,7 @@ impl Default for ListenConfig {
 }
 
 /// What to do with a VM that no `[[groups]]` entry names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownVms {
     /// Accept it into the group `ungrouped` (shown and exported, never resized).
@@ -179,7 +179,7 @@ pub enum UnknownVms {
 }
 
 /// `[ingest]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     /// A VM without a report for this long is stale: `rally_vm_up` 0, no decisions.
@@ -245,7 +245,7 @@ impl Default for IngestConfig {
 }
 
 /// `[state]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// The directory of the collector's persistent state; created if missing.
@@ -266,7 +266,7 @@ impl Default for StateConfig {
 }
 
 /// How agents authenticate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Any agent may report for any VM (a trusted network only).
@@ -277,7 +277,7 @@ pub enum AuthMode {
 }
 
 /// `[auth]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `none` or `token`.
@@ -289,7 +289,7 @@ pub struct AuthConfig {
 }
 
 /// `[[auth.tokens]]`: the token that lets an agent report for one VM.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// The VM this token speaks for.
@@ -324,7 +324,7 @@ pub struct TokenConfig {
 /// [groups.scale_down]
 /// window = "02:00-05:00"
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     /// The group's name, used in metrics and decisions (`web`).

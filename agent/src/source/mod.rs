@@ -81,7 +81,7 @@ impl fmt::Display for Kind {
 }
 
 /// One `[[sources]]` table of `agent.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// A unique name (the `source` label on the collector): `[a-z0-9_-]`, 1..=64.
