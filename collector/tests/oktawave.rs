@@ -171,13 +171,12 @@ fn type_size(id: u32) -> (u32, u64) {
 }
 
 /// `pageSize` and `pageNumber` as the SDK sends them (both optional): the page's items
-/// and the `Meta.Total` of the whole list.
-fn page<T: Clone>(all: &[T], query: &HashMap<String, String>) -> Result<(Vec<T>, u64), Response> {
+/// and the `Meta.Total` of the whole list; a refused parameter is the error (the caller
+/// answers 400 with it).
+fn page<T: Clone>(all: &[T], query: &HashMap<String, String>) -> Result<(Vec<T>, u64), String> {
     let number = |key: &str, default: usize| match query.get(key) {
         None => Ok(default),
-        Some(v) => v
-            .parse::<usize>()
-            .map_err(|_| (StatusCode::BAD_REQUEST, format!("bad {key}")).into_response()),
+        Some(v) => v.parse::<usize>().map_err(|_| format!("bad {key}")),
     };
     let size = number("pageSize", PAGE_CAP)?.clamp(1, PAGE_CAP);
     let page = number("pageNumber", 1)?.max(1);
@@ -361,7 +360,7 @@ async fn list_types(
     let all: Vec<Value> = TYPES.iter().map(type_json).collect();
     let (items, total) = match page(&all, &query) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(refused) => return (StatusCode::BAD_REQUEST, refused).into_response(),
     };
     fake.with(|s| {
         let number = query.get("pageNumber").and_then(|n| n.parse().ok());
@@ -455,11 +454,13 @@ async fn list_tickets(
         None => Ok(None),
         Some(v) => chrono::DateTime::parse_from_rfc3339(v)
             .map(|d| Some(d.with_timezone(&chrono::Utc)))
-            .map_err(|_| (StatusCode::BAD_REQUEST, format!("bad {key}")).into_response()),
+            .map_err(|_| format!("bad {key}")),
     };
     let (from, to) = match (date("creationDateFrom"), date("creationDateTo")) {
         (Ok(from), Ok(to)) => (from, to),
-        (Err(refused), _) | (_, Err(refused)) => return refused,
+        (Err(refused), _) | (_, Err(refused)) => {
+            return (StatusCode::BAD_REQUEST, refused).into_response();
+        }
     };
     let status: Option<u32> = query.get("statusId").and_then(|v| v.parse().ok());
     fake.with(|s| {
@@ -481,7 +482,7 @@ async fn list_tickets(
             Ok((items, total)) => {
                 axum::Json(json!({"Items": items, "Meta": {"Total": total}})).into_response()
             }
-            Err(refused) => refused,
+            Err(refused) => (StatusCode::BAD_REQUEST, refused).into_response(),
         }
     })
 }
