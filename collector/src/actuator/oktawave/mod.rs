@@ -21,7 +21,7 @@
 //! resumes polling the same ticket (the engine sends the unanswered decision again with
 //! the same id) and never starts a second change. If the collector died after Oktawave
 //! created the ticket but before the answer arrived, the instance is found locked: the
-//! running ticket on it created since the decision is followed instead (see [`ticket`]).
+//! running ticket on it created since the decision is followed instead (`ticket.rs`).
 //! The change request itself is never retried: a lost answer may hide a ticket already
 //! running, and a second one would resize twice; polling tolerates up to
 //! `max_transient_errors` failures in a row.
@@ -55,7 +55,7 @@ use crate::store::Store;
 /// Oktawave's public identity server.
 pub const DEFAULT_ID_URL: &str = "https://id.oktawave.com";
 /// Oktawave's API base path (odk's `docs/OCIApi.md`: "All URIs are relative to
-/// https://api.oktawave.com/services"; `/beta` was the 2019–2020 one).
+/// `https://api.oktawave.com/services`"; `/beta` was the 2019–2020 one).
 pub const DEFAULT_API_URL: &str = "https://api.oktawave.com/services";
 /// The shortest `poll_interval` accepted.
 const MIN_POLL: Duration = Duration::from_millis(10);
@@ -219,7 +219,7 @@ impl Oktawave {
     }
 
     /// Fetches every page of the instance types and resolves `groups`' ladders to them
-    /// (see [`types::resolve`]): rungs naming a type get its size, and every member must
+    /// (`types.rs`): rungs naming a type get its size, and every member must
     /// have an instance id. The caller compiles its policies again with the new sizes.
     pub async fn resolve(&mut self, groups: &mut [GroupLadder<'_>]) -> Result<(), ActuatorError> {
         let types = self
