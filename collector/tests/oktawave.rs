@@ -1,8 +1,30 @@
-//! The Oktawave actuator against a fake Oktawave written here, speaking Oktawave's v1
-//! protocol over a real HTTP socket: the OAuth2 password grant at
-//! `/core/connect/token`, `GET /instances/types`, `GET /instances/{id}`,
-//! `POST /instances/{id}/change_type_ticket`, `GET /tickets/{id}` with tickets moving
-//! new (134) → running (135) → succeeded (136) or error (137).
+//! The Oktawave actuator against a fake Oktawave written here from Oktawave's published
+//! API, over a real HTTP socket. Every shape the fake accepts or returns comes from a
+//! public file (the rule for every fake: it follows the peer's published SDK, never what
+//! our client happens to send):
+//!
+//! - `oktawave-code/odk` `oci_api.go`, `InstancesChangeType_1`: `POST
+//!   /instances/{id}/change_type_ticket` takes the type as the query parameter `typeId`
+//!   and sends no body (Content-Type "Not defined" in `docs/OCIApi.md`). The fake answers
+//!   400 without `typeId`, so a JSON body alone is refused.
+//! - odk `docs/OCIApi.md`, `InstancesGetInstancesTypes`, and `api_collection_instance_type.go`
+//!   with `api_collection_metadata.go`: lists take `pageSize` and `pageNumber` and answer
+//!   `{"Items": [...], "Meta": {"Total": N}}`. The fake serves at most [`PAGE_CAP`] items a
+//!   page, fewer than it has types, so the ladder's types sit on pages 2 and 3.
+//! - odk `tickets_api.go`, `TicketsGet`: `GET /tickets` filters by `statusId`,
+//!   `creationDateFrom` and `creationDateTo` only, and is paged the same way; there is no
+//!   filter by object, so the fake ignores any other parameter as a server would.
+//!   `TicketsGet_1`: `GET /tickets/{id}`.
+//! - odk `ticket.go`, `instance.go`, `instance_type.go`, `dictionary_item.go`: the field
+//!   names (`EndDate`, `Status.Id`, `ObjectId`, `CreationDate`; `CpuNumber`, `RamMb`,
+//!   `IsLocked`; `Id`, `Name`, `Cpu`, `Ram`).
+//! - `oktawave-code/terraform-provider-oktawave` `oktawave/config.go`: ticket statuses
+//!   134 new, 135 running, 136 succeeded, 137 error; `oktawave/utils.go` `waitForTicket`:
+//!   a ticket runs while `EndDate` is unset.
+//!
+//! The token endpoint (`/core/connect/token`, OAuth2 password grant with HTTP Basic client
+//! credentials and scope `oktawave.api`) is the identity server's; odk's `configuration.go`
+//! leaves tokens to the caller (`ContextOAuth2`, `ContextAccessToken`).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -16,11 +38,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use rally_collector::actuator::{self, Actuator, ResizeRequest, Verdict};
+use rally_collector::actuator::{self, Actuator, AttemptResult, ResizeRequest, Verdict};
 use rally_collector::config::Config;
 use rally_policy::decision::{Direction, SizedRung, Trigger};
 use serde_json::{Value, json};
@@ -31,6 +53,20 @@ const SECRET: &str = "s3cret";
 const USER: &str = "ops@shop.example";
 const PASSWORD: &str = "p@ss word";
 const MIB: u64 = 1 << 20;
+/// The most items the fake puts on one page, whatever `pageSize` asks.
+const PAGE_CAP: usize = 3;
+/// The fake's instance types (id, name, vCPUs, RAM MB), in list order: with
+/// [`PAGE_CAP`] = 3, `v1.standard-2.4` is on page 1, 1048 on page 2, 8 × 16 GB on page 3.
+const TYPES: [(u32, &str, u32, u64); 8] = [
+    (1046, "v1.standard-1.2", 1, 2048),
+    (1047, "v1.standard-2.4", 2, 4096),
+    (1050, "v1.highcpu-2.2", 2, 2048),
+    (1051, "v1.highcpu-4.4", 4, 4096),
+    (1048, "v1.standard-4.8", 4, 8192),
+    (1052, "v1.highmem-2.8", 2, 8192),
+    (1049, "v1.standard-8.16", 8, 16384),
+    (1053, "v1.highcpu-8.8", 8, 8192),
+];
 
 /// How a ticket created by the fake ends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,8 +90,20 @@ struct FakeInstance {
 struct FakeTicket {
     instance: u64,
     type_id: u32,
+    created: chrono::DateTime<chrono::Utc>,
     polls: u32,
     ended: Option<u32>,
+}
+
+/// One `change_type_ticket` request as it arrived.
+#[derive(Debug, Clone)]
+struct Change {
+    instance: u64,
+    /// The `typeId` query parameter.
+    type_id: Option<String>,
+    /// The request body (the SDK sends none).
+    body: Vec<u8>,
+    at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Default)]
@@ -70,42 +118,75 @@ struct FakeState {
     expire_next_use: bool,
     instances: HashMap<u64, FakeInstance>,
     tickets: HashMap<u64, FakeTicket>,
-    /// (instance, body, when) of every change_type_ticket.
-    changes: Vec<(u64, Value, chrono::DateTime<chrono::Utc>)>,
+    /// Every change_type_ticket request, refused ones included.
+    changes: Vec<Change>,
+    /// `pageNumber` of every type-list request, in order.
+    type_pages: Vec<u64>,
+    /// The query of every ticket-list request.
+    ticket_lists: Vec<HashMap<String, String>>,
     /// Ticket ids polled, in order.
     polls: Vec<u64>,
     /// The next N ticket polls answer 503.
     failing_polls: u32,
+    /// The type list claims this `Meta.Total` instead of the real count.
+    claimed_total: Option<u64>,
+    /// change_type_ticket creates the ticket but never answers (the answer is lost).
+    lose_change_answer: bool,
     script: Option<Script>,
     released: bool,
+}
+
+impl FakeState {
+    /// A ticket created now on `instance`, still running, as if someone else started it.
+    fn add_running_ticket(&mut self, instance: u64) -> u64 {
+        let id = 9000 + self.tickets.len() as u64 + 1;
+        self.tickets.insert(
+            id,
+            FakeTicket {
+                instance,
+                type_id: 1047,
+                created: chrono::Utc::now(),
+                polls: 0,
+                ended: None,
+            },
+        );
+        id
+    }
 }
 
 #[derive(Clone)]
 struct Fake(Arc<Mutex<FakeState>>);
 
-fn types() -> Value {
-    json!({
-        "Items": [
-            {"Id": 1046, "Name": "v1.standard-1.2", "Cpu": 1, "Ram": 2048, "AvailableForFreemium": true,
-             "Category": {"Id": 1, "Label": "Standard"}},
-            {"Id": 1047, "Name": "v1.standard-2.4", "Cpu": 2, "Ram": 4096, "AvailableForFreemium": false,
-             "Category": {"Id": 1, "Label": "Standard"}},
-            {"Id": 1048, "Name": "v1.standard-4.8", "Cpu": 4, "Ram": 8192, "AvailableForFreemium": false,
-             "Category": {"Id": 1, "Label": "Standard"}},
-            {"Id": 1049, "Name": "v1.standard-8.16", "Cpu": 8, "Ram": 16384, "AvailableForFreemium": false,
-             "Category": {"Id": 1, "Label": "Standard"}}
-        ],
-        "Meta": {"TotalItems": 4, "PageNumber": 1, "PageSize": 100}
-    })
+fn type_json(&(id, name, cpu, ram): &(u32, &str, u32, u64)) -> Value {
+    json!({"Id": id, "Name": name, "Cpu": cpu, "Ram": ram, "AvailableForFreemium": false,
+           "Category": {"Id": 1, "Label": "Standard"}})
 }
 
 fn type_size(id: u32) -> (u32, u64) {
-    match id {
-        1046 => (1, 2048),
-        1047 => (2, 4096),
-        1048 => (4, 8192),
-        _ => (8, 16384),
-    }
+    TYPES
+        .iter()
+        .find(|t| t.0 == id)
+        .map(|t| (t.2, t.3))
+        .unwrap()
+}
+
+/// `pageSize` and `pageNumber` as the SDK sends them (both optional): the page's items
+/// and the `Meta.Total` of the whole list; a refused parameter is the error (the caller
+/// answers 400 with it).
+fn page<T: Clone>(all: &[T], query: &HashMap<String, String>) -> Result<(Vec<T>, u64), String> {
+    let number = |key: &str, default: usize| match query.get(key) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().map_err(|_| format!("bad {key}")),
+    };
+    let size = number("pageSize", PAGE_CAP)?.clamp(1, PAGE_CAP);
+    let page = number("pageNumber", 1)?.max(1);
+    let items = all
+        .iter()
+        .skip((page - 1) * size)
+        .take(size)
+        .cloned()
+        .collect();
+    Ok((items, all.len() as u64))
 }
 
 /// `application/x-www-form-urlencoded` decoding, enough for the token request.
@@ -134,7 +215,9 @@ fn form(body: &[u8]) -> HashMap<String, String> {
         .collect()
 }
 
+/// A ticket as odk's `ticket.go` names its fields; dates as Oktawave (Warsaw) writes them.
 fn ticket_json(id: u64, t: &FakeTicket) -> Value {
+    let warsaw = chrono::FixedOffset::east_opt(3600).unwrap();
     let (status, label, end) = match t.ended {
         Some(136) => (136, "Succeeded", json!("2026-01-15T10:04:31.52+01:00")),
         Some(s) => (s, "Error", json!("2026-01-15T10:04:31.52+01:00")),
@@ -143,14 +226,14 @@ fn ticket_json(id: u64, t: &FakeTicket) -> Value {
     };
     json!({
         "Id": id,
-        "CreationDate": "2026-01-15T10:04:00+01:00",
+        "CreationDate": t.created.with_timezone(&warsaw).to_rfc3339(),
         "CreationUser": {"Id": 42, "FullName": "ops"},
         "EndDate": end,
         "Status": {"Id": status, "Label": label},
         "OperationType": {"Id": 1220, "Label": "Change instance class"},
         "ObjectId": t.instance,
         "ObjectType": {"Id": 1, "Label": "Instance"},
-        "ObjectName": "web-1",
+        "ObjectName": format!("instance-{}", t.instance),
         "Progress": if t.ended.is_some() { 100 } else { 10 * t.polls.min(9) }
     })
 }
@@ -208,6 +291,7 @@ impl Fake {
             .route("/api/instances/types", get(list_types))
             .route("/api/instances/{id}", get(instance))
             .route("/api/instances/{id}/change_type_ticket", post(change_type))
+            .route("/api/tickets", get(list_tickets))
             .route("/api/tickets/{id}", get(ticket))
             .with_state(self);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -264,13 +348,29 @@ async fn token(State(fake): State<Fake>, headers: HeaderMap, body: Bytes) -> Res
     })
 }
 
-async fn list_types(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+/// `InstancesGetInstancesTypes`: one page of the types.
+async fn list_types(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     if !fake.authorized(&headers) {
         return unauthorized();
     }
-    axum::Json(types()).into_response()
+    let all: Vec<Value> = TYPES.iter().map(type_json).collect();
+    let (items, total) = match page(&all, &query) {
+        Ok(p) => p,
+        Err(refused) => return (StatusCode::BAD_REQUEST, refused).into_response(),
+    };
+    fake.with(|s| {
+        let number = query.get("pageNumber").and_then(|n| n.parse().ok());
+        s.type_pages.push(number.unwrap_or(1));
+        let total = s.claimed_total.unwrap_or(total);
+        axum::Json(json!({"Items": items, "Meta": {"Total": total}})).into_response()
+    })
 }
 
+/// `InstancesGet_0`.
 async fn instance(
     State(fake): State<Fake>,
     headers: HeaderMap,
@@ -281,49 +381,113 @@ async fn instance(
     }
     fake.with(|s| match s.instances.get(&id) {
         Some(i) => axum::Json(json!({
-            "Id": id, "Name": "web-1", "CpuNumber": i.cpu, "RamMb": i.ram_mb,
-            "IsLocked": i.locked, "Status": {"Id": 86, "Label": "Powered on"}
+            "Id": id, "Name": format!("instance-{id}"), "CpuNumber": i.cpu, "RamMb": i.ram_mb,
+            "IsLocked": i.locked, "Status": {"Id": 86, "Label": "Powered on"},
+            "Type": {"Id": 1047, "Label": "v1.standard-2.4"}
         }))
         .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     })
 }
 
+/// `InstancesChangeType_1`: `typeId` in the query, no body.
 async fn change_type(
     State(fake): State<Fake>,
     headers: HeaderMap,
     UrlPath(id): UrlPath<u64>,
+    Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
     if !fake.authorized(&headers) {
         return unauthorized();
     }
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    fake.with(|s| {
-        s.changes.push((id, body.clone(), chrono::Utc::now()));
-        let Some(type_id) = body["TypeId"].as_u64() else {
-            return (StatusCode::BAD_REQUEST, "TypeId required").into_response();
+    let (answer, lose) = fake.with(|s| {
+        s.changes.push(Change {
+            instance: id,
+            type_id: query.get("typeId").cloned(),
+            body: body.to_vec(),
+            at: chrono::Utc::now(),
+        });
+        let Some(type_id) = query.get("typeId").and_then(|t| t.parse::<u32>().ok()) else {
+            let refused = (StatusCode::BAD_REQUEST, "The typeId field is required.");
+            return (refused.into_response(), false);
         };
         let Some(inst) = s.instances.get_mut(&id) else {
-            return StatusCode::NOT_FOUND.into_response();
+            return (StatusCode::NOT_FOUND.into_response(), false);
         };
         if inst.locked {
-            return (StatusCode::CONFLICT, "instance locked").into_response();
+            return (
+                (StatusCode::CONFLICT, "instance locked").into_response(),
+                false,
+            );
         }
         inst.locked = true;
         let ticket_id = 9000 + s.tickets.len() as u64 + 1;
         let t = FakeTicket {
             instance: id,
-            type_id: type_id as u32,
+            type_id,
+            created: chrono::Utc::now(),
             polls: 0,
             ended: None,
         };
         let answer = ticket_json(ticket_id, &t);
         s.tickets.insert(ticket_id, t);
-        axum::Json(answer).into_response()
+        (axum::Json(answer).into_response(), s.lose_change_answer)
+    });
+    if lose {
+        // The ticket exists; its answer never leaves (the caller dies waiting).
+        std::future::pending::<()>().await;
+    }
+    answer
+}
+
+/// `TicketsGet`: filtered by status and creation date only, paged, newest first.
+async fn list_tickets(
+    State(fake): State<Fake>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if !fake.authorized(&headers) {
+        return unauthorized();
+    }
+    let date = |key: &str| match query.get(key) {
+        None => Ok(None),
+        Some(v) => chrono::DateTime::parse_from_rfc3339(v)
+            .map(|d| Some(d.with_timezone(&chrono::Utc)))
+            .map_err(|_| format!("bad {key}")),
+    };
+    let (from, to) = match (date("creationDateFrom"), date("creationDateTo")) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(refused), _) | (_, Err(refused)) => {
+            return (StatusCode::BAD_REQUEST, refused).into_response();
+        }
+    };
+    let status: Option<u32> = query.get("statusId").and_then(|v| v.parse().ok());
+    fake.with(|s| {
+        s.ticket_lists.push(query.clone());
+        let mut all: Vec<(u64, FakeTicket)> = s
+            .tickets
+            .iter()
+            .filter(|(_, t)| from.is_none_or(|f| t.created >= f))
+            .filter(|(_, t)| to.is_none_or(|d| t.created <= d))
+            .map(|(id, t)| (*id, t.clone()))
+            .collect();
+        all.sort_by_key(|(id, t)| std::cmp::Reverse((t.created, *id)));
+        let all: Vec<Value> = all
+            .iter()
+            .map(|(id, t)| ticket_json(*id, t))
+            .filter(|t| status.is_none_or(|st| t["Status"]["Id"] == st))
+            .collect();
+        match page(&all, &query) {
+            Ok((items, total)) => {
+                axum::Json(json!({"Items": items, "Meta": {"Total": total}})).into_response()
+            }
+            Err(refused) => (StatusCode::BAD_REQUEST, refused).into_response(),
+        }
     })
 }
 
+/// `TicketsGet_1`: a poll moves the ticket along its script.
 async fn ticket(
     State(fake): State<Fake>,
     headers: HeaderMap,
@@ -454,6 +618,18 @@ async fn send(
         .expect("the actuator answers in time")
 }
 
+/// The bodies of an outcome's attempts that got an answer.
+fn answers(outcome: &rally_collector::actuator::Outcome) -> Vec<String> {
+    outcome
+        .attempts
+        .iter()
+        .filter_map(|a| match &a.result {
+            AttemptResult::Status { body, .. } => Some(body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn ladder_types_resolve_at_start_and_a_resize_follows_its_ticket_to_success() {
     let dir = tempfile::tempdir().unwrap();
@@ -468,15 +644,72 @@ async fn ladder_types_resolve_at_start_and_a_resize_follows_its_ticket_to_succes
     let outcome = send(&actuator, &request("d-1", "web-1", WAIT)).await;
     assert_eq!(outcome.verdict, Verdict::Accepted, "{outcome:?}");
     fake.with(|s| {
+        // InstancesChangeType_1: the type in the query, no body.
         assert_eq!(s.changes.len(), 1);
-        assert_eq!(s.changes[0].0, 501);
-        assert_eq!(s.changes[0].1, json!({"TypeId": 1048}));
+        assert_eq!(s.changes[0].instance, 501);
+        assert_eq!(s.changes[0].type_id.as_deref(), Some("1048"));
+        assert!(s.changes[0].body.is_empty(), "no body is sent");
         // New, running, succeeded: three polls of the one ticket.
         assert_eq!(s.polls, [9001, 9001, 9001]);
         assert_eq!(s.instances[&501].cpu, 4);
         // One token for the whole run (cached).
         assert_eq!(s.token_requests.len(), 1);
     });
+}
+
+#[tokio::test]
+async fn a_rung_whose_type_is_on_a_later_page_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    let (config, _) = started(&fake, dir.path()).await;
+    let ladder = &config.groups[0].ladder;
+    // 1048 is on page 2 and the only 8 × 16 GB type on page 3 (3 types a page).
+    assert_eq!((ladder[1].vcpus, ladder[1].memory_bytes), (4, 8192 * MIB));
+    assert_eq!((ladder[2].vcpus, ladder[2].memory_bytes), (8, 16384 * MIB));
+    assert_eq!(
+        fake.with(|s| s.type_pages.clone()),
+        [1, 2, 3],
+        "pages are read until Meta.Total types are in"
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_meta_total_refuses_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    fake.with(|s| s.claimed_total = Some(10_000_000));
+    let addr = fake.clone().serve().await;
+    let mut config = load(dir.path(), addr, GROUP);
+    let err = actuator::start(&mut config)
+        .await
+        .err()
+        .expect("start refused")
+        .to_string();
+    assert!(
+        err.contains("listing instance types") && err.contains("Meta.Total"),
+        "{err}"
+    );
+    assert_eq!(fake.with(|s| s.type_pages.len()), 1, "no paging through it");
+}
+
+#[tokio::test]
+async fn the_fake_refuses_a_type_change_sent_as_a_json_body() {
+    // What Rally sent before it followed InstancesChangeType_1: the fake must refuse it,
+    // or it could not catch that mistake.
+    let fake = Fake::new(&[(501, 2, 4096)]);
+    let addr = fake.clone().serve().await;
+    fake.with(|s| s.valid_tokens.insert("t".into()));
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/api/instances/501/change_type_ticket"
+        ))
+        .bearer_auth("t")
+        .json(&json!({"TypeId": 1048}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(fake.with(|s| s.tickets.is_empty() && !s.instances[&501].locked));
 }
 
 #[tokio::test]
@@ -517,15 +750,92 @@ async fn a_ticket_ending_in_error_fails_the_resize() {
 #[tokio::test]
 async fn a_locked_instance_gets_no_second_operation() {
     let dir = tempfile::tempdir().unwrap();
-    let fake = Fake::new(&[(501, 2, 4096)]);
+    let fake = Fake::new(&[(501, 2, 4096), (502, 2, 4096)]);
     let (_, actuator) = started(&fake, dir.path()).await;
-    fake.with(|s| s.instances.get_mut(&501).unwrap().locked = true);
-    let outcome = send(&actuator, &request("d-4", "web-1", WAIT)).await;
+    // Locked by an operation started before the decision; another instance has a
+    // running ticket created since (the ticket list cannot be filtered by object).
+    fake.with(|s| {
+        s.instances.get_mut(&501).unwrap().locked = true;
+        let old = s.add_running_ticket(501);
+        s.tickets.get_mut(&old).unwrap().created -= chrono::Duration::minutes(10);
+    });
+    let r = request("d-4", "web-1", WAIT);
+    fake.with(|s| s.add_running_ticket(502));
+    let outcome = send(&actuator, &r).await;
     match &outcome.verdict {
         Verdict::Rejected { reason } => assert!(reason.contains("is locked"), "{reason}"),
         other => panic!("expected a rejection, got {other:?}"),
     }
-    assert!(fake.with(|s| s.changes.is_empty()), "nothing was sent");
+    fake.with(|s| {
+        assert!(s.changes.is_empty(), "nothing was sent");
+        assert!(s.polls.is_empty(), "no other ticket is followed");
+        assert!(
+            s.ticket_lists[0].contains_key("creationDateFrom"),
+            "{:?}",
+            s.ticket_lists
+        );
+    });
+}
+
+/// The collector dies after Oktawave created the ticket but before the answer arrived:
+/// no ticket id was stored. The restarted collector finds the instance locked, finds the
+/// running ticket on it created since the decision, and follows it to success: one change
+/// request in all, and the resize is accepted (not a failure for the circuit breaker).
+#[tokio::test]
+async fn after_a_lost_answer_a_restart_follows_the_running_ticket() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(&[(501, 2, 4096), (502, 2, 4096)]);
+    fake.with(|s| {
+        s.script = Some(Script::Hold);
+        s.lose_change_answer = true;
+    });
+    let addr = fake.clone().serve().await;
+    let r = request("d-9", "web-1", WAIT);
+
+    let mut config = load(dir.path(), addr, GROUP);
+    let first = actuator::start(&mut config).await.unwrap();
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { first.send(&r).await }
+    });
+    let t0 = Instant::now();
+    while fake.with(|s| s.tickets.len()) < 1 {
+        assert!(t0.elapsed() < WAIT, "the change reaches Oktawave");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+    let _ = task.await;
+
+    // Meanwhile someone starts an operation on web-2: not ours to follow.
+    fake.with(|s| {
+        s.add_running_ticket(502);
+        s.lose_change_answer = false;
+        s.released = true;
+    });
+    let mut config = load(dir.path(), addr, GROUP);
+    let second = actuator::start(&mut config).await.unwrap();
+    let outcome = send(&second, &r).await;
+    assert_eq!(outcome.verdict, Verdict::Accepted, "{outcome:?}");
+    assert!(
+        answers(&outcome)
+            .iter()
+            .any(|a| a.contains("locked by running ticket 9001")),
+        "{outcome:?}"
+    );
+    fake.with(|s| {
+        assert_eq!(s.changes.len(), 1, "no second change_type_ticket");
+        assert!(s.polls.iter().all(|&t| t == 9001), "{:?}", s.polls);
+        assert_eq!(
+            (s.instances[&501].cpu, s.instances[&501].ram_mb),
+            (4, 8192),
+            "resized once, to L"
+        );
+    });
+
+    // The followed ticket was recorded: sent again, the decision resumes it.
+    let again = send(&second, &r).await;
+    assert_eq!(again.verdict, Verdict::Accepted, "{again:?}");
+    assert_eq!(fake.with(|s| s.changes.len()), 1);
 }
 
 #[tokio::test]
@@ -743,7 +1053,7 @@ async fn end_to_end_figures_decision_to_ticket_and_report_to_verified() {
 
     // The ticket request reaches the fake.
     let change_at = loop {
-        if let Some(at) = fake.with(|s| s.changes.first().map(|c| c.2)) {
+        if let Some(at) = fake.with(|s| s.changes.first().map(|c| c.at)) {
             break at;
         }
         assert!(t0.elapsed() < WAIT, "change_type_ticket sent");

@@ -215,6 +215,9 @@ pub enum ActuatorError {
     /// The Oktawave actuator cannot start (config, API, or ladder resolution).
     #[error("oktawave: {0}")]
     Oktawave(String),
+    /// A secret file named by an actuator key cannot be used (the error names the key).
+    #[error(transparent)]
+    SecretFile(#[from] rally_daemon::secret::SecretError),
 }
 
 /// `[actuator]` in `collector.toml`: which actuator sends resize requests.
@@ -268,7 +271,26 @@ pub async fn start(config: &mut crate::config::Config) -> Result<Arc<dyn Actuato
             let store = crate::store::Store::open(&config.state.dir)
                 .map_err(|e| ActuatorError::Oktawave(format!("ticket store: {e}")))?;
             let mut oktawave = Oktawave::new(c.clone())?.with_store(store);
-            oktawave.resolve(&mut config.groups).await?;
+            let mut ladders: Vec<oktawave::GroupLadder<'_>> = config
+                .groups
+                .iter_mut()
+                .filter(|g| g.resizes())
+                .map(|g| oktawave::GroupLadder {
+                    group: &g.name,
+                    vms: &g.vms,
+                    ladder: &mut g.ladder,
+                })
+                .collect();
+            oktawave.resolve(&mut ladders).await?;
+            // The policies are compiled again with Oktawave's sizes.
+            for g in config.groups.iter().filter(|g| g.resizes()) {
+                g.policy().compile().map_err(|e| {
+                    ActuatorError::Oktawave(format!(
+                        "group `{}`: with Oktawave's sizes the policy is invalid: {e}",
+                        g.name
+                    ))
+                })?;
+            }
             Arc::new(oktawave)
         }
         Some(other) => Arc::from(other.build()?),
