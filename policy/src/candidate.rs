@@ -7,7 +7,8 @@
 //!    rung, within the VM's limits;
 //! 4. `shrink`: otherwise, inside the scale-down window and on evidence, one rung down.
 //!
-//! The group-level gates (pause, one member at a time, a stale member) are the caller's.
+//! The group-level gates (pause; for a resize that restarts the VM, one member at a time
+//! and no member stale) are the caller's.
 
 use super::Timestamp;
 use super::boost::{Boost, floor_at};
@@ -183,7 +184,7 @@ fn admit<V: MetricView + ?Sized>(
         out.skip(Some(vm), SkipReason::Stale { last_report });
         return Err(NotAdmitted::Stale);
     }
-    if state.in_flight().is_some_and(|r| r.vm == vm) {
+    if state.in_flight_for(vm).is_some() {
         return Err(NotAdmitted::Held);
     }
     let Some(reported) = view.reported_size(vm) else {

@@ -1,6 +1,7 @@
 //! One evaluation of one group, step by step: verify the resizes in flight, ask every
 //! member what it wants ([`super::candidate`]), note a closed scale-down window, apply
-//! the group's gates, then start at most one resize (one member at a time).
+//! the group's gates, then start the resizes: every hot-add grow, or else at most one
+//! resize that restarts its VM (one member at a time).
 
 use chrono::Duration as ChronoDuration;
 
@@ -57,21 +58,38 @@ pub fn evaluate<V: MetricView + ?Sized>(
     }
     note_window_closed(group, now, &mut out);
 
-    if let Some(reason) = group_gate(group, state, stale_member, now) {
+    if let Some(p) = state.pause {
+        let reason = SkipReason::Paused { by: p.by };
         for c in &candidates {
             out.skip(Some(&c.vm), reason.clone());
         }
-        if candidates.is_empty() && matches!(reason, SkipReason::Paused { .. }) {
+        if candidates.is_empty() {
             out.skip(None, reason);
         }
         return out;
     }
-    if let Some(chosen) = choose(candidates, &mut out) {
+    let mut ready = Vec::new();
+    for c in candidates {
+        match roll_gate(group, state, &c, stale_member, now) {
+            Some(reason) => out.skip(Some(&c.vm), reason),
+            None => ready.push(c),
+        }
+    }
+    for chosen in choose(group, ready, &mut out) {
         let decision = make_decision(group, chosen, now);
         start(state, &decision);
         out.decisions.push(decision);
     }
     out
+}
+
+/// Whether a resize in `direction` restarts the VM: a shrink always does; a grow only
+/// when the group says so (`scale_up.restarts`), else it is a hot-add.
+pub(crate) fn restarts(policy: &Policy, direction: Direction) -> bool {
+    match direction {
+        Direction::Up => policy.config.scale_up.restarts,
+        Direction::Down => true,
+    }
 }
 
 /// Says when a closed scale-down window opens (a group-wide note, not a VM's skip).
@@ -89,18 +107,21 @@ fn note_window_closed(group: &Group<'_>, now: Timestamp, out: &mut Evaluation) {
     }
 }
 
-/// What holds back every candidate of the group: a pause, a resize in flight or warming
-/// up, or a stale member (in a redundant group).
-fn group_gate(
+/// What holds back a candidate that restarts its VM: one member at a time (a resize in
+/// flight or warming up) and, in a redundant group, a stale member (restarting the
+/// survivor while its twin is down is an outage). A hot-add grow waits for none of these.
+fn roll_gate(
     group: &Group<'_>,
     state: &GroupState,
+    candidate: &Candidate,
     stale_member: Option<&str>,
     now: Timestamp,
 ) -> Option<SkipReason> {
+    if !restarts(group.policy, candidate.direction) {
+        return None;
+    }
     let cfg = &group.policy.config;
-    if let Some(p) = state.pause {
-        Some(SkipReason::Paused { by: p.by })
-    } else if let Some(r) = state.in_flight() {
+    if let Some(r) = state.in_flight() {
         Some(SkipReason::RollInProgress { vm: r.vm.clone() })
     } else if let Some((_, vm)) = state.group_warming_until(chrono(cfg.warm_up), now) {
         Some(SkipReason::RollInProgress { vm: vm.to_owned() })
@@ -111,30 +132,41 @@ fn group_gate(
     }
 }
 
-/// Picks the one candidate that starts: growing beats shrinking; then the largest step;
-/// then member order. The others wait for it.
-fn choose(mut candidates: Vec<Candidate>, out: &mut Evaluation) -> Option<Candidate> {
-    let best = candidates
-        .iter()
-        .enumerate()
-        .max_by_key(|(i, c)| {
-            (
-                c.direction == Direction::Up,
-                c.to.abs_diff(c.from),
-                std::cmp::Reverse(*i),
-            )
-        })
-        .map(|(i, _)| i)?;
-    let chosen = candidates.swap_remove(best);
-    for c in &candidates {
+/// The candidates that start this tick. Every hot-add grow starts; otherwise the one
+/// resize that restarts its VM: growing beats shrinking, then the largest step, then
+/// member order. The others wait for what started.
+fn choose(group: &Group<'_>, candidates: Vec<Candidate>, out: &mut Evaluation) -> Vec<Candidate> {
+    let (hot_adds, mut restarting): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .partition(|c| !restarts(group.policy, c.direction));
+    let chosen = if !hot_adds.is_empty() {
+        hot_adds
+    } else {
+        let best = restarting
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| {
+                (
+                    c.direction == Direction::Up,
+                    c.to.abs_diff(c.from),
+                    std::cmp::Reverse(*i),
+                )
+            })
+            .map(|(i, _)| i);
+        match best {
+            Some(best) => vec![restarting.swap_remove(best)],
+            None => return Vec::new(),
+        }
+    };
+    for c in &restarting {
         out.skip(
             Some(&c.vm),
             SkipReason::RollInProgress {
-                vm: chosen.vm.clone(),
+                vm: chosen[0].vm.clone(),
             },
         );
     }
-    Some(chosen)
+    chosen
 }
 
 /// Records `decision` and restarts its VM's `for` timers (firing flags stay: hysteresis).
@@ -209,9 +241,11 @@ fn sized(group: &Group<'_>, index: RungIndex) -> SizedRung {
 
 fn make_decision(group: &Group<'_>, c: Candidate, now: Timestamp) -> Decision {
     let cfg = &group.policy.config;
-    let timeout = match c.direction {
-        Direction::Up => cfg.scale_up.verify_timeout,
-        Direction::Down => cfg.scale_down.verify_timeout,
+    // A restart takes as long whichever way the VM is resized.
+    let timeout = if restarts(group.policy, c.direction) {
+        cfg.scale_down.verify_timeout
+    } else {
+        cfg.scale_up.verify_timeout
     };
     let to = sized(group, c.to);
     Decision {

@@ -93,9 +93,19 @@ pub struct ScaleUp {
     /// Automatic scale-ups per VM per local day (in the group's time zone).
     #[serde(default = "default_up_cap")]
     pub daily_cap: u32,
-    /// A scale-up (hot-add) not verified within this is marked failed.
+    /// A scale-up (hot-add) not verified within this is marked failed. A scale-up that
+    /// restarts the VM (`restarts = true`) gets `scale_down.verify_timeout` instead: a
+    /// restart takes as long whichever way the VM is resized, so one key says how long.
     #[serde(default = "default_verify_hot_add", with = "humantime_serde")]
     pub verify_timeout: Duration,
+    /// Whether growing restarts the VM (a cloud or VM type that cannot hot-add CPUs and
+    /// memory). A shrink always restarts. A resize that restarts waits until no other
+    /// member is stale, resizing or warming up (one member at a time); a hot-add grow
+    /// (the default) waits for none of these, so a survivor grows at once while its twin
+    /// is down. Its own resize in flight, cooldown, daily cap and a stopped roll still
+    /// hold it back.
+    #[serde(default)]
+    pub restarts: bool,
 }
 
 impl Default for ScaleUp {
@@ -104,6 +114,7 @@ impl Default for ScaleUp {
             cooldown: default_cooldown(),
             daily_cap: default_up_cap(),
             verify_timeout: default_verify_hot_add(),
+            restarts: false,
         }
     }
 }
