@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::boost::{Boost, BoostConfig};
 use super::ladder::{Ladder, LadderError, Rung};
+use super::metric::OutOfRange;
 use super::rule::Rule;
 use super::target::Target;
 use super::window::DailyWindow;
@@ -255,6 +256,15 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+    /// A rule's `threshold` or `clear`, or a target's `target`, is outside its metric's
+    /// range (a rule that could never fire or clear).
+    #[error("{key}: {detail}")]
+    OutOfRange {
+        /// The key within the group (`rules[0].threshold`, `targets[1].target`).
+        key: String,
+        /// The value and the range.
+        detail: OutOfRange,
+    },
     /// Another key is out of range.
     #[error("{key}: {reason}")]
     Value {
@@ -303,11 +313,20 @@ impl GroupPolicy {
             self.min_rung.as_deref(),
             self.max_rung.as_deref(),
         )?;
+        let out_of_range = |list: &str, index: usize, detail: OutOfRange| {
+            let key = format!("{list}[{index}].{}", detail.field);
+            PolicyError::OutOfRange { key, detail }
+        };
         for (index, rule) in self.rules.iter().enumerate() {
+            rule.check_range()
+                .map_err(|e| out_of_range("rules", index, e))?;
             rule.validate()
                 .map_err(|reason| PolicyError::Rule { index, reason })?;
         }
         for (index, target) in self.targets.iter().enumerate() {
+            target
+                .check_range()
+                .map_err(|e| out_of_range("targets", index, e))?;
             target
                 .validate()
                 .map_err(|reason| PolicyError::Target { index, reason })?;
