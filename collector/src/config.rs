@@ -446,6 +446,7 @@ fn policy_error_key(group: &GroupConfig, err: &PolicyError) -> String {
         PolicyError::Target { index, .. } => format!("targets[{index}]"),
         PolicyError::Boost { index, .. } => format!("boosts[{index}]"),
         PolicyError::Value { key, .. } => (*key).to_owned(),
+        PolicyError::OutOfRange { key, .. } => key.clone(),
     }
 }
 

@@ -167,9 +167,9 @@ fn window_mean(vm: &VmSummary, window: &str, metric: Metric) -> Option<f64> {
 
 fn psi_metric(resource: &str) -> Option<Metric> {
     match resource {
-        "cpu" => Some(Metric::PressureCpuSome),
-        "memory" => Some(Metric::PressureMemorySome),
-        "io" => Some(Metric::PressureIoSome),
+        "cpu" => Some(Metric::PsiCpuSomeAvg10),
+        "memory" => Some(Metric::PsiMemorySomeAvg10),
+        "io" => Some(Metric::PsiIoSomeAvg10),
         _ => None,
     }
 }

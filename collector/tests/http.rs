@@ -95,7 +95,7 @@ async fn the_api_lists_vms_with_latest_values_windows_and_counters() {
     assert!(vm["latest"]["pressure"].is_null());
     let mean = vm["avg_1m"]["cpu_utilization"].as_f64().unwrap();
     assert!((mean - 0.6).abs() < 1e-9, "{mean}");
-    assert!(vm["avg_5m"]["pressure_cpu_some"].is_null());
+    assert!(vm["avg_5m"]["psi_cpu_some_avg10"].is_null());
     assert_eq!(vm["reports"]["received"], 2);
     assert_eq!(vm["reports"]["lost"], 1);
     assert_eq!(vm["reports"]["duplicates"], 0);

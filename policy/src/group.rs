@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::boost::{Boost, BoostConfig};
 use super::ladder::{Ladder, LadderError, Rung};
+use super::metric::OutOfRange;
 use super::rule::Rule;
 use super::target::Target;
 use super::window::DailyWindow;
@@ -93,9 +94,19 @@ pub struct ScaleUp {
     /// Automatic scale-ups per VM per local day (in the group's time zone).
     #[serde(default = "default_up_cap")]
     pub daily_cap: u32,
-    /// A scale-up (hot-add) not verified within this is marked failed.
+    /// A scale-up (hot-add) not verified within this is marked failed. A scale-up that
+    /// restarts the VM (`restarts = true`) gets `scale_down.verify_timeout` instead: a
+    /// restart takes as long whichever way the VM is resized, so one key says how long.
     #[serde(default = "default_verify_hot_add", with = "humantime_serde")]
     pub verify_timeout: Duration,
+    /// Whether growing restarts the VM (a cloud or VM type that cannot hot-add CPUs and
+    /// memory). A shrink always restarts. A resize that restarts waits until no other
+    /// member is stale, resizing or warming up (one member at a time); a hot-add grow
+    /// (the default) waits for none of these, so a survivor grows at once while its twin
+    /// is down. Its own resize in flight, cooldown, daily cap and a stopped roll still
+    /// hold it back.
+    #[serde(default)]
+    pub restarts: bool,
 }
 
 impl Default for ScaleUp {
@@ -104,6 +115,7 @@ impl Default for ScaleUp {
             cooldown: default_cooldown(),
             daily_cap: default_up_cap(),
             verify_timeout: default_verify_hot_add(),
+            restarts: false,
         }
     }
 }
@@ -244,6 +256,15 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+    /// A rule's `threshold` or `clear`, or a target's `target`, is outside its metric's
+    /// range (a rule that could never fire or clear).
+    #[error("{key}: {detail}")]
+    OutOfRange {
+        /// The key within the group (`rules[0].threshold`, `targets[1].target`).
+        key: String,
+        /// The value and the range.
+        detail: OutOfRange,
+    },
     /// Another key is out of range.
     #[error("{key}: {reason}")]
     Value {
@@ -292,11 +313,20 @@ impl GroupPolicy {
             self.min_rung.as_deref(),
             self.max_rung.as_deref(),
         )?;
+        let out_of_range = |list: &str, index: usize, detail: OutOfRange| {
+            let key = format!("{list}[{index}].{}", detail.field);
+            PolicyError::OutOfRange { key, detail }
+        };
         for (index, rule) in self.rules.iter().enumerate() {
+            rule.check_range()
+                .map_err(|e| out_of_range("rules", index, e))?;
             rule.validate()
                 .map_err(|reason| PolicyError::Rule { index, reason })?;
         }
         for (index, target) in self.targets.iter().enumerate() {
+            target
+                .check_range()
+                .map_err(|e| out_of_range("targets", index, e))?;
             target
                 .validate()
                 .map_err(|reason| PolicyError::Target { index, reason })?;

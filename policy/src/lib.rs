@@ -25,6 +25,9 @@
 //! - `decision`: decisions, evidence, skip reasons, events.
 //! - `state`: what a group remembers between ticks (in flight, history, pause, circuit).
 //! - `evaluate`: one evaluation of one group, and manual resizes.
+//! - `candidate`: what one VM asks for on one tick (its gates, rules, targets, grow,
+//!   shrink).
+//! - `limits`: roll stop, cooldown and cap of one direction.
 //!
 //! **Invariant:** no I/O and no clock: this crate's manifest has no tokio, tonic, axum
 //! or rusqlite, so Cargo enforces it.
@@ -33,10 +36,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod boost;
+mod candidate;
 pub mod decision;
 pub mod evaluate;
 pub mod group;
 pub mod ladder;
+mod limits;
 pub mod memory_view;
 pub mod metric;
 pub mod rule;

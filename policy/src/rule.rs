@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Timestamp;
 use super::decision::Evidence;
-use super::metric::{Metric, Window};
+use super::metric::{Metric, OutOfRange, Window};
 
 /// One `[[groups.rules]]` entry: scale up one rung when `metric` over `window` is at or
 /// beyond `threshold` continuously for `for`; once fired, the rule keeps holding until the
@@ -51,6 +51,15 @@ impl Rule {
     /// The clear threshold in force.
     pub fn clear_threshold(&self) -> f64 {
         self.clear.unwrap_or(self.threshold)
+    }
+
+    /// Checks `threshold` and `clear` lie in the metric's range.
+    pub fn check_range(&self) -> Result<(), OutOfRange> {
+        self.metric.check("threshold", self.threshold)?;
+        match self.clear {
+            Some(clear) => self.metric.check("clear", clear),
+            None => Ok(()),
+        }
     }
 
     /// Checks the thresholds make sense for the metric's direction.

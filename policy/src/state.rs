@@ -174,11 +174,19 @@ pub struct GroupState {
 }
 
 impl GroupState {
-    /// The resize in flight, if any (one member at a time).
+    /// The oldest resize in flight, if any. A resize that restarts its VM is alone in
+    /// flight (one member at a time); hot-add grows of several members may overlap.
     pub fn in_flight(&self) -> Option<&ResizeRecord> {
         self.resizes
             .iter()
             .find(|r| r.status == ResizeStatus::InFlight)
+    }
+
+    /// `vm`'s resize in flight, if any.
+    pub fn in_flight_for(&self, vm: &str) -> Option<&ResizeRecord> {
+        self.resizes
+            .iter()
+            .find(|r| r.vm == vm && r.status == ResizeStatus::InFlight)
     }
 
     /// Pauses the group (operator).

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::decision::Evidence;
 use super::ladder::{Ladder, RungIndex};
-use super::metric::{Capacity, Metric, Window};
+use super::metric::{Capacity, Metric, OutOfRange, Window};
 
 /// One `[[groups.targets]]` entry: keep `metric` at or below `target` by growing the VM
 /// to the smallest rung whose capacity brings it there. Target tracking only grows a VM;
@@ -72,6 +72,14 @@ impl Target {
     /// The value above which the target asks for more capacity.
     pub fn trigger_value(&self) -> f64 {
         self.target_value() * (1.0 + self.tolerance)
+    }
+
+    /// Checks a configured `target` lies in the metric's range.
+    pub fn check_range(&self) -> Result<(), OutOfRange> {
+        match self.target {
+            Some(target) => self.metric.check("target", target),
+            None => Ok(()),
+        }
     }
 
     /// Checks the metric can be tracked and the numbers make sense.

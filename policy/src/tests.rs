@@ -533,12 +533,13 @@ fn stale_data_never_triggers_a_resize_and_resets_pending_timers() {
 }
 
 #[test]
-fn a_redundant_group_rolls_one_member_at_a_time() {
+fn a_redundant_group_rolls_restarting_resizes_one_member_at_a_time() {
     let mut sim = Sim::new(
         &[("web-1", "M"), ("web-2", "M"), ("web-3", "M")],
         "2026-01-15T10:00:00Z",
         |p| {
             p.rules[0].hold_for = mins(1);
+            p.scale_up.restarts = true;
         },
     );
     sim.load_all(0.95).run(mins(2) + Duration::from_secs(5));
@@ -564,20 +565,145 @@ fn a_redundant_group_rolls_one_member_at_a_time() {
 }
 
 #[test]
-fn no_member_starts_while_another_is_stale() {
+fn hot_add_grows_every_saturated_member_at_once() {
     let mut sim = Sim::new(
-        &[("web-1", "M"), ("web-2", "M")],
+        &[("web-1", "M"), ("web-2", "M"), ("web-3", "M")],
         "2026-01-15T10:00:00Z",
         |p| p.rules[0].hold_for = mins(1),
     );
+    sim.load_all(0.95).run(mins(2) + Duration::from_secs(5));
+    assert_eq!(
+        sim.log(),
+        ["web-1 M→L rule", "web-2 M→L rule", "web-3 M→L rule"]
+    );
+    let first = sim.decisions[0].created_at;
+    assert!(sim.decisions.iter().all(|d| d.created_at == first));
+    // A hot-add is verified within scale_up.verify_timeout.
+    let d = &sim.decisions[0];
+    assert_eq!(
+        d.verify_deadline - d.created_at,
+        chrono::Duration::minutes(5)
+    );
+}
+
+/// What the failover table's other member is doing.
+#[derive(Debug, Clone, Copy)]
+enum Twin {
+    /// web-2 stopped reporting (it died).
+    Stale,
+    /// web-2 has a resize in flight that the cloud never applies.
+    InFlight,
+}
+
+#[test]
+fn only_resizes_that_restart_wait_for_a_stale_or_resizing_twin() {
+    // (case, web-2, scale_up.restarts, expected decisions, web-1's skip); web-1 is saturated.
+    type Wait = Option<fn(&SkipReason) -> bool>;
+    type Case = (&'static str, Twin, bool, Vec<&'static str>, Wait);
+    let stale: Wait = Some(|r| *r == SkipReason::MemberStale { vm: "web-2".into() });
+    let rolling: Wait = Some(|r| *r == SkipReason::RollInProgress { vm: "web-2".into() });
+    let cases: Vec<Case> = vec![
+        (
+            "web-2 stale, web-1 saturated → web-1 hot-adds at once",
+            Twin::Stale,
+            false,
+            vec!["web-1 M→L rule"],
+            None,
+        ),
+        (
+            "web-2 stale, web-1 saturated, growing restarts → web-1 waits",
+            Twin::Stale,
+            true,
+            vec![],
+            stale,
+        ),
+        (
+            "web-2 resizing, web-1 saturated → web-1 hot-adds at once",
+            Twin::InFlight,
+            false,
+            vec!["web-2 M→L manual", "web-1 M→L rule"],
+            None,
+        ),
+        (
+            "web-2 resizing, web-1 saturated, growing restarts → web-1 waits",
+            Twin::InFlight,
+            true,
+            vec!["web-2 M→L manual"],
+            rolling,
+        ),
+    ];
+    for (case, twin, restarts, want, wait) in cases {
+        let mut sim = Sim::new(
+            &[("web-1", "M"), ("web-2", "M")],
+            "2026-01-15T10:00:00Z",
+            |p| {
+                p.rules[0].hold_for = mins(1);
+                p.scale_up.restarts = restarts;
+            },
+        );
+        sim.cloud = Cloud::Ignores;
+        sim.run(Duration::from_secs(5));
+        match twin {
+            Twin::Stale => {
+                // The dead twin was the busier one: it never grows while it is stale.
+                sim.load("web-2", 0.99);
+                sim.vm("web-2").reporting = false;
+            }
+            Twin::InFlight => {
+                sim.manual("web-2", "L").unwrap();
+            }
+        }
+        sim.load("web-1", 0.95)
+            .run(mins(2) + Duration::from_secs(5));
+        assert_eq!(sim.log(), want, "{case}");
+        if let Some(wait) = wait {
+            assert!(sim.skipped("web-1", wait), "{case}: {:?}", sim.skips);
+        }
+    }
+}
+
+#[test]
+fn a_shrink_waits_for_a_stale_member() {
+    let mut sim = quiet_day("2026-01-15T00:30:00Z", |_| {});
     sim.vm("web-2").reporting = false;
-    sim.load("web-1", 0.95).run(mins(5));
-    assert!(sim.log().is_empty());
+    sim.run_until("2026-01-15T01:30:00Z");
+    assert!(sim.log().is_empty(), "{:?}", sim.log());
     assert!(sim.skipped("web-1", |r| *r
         == SkipReason::MemberStale { vm: "web-2".into() }));
+    // web-2 reports again: web-1 shrinks (web-2's day now has a gap, so it stays).
     sim.vm("web-2").reporting = true;
     sim.run(Duration::from_secs(10));
+    assert_eq!(sim.log(), ["web-1 L→M scale_down"]);
+}
+
+#[test]
+fn a_grow_that_restarts_is_verified_within_the_restart_timeout() {
+    let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", |p| {
+        p.rules[0].hold_for = mins(1);
+        p.scale_up.restarts = true;
+    });
+    sim.load("web-1", 0.95)
+        .run(mins(2) + Duration::from_secs(5));
     assert_eq!(sim.log(), ["web-1 M→L rule"]);
+    let d = &sim.decisions[0];
+    assert_eq!(
+        d.verify_deadline - d.created_at,
+        chrono::Duration::minutes(15)
+    );
+}
+
+#[test]
+fn growing_restarts_is_a_scale_up_key() {
+    let p: GroupPolicy = toml::from_str(
+        r#"
+        ladder = [ { name = "S", vcpus = 2, memory_bytes = 4294967296 } ]
+        [scale_up]
+        restarts = true
+        "#,
+    )
+    .unwrap();
+    assert!(p.scale_up.restarts);
+    assert!(!GroupPolicy::with_ladder(p.ladder.clone()).scale_up.restarts);
 }
 
 #[test]
@@ -585,7 +711,11 @@ fn an_unverified_resize_fails_and_stops_the_roll() {
     let mut sim = Sim::new(
         &[("web-1", "M"), ("web-2", "M")],
         "2026-01-15T10:00:00Z",
-        |p| p.rules[0].hold_for = mins(1),
+        |p| {
+            p.rules[0].hold_for = mins(1);
+            p.scale_up.restarts = true;
+            p.scale_down.verify_timeout = mins(5);
+        },
     );
     sim.cloud = Cloud::Ignores;
     sim.load_all(0.95).run(mins(2) + Duration::from_secs(5));
@@ -677,7 +807,8 @@ fn three_consecutive_failures_open_the_circuit_breaker() {
         |p| {
             p.rules[0].hold_for = Duration::ZERO;
             p.scale_up.cooldown = Duration::ZERO;
-            p.scale_up.verify_timeout = mins(1);
+            p.scale_up.restarts = true;
+            p.scale_down.verify_timeout = mins(1);
         },
     );
     sim.cloud = Cloud::Ignores;
@@ -966,7 +1097,8 @@ fn boosts_raise_the_floor_early_and_block_scale_down() {
             lead: mins(10),
         }];
     };
-    // Warsaw 03:00 = 02:00 UTC; applied from 01:50 UTC; one member at a time.
+    // Warsaw 03:00 = 02:00 UTC; applied from 01:50 UTC; a hot-add grows every member
+    // at once.
     let mut sim = quiet_day("2026-01-15T00:30:00Z", promo);
     sim.load_all(0.01);
     sim.run_until("2026-01-15T01:49:55Z");
@@ -981,9 +1113,12 @@ fn boosts_raise_the_floor_early_and_block_scale_down() {
         .iter()
         .filter(|d| d.trigger == Trigger::Boost)
         .collect();
-    assert_eq!(boosted.len(), 1);
-    assert_eq!(boosted[0].created_at, ts("2026-01-15T01:50:00Z"));
-    assert_eq!(boosted[0].to.rung, "XL");
+    assert_eq!(boosted.len(), 2, "{:?}", sim.log());
+    assert!(
+        boosted
+            .iter()
+            .all(|d| d.created_at == ts("2026-01-15T01:50:00Z") && d.to.rung == "XL")
+    );
     sim.run(mins(5));
     let boosted = sim
         .decisions

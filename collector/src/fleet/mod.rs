@@ -965,10 +965,10 @@ mod tests {
         assert!((m1 - 0.6).abs() < 1e-9, "{m1}");
         assert!((m5 - (48.0 * 0.2 + 12.0 * 0.6) / 60.0).abs() < 1e-9, "{m5}");
         assert_eq!(vm.mean_1m.get(Metric::MemoryUsedRatio), Some(0.25));
-        assert_eq!(vm.mean_1m.get(Metric::PressureCpuSome), None);
+        assert_eq!(vm.mean_1m.get(Metric::PsiCpuSomeAvg10), None);
         let range = TimeRange::last(Duration::from_secs(180), now);
         assert!(fleet.covers("web-1", Metric::CpuUtilization, range));
-        assert!(!fleet.covers("web-1", Metric::PressureCpuSome, range));
+        assert!(!fleet.covers("web-1", Metric::PsiCpuSomeAvg10, range));
         assert_eq!(fleet.max("web-1", Metric::CpuUtilization, range), Some(0.6));
     }
 

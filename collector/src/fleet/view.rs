@@ -40,8 +40,8 @@ impl Source {
             PolicyMetric::CpuUtilization => Some(Source::Direct(Metric::CpuUtilization)),
             PolicyMetric::MemoryUsedRatio => Some(Source::Direct(Metric::MemoryUsedRatio)),
             PolicyMetric::MemoryAvailableRatio => Some(Source::Complement(Metric::MemoryUsedRatio)),
-            PolicyMetric::PsiCpuSomeAvg10 => Some(Source::Direct(Metric::PressureCpuSome)),
-            PolicyMetric::PsiMemorySomeAvg10 => Some(Source::Direct(Metric::PressureMemorySome)),
+            PolicyMetric::PsiCpuSomeAvg10 => Some(Source::Direct(Metric::PsiCpuSomeAvg10)),
+            PolicyMetric::PsiMemorySomeAvg10 => Some(Source::Direct(Metric::PsiMemorySomeAvg10)),
             // Absent for a VM without request sources (or whose sources all have no
             // rate): a rule on them then neither fires nor counts as low use.
             PolicyMetric::RequestsPerSecondPerVcpu => {
@@ -352,6 +352,21 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_metric_read_as_is_has_the_policy_name() {
+        // One vocabulary: `metric = "psi_cpu_some_avg10"` in the config, the same word
+        // in the fleet's windows and its JSON.
+        for metric in PolicyMetric::ALL {
+            match Source::of(metric) {
+                Some(Source::Direct(m)) => assert_eq!(m.name(), metric.name()),
+                Some(Source::Complement(_)) => {
+                    assert_eq!(metric, PolicyMetric::MemoryAvailableRatio)
+                }
+                None => panic!("{metric} has no source in the windows"),
+            }
+        }
     }
 
     #[test]

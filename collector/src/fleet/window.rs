@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
+use rally_policy::Metric as PolicyMetric;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
@@ -22,6 +23,8 @@ pub const RAW_CAP: usize = 1024;
 pub const BUCKET_MINUTES: i64 = 24 * 60 + 2;
 
 /// A metric kept in the windows. Ratios are 0..1 (PSI's percentages are divided by 100).
+/// A metric the policy also reads has the policy's name ([`rally_policy::Metric`], the
+/// word users write in `metric = ...`), in code and in JSON alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
     /// CPU utilization (steal and iowait excluded).
@@ -36,12 +39,12 @@ pub enum Metric {
     MemoryUsedBytes,
     /// (MemTotal − MemAvailable) / MemTotal.
     MemoryUsedRatio,
-    /// PSI cpu "some" avg10 / 100.
-    PressureCpuSome,
-    /// PSI memory "some" avg10 / 100.
-    PressureMemorySome,
-    /// PSI io "some" avg10 / 100.
-    PressureIoSome,
+    /// PSI cpu "some" avg10 / 100 (`psi_cpu_some_avg10`).
+    PsiCpuSomeAvg10,
+    /// PSI memory "some" avg10 / 100 (`psi_memory_some_avg10`).
+    PsiMemorySomeAvg10,
+    /// PSI io "some" avg10 / 100 (`psi_io_some_avg10`; no policy rule reads it).
+    PsiIoSomeAvg10,
     /// Web requests per second, summed over the VM's sources.
     RequestsPerSecond,
     /// Web requests per second divided by the vCPUs.
@@ -66,9 +69,9 @@ impl Metric {
         Metric::MemoryAvailableBytes,
         Metric::MemoryUsedBytes,
         Metric::MemoryUsedRatio,
-        Metric::PressureCpuSome,
-        Metric::PressureMemorySome,
-        Metric::PressureIoSome,
+        Metric::PsiCpuSomeAvg10,
+        Metric::PsiMemorySomeAvg10,
+        Metric::PsiIoSomeAvg10,
         Metric::RequestsPerSecond,
         Metric::RequestsPerSecondPerVcpu,
         Metric::ServerErrorRatio,
@@ -76,23 +79,24 @@ impl Metric {
         Metric::PhpFpmListenQueue,
     ];
 
-    /// The snake_case name used in JSON and metric names.
+    /// The snake_case name used in JSON: the policy's name for the metrics it reads as
+    /// they are (declared once, in `rally_policy::Metric::name`).
     pub fn name(self) -> &'static str {
         match self {
-            Metric::CpuUtilization => "cpu_utilization",
+            Metric::CpuUtilization => PolicyMetric::CpuUtilization.name(),
             Metric::CpuSteal => "cpu_steal",
             Metric::CpuIowait => "cpu_iowait",
             Metric::MemoryAvailableBytes => "memory_available_bytes",
             Metric::MemoryUsedBytes => "memory_used_bytes",
-            Metric::MemoryUsedRatio => "memory_used_ratio",
-            Metric::PressureCpuSome => "pressure_cpu_some",
-            Metric::PressureMemorySome => "pressure_memory_some",
-            Metric::PressureIoSome => "pressure_io_some",
-            Metric::RequestsPerSecond => "requests_per_second",
-            Metric::RequestsPerSecondPerVcpu => "requests_per_second_per_vcpu",
-            Metric::ServerErrorRatio => "server_error_ratio",
-            Metric::LatencyP95Seconds => "latency_p95_seconds",
-            Metric::PhpFpmListenQueue => "php_fpm_listen_queue",
+            Metric::MemoryUsedRatio => PolicyMetric::MemoryUsedRatio.name(),
+            Metric::PsiCpuSomeAvg10 => PolicyMetric::PsiCpuSomeAvg10.name(),
+            Metric::PsiMemorySomeAvg10 => PolicyMetric::PsiMemorySomeAvg10.name(),
+            Metric::PsiIoSomeAvg10 => "psi_io_some_avg10",
+            Metric::RequestsPerSecond => PolicyMetric::RequestsPerSecond.name(),
+            Metric::RequestsPerSecondPerVcpu => PolicyMetric::RequestsPerSecondPerVcpu.name(),
+            Metric::ServerErrorRatio => PolicyMetric::ServerErrorRatio.name(),
+            Metric::LatencyP95Seconds => PolicyMetric::LatencyP95Seconds.name(),
+            Metric::PhpFpmListenQueue => PolicyMetric::PhpFpmListenQueue.name(),
         }
     }
 
@@ -118,9 +122,9 @@ impl Metric {
             Metric::MemoryAvailableBytes => report.memory.map(|m| m.available_bytes as f64),
             Metric::MemoryUsedBytes => report.memory.map(|m| m.used_bytes() as f64),
             Metric::MemoryUsedRatio => report.memory.and_then(|m| m.used_ratio()),
-            Metric::PressureCpuSome => psi(|p| p.cpu),
-            Metric::PressureMemorySome => psi(|p| p.memory),
-            Metric::PressureIoSome => psi(|p| p.io),
+            Metric::PsiCpuSomeAvg10 => psi(|p| p.cpu),
+            Metric::PsiMemorySomeAvg10 => psi(|p| p.memory),
+            Metric::PsiIoSomeAvg10 => psi(|p| p.io),
             Metric::RequestsPerSecond => report.requests_per_second(),
             Metric::RequestsPerSecondPerVcpu => {
                 let vcpus = report.size?.vcpus;

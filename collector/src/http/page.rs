@@ -122,7 +122,7 @@ pub fn render(
             percent(vm.mean_5m.get(Metric::CpuUtilization)),
             percent(vm.latest_values.get(Metric::CpuSteal)),
             percent(vm.latest_values.get(Metric::MemoryUsedRatio)),
-            percent(vm.latest_values.get(Metric::PressureCpuSome)),
+            percent(vm.latest_values.get(Metric::PsiCpuSomeAvg10)),
             escape(vm.agent_version.as_deref().unwrap_or("–")),
         );
     }
