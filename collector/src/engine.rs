@@ -31,16 +31,17 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::actuator::{Actuator, LogActuator, Outcome, ResizeRequest, Verdict};
+use crate::actuator::{Actuator, LogActuator};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::fleet::view::timestamp;
 use crate::fleet::{Fleet, FleetView};
+use crate::request::{Attempt, Outcome, ResizeRequest, Verdict};
 use crate::store::{DecisionFilter, Store, StoreError, StoredDecision, Verification};
 use rally_policy::decision::{Decision, Direction, Event, PauseReason, Skip, SkipReason};
 use rally_policy::ladder::Size;
 use rally_policy::state::GroupState;
-use rally_policy::{Group, ManualError, Policy, Timestamp, evaluate, manual_resize};
+use rally_policy::{Group, GroupPolicy, ManualError, Policy, Timestamp, evaluate, manual_resize};
 
 /// Without high availability there is one collector and no leader election: token 0.
 pub const FENCING_TOKEN: u64 = 0;
@@ -272,7 +273,7 @@ pub struct DecisionRecord {
     #[serde(flatten)]
     pub stored: StoredDecision,
     /// Every delivery attempt.
-    pub attempts: Vec<crate::actuator::Attempt>,
+    pub attempts: Vec<Attempt>,
     /// The verification result, once there is one.
     pub verification: Option<Verification>,
 }
@@ -925,9 +926,9 @@ impl Engine {
 }
 
 /// The engine's view of one configured group, with a fresh state.
-fn group_runtime(g: &crate::config::GroupConfig, global_dry_run: bool) -> GroupRuntime {
+fn group_runtime(g: &GroupPolicy, global_dry_run: bool) -> GroupRuntime {
     let policy = if g.resizes() {
-        match g.policy().compile() {
+        match g.compile() {
             Ok(p) => Some(p),
             Err(e) => {
                 // Config::check compiled it already; this cannot happen for a loaded

@@ -32,8 +32,8 @@ use super::{
     Actuator, ActuatorError, Attempt, AttemptResult, BoxFuture, Outcome, ResizeRequest, Verdict,
     excerpt,
 };
-use crate::config::GroupConfig;
 use crate::store::Store;
+use rally_policy::GroupPolicy;
 use rally_policy::ladder::TypeRef;
 
 /// Oktawave's public identity server.
@@ -367,7 +367,7 @@ impl Oktawave {
     /// naming `oktawave_type` takes that type's vCPUs and RAM; a rung giving a size must
     /// match exactly one type. Also checks every member has an instance id. The groups'
     /// policies are compiled again with the real sizes.
-    pub async fn resolve(&mut self, groups: &mut [GroupConfig]) -> Result<(), ActuatorError> {
+    pub async fn resolve(&mut self, groups: &mut [GroupPolicy]) -> Result<(), ActuatorError> {
         let types = self
             .instance_types()
             .await
@@ -379,7 +379,7 @@ impl Oktawave {
     pub fn resolve_with(
         &mut self,
         types: &[InstanceType],
-        groups: &mut [GroupConfig],
+        groups: &mut [GroupPolicy],
     ) -> Result<(), ActuatorError> {
         let err = |m: String| Err(ActuatorError::Oktawave(m));
         for g in groups.iter_mut().filter(|g| g.resizes()) {
@@ -446,7 +446,7 @@ impl Oktawave {
                 self.rung_types
                     .insert((g.name.clone(), rung.name.clone()), t.id);
             }
-            if let Err(e) = g.policy().compile() {
+            if let Err(e) = g.compile() {
                 return err(format!(
                     "group `{}`: with Oktawave's sizes the ladder is invalid: {e}",
                     g.name

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::actuator::{Attempt, AttemptResult, BoxFuture};
+use crate::actuator::BoxFuture;
 use crate::clock::ManualClock;
-use crate::config::GroupConfig;
 use crate::fleet::view::fixtures::{Agent, fleet, t0};
+use crate::request::{Attempt, AttemptResult};
 use rally_policy::GroupPolicy;
 use rally_policy::ladder::Rung;
 use rally_policy::metric::{Metric, Window};
@@ -123,11 +123,11 @@ fn policy() -> GroupPolicy {
 
 fn config(policy: GroupPolicy) -> Config {
     Config {
-        groups: vec![GroupConfig::from_policy(
-            "web",
-            vec!["web-1".into()],
-            policy,
-        )],
+        groups: vec![GroupPolicy {
+            name: "web".into(),
+            vms: vec!["web-1".into()],
+            ..policy
+        }],
         ..Config::default()
     }
 }
