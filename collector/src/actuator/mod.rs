@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::request::{Attempt, AttemptResult, Outcome, ResizeRequest, Verdict};
 
-pub use command::{Command, CommandConfig};
+pub use command::{CommandActuator, CommandConfig};
 pub use log::LogActuator;
 pub use oktawave::{Oktawave, OktawaveConfig};
 pub use webhook::{Webhook, WebhookConfig};
@@ -76,9 +76,6 @@ pub enum ActuatorError {
     /// The HTTP client could not be built (TLS roots).
     #[error("building the HTTP client: {0}")]
     Client(String),
-    /// The command config is unusable.
-    #[error("command: {0}")]
-    Command(String),
     /// The Oktawave actuator cannot start (config, API, or ladder resolution).
     #[error("oktawave: {0}")]
     Oktawave(String),
@@ -105,7 +102,7 @@ impl ActuatorConfig {
     pub fn build(&self) -> Result<Box<dyn Actuator>, ActuatorError> {
         Ok(match self {
             ActuatorConfig::Webhook(c) => Box::new(Webhook::new(c.clone())?),
-            ActuatorConfig::Command(c) => Box::new(Command::new(c.clone())?),
+            ActuatorConfig::Command(c) => Box::new(CommandActuator::new(c.clone())?),
             ActuatorConfig::Oktawave(_) => {
                 return Err(ActuatorError::Oktawave(
                     "built at start with the API and the state store (actuator::start)".into(),

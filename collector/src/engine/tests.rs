@@ -450,8 +450,8 @@ async fn operators_pause_resume_and_resize_through_the_handle() {
     sim.run(&mut engine, secs(10), 0.3).await;
 
     async fn serve_one(engine: &mut Engine) {
-        let c = engine.commands.recv().await.unwrap();
-        engine.command(c).await;
+        let o = engine.orders.recv().await.unwrap();
+        engine.order(o).await;
     }
     let (paused, ()) = tokio::join!(handle.pause("web"), serve_one(&mut engine));
     assert!(paused.unwrap().paused);
@@ -467,11 +467,11 @@ async fn operators_pause_resume_and_resize_through_the_handle() {
     assert!(!resumed.unwrap().paused);
 
     let (unknown, ()) = tokio::join!(handle.pause("nope"), serve_one(&mut engine));
-    assert!(matches!(unknown, Err(CommandError::UnknownGroup(_))));
+    assert!(matches!(unknown, Err(OrderError::UnknownGroup(_))));
     let (bad, ()) = tokio::join!(handle.resize("web-1", "XL"), serve_one(&mut engine));
     assert!(matches!(
         bad,
-        Err(CommandError::Manual(ManualError::UnknownRung(_)))
+        Err(OrderError::Manual(ManualError::UnknownRung(_)))
     ));
     let (resized, ()) = tokio::join!(handle.resize("web-1", "L"), serve_one(&mut engine));
     let d = resized.unwrap();
@@ -481,7 +481,7 @@ async fn operators_pause_resume_and_resize_through_the_handle() {
     let (again, ()) = tokio::join!(handle.resize("web-1", "L"), serve_one(&mut engine));
     assert!(matches!(
         again,
-        Err(CommandError::Manual(ManualError::RollInProgress(_)))
+        Err(OrderError::Manual(ManualError::RollInProgress(_)))
     ));
     let listed = handle.decisions(DecisionFilter::default()).await.unwrap();
     assert_eq!(listed.len(), 1);
