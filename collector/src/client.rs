@@ -14,8 +14,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The token file could not be read.
-    #[error("token file: {0}")]
-    Token(String),
+    #[error(transparent)]
+    Token(#[from] rally_daemon::secret::SecretError),
     /// The collector could not be reached or answered garbage.
     #[error("calling {url}: {source}")]
     Http {
@@ -47,9 +47,9 @@ impl Client {
     /// from `token_file` if given.
     pub fn new(base: &str, token_file: Option<&Path>) -> Result<Self, ClientError> {
         let token = token_file
-            .map(crate::config::read_token)
-            .transpose()
-            .map_err(ClientError::Token)?;
+            .map(|path| rally_daemon::secret::read("--token-file", path))
+            .transpose()?
+            .map(|token| token.expose().to_owned());
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .build()

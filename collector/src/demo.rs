@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cli::DemoArgs;
-use crate::config::{Config, GroupConfig};
-use crate::fleet::validate_id;
+use crate::config::Config;
+use crate::vm_id::validate_id;
 use crate::{Collector, Error};
 use rally_policy::GroupPolicy;
 use rally_policy::ladder::Rung;
@@ -45,7 +45,7 @@ fn this_size() -> Option<(u32, u64)> {
 
 /// The demo group: this machine on the middle rung of S (half), M (itself), L (double),
 /// a CPU rule that fires after 30 s, and dry-run (the global default).
-pub fn demo_group(vm: &str) -> Option<GroupConfig> {
+pub fn demo_group(vm: &str) -> Option<GroupPolicy> {
     let (vcpus, memory) = this_size()?;
     let rung = |name: &str, vcpus: u32, memory_bytes: u64| Rung {
         name: name.into(),
@@ -59,7 +59,7 @@ pub fn demo_group(vm: &str) -> Option<GroupConfig> {
         rung("M", vcpus, memory),
         rung("L", vcpus * 2, memory * 2),
     ];
-    let mut policy = GroupPolicy::with_ladder(ladder);
+    let mut policy = GroupPolicy::new(DEMO_GROUP, vec![vm.to_owned()], ladder);
     policy.rules = vec![Rule {
         metric: Metric::CpuUtilization,
         window: Window::Last,
@@ -68,11 +68,7 @@ pub fn demo_group(vm: &str) -> Option<GroupConfig> {
         hold_for: Duration::from_secs(30),
     }];
     policy.scale_up.cooldown = Duration::from_secs(120);
-    Some(GroupConfig::from_policy(
-        DEMO_GROUP,
-        vec![vm.to_owned()],
-        policy,
-    ))
+    Some(policy)
 }
 
 /// The demo agent samples faster than the shipped 5 s, so the page fills up quickly.

@@ -7,6 +7,9 @@
 //! - [`config`]: `collector.toml` (listeners, ingest limits, state, auth, groups with
 //!   their resize policy, global `dry_run`, actuator, API token, engine tick), with
 //!   errors that name file, line and key.
+//! - [`vm_id`]: what a VM id or group name may contain; the reserved `ungrouped`.
+//! - [`request`]: a resize request, its delivery attempts and verdict: what the engine,
+//!   the actuators and the store exchange.
 //! - [`clock`]: the injectable wall clock (simulated time in tests).
 //! - [`ingest`]: the gRPC edge, `rally.v1.Ingest/Stream`: authentication, validation,
 //!   limits, de-duplication, acknowledgements; converts protobuf into fleet types.
@@ -22,6 +25,8 @@
 //! - [`actuator`]: sends a resize request: Oktawave's API, signed webhook, command, or
 //!   log only.
 //! - [`store`]: the embedded SQLite state (decisions, attempts, cooldowns, flags).
+//! - `assembly`: start-up wiring (the actuator with its ticket store and resolved
+//!   ladders, the API token), used at start and on reload; [`start_actuator`].
 //! - [`engine`]: the resize loop: tick → evaluate → persist → dispatch to the actuator
 //!   (bounded queue, own tasks) → record outcomes → verify; restores after a restart.
 //! - [`cli`]: the command line.
@@ -36,6 +41,10 @@
 //! without dropping a stream; `[listen]`, `[state]`, `[engine]` and the other
 //! `[ingest]` limits need a restart (a reload logs each one it kept).
 //!
+//! **Invariant:** the data flows one way: ingest → fleet → policy → engine → store and
+//! actuator, with `http`, `metrics` and `cli` reading from the top; no module imports
+//! one that imports it back (`tests/layering.rs` fails on any cycle).
+//!
 //! **Invariant:** the ingest path never waits on anything slow: no disk, no actuator,
 //! no other stream. It only takes one VM's lock for the moment a report is folded in.
 //! The resize engine only reads the fleet (one VM lock at a time), runs the SQLite
@@ -46,6 +55,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod actuator;
+mod assembly;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -56,8 +66,9 @@ pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
-
+pub mod request;
 pub mod store;
+pub mod vm_id;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,7 +82,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::actuator::Actuator;
+pub use crate::assembly::start_actuator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, IngestConfig};
 use crate::engine::{Engine, EngineHandle};
@@ -128,8 +139,8 @@ pub enum Error {
     #[error("actuator")]
     Actuator(#[from] actuator::ActuatorError),
     /// The API token file could not be read.
-    #[error("api.token_file: {0}")]
-    ApiToken(String),
+    #[error("API token")]
+    ApiToken(#[from] rally_daemon::secret::SecretError),
     /// The resize engine could not restore its state.
     #[error("resize engine")]
     Engine(#[from] engine::EngineError),
@@ -182,15 +193,8 @@ impl Collector {
         let http = bind("HTTP", config.listen.http).await?;
         let fleet = Arc::new(Fleet::new(FleetSettings::from_config(&config)));
         let store = Store::open(&config.state.dir)?;
-        let actuator: Arc<dyn Actuator> = actuator::start(&mut config).await?;
-        let api_token = config
-            .api
-            .token_file
-            .as_deref()
-            .map(config::read_token)
-            .transpose()
-            .map_err(Error::ApiToken)?
-            .map(Arc::from);
+        let actuator = assembly::start_actuator(&mut config).await?;
+        let api_token = assembly::api_token(&config)?;
         for g in &config.groups {
             if !g.resizes() {
                 info!(group = %g.name, "group has no ladder: monitored only, never resized");
@@ -396,14 +400,13 @@ impl Live {
         };
         // The same path as at start: Oktawave resolves the ladders against its API again,
         // and a reload it cannot complete keeps the running configuration.
-        let actuator: Arc<dyn Actuator> = match actuator::start(&mut new).await {
+        let actuator = match assembly::start_actuator(&mut new).await {
             Ok(actuator) => actuator,
             Err(error) => return rejected(running, &format!("actuator: {error}")),
         };
-        let api_token = match new.api.token_file.as_deref().map(config::read_token) {
-            None => None,
-            Some(Ok(token)) => Some(Arc::from(token)),
-            Some(Err(error)) => return rejected(running, &format!("api.token_file: {error}")),
+        let api_token = match assembly::api_token(&new) {
+            Ok(token) => token,
+            Err(error) => return rejected(running, &error.to_string()),
         };
         self.fleet.reconfigure(FleetSettings::from_config(&new));
         self.auth.send_replace(Arc::new(auth));

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::actuator::{Attempt, AttemptResult, Outcome};
+use crate::request::{Attempt, AttemptResult, Outcome};
 use rally_policy::Timestamp;
 use rally_policy::decision::{
     Baseline, Decision, Direction, Event, PauseReason, SizedRung, Trigger,
@@ -463,9 +463,9 @@ impl Store {
             }
         }
         let reason = match &outcome.verdict {
-            crate::actuator::Verdict::Accepted => None,
-            crate::actuator::Verdict::Rejected { reason }
-            | crate::actuator::Verdict::GaveUp { reason } => Some(reason.clone()),
+            crate::request::Verdict::Accepted => None,
+            crate::request::Verdict::Rejected { reason }
+            | crate::request::Verdict::GaveUp { reason } => Some(reason.clone()),
         };
         tx.execute(
             "UPDATE decisions SET verdict = ?2, verdict_reason = ?3 WHERE id = ?1",
@@ -709,7 +709,7 @@ impl Store {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::actuator::Verdict;
+    use crate::request::Verdict;
     use rally_policy::Metric;
     use rally_policy::decision::Evidence;
 

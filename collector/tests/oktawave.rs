@@ -42,7 +42,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use rally_collector::actuator::{self, Actuator, AttemptResult, ResizeRequest, Verdict};
+use rally_collector::actuator::{Actuator, AttemptResult, ResizeRequest, Verdict};
 use rally_collector::config::Config;
 use rally_policy::decision::{Direction, SizedRung, Trigger};
 use serde_json::{Value, json};
@@ -605,7 +605,7 @@ fn request(id: &str, vm: &str, deadline: Duration) -> ResizeRequest {
 async fn started(fake: &Fake, dir: &Path) -> (Config, Arc<dyn Actuator>) {
     let addr = fake.clone().serve().await;
     let mut config = load(dir, addr, GROUP);
-    let actuator = actuator::start(&mut config).await.unwrap();
+    let actuator = rally_collector::start_actuator(&mut config).await.unwrap();
     (config, actuator)
 }
 
@@ -680,7 +680,7 @@ async fn an_absurd_meta_total_refuses_start() {
     fake.with(|s| s.claimed_total = Some(10_000_000));
     let addr = fake.clone().serve().await;
     let mut config = load(dir.path(), addr, GROUP);
-    let err = actuator::start(&mut config)
+    let err = rally_collector::start_actuator(&mut config)
         .await
         .err()
         .expect("start refused")
@@ -793,7 +793,7 @@ async fn after_a_lost_answer_a_restart_follows_the_running_ticket() {
     let r = request("d-9", "web-1", WAIT);
 
     let mut config = load(dir.path(), addr, GROUP);
-    let first = actuator::start(&mut config).await.unwrap();
+    let first = rally_collector::start_actuator(&mut config).await.unwrap();
     let task = tokio::spawn({
         let r = r.clone();
         async move { first.send(&r).await }
@@ -813,7 +813,7 @@ async fn after_a_lost_answer_a_restart_follows_the_running_ticket() {
         s.released = true;
     });
     let mut config = load(dir.path(), addr, GROUP);
-    let second = actuator::start(&mut config).await.unwrap();
+    let second = rally_collector::start_actuator(&mut config).await.unwrap();
     let outcome = send(&second, &r).await;
     assert_eq!(outcome.verdict, Verdict::Accepted, "{outcome:?}");
     assert!(
@@ -887,7 +887,7 @@ async fn a_restarted_collector_resumes_the_same_ticket_and_sends_no_second_chang
 
     // First collector: the change is requested, the ticket runs; the process dies.
     let mut config = load(dir.path(), addr, GROUP);
-    let first = actuator::start(&mut config).await.unwrap();
+    let first = rally_collector::start_actuator(&mut config).await.unwrap();
     let task = tokio::spawn({
         let r = r.clone();
         async move { first.send(&r).await }
@@ -903,7 +903,7 @@ async fn a_restarted_collector_resumes_the_same_ticket_and_sends_no_second_chang
     // Second collector, same state directory: the engine sends the unanswered decision
     // again with the same id; the actuator finds its ticket and only polls it.
     let mut config = load(dir.path(), addr, GROUP);
-    let second = actuator::start(&mut config).await.unwrap();
+    let second = rally_collector::start_actuator(&mut config).await.unwrap();
     fake.with(|s| s.released = true);
     let outcome = send(&second, &r).await;
     assert_eq!(outcome.verdict, Verdict::Accepted, "{outcome:?}");
@@ -920,7 +920,7 @@ async fn an_unknown_type_in_a_ladder_refuses_start() {
     let addr = fake.clone().serve().await;
     let group = GROUP.replace("oktawave_type = 1048", "oktawave_type = \"v9.huge\"");
     let mut config = load(dir.path(), addr, &group);
-    let err = actuator::start(&mut config)
+    let err = rally_collector::start_actuator(&mut config)
         .await
         .err()
         .expect("start refused")
@@ -935,7 +935,7 @@ async fn an_unknown_type_in_a_ladder_refuses_start() {
         "vcpus = 8, memory_bytes = 17179869185",
     );
     let mut config = load(dir.path(), addr, &group);
-    let err = actuator::start(&mut config)
+    let err = rally_collector::start_actuator(&mut config)
         .await
         .err()
         .expect("start refused")
@@ -947,7 +947,7 @@ async fn an_unknown_type_in_a_ladder_refuses_start() {
     // And a member without an instance id.
     let group = GROUP.replace("[\"web-1\", \"web-2\"]", "[\"web-1\", \"web-9\"]");
     let mut config = load(dir.path(), addr, &group);
-    let err = actuator::start(&mut config)
+    let err = rally_collector::start_actuator(&mut config)
         .await
         .err()
         .expect("start refused")

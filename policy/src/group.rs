@@ -1,10 +1,13 @@
-//! A group's policy as written in `collector.toml`, and its validated form.
+//! A group of VMs as written in `collector.toml` (`[[groups]]`: its name, its VMs and
+//! its resize policy), and the policy's validated form.
 //!
-//! The keys are meant to sit directly in a `[[groups]]` table, as plain named sub-tables:
+//! [`GroupPolicy`] is the one declaration of a group's keys: the collector's
+//! configuration holds a list of them, and the engine compiles each into a [`Policy`].
 //!
 //! ```toml
 //! [[groups]]
 //! name = "web"
+//! vms = ["web-1", "web-2"]
 //! ladder = [
 //!   { name = "S", vcpus = 2, memory_bytes = 4294967296 },
 //!   { name = "M", vcpus = 4, memory_bytes = 8589934592 },
@@ -26,7 +29,8 @@
 //! end = "2026-12-06T23:00"
 //! ```
 //!
-//! Every key has the SPEC's shipped default except `ladder`, which has none.
+//! Only `name` is required. A group without a `ladder` is monitored only: it is never
+//! resized. Every other key has the shipped default that the functions below name.
 
 use std::time::Duration;
 
@@ -40,11 +44,18 @@ use super::rule::Rule;
 use super::target::Target;
 use super::window::DailyWindow;
 
-/// The policy keys of one `[[groups]]` table.
+/// One `[[groups]]` table: a redundancy group of VMs and its resize policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupPolicy {
-    /// The sizes the group's VMs may take, smallest first.
+    /// The group's name, used in metrics and decisions (`web`).
+    pub name: String,
+    /// The VM ids in this group (each in at most one group).
+    #[serde(default)]
+    pub vms: Vec<String>,
+    /// The sizes the group's VMs may take, smallest first; empty (the default) means
+    /// monitored only, never resized.
+    #[serde(default)]
     pub ladder: Vec<Rung>,
     /// Lowest rung the group may be resized to (default: the smallest).
     #[serde(default)]
@@ -52,34 +63,37 @@ pub struct GroupPolicy {
     /// Highest rung the group may be resized to (default: the largest).
     #[serde(default)]
     pub max_rung: Option<String>,
-    /// IANA time zone for the scale-down window, boosts and daily caps.
+    /// IANA time zone of the scale-down window, boosts and daily caps (`Europe/Warsaw`).
     #[serde(default = "default_timezone")]
     pub timezone: Tz,
-    /// Record decisions without sending them; unset = follow the global `dry_run`.
+    /// This group's dry-run: decisions are recorded, not sent; unset follows the global
+    /// `dry_run`.
     #[serde(default)]
     pub dry_run: Option<bool>,
     /// Whether a group of one may shrink (shrinking restarts the VM).
     #[serde(default)]
     pub allow_restart: bool,
-    /// Threshold rules; any that fires grows the VM one rung.
+    /// `[[groups.rules]]`: threshold rules; any that holds for its `for` grows a VM one
+    /// rung.
     #[serde(default = "default_rules")]
     pub rules: Vec<Rule>,
-    /// Target-tracking entries; the largest rung asked for wins.
+    /// `[[groups.targets]]`: target tracking; the largest rung asked for wins.
     #[serde(default = "default_targets")]
     pub targets: Vec<Target>,
-    /// Limits on growing.
+    /// `[groups.scale_up]`: cooldown, daily cap and verification time-out of growing.
     #[serde(default)]
     pub scale_up: ScaleUp,
-    /// When and on what evidence to shrink.
+    /// `[groups.scale_down]`: window, lookback, margin, ceilings, cap, cooldown and
+    /// verification time-out of shrinking.
     #[serde(default)]
     pub scale_down: ScaleDown,
-    /// Scheduled floors.
+    /// `[[groups.boosts]]`: scheduled floors.
     #[serde(default)]
     pub boosts: Vec<BoostConfig>,
     /// After a verified resize, samples younger than this are left out of every window.
     #[serde(default = "default_warm_up", with = "humantime_serde")]
     pub warm_up: Duration,
-    /// Consecutive failed or unverified resizes that pause the group.
+    /// Consecutive failed or unverified resizes that pause the group (circuit breaker).
     #[serde(default = "default_circuit_breaker")]
     pub circuit_breaker: u32,
 }
@@ -287,9 +301,11 @@ pub struct Policy {
 }
 
 impl GroupPolicy {
-    /// A policy with the shipped defaults on `ladder`.
-    pub fn with_ladder(ladder: Vec<Rung>) -> Self {
+    /// Group `name` of `vms` with the shipped defaults on `ladder` (empty: monitored only).
+    pub fn new(name: &str, vms: Vec<String>, ladder: Vec<Rung>) -> Self {
         Self {
+            name: name.to_owned(),
+            vms,
             ladder,
             min_rung: None,
             max_rung: None,
@@ -306,7 +322,23 @@ impl GroupPolicy {
         }
     }
 
-    /// Validates every key and resolves names and times.
+    /// The shipped defaults on `ladder`, for a group whose name and VMs are given
+    /// elsewhere (an evaluation takes them from [`Group`](crate::Group)).
+    pub fn with_ladder(ladder: Vec<Rung>) -> Self {
+        Self::new("", Vec::new(), ladder)
+    }
+
+    /// Whether the group is resized at all (it has a ladder).
+    pub fn resizes(&self) -> bool {
+        !self.ladder.is_empty()
+    }
+
+    /// The dry-run flag in force: the group's, else the global one.
+    pub fn effective_dry_run(&self, global: bool) -> bool {
+        self.dry_run.unwrap_or(global)
+    }
+
+    /// Validates every policy key and resolves names and times.
     pub fn compile(&self) -> Result<Policy, PolicyError> {
         let ladder = Ladder::new(
             self.ladder.clone(),
@@ -394,12 +426,14 @@ mod tests {
     fn a_group_with_only_a_ladder_gets_the_shipped_defaults() {
         let p: GroupPolicy = toml::from_str(
             r#"
+            name = "web"
             ladder = [ { name = "S", vcpus = 2, memory_bytes = 4294967296 },
                        { name = "M", vcpus = 4, memory_bytes = 8589934592 } ]
             "#,
         )
         .unwrap();
-        assert_eq!(p, GroupPolicy::with_ladder(p.ladder.clone()));
+        assert_eq!(p, GroupPolicy::new("web", Vec::new(), p.ladder.clone()));
+        assert!(p.resizes());
         assert_eq!(p.rules, vec![Rule::default_cpu()]);
         assert_eq!(p.rules[0].threshold, 0.80);
         assert_eq!(p.rules[0].clear, Some(0.55));
@@ -431,6 +465,8 @@ mod tests {
     fn every_key_parses_from_toml() {
         let p: GroupPolicy = toml::from_str(
             r#"
+            name = "web"
+            vms = ["web-1", "web-2"]
             ladder = [ { name = "S", vcpus = 2, memory_bytes = 4294967296 },
                        { name = "M", vcpus = 4, memory_bytes = 8589934592 },
                        { name = "L", vcpus = 8, memory_bytes = 17179869184 } ]
@@ -481,6 +517,8 @@ mod tests {
         )
         .unwrap();
         let compiled = p.compile().unwrap();
+        assert_eq!(p.vms, ["web-1", "web-2"]);
+        assert!(!p.effective_dry_run(true), "the group's dry_run wins");
         assert_eq!(p.rules[0].metric, Metric::PsiCpuSomeAvg10);
         assert_eq!(p.rules[0].window, Window::Last);
         assert_eq!(p.rules[1].window, Window::OneMinute);
@@ -503,18 +541,23 @@ mod tests {
                 oktawave_type: None,
             }])
         };
-        let unknown = toml::from_str::<GroupPolicy>("ladder = []\nsurprise = 1").unwrap_err();
+        let unknown = toml::from_str::<GroupPolicy>("name = \"web\"\nsurprise = 1").unwrap_err();
         assert!(unknown.to_string().contains("surprise"), "{unknown}");
         let bad_window =
-            toml::from_str::<GroupPolicy>("ladder = []\n[scale_down]\nwindow = \"2-5\"")
+            toml::from_str::<GroupPolicy>("name = \"web\"\n[scale_down]\nwindow = \"2-5\"")
                 .unwrap_err();
         assert!(
             bad_window.to_string().contains("HH:MM-HH:MM"),
             "{bad_window}"
         );
-        let bad_zone =
-            toml::from_str::<GroupPolicy>("ladder = []\ntimezone = \"Mars/Olympus\"").unwrap_err();
+        let bad_zone = toml::from_str::<GroupPolicy>("name = \"web\"\ntimezone = \"Mars/Olympus\"")
+            .unwrap_err();
         assert!(bad_zone.to_string().contains("timezone"), "{bad_zone}");
+
+        let nameless = toml::from_str::<GroupPolicy>("vms = [\"web-1\"]").unwrap_err();
+        assert!(nameless.to_string().contains("name"), "{nameless}");
+        let monitored: GroupPolicy = toml::from_str("name = \"db\"").unwrap();
+        assert!(!monitored.resizes());
 
         let mut p = base();
         p.rules[0].clear = Some(0.9);

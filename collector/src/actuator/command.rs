@@ -40,18 +40,24 @@ fn default_output_limit() -> usize {
 
 /// The command actuator.
 #[derive(Debug)]
-pub struct Command {
+pub struct CommandActuator {
     config: CommandConfig,
 }
 
-impl Command {
+impl CommandActuator {
     /// Checks the config (the program is looked up when it runs).
     pub fn new(config: CommandConfig) -> Result<Self, ActuatorError> {
         if config.program.as_os_str().is_empty() {
-            return Err(ActuatorError::Command("program is empty".into()));
+            return Err(ActuatorError::Invalid {
+                key: "program",
+                reason: "must not be empty".into(),
+            });
         }
         if config.timeout.is_zero() {
-            return Err(ActuatorError::Command("timeout must be positive".into()));
+            return Err(ActuatorError::Invalid {
+                key: "timeout",
+                reason: "must be positive".into(),
+            });
         }
         Ok(Self { config })
     }
@@ -174,7 +180,7 @@ async fn bounded<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> String 
     excerpt(&kept, limit)
 }
 
-impl Actuator for Command {
+impl Actuator for CommandActuator {
     fn kind(&self) -> &'static str {
         "command"
     }
@@ -236,8 +242,8 @@ mod tests {
     use super::*;
     use crate::actuator::tests::request;
 
-    fn sh(script: &str, timeout: Duration) -> Command {
-        Command::new(CommandConfig {
+    fn sh(script: &str, timeout: Duration) -> CommandActuator {
+        CommandActuator::new(CommandConfig {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script.into()],
             timeout,
@@ -337,7 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_reported() {
-        let cmd = Command::new(CommandConfig {
+        let cmd = CommandActuator::new(CommandConfig {
             program: "/nonexistent/rally-resize".into(),
             args: vec![],
             timeout: Duration::from_secs(1),

@@ -2,7 +2,8 @@
 //! (Oktawave), a signed webhook, a local command, or the log only (what dry-run uses).
 //!
 //! - `oktawave`: changes the Oktawave instance type and follows the ticket to its end.
-//! - `webhook`: POSTs the SPEC's JSON body, HMAC-signed, with retries and backoff.
+//! - `webhook`: POSTs the request as JSON ([`ResizeRequest`]), HMAC-signed, with retries
+//!   and backoff.
 //! - `command`: runs a program with the request on stdin and in `RALLY_*` variables.
 //! - `log`: records the request and accepts it.
 //!
@@ -16,161 +17,16 @@ pub mod webhook;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use rally_policy::Timestamp;
-use rally_policy::decision::{Decision, Direction, Evidence, SizedRung, Trigger};
+pub use crate::request::{Attempt, AttemptResult, Outcome, ResizeRequest, Verdict};
 
-pub use command::{Command, CommandConfig};
+pub use command::{CommandActuator, CommandConfig};
 pub use log::LogActuator;
 pub use oktawave::{Oktawave, OktawaveConfig};
 pub use webhook::{Webhook, WebhookConfig};
-
-/// The request every actuator sends: the webhook's JSON body, the command's stdin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResizeRequest {
-    /// Unique id, also the `Idempotency-Key` header; the same on every retry and after a
-    /// collector restart.
-    pub id: String,
-    /// The VM to resize.
-    pub vm: String,
-    /// Its group.
-    pub group: String,
-    /// `up` or `down`.
-    pub direction: Direction,
-    /// The size it is on.
-    pub from: SizedRung,
-    /// The size requested.
-    pub to: SizedRung,
-    /// What caused it (`rule`, `target`, `boost`, `scale_down`, `manual`, ...).
-    pub trigger: Trigger,
-    /// A sentence for humans.
-    pub reason: String,
-    /// The metric values, windows and rules behind it.
-    pub evidence: Vec<Evidence>,
-    /// When true the receiver must not act (only the log actuator sees these normally).
-    pub dry_run: bool,
-    /// When the decision was made (RFC 3339).
-    pub created_at: Timestamp,
-    /// When the resize fails if the agent has not reported the new size (RFC 3339);
-    /// actuators that follow a cloud operation stop waiting for it then.
-    pub verify_deadline: Timestamp,
-    /// The leader's fencing token (0 without high availability); receivers may reject
-    /// a token lower than one they have seen.
-    pub fencing_token: u64,
-}
-
-impl ResizeRequest {
-    /// The request for `decision`, carrying `fencing_token`.
-    pub fn new(decision: &Decision, fencing_token: u64) -> Self {
-        Self {
-            id: decision.id.clone(),
-            vm: decision.vm.clone(),
-            group: decision.group.clone(),
-            direction: decision.direction,
-            from: decision.from.clone(),
-            to: decision.to.clone(),
-            trigger: decision.trigger,
-            reason: decision.reason.clone(),
-            evidence: decision.evidence.clone(),
-            dry_run: decision.dry_run,
-            created_at: decision.created_at,
-            verify_deadline: decision.verify_deadline,
-            fencing_token,
-        }
-    }
-}
-
-/// What one attempt to deliver a request came to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AttemptResult {
-    /// The receiver answered with this HTTP status.
-    Status {
-        /// HTTP status code.
-        code: u16,
-        /// The start of the response body (bounded).
-        body: String,
-    },
-    /// No answer within the per-attempt time-out.
-    Timeout,
-    /// Connecting or talking to the receiver failed.
-    Transport {
-        /// The error.
-        error: String,
-    },
-    /// The command exited.
-    Exited {
-        /// Exit code (`None` if killed by a signal).
-        code: Option<i32>,
-        /// The start of its stdout (bounded).
-        stdout: String,
-        /// The start of its stderr (bounded).
-        stderr: String,
-    },
-    /// The command could not be started.
-    SpawnFailed {
-        /// The error.
-        error: String,
-    },
-    /// Recorded only (log actuator).
-    Logged,
-}
-
-/// One delivery attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attempt {
-    /// 1 for the first attempt.
-    pub number: u32,
-    /// When it started.
-    pub started_at: Timestamp,
-    /// How long it took, in milliseconds.
-    pub duration_ms: u64,
-    /// What it came to.
-    pub result: AttemptResult,
-}
-
-/// The final word on a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum Verdict {
-    /// Accepted (2xx, exit 0, or logged); verification follows.
-    Accepted,
-    /// Refused for good (4xx, non-zero exit): retrying would not help.
-    Rejected {
-        /// Why.
-        reason: String,
-    },
-    /// Every attempt failed (5xx, time-outs, connection errors) up to the limit.
-    GaveUp {
-        /// The last failure.
-        reason: String,
-    },
-}
-
-impl Verdict {
-    /// `accepted`, `rejected` or `gave_up` (the `outcome` label of
-    /// `rally_resize_requests_total`).
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Verdict::Accepted => "accepted",
-            Verdict::Rejected { .. } => "rejected",
-            Verdict::GaveUp { .. } => "gave_up",
-        }
-    }
-}
-
-/// The verdict and every attempt behind it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// The final word.
-    pub verdict: Verdict,
-    /// Every attempt, in order.
-    pub attempts: Vec<Attempt>,
-}
 
 /// A boxed future, so actuators can be chosen at run time (`Box<dyn Actuator>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -184,40 +40,34 @@ pub trait Actuator: Send + Sync {
     fn send<'a>(&'a self, request: &'a ResizeRequest) -> BoxFuture<'a, Outcome>;
 }
 
-/// Why an actuator could not be built from its config.
+/// Why an actuator could not be built from its config. Each message names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ActuatorError {
-    /// The webhook secret file could not be read.
-    #[error("reading webhook secret_file {path}: {source}")]
-    Secret {
-        /// The file.
-        path: std::path::PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The secret file is empty.
-    #[error("webhook secret_file {0} is empty")]
-    EmptySecret(std::path::PathBuf),
-    /// The URL does not parse or is not http(s).
-    #[error("webhook url {url:?}: {reason}")]
+    /// A secret file named by an actuator key cannot be used (the error names key and file).
+    #[error(transparent)]
+    SecretFile(#[from] rally_daemon::secret::SecretError),
+    /// A URL does not parse or is not http(s).
+    #[error("url {url:?}: {reason}")]
     Url {
         /// The URL.
         url: String,
         /// What is wrong.
         reason: String,
     },
+    /// Another key of `[actuator]` is out of range.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The key below `actuator.` (`max_attempts`).
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// The HTTP client could not be built (TLS roots).
     #[error("building the HTTP client: {0}")]
     Client(String),
-    /// The command config is unusable.
-    #[error("command: {0}")]
-    Command(String),
     /// The Oktawave actuator cannot start (config, API, or ladder resolution).
     #[error("oktawave: {0}")]
     Oktawave(String),
-    /// A secret file named by an actuator key cannot be used (the error names the key).
-    #[error(transparent)]
-    SecretFile(#[from] rally_daemon::secret::SecretError),
 }
 
 /// `[actuator]` in `collector.toml`: which actuator sends resize requests.
@@ -237,14 +87,14 @@ pub enum ActuatorConfig {
 impl ActuatorConfig {
     /// Builds an actuator that needs nothing but its config (reads the webhook secret
     /// now, so a bad path fails at start-up, not at the first resize). Oktawave needs the
-    /// API and the state store: it is built by [`start`].
+    /// API and the state store: it is built by the collector's start-up wiring.
     pub fn build(&self) -> Result<Box<dyn Actuator>, ActuatorError> {
         Ok(match self {
             ActuatorConfig::Webhook(c) => Box::new(Webhook::new(c.clone())?),
-            ActuatorConfig::Command(c) => Box::new(Command::new(c.clone())?),
+            ActuatorConfig::Command(c) => Box::new(CommandActuator::new(c.clone())?),
             ActuatorConfig::Oktawave(_) => {
                 return Err(ActuatorError::Oktawave(
-                    "built at start with the API and the state store (actuator::start)".into(),
+                    "built at start with the API and the state store".into(),
                 ));
             }
             ActuatorConfig::Log {} => Box::new(LogActuator),
@@ -258,43 +108,6 @@ impl ActuatorConfig {
             other => other.build().map(drop),
         }
     }
-}
-
-/// Builds the configured actuator for a starting collector (the log actuator without
-/// one). For Oktawave this asks the API for its instance types and resolves every
-/// group's ladder in `config` to them (refusing to start on an unknown type), and opens
-/// the ticket store in the state directory.
-pub async fn start(config: &mut crate::config::Config) -> Result<Arc<dyn Actuator>, ActuatorError> {
-    Ok(match &config.actuator {
-        None => Arc::new(LogActuator),
-        Some(ActuatorConfig::Oktawave(c)) => {
-            let store = crate::store::Store::open(&config.state.dir)
-                .map_err(|e| ActuatorError::Oktawave(format!("ticket store: {e}")))?;
-            let mut oktawave = Oktawave::new(c.clone())?.with_store(store);
-            let mut ladders: Vec<oktawave::GroupLadder<'_>> = config
-                .groups
-                .iter_mut()
-                .filter(|g| g.resizes())
-                .map(|g| oktawave::GroupLadder {
-                    group: &g.name,
-                    vms: &g.vms,
-                    ladder: &mut g.ladder,
-                })
-                .collect();
-            oktawave.resolve(&mut ladders).await?;
-            // The policies are compiled again with Oktawave's sizes.
-            for g in config.groups.iter().filter(|g| g.resizes()) {
-                g.policy().compile().map_err(|e| {
-                    ActuatorError::Oktawave(format!(
-                        "group `{}`: with Oktawave's sizes the policy is invalid: {e}",
-                        g.name
-                    ))
-                })?;
-            }
-            Arc::new(oktawave)
-        }
-        Some(other) => Arc::from(other.build()?),
-    })
 }
 
 /// Exponential backoff with ±20 % jitter: `initial × 2^(attempt−1)`, capped at `max`.
@@ -315,7 +128,8 @@ pub(crate) fn excerpt(bytes: &[u8], limit: usize) -> String {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 pub(crate) mod tests {
     use super::*;
-    use rally_policy::decision::Baseline;
+    use rally_policy::Timestamp;
+    use rally_policy::decision::{Baseline, Decision, Direction, Evidence, SizedRung, Trigger};
 
     /// A request as the engine would build it.
     pub(crate) fn request() -> ResizeRequest {
@@ -358,7 +172,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_request_body_has_the_spec_fields() {
+    fn the_request_body_has_the_documented_fields() {
         let v: serde_json::Value = serde_json::to_value(request()).unwrap();
         for key in [
             "id",
@@ -416,7 +230,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert!(matches!(w, ActuatorConfig::Webhook(_)));
-        assert!(matches!(w.build(), Err(ActuatorError::Secret { .. })));
+        assert!(matches!(w.build(), Err(ActuatorError::SecretFile(_))));
         assert!(toml::from_str::<ActuatorConfig>("kind = \"log\"\nextra = 1").is_err());
     }
 }

@@ -27,7 +27,7 @@ const BODY_EXCERPT: usize = 512;
 pub struct WebhookConfig {
     /// Where to POST (http or https).
     pub url: String,
-    /// File holding the HMAC secret (surrounding whitespace is ignored).
+    /// File holding the HMAC secret (surrounding whitespace is ignored; one line).
     pub secret_file: PathBuf,
     /// Time-out of one attempt, connection to response ("10s").
     #[serde(default = "default_timeout", with = "humantime_serde")]
@@ -77,14 +77,10 @@ pub struct Webhook {
 impl Webhook {
     /// Reads the secret and builds the client.
     pub fn new(config: WebhookConfig) -> Result<Self, ActuatorError> {
-        let raw = std::fs::read(&config.secret_file).map_err(|source| ActuatorError::Secret {
-            path: config.secret_file.clone(),
-            source,
-        })?;
-        let secret = raw.trim_ascii().to_vec();
-        if secret.is_empty() {
-            return Err(ActuatorError::EmptySecret(config.secret_file.clone()));
-        }
+        let secret = rally_daemon::secret::read("actuator.secret_file", &config.secret_file)?
+            .expose()
+            .as_bytes()
+            .to_vec();
         let url_err = |reason: String| ActuatorError::Url {
             url: config.url.clone(),
             reason,
@@ -94,7 +90,10 @@ impl Webhook {
             return Err(url_err("only http and https are supported".into()));
         }
         if config.max_attempts == 0 {
-            return Err(url_err("max_attempts must be at least 1".into()));
+            return Err(ActuatorError::Invalid {
+                key: "max_attempts",
+                reason: "must be at least 1".into(),
+            });
         }
         let client = reqwest::Client::builder()
             // A redirect would turn the POST into a GET; a moved endpoint is a config error.
@@ -445,14 +444,16 @@ mod tests {
             url: url.into(),
             secret_file,
             timeout: default_timeout(),
-            max_attempts: 5,
+            max_attempts: default_max_attempts(),
             backoff_initial: default_backoff_initial(),
             backoff_max: default_backoff_max(),
         };
-        assert!(matches!(
-            Webhook::new(cfg("http://x/", empty.clone())),
-            Err(ActuatorError::EmptySecret(_))
-        ));
+        let Err(ActuatorError::SecretFile(e)) = Webhook::new(cfg("http://x/", empty.clone()))
+        else {
+            panic!("an empty secret file must be refused")
+        };
+        assert_eq!(e.key, "actuator.secret_file");
+        assert!(e.to_string().contains("empty"), "{e}");
         let good = dir.path().join("good");
         std::fs::write(&good, "k").unwrap();
         assert!(matches!(
@@ -463,6 +464,20 @@ mod tests {
             Webhook::new(cfg("not a url", good.clone())),
             Err(ActuatorError::Url { .. })
         ));
+        let mut no_attempts = cfg("https://hooks.example/rally", good.clone());
+        no_attempts.max_attempts = 0;
+        let err = Webhook::new(no_attempts).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ActuatorError::Invalid {
+                    key: "max_attempts",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("url"), "{err}");
         assert!(Webhook::new(cfg("https://hooks.example/rally", good)).is_ok());
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::actuator::{Attempt, AttemptResult, BoxFuture};
+use crate::actuator::BoxFuture;
 use crate::clock::ManualClock;
-use crate::config::GroupConfig;
 use crate::fleet::view::fixtures::{Agent, fleet, t0};
+use crate::request::{Attempt, AttemptResult};
 use rally_policy::GroupPolicy;
 use rally_policy::ladder::Rung;
 use rally_policy::metric::{Metric, Window};
@@ -123,11 +123,11 @@ fn policy() -> GroupPolicy {
 
 fn config(policy: GroupPolicy) -> Config {
     Config {
-        groups: vec![GroupConfig::from_policy(
-            "web",
-            vec!["web-1".into()],
-            policy,
-        )],
+        groups: vec![GroupPolicy {
+            name: "web".into(),
+            vms: vec!["web-1".into()],
+            ..policy
+        }],
         ..Config::default()
     }
 }
@@ -450,8 +450,8 @@ async fn operators_pause_resume_and_resize_through_the_handle() {
     sim.run(&mut engine, secs(10), 0.3).await;
 
     async fn serve_one(engine: &mut Engine) {
-        let c = engine.commands.recv().await.unwrap();
-        engine.command(c).await;
+        let o = engine.orders.recv().await.unwrap();
+        engine.order(o).await;
     }
     let (paused, ()) = tokio::join!(handle.pause("web"), serve_one(&mut engine));
     assert!(paused.unwrap().paused);
@@ -467,11 +467,11 @@ async fn operators_pause_resume_and_resize_through_the_handle() {
     assert!(!resumed.unwrap().paused);
 
     let (unknown, ()) = tokio::join!(handle.pause("nope"), serve_one(&mut engine));
-    assert!(matches!(unknown, Err(CommandError::UnknownGroup(_))));
+    assert!(matches!(unknown, Err(OrderError::UnknownGroup(_))));
     let (bad, ()) = tokio::join!(handle.resize("web-1", "XL"), serve_one(&mut engine));
     assert!(matches!(
         bad,
-        Err(CommandError::Manual(ManualError::UnknownRung(_)))
+        Err(OrderError::Manual(ManualError::UnknownRung(_)))
     ));
     let (resized, ()) = tokio::join!(handle.resize("web-1", "L"), serve_one(&mut engine));
     let d = resized.unwrap();
@@ -481,7 +481,7 @@ async fn operators_pause_resume_and_resize_through_the_handle() {
     let (again, ()) = tokio::join!(handle.resize("web-1", "L"), serve_one(&mut engine));
     assert!(matches!(
         again,
-        Err(CommandError::Manual(ManualError::RollInProgress(_)))
+        Err(OrderError::Manual(ManualError::RollInProgress(_)))
     ));
     let listed = handle.decisions(DecisionFilter::default()).await.unwrap();
     assert_eq!(listed.len(), 1);

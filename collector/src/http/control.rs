@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::HttpState;
-use crate::engine::{CommandError, DecisionRecord, GroupStatus};
+use crate::engine::{DecisionRecord, GroupStatus, OrderError};
 use crate::store::DecisionFilter;
 use rally_policy::{Decision, ManualError, Timestamp};
 
@@ -47,14 +47,14 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<CommandError> for ApiError {
-    fn from(e: CommandError) -> Self {
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
         use StatusCode as S;
         let (status, code) = match &e {
-            CommandError::UnknownGroup(_) => (S::NOT_FOUND, "unknown_group"),
-            CommandError::UnknownVm(_) => (S::NOT_FOUND, "unknown_vm"),
-            CommandError::NotResized(_) => (S::CONFLICT, "not_resized"),
-            CommandError::Manual(m) => match m {
+            OrderError::UnknownGroup(_) => (S::NOT_FOUND, "unknown_group"),
+            OrderError::UnknownVm(_) => (S::NOT_FOUND, "unknown_vm"),
+            OrderError::NotResized(_) => (S::CONFLICT, "not_resized"),
+            OrderError::Manual(m) => match m {
                 ManualError::UnknownVm(_) => (S::NOT_FOUND, "unknown_vm"),
                 ManualError::UnknownRung(_) => (S::BAD_REQUEST, "unknown_rung"),
                 ManualError::OutOfBounds(_) => (S::BAD_REQUEST, "out_of_bounds"),
@@ -63,8 +63,8 @@ impl From<CommandError> for ApiError {
                 ManualError::AlreadyThere { .. } => (S::CONFLICT, "already_there"),
                 ManualError::RollInProgress(_) => (S::CONFLICT, "roll_in_progress"),
             },
-            CommandError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store"),
-            CommandError::Stopped => (S::SERVICE_UNAVAILABLE, "stopped"),
+            OrderError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store"),
+            OrderError::Stopped => (S::SERVICE_UNAVAILABLE, "stopped"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -3,7 +3,7 @@
 
 use tonic::metadata::MetadataMap;
 
-use crate::config::{AuthConfig, AuthMode, read_token};
+use crate::config::{AuthConfig, AuthMode};
 
 /// What the caller proved about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +55,11 @@ impl Authenticator {
     pub fn from_config(config: &AuthConfig) -> Result<Self, String> {
         let mut tokens = Vec::with_capacity(config.tokens.len());
         if config.mode == AuthMode::Token {
-            for token in &config.tokens {
-                tokens.push((read_token(&token.file)?.into_bytes(), token.vm.clone()));
+            for (i, token) in config.tokens.iter().enumerate() {
+                let secret =
+                    rally_daemon::secret::read(&format!("auth.tokens[{i}].file"), &token.file)
+                        .map_err(|e| e.to_string())?;
+                tokens.push((secret.expose().as_bytes().to_vec(), token.vm.clone()));
             }
         }
         Ok(Self {

@@ -10,8 +10,9 @@ use rally_proto::v1;
 use crate::fleet::{
     CpuShares, DiskIo, Filesystem, Hello, Latency, LoadAverage, MAX_SOURCES, Memory, NetInterface,
     PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind, SourceReport,
-    StatusClasses, VmSize, validate_id,
+    StatusClasses, VmSize,
 };
+use crate::vm_id::validate_id;
 
 /// Floating-point slack around the 0..1 (and 0..100) bounds of shares.
 const EPSILON: f64 = 1e-6;

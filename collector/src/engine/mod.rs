@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The engine task owns every [`GroupState`]; the HTTP API talks to it through a bounded
-//! command channel ([`EngineHandle`]), so pause, resume and manual resizes are ordered
+//! order channel ([`EngineHandle`]), so pause, resume and manual resizes are ordered
 //! with ticks and outcomes. The store is synchronous SQLite: every call runs on
 //! `spawn_blocking`, never on an async worker.
 //!
@@ -22,30 +22,38 @@
 //! resizes are verified again, and a decision the actuator never answered is sent again
 //! with the same `id` (and never a second decision in its place).
 
-use std::collections::{BTreeMap, VecDeque};
+mod handle;
+mod stats;
+mod status;
+
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
-use crate::actuator::{Actuator, LogActuator, Outcome, ResizeRequest, Verdict};
+use crate::actuator::{Actuator, LogActuator};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::fleet::view::timestamp;
 use crate::fleet::{Fleet, FleetView};
-use crate::store::{DecisionFilter, Store, StoreError, StoredDecision, Verification};
-use rally_policy::decision::{Decision, Direction, Event, PauseReason, Skip, SkipReason};
-use rally_policy::ladder::Size;
+pub use handle::EngineHandle;
+use handle::{Order, with_store};
+pub use stats::{EngineStats, RequestLabels};
+pub use status::{DecisionBrief, DecisionRecord, GroupStatus, InFlight, SkipNote, skip_kind};
+
+use crate::request::{Outcome, ResizeRequest, Verdict};
+use crate::store::{DecisionFilter, Store, StoreError};
+use rally_policy::decision::{Decision, Event, PauseReason, Skip};
 use rally_policy::state::GroupState;
-use rally_policy::{Group, ManualError, Policy, Timestamp, evaluate, manual_resize};
+use rally_policy::{Group, GroupPolicy, ManualError, Policy, Timestamp, evaluate, manual_resize};
 
 /// Without high availability there is one collector and no leader election: token 0.
 pub const FENCING_TOKEN: u64 = 0;
-/// Commands from the HTTP API waiting for the engine, at most.
-const COMMAND_QUEUE: usize = 64;
+/// Orders from the HTTP API waiting for the engine, at most.
+const ORDER_QUEUE: usize = 64;
 
 /// Why the engine could not start or a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +66,9 @@ pub enum EngineError {
     Join(String),
 }
 
-/// Why an operator's command was refused.
+/// Why an operator's order was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub enum OrderError {
     /// No group has that name.
     #[error("no group named {0:?}")]
     UnknownGroup(String),
@@ -81,327 +89,8 @@ pub enum CommandError {
     Stopped,
 }
 
-/// A resize waiting for verification, as shown by the API and the status page.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct InFlight {
-    /// Decision id.
-    pub id: String,
-    /// The VM.
-    pub vm: String,
-    /// Up or down.
-    pub direction: Direction,
-    /// The size requested.
-    pub to: Size,
-    /// When decided.
-    pub created_at: Timestamp,
-    /// When it fails if still unverified.
-    pub deadline: Timestamp,
-}
-
-/// The newest decision of a group, in brief.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DecisionBrief {
-    /// Decision id.
-    pub id: String,
-    /// The VM.
-    pub vm: String,
-    /// Up or down.
-    pub direction: Direction,
-    /// Rung before.
-    pub from: String,
-    /// Rung requested.
-    pub to: String,
-    /// What caused it (`rule`, `manual`, ...).
-    pub trigger: String,
-    /// A sentence for humans.
-    pub reason: String,
-    /// Recorded only.
-    pub dry_run: bool,
-    /// When decided.
-    pub created_at: Timestamp,
-}
-
-impl From<&Decision> for DecisionBrief {
-    fn from(d: &Decision) -> Self {
-        Self {
-            id: d.id.clone(),
-            vm: d.vm.clone(),
-            direction: d.direction,
-            from: d.from.rung.clone(),
-            to: d.to.rung.clone(),
-            trigger: d.trigger.as_str().to_owned(),
-            reason: d.reason.clone(),
-            dry_run: d.dry_run,
-            created_at: d.created_at,
-        }
-    }
-}
-
-/// Why a VM (or the group) got no decision at the last tick.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SkipNote {
-    /// The VM, or `None` for the whole group.
-    pub vm: Option<String>,
-    /// The reason's kind (`stale`, `cooldown`, ... the `reason` label of
-    /// `rally_resize_skips`).
-    pub kind: &'static str,
-    /// The reason in words.
-    pub reason: String,
-}
-
-/// The name of a skip reason's kind.
-pub fn skip_kind(reason: &SkipReason) -> &'static str {
-    match reason {
-        SkipReason::Stale { .. } => "stale",
-        SkipReason::NoSize => "no_size",
-        SkipReason::OffLadder { .. } => "off_ladder",
-        SkipReason::MissingMetric { .. } => "missing_metric",
-        SkipReason::Cooldown { .. } => "cooldown",
-        SkipReason::Cap { .. } => "cap",
-        SkipReason::Paused { .. } => "paused",
-        SkipReason::WindowClosed { .. } => "window_closed",
-        SkipReason::RollInProgress { .. } => "roll_in_progress",
-        SkipReason::MemberStale { .. } => "member_stale",
-        SkipReason::RollStopped { .. } => "roll_stopped",
-        SkipReason::BoostActive { .. } => "boost_active",
-        SkipReason::RestartNotAllowed => "restart_not_allowed",
-        SkipReason::AtMax => "at_max",
-        SkipReason::Busy => "busy",
-        SkipReason::InsufficientEvidence { .. } => "insufficient_evidence",
-    }
-}
-
-/// One group as the API, the status page and `/metrics` show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GroupStatus {
-    /// The group.
-    pub group: String,
-    /// Its members, as configured.
-    pub members: Vec<String>,
-    /// Whether it has a ladder (false: monitored only).
-    pub resizes: bool,
-    /// The dry-run flag in force.
-    pub dry_run: bool,
-    /// Paused by an operator or the circuit breaker.
-    pub paused: bool,
-    /// Who paused it.
-    pub paused_by: Option<PauseReason>,
-    /// Since when.
-    pub paused_at: Option<Timestamp>,
-    /// The circuit breaker tripped (a pause that only `resume` lifts).
-    pub circuit_open: bool,
-    /// Failed or unverified resizes in a row.
-    pub consecutive_failures: u32,
-    /// The resize waiting for verification, if any.
-    pub in_flight: Option<InFlight>,
-    /// The newest decision.
-    pub last_decision: Option<DecisionBrief>,
-    /// Why members got no decision at the last tick.
-    pub skips: Vec<SkipNote>,
-}
-
-/// The labels of `rally_resize_requests_total`: group, vm, direction, outcome.
-pub type RequestLabels = (String, String, &'static str, &'static str);
-
-/// Counters and gauges the engine keeps for `/metrics`, and the groups' status.
-#[derive(Debug, Default)]
-pub struct EngineStats {
-    groups: Mutex<BTreeMap<String, GroupStatus>>,
-    /// (group, vm, direction, outcome) → requests.
-    requests: Mutex<BTreeMap<RequestLabels, u64>>,
-    /// (group, result) → verification results.
-    verifications: Mutex<BTreeMap<(String, &'static str), u64>>,
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl EngineStats {
-    /// Every group's status, by name.
-    pub fn groups(&self) -> Vec<GroupStatus> {
-        lock(&self.groups).values().cloned().collect()
-    }
-
-    /// One group's status.
-    pub fn group(&self, name: &str) -> Option<GroupStatus> {
-        lock(&self.groups).get(name).cloned()
-    }
-
-    /// `rally_resize_requests_total`: ((group, vm, direction, outcome), count).
-    pub fn requests(&self) -> Vec<(RequestLabels, u64)> {
-        lock(&self.requests)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
-    }
-
-    /// `rally_resize_verifications_total`: ((group, result), count).
-    pub fn verifications(&self) -> Vec<((String, &'static str), u64)> {
-        lock(&self.verifications)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
-    }
-
-    fn count_request(&self, group: &str, vm: &str, direction: Direction, outcome: &'static str) {
-        *lock(&self.requests)
-            .entry((group.to_owned(), vm.to_owned(), direction.as_str(), outcome))
-            .or_default() += 1;
-    }
-
-    fn count_verification(&self, group: &str, result: &'static str) {
-        *lock(&self.verifications)
-            .entry((group.to_owned(), result))
-            .or_default() += 1;
-    }
-
-    fn remove_group(&self, name: &str) {
-        lock(&self.groups).remove(name);
-    }
-
-    fn set_group(&self, status: GroupStatus) {
-        lock(&self.groups).insert(status.group.clone(), status);
-    }
-}
-
-/// A decision with everything recorded about it (the `/api/v1/decisions` rows).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DecisionRecord {
-    /// The decision and its status.
-    #[serde(flatten)]
-    pub stored: StoredDecision,
-    /// Every delivery attempt.
-    pub attempts: Vec<crate::actuator::Attempt>,
-    /// The verification result, once there is one.
-    pub verification: Option<Verification>,
-}
-
-enum Command {
-    Pause {
-        group: String,
-        reply: oneshot::Sender<Result<GroupStatus, CommandError>>,
-    },
-    Resume {
-        group: String,
-        reply: oneshot::Sender<Result<GroupStatus, CommandError>>,
-    },
-    Resize {
-        vm: String,
-        rung: String,
-        reply: oneshot::Sender<Result<Decision, CommandError>>,
-    },
-    Reconfigure {
-        config: Box<Config>,
-        actuator: Arc<dyn Actuator>,
-        reply: oneshot::Sender<Result<(), CommandError>>,
-    },
-}
-
-/// What the HTTP API holds: the engine's status, its command channel and the store.
-#[derive(Debug, Clone)]
-pub struct EngineHandle {
-    stats: Arc<EngineStats>,
-    commands: mpsc::Sender<Command>,
-    store: Arc<Mutex<Store>>,
-}
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Command::Pause { group, .. } => write!(f, "Pause({group})"),
-            Command::Resume { group, .. } => write!(f, "Resume({group})"),
-            Command::Resize { vm, rung, .. } => write!(f, "Resize({vm}, {rung})"),
-            Command::Reconfigure { .. } => write!(f, "Reconfigure"),
-        }
-    }
-}
-
-/// Runs a store call on the blocking pool.
-async fn with_store<T: Send + 'static>(
-    store: &Arc<Mutex<Store>>,
-    f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, EngineError> {
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || f(&mut lock(&store)))
-        .await
-        .map_err(|e| EngineError::Join(e.to_string()))?
-        .map_err(EngineError::from)
-}
-
-impl EngineHandle {
-    /// The engine's counters and the groups' status.
-    pub fn stats(&self) -> &Arc<EngineStats> {
-        &self.stats
-    }
-
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Command,
-    ) -> Result<T, CommandError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| CommandError::Stopped)?;
-        rx.await.map_err(|_| CommandError::Stopped)?
-    }
-
-    /// Pauses `group` (an operator's pause; the circuit breaker's stays as it is).
-    pub async fn pause(&self, group: &str) -> Result<GroupStatus, CommandError> {
-        let group = group.to_owned();
-        self.ask(|reply| Command::Pause { group, reply }).await
-    }
-
-    /// Resumes `group`, closing its circuit breaker and lifting roll stops.
-    pub async fn resume(&self, group: &str) -> Result<GroupStatus, CommandError> {
-        let group = group.to_owned();
-        self.ask(|reply| Command::Resume { group, reply }).await
-    }
-
-    /// Resizes `vm` to `rung` now (min/max and one-at-a-time apply; cooldowns do not).
-    pub async fn resize(&self, vm: &str, rung: &str) -> Result<Decision, CommandError> {
-        let (vm, rung) = (vm.to_owned(), rung.to_owned());
-        self.ask(|reply| Command::Resize { vm, rung, reply }).await
-    }
-
-    /// Applies a reloaded configuration's groups, policies, `dry_run` and actuator.
-    /// A group that stays keeps its state (flags, cooldowns, a resize in flight); a new
-    /// one starts from what the store remembers of it. Requests already with the old
-    /// actuator finish there. `[engine]` itself needs a restart.
-    pub async fn reconfigure(
-        &self,
-        config: &Config,
-        actuator: Arc<dyn Actuator>,
-    ) -> Result<(), CommandError> {
-        let config = Box::new(config.clone());
-        self.ask(|reply| Command::Reconfigure {
-            config,
-            actuator,
-            reply,
-        })
-        .await
-    }
-
-    /// Decisions matching `filter`, newest first, with attempts and verification.
-    pub async fn decisions(
-        &self,
-        filter: DecisionFilter,
-    ) -> Result<Vec<DecisionRecord>, EngineError> {
-        with_store(&self.store, move |store| {
-            let mut out = Vec::new();
-            for stored in store.decisions(&filter)? {
-                let id = stored.decision.id.clone();
-                out.push(DecisionRecord {
-                    attempts: store.attempts(&id)?,
-                    verification: store.verification(&id)?,
-                    stored,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
 }
 
 /// A request for the dispatcher.
@@ -484,7 +173,7 @@ pub struct Engine {
     /// flight: one per group, plus dry-run records).
     backlog: VecDeque<Job>,
     outcomes: mpsc::Receiver<Delivered>,
-    commands: mpsc::Receiver<Command>,
+    orders: mpsc::Receiver<Order>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -518,7 +207,7 @@ impl Engine {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.engine.queue);
         let (outcomes_tx, outcomes_rx) =
             mpsc::channel(config.engine.queue + config.engine.concurrency);
-        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (orders_tx, orders_rx) = mpsc::channel(ORDER_QUEUE);
         tokio::spawn(dispatch(
             jobs_rx,
             outcomes_tx,
@@ -536,14 +225,14 @@ impl Engine {
             jobs: jobs_tx,
             backlog: VecDeque::new(),
             outcomes: outcomes_rx,
-            commands: commands_rx,
+            orders: orders_rx,
         };
         for g in &engine.groups {
             stats.set_group(g.status());
         }
         let handle = EngineHandle {
             stats,
-            commands: commands_tx,
+            orders: orders_tx,
             store,
         };
         (engine, handle)
@@ -750,22 +439,22 @@ impl Engine {
         }
     }
 
-    async fn command(&mut self, command: Command) {
+    async fn order(&mut self, order: Order) {
         let now = self.now();
-        match command {
-            Command::Pause { group, reply } => {
+        match order {
+            Order::Pause { group, reply } => {
                 let r = self.flag(&group, |s| s.pause(now)).await;
                 let _ = reply.send(r);
             }
-            Command::Resume { group, reply } => {
+            Order::Resume { group, reply } => {
                 let r = self.flag(&group, GroupState::resume).await;
                 let _ = reply.send(r);
             }
-            Command::Resize { vm, rung, reply } => {
+            Order::Resize { vm, rung, reply } => {
                 let r = self.manual(&vm, &rung).await;
                 let _ = reply.send(r);
             }
-            Command::Reconfigure {
+            Order::Reconfigure {
                 config,
                 actuator,
                 reply,
@@ -829,14 +518,14 @@ impl Engine {
         &mut self,
         group: &str,
         change: impl FnOnce(&mut GroupState),
-    ) -> Result<GroupStatus, CommandError> {
+    ) -> Result<GroupStatus, OrderError> {
         let g = self
             .groups
             .iter_mut()
             .find(|g| g.name == group)
-            .ok_or_else(|| CommandError::UnknownGroup(group.to_owned()))?;
+            .ok_or_else(|| OrderError::UnknownGroup(group.to_owned()))?;
         if g.policy.is_none() {
-            return Err(CommandError::NotResized(group.to_owned()));
+            return Err(OrderError::NotResized(group.to_owned()));
         }
         let before = g.state.clone();
         change(&mut g.state);
@@ -846,33 +535,33 @@ impl Engine {
             if let Some(g) = self.groups.iter_mut().find(|g| g.name == group) {
                 g.state = before;
             }
-            return Err(CommandError::Store(e.to_string()));
+            return Err(OrderError::Store(e.to_string()));
         }
         let g = self
             .groups
             .iter()
             .find(|g| g.name == group)
-            .ok_or_else(|| CommandError::UnknownGroup(group.to_owned()))?;
+            .ok_or_else(|| OrderError::UnknownGroup(group.to_owned()))?;
         info!(group = %group, paused = g.state.pause.is_some(), "group flags changed by an operator");
         let status = g.status();
         self.stats.set_group(status.clone());
         Ok(status)
     }
 
-    async fn manual(&mut self, vm: &str, rung: &str) -> Result<Decision, CommandError> {
+    async fn manual(&mut self, vm: &str, rung: &str) -> Result<Decision, OrderError> {
         let now_sys = self.clock.now();
         let now = timestamp(now_sys);
         let i = self
             .groups
             .iter()
             .position(|g| g.members.iter().any(|m| m == vm))
-            .ok_or_else(|| CommandError::UnknownVm(vm.to_owned()))?;
+            .ok_or_else(|| OrderError::UnknownVm(vm.to_owned()))?;
         let decision = {
             let g = &mut self.groups[i];
             let policy = g
                 .policy
                 .as_ref()
-                .ok_or_else(|| CommandError::NotResized(g.name.clone()))?;
+                .ok_or_else(|| OrderError::NotResized(g.name.clone()))?;
             let group = Group {
                 name: &g.name,
                 policy,
@@ -885,7 +574,7 @@ impl Engine {
         self.commit(i, vec![decision.clone()], Vec::new()).await;
         let g = &self.groups[i];
         if !g.state.resizes.iter().any(|r| r.id == decision.id) {
-            return Err(CommandError::Store(
+            return Err(OrderError::Store(
                 "the decision could not be persisted".into(),
             ));
         }
@@ -894,7 +583,7 @@ impl Engine {
         Ok(decision)
     }
 
-    /// Runs ticks, commands and outcomes until `shutdown` completes. Requests already
+    /// Runs ticks, orders and outcomes until `shutdown` completes. Requests already
     /// with the actuator finish on their own task; their outcome is lost if the process
     /// exits first, and the decision is sent again (same id) after the restart.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
@@ -905,7 +594,7 @@ impl Engine {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = tick.tick() => self.tick().await,
-                Some(command) = self.commands.recv() => self.command(command).await,
+                Some(order) = self.orders.recv() => self.order(order).await,
                 Some(delivered) = self.outcomes.recv() => {
                     self.delivered(delivered).await;
                     self.flush();
@@ -925,9 +614,9 @@ impl Engine {
 }
 
 /// The engine's view of one configured group, with a fresh state.
-fn group_runtime(g: &crate::config::GroupConfig, global_dry_run: bool) -> GroupRuntime {
+fn group_runtime(g: &GroupPolicy, global_dry_run: bool) -> GroupRuntime {
     let policy = if g.resizes() {
-        match g.policy().compile() {
+        match g.compile() {
             Ok(p) => Some(p),
             Err(e) => {
                 // Config::check compiled it already; this cannot happen for a loaded

@@ -1,0 +1,257 @@
+//! What serde cannot check in `collector.toml`: ranges, rules across keys, and secret
+//! files that must be readable now. Each check returns the key path it rejects, which
+//! [`rally_daemon::config_file`] locates in the file.
+
+use std::collections::{HashMap, HashSet};
+
+use rally_daemon::config_file::Invalid;
+use rally_daemon::secret::{self, SecretError};
+use rally_policy::ladder::LadderError;
+use rally_policy::{GroupPolicy, PolicyError};
+
+use super::{AuthMode, Config};
+use crate::actuator::{ActuatorConfig, ActuatorError};
+use crate::vm_id::{UNGROUPED, validate_id};
+
+impl Config {
+    /// Checks what serde cannot, section by section.
+    pub(super) fn check(&self) -> Result<(), Invalid> {
+        self.check_listen()?;
+        self.check_ingest()?;
+        if self.state.dir.as_os_str().is_empty() {
+            return Err(Invalid::new("state.dir", "must not be empty"));
+        }
+        self.check_groups()?;
+        self.check_actuator()?;
+        if let Some(file) = &self.api.token_file {
+            secret::read("api.token_file", file).map_err(|e| located_secret(&e))?;
+        }
+        self.check_engine()?;
+        self.check_auth()
+    }
+
+    fn check_listen(&self) -> Result<(), Invalid> {
+        // Port 0 ("any free port", for tests) cannot collide.
+        if self.listen.grpc == self.listen.http && self.listen.grpc.port() != 0 {
+            return Err(Invalid::new(
+                "listen.http",
+                format!("same address as listen.grpc ({})", self.listen.grpc),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_ingest(&self) -> Result<(), Invalid> {
+        let ingest = &self.ingest;
+        if ingest.stale_after.is_zero() {
+            return Err(Invalid::new("ingest.stale_after", "must be more than 0s"));
+        }
+        if ingest.forget_after < ingest.stale_after {
+            return Err(Invalid::new(
+                "ingest.forget_after",
+                "must be at least ingest.stale_after",
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&ingest.max_message_bytes) {
+            return Err(Invalid::new(
+                "ingest.max_message_bytes",
+                format!(
+                    "{} is out of range 1024..=67108864",
+                    ingest.max_message_bytes
+                ),
+            ));
+        }
+        if ingest.max_streams == 0 {
+            return Err(Invalid::new("ingest.max_streams", "must be at least 1"));
+        }
+        if ingest.max_vms == 0 {
+            return Err(Invalid::new("ingest.max_vms", "must be at least 1"));
+        }
+        if ingest.hello_timeout.is_zero() {
+            return Err(Invalid::new("ingest.hello_timeout", "must be more than 0s"));
+        }
+        Ok(())
+    }
+
+    /// Names and members of every group, then each resized group's policy.
+    fn check_groups(&self) -> Result<(), Invalid> {
+        let mut seen_groups = HashSet::new();
+        let mut seen_vms = HashMap::new();
+        for (i, group) in self.groups.iter().enumerate() {
+            let name_key = format!("groups[{i}].name");
+            validate_id(&group.name).map_err(|why| Invalid::new(&name_key, why))?;
+            if group.name == UNGROUPED {
+                return Err(Invalid::new(
+                    name_key,
+                    format!("`{UNGROUPED}` is reserved for VMs that no group names"),
+                ));
+            }
+            if !seen_groups.insert(group.name.as_str()) {
+                return Err(Invalid::new(
+                    name_key,
+                    format!("group `{}` is defined twice", group.name),
+                ));
+            }
+            for (j, vm) in group.vms.iter().enumerate() {
+                let key = format!("groups[{i}].vms[{j}]");
+                validate_id(vm).map_err(|why| Invalid::new(&key, why))?;
+                if let Some(other) = seen_vms.insert(vm.as_str(), group.name.as_str()) {
+                    return Err(Invalid::new(
+                        key,
+                        format!("VM `{vm}` is already in group `{other}`"),
+                    ));
+                }
+            }
+            if group.resizes() {
+                self.check_policy(i, group)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy of `group`, the `i`-th, which has a ladder.
+    fn check_policy(&self, i: usize, group: &GroupPolicy) -> Result<(), Invalid> {
+        let mut policy = group.clone();
+        if group.ladder.iter().any(|r| r.oktawave_type.is_some()) {
+            if !matches!(self.actuator, Some(ActuatorConfig::Oktawave(_))) {
+                return Err(Invalid::new(
+                    format!("groups[{i}].ladder"),
+                    "a rung names an oktawave_type but [actuator] is not kind = \"oktawave\"",
+                ));
+            }
+            // Sizes of Oktawave types are read from the API at start (and the ladder is
+            // checked again then); until then, stand-in sizes that grow let names,
+            // min/max and boosts be checked here.
+            let mut prev = (0u32, 0u64);
+            for rung in &mut policy.ladder {
+                if rung.oktawave_type.is_some() && rung.vcpus == 0 && rung.memory_bytes == 0 {
+                    (rung.vcpus, rung.memory_bytes) = (prev.0 + 1, prev.1 + (1 << 30));
+                }
+                prev = (rung.vcpus, rung.memory_bytes);
+            }
+        }
+        if let Err(e) = policy.compile() {
+            let key = policy_error_key(group, &e);
+            return Err(Invalid::new(format!("groups[{i}].{key}"), e.to_string()));
+        }
+        if !group.effective_dry_run(self.dry_run) && self.actuator.is_none() {
+            let key = if group.dry_run.is_some() {
+                format!("groups[{i}].dry_run")
+            } else {
+                "dry_run".to_owned()
+            };
+            return Err(Invalid::new(
+                key,
+                format!(
+                    "group `{}` is not dry-run but no [actuator] is configured",
+                    group.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the actuator can check without the network, at the key it is about.
+    fn check_actuator(&self) -> Result<(), Invalid> {
+        let Some(actuator) = &self.actuator else {
+            return Ok(());
+        };
+        let Err(e) = actuator.check() else {
+            return Ok(());
+        };
+        use ActuatorError as E;
+        let key = match (&e, actuator) {
+            (E::SecretFile(e), _) => return Err(located_secret(e)),
+            (E::Url { url, .. }, ActuatorConfig::Oktawave(c)) => {
+                if *url == c.id_url {
+                    "actuator.id_url".to_owned()
+                } else {
+                    "actuator.api_url".to_owned()
+                }
+            }
+            (E::Url { .. }, _) => "actuator.url".to_owned(),
+            (E::Invalid { key, .. }, _) => format!("actuator.{key}"),
+            _ => "actuator".to_owned(),
+        };
+        Err(Invalid::new(key, e.to_string()))
+    }
+
+    fn check_engine(&self) -> Result<(), Invalid> {
+        if self.engine.tick.is_zero() {
+            return Err(Invalid::new("engine.tick", "must be more than 0s"));
+        }
+        if self.engine.queue == 0 {
+            return Err(Invalid::new("engine.queue", "must be at least 1"));
+        }
+        if self.engine.concurrency == 0 {
+            return Err(Invalid::new("engine.concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The mode against the tokens, then every token: its VM, and a readable file that
+    /// no other VM shares.
+    fn check_auth(&self) -> Result<(), Invalid> {
+        match self.auth.mode {
+            AuthMode::None if !self.auth.tokens.is_empty() => {
+                return Err(Invalid::new(
+                    "auth.mode",
+                    "[[auth.tokens]] are given but mode is \"none\": set mode = \"token\" or remove them",
+                ));
+            }
+            AuthMode::Token if self.auth.tokens.is_empty() => {
+                return Err(Invalid::new(
+                    "auth.mode",
+                    "mode is \"token\" but no [[auth.tokens]] are given",
+                ));
+            }
+            _ => {}
+        }
+        let mut token_vms = HashSet::new();
+        let mut secrets = HashMap::new();
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            let vm_key = format!("auth.tokens[{i}].vm");
+            validate_id(&token.vm).map_err(|why| Invalid::new(&vm_key, why))?;
+            if !token_vms.insert(token.vm.as_str()) {
+                return Err(Invalid::new(
+                    vm_key,
+                    format!("VM `{}` has two tokens", token.vm),
+                ));
+            }
+            let file_key = format!("auth.tokens[{i}].file");
+            let secret = secret::read(&file_key, &token.file).map_err(|e| located_secret(&e))?;
+            if let Some(other) = secrets.insert(secret.expose().to_owned(), token.vm.as_str()) {
+                return Err(Invalid::new(
+                    file_key,
+                    format!("holds the same token as VM `{other}`'s"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A secret file error at its key; the message names the file and what is wrong.
+fn located_secret(e: &SecretError) -> Invalid {
+    Invalid::new(&e.key, format!("{}: {}", e.path.display(), e.problem))
+}
+
+/// The config key (below `groups[i].`) a policy error is about.
+fn policy_error_key(group: &GroupPolicy, err: &PolicyError) -> String {
+    match err {
+        PolicyError::Ladder(LadderError::UnknownRung(name)) => {
+            if group.min_rung.as_deref() == Some(name.as_str()) {
+                "min_rung".into()
+            } else {
+                "max_rung".into()
+            }
+        }
+        PolicyError::Ladder(LadderError::MinAboveMax { .. }) => "min_rung".into(),
+        PolicyError::Ladder(_) => "ladder".into(),
+        PolicyError::Rule { index, .. } => format!("rules[{index}]"),
+        PolicyError::Target { index, .. } => format!("targets[{index}]"),
+        PolicyError::Boost { index, .. } => format!("boosts[{index}]"),
+        PolicyError::Value { key, .. } => (*key).to_owned(),
+        PolicyError::OutOfRange { key, .. } => key.clone(),
+    }
+}

@@ -1,0 +1,223 @@
+//! The sections of `collector.toml` other than `[[groups]]` and `[actuator]`, whose
+//! types belong to the policy and to the actuator kinds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[api]`: who may call the mutating endpoints (`pause`, `resume`, `resize`).
+///
+/// With `token_file`, every mutating request needs `Authorization: Bearer <token>`.
+/// Without it, mutating requests are accepted only from loopback peers: the HTTP listener
+/// defaults to `0.0.0.0` for Prometheus, and an unauthenticated resize from the network
+/// would let anyone who can scrape also spend money. Read-only endpoints stay open, like
+/// `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// A file holding the API bearer token (surrounding whitespace ignored).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[engine]`: how often groups are evaluated and how much may queue for the actuator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// How often every group is evaluated (the agents' report interval, 5 s, is the
+    /// natural choice: a faster tick sees no new data).
+    #[serde(default = "default_tick", with = "humantime_serde")]
+    pub tick: Duration,
+    /// Requests waiting for the actuator at most; more wait in the engine (they are
+    /// already persisted) and are handed over on later ticks.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Requests the actuator works on at once (a slow receiver delays only its own).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_tick() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_queue() -> usize {
+    64
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            tick: default_tick(),
+            queue: default_queue(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// The gRPC address agents stream to (`rally.v1.Ingest`).
+    #[serde(default = "default_grpc")]
+    pub grpc: SocketAddr,
+    /// The HTTP address of `/metrics`, `/healthz`, `/readyz`, `/api/v1` and the status page.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+}
+
+fn default_grpc() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9470))
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9471))
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+            http: default_http(),
+        }
+    }
+}
+
+/// What to do with a VM that no `[[groups]]` entry names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownVms {
+    /// Accept it into the group `ungrouped` (shown and exported, never resized).
+    #[default]
+    Ungrouped,
+    /// Refuse its stream with `PermissionDenied`.
+    Reject,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// A VM without a report for this long is stale: `rally_vm_up` 0, no decisions.
+    #[serde(default = "default_stale_after", with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// A VM silent for this long is dropped from memory (VMs named in `[[groups]]` stay
+    /// listed, without data).
+    #[serde(default = "default_forget_after", with = "humantime_serde")]
+    pub forget_after: Duration,
+    /// `ungrouped` (accept VMs no group names) or `reject`.
+    #[serde(default)]
+    pub unknown_vms: UnknownVms,
+    /// The largest agent message accepted, in bytes; larger ones are rejected (`oversized`).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// At most this many agent streams at once; more are refused with `ResourceExhausted`.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+    /// At most this many VMs are kept in memory; a new VM beyond it is refused.
+    #[serde(default = "default_max_vms")]
+    pub max_vms: usize,
+    /// A stream whose first message (`Hello`) has not arrived after this long is dropped.
+    #[serde(default = "default_hello_timeout", with = "humantime_serde")]
+    pub hello_timeout: Duration,
+}
+
+fn default_stale_after() -> Duration {
+    Duration::from_secs(20)
+}
+
+fn default_forget_after() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_max_message_bytes() -> usize {
+    256 * 1024
+}
+
+fn default_max_streams() -> usize {
+    10_000
+}
+
+fn default_max_vms() -> usize {
+    10_000
+}
+
+fn default_hello_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            stale_after: default_stale_after(),
+            forget_after: default_forget_after(),
+            unknown_vms: UnknownVms::default(),
+            max_message_bytes: default_max_message_bytes(),
+            max_streams: default_max_streams(),
+            max_vms: default_max_vms(),
+            hello_timeout: default_hello_timeout(),
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory of the collector's persistent state; created if missing.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/rally")
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+/// How agents authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Any agent may report for any VM (a trusted network only).
+    #[default]
+    None,
+    /// Every stream carries `authorization: Bearer <token>`; the token names its VM.
+    Token,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` or `token`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// `[[auth.tokens]]`: one per VM when `mode = "token"`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `[[auth.tokens]]`: the token that lets an agent report for one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The VM this token speaks for.
+    pub vm: String,
+    /// A file holding the token (surrounding whitespace ignored), so that the secret
+    /// stays out of the config file.
+    pub file: PathBuf,
+}
