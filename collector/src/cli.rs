@@ -148,6 +148,20 @@ pub struct DemoArgs {
     pub http: SocketAddr,
 }
 
+/// `run` or `check-config` without `--config`, and no file at the default path: most
+/// likely a first try on a machine without the package's conffile, so say what to do
+/// instead of "No such file".
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no configuration file: {} does not exist. To try Rally on this machine with no \
+     setup, run `rally-collector demo`; to use another file, pass `--config PATH`",
+    path.display()
+)]
+pub struct NoConfigFile {
+    /// The default path that does not exist.
+    pub path: PathBuf,
+}
+
 impl Cli {
     /// The subcommand, `run` when none was given.
     pub fn subcommand(&self) -> Command {
@@ -192,6 +206,20 @@ impl Cli {
             Some(path) => (path, true),
             None => (Path::new(DEFAULT_PATH), false),
         }
+    }
+}
+
+impl Cli {
+    /// The configuration file `run` and `check-config` read: the named one (whose
+    /// errors the loader reports), else the default one if it exists.
+    pub fn config_file(&self) -> Result<&Path, NoConfigFile> {
+        let (path, named) = self.config_path();
+        if !named && !path.exists() {
+            return Err(NoConfigFile {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(path)
     }
 }
 
@@ -249,6 +277,28 @@ mod tests {
         ])
         .unwrap();
         assert!(cli.check().unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn a_missing_default_file_points_to_demo_and_config() {
+        let named =
+            Cli::try_parse_from(["rally-collector", "--config", "/nonexistent.toml"]).unwrap();
+        assert_eq!(named.config_file().unwrap(), Path::new("/nonexistent.toml"));
+        let err = NoConfigFile {
+            path: PathBuf::from(DEFAULT_PATH),
+        }
+        .to_string();
+        assert!(
+            err.contains("/etc/rally/collector.toml does not exist"),
+            "{err}"
+        );
+        assert!(err.contains("`rally-collector demo`"), "{err}");
+        assert!(err.contains("`--config PATH`"), "{err}");
+        let bare = Cli::try_parse_from(["rally-collector"]).unwrap();
+        assert_eq!(
+            bare.config_file().is_err(),
+            !Path::new(DEFAULT_PATH).exists()
+        );
     }
 
     #[test]

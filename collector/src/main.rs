@@ -1,6 +1,5 @@
 //! `rally-collector`: see the library's documentation.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -28,13 +27,13 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.subcommand() {
         Command::CheckConfig(_) => {
-            let path = config_path(&cli)?;
+            let path = cli.config_file()?;
             Config::load(path)?;
             println!("{}: OK", path.display());
             Ok(())
         }
         Command::Run(_) => {
-            let path = config_path(&cli)?;
+            let path = cli.config_file()?;
             let config = Config::load(path)?;
             let config_copy = config.clone();
             runtime()?.block_on(async {
@@ -66,22 +65,6 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         | Command::Decisions(_)
         | Command::Groups { .. }) => runtime()?.block_on(operate(operator)),
     }
-}
-
-/// The configuration file of `run` and `check-config`. Without `--config`, a missing
-/// default file is most likely a first try on a machine without the package's
-/// conffile: say what to do instead of "No such file".
-fn config_path(cli: &Cli) -> anyhow::Result<&Path> {
-    let (path, named) = cli.config_path();
-    if !named && !path.exists() {
-        anyhow::bail!(
-            "no configuration file: {} does not exist. To try Rally on this machine \
-             with no setup, run `rally-collector demo`; to use another file, pass \
-             `--config PATH`",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// The subcommands that call a running collector's API.
