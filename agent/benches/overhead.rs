@@ -33,8 +33,9 @@ use rally_proto::v1::ingest_server::{Ingest, IngestServer};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-/// The budget the owner set (SPEC): per sample at the real interval, and resident.
+/// The agent's overhead budget: CPU time per sample at the real interval...
 const BUDGET_CPU_MS: f64 = 0.2;
+/// ...and resident memory.
 const BUDGET_RSS_KIB: u64 = 4 * 1024;
 
 fn main() -> anyhow::Result<()> {

@@ -28,7 +28,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::config::{Config, InvalidValue};
+use crate::config::{Config, Invalid};
 use crate::sample::{Sample, Sampler};
 use crate::source::Sources;
 use crate::tick::Ticker;
@@ -40,7 +40,7 @@ use crate::wire::{self, Identity};
 pub enum Error {
     /// The configuration is not usable.
     #[error("invalid configuration: {0}")]
-    Config(#[from] InvalidValue),
+    Config(#[from] Invalid),
     /// A file naming this VM or boot could not be read.
     #[error("cannot read {path}: {source}")]
     Identity {
@@ -51,7 +51,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The token file cannot be used.
-    #[error("token: {0}")]
+    #[error("{0}")]
     Token(#[from] TokenError),
 }
 
@@ -332,12 +332,7 @@ async fn sample_forever(
 
 /// The configured web-server sources.
 fn sources(config: &Config) -> Result<Sources, Error> {
-    Sources::new(&config.sources).map_err(|message| {
-        Error::Config(InvalidValue {
-            key: "sources",
-            message,
-        })
-    })
+    Ok(Sources::new(&config.sources)?)
 }
 
 /// Two readings `pause` apart and the second as one sample, sources included (for

@@ -24,7 +24,8 @@ pub struct BackoffPolicy {
 }
 
 impl BackoffPolicy {
-    /// gRPC's connection-backoff defaults (SPEC): 1 s × 1.6, ±20 %, cap 120 s.
+    /// gRPC's connection-backoff defaults (gRPC's `connection-backoff.md`): 1 s × 1.6,
+    /// ±20 %, cap 120 s.
     pub const GRPC: Self = Self {
         initial: Duration::from_secs(1),
         multiplier: 1.6,

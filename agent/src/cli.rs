@@ -1,4 +1,6 @@
 //! The command line: `rally-agent [--config PATH] [run|check-config|sample]`.
+//!
+//! `--config` is global: every subcommand reads the configuration file.
 
 use std::path::{Path, PathBuf};
 

@@ -2,13 +2,14 @@
 //!
 //! Every key has a default, so an empty file is a valid configuration. Unknown keys are
 //! errors (a typo must not silently fall back to a default), and every error names the
-//! file, the line and the key.
+//! file, the line, the column and the key path (`sources[2].url`): parsing and
+//! locating are [`rally_daemon::config_file`]'s, the checks are [`Config::validate`]'s.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rally_daemon::config_file;
 use serde::{Deserialize, Serialize};
 
 use crate::source::SourceConfig;
@@ -16,7 +17,8 @@ use crate::source::SourceConfig;
 /// Where the packaged agent looks for its configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/rally/agent.toml";
 
-/// The collector address used when none is configured (SPEC: gRPC on port 9470).
+/// The collector address used when none is configured (the collector's gRPC port is
+/// 9470).
 pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:9470";
 
 /// The shortest sampling interval accepted, from the file or from a collector's
@@ -67,135 +69,47 @@ impl Default for Config {
     }
 }
 
-/// A configuration that cannot be used, with where it came from.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why it could not be read.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this configuration, or a value is out of range.
-    #[error("{location}: {message}")]
-    Invalid {
-        /// File, line, column and key of the error.
-        location: Location,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-/// Where in a configuration file an error is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The file (or `<config>` for a configuration built in code).
-    pub path: PathBuf,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
-    /// The key (dotted for nested tables), when known.
-    pub key: Option<String>,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": key `{key}`")?;
-        }
-        Ok(())
-    }
-}
+// What a configuration error is: shared with the collector, so both daemons word it
+// alike.
+pub use rally_daemon::config_file::{ConfigError, Invalid};
 
 /// Reads and validates the configuration file at `path`.
 pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_config(&text, path)
+    config_file::load(path, Config::validate)
 }
 
 /// Parses and validates configuration text; `path` is only used in error messages.
 pub fn parse_config(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let config: Config = toml::from_str(text).map_err(|e| {
-        let (line, column, key) = match e.span() {
-            Some(span) => {
-                let (line, column) = line_column(text, span.start);
-                (
-                    Some(line),
-                    Some(column),
-                    key_at(text, span.start, e.message()),
-                )
-            }
-            None => (None, None, None),
-        };
-        ConfigError::Invalid {
-            location: Location {
-                path: path.to_owned(),
-                line,
-                column,
-                key,
-            },
-            message: e.message().trim().to_owned(),
-        }
-    })?;
-    config.validate().map_err(|invalid| ConfigError::Invalid {
-        location: Location {
-            path: path.to_owned(),
-            line: line_of_key(text, invalid.key),
-            column: None,
-            key: Some(invalid.key.to_owned()),
-        },
-        message: invalid.message,
-    })?;
-    Ok(config)
-}
-
-/// A value that parses but cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("key `{key}`: {message}")]
-pub struct InvalidValue {
-    /// The offending key.
-    pub key: &'static str,
-    /// What is wrong with its value.
-    pub message: String,
+    config_file::parse(text, path, Config::validate)
 }
 
 impl Config {
-    /// Checks the values that TOML types alone cannot (ranges, addresses).
-    pub fn validate(&self) -> Result<(), InvalidValue> {
-        let invalid = |key, message: String| Err(InvalidValue { key, message });
+    /// Checks the values that TOML types alone cannot (ranges, addresses), naming the
+    /// key path of the first wrong one.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.collectors.is_empty() {
-            return invalid(
+            return Err(Invalid::new(
                 "collectors",
-                "at least one collector address is needed".into(),
-            );
+                "at least one collector address is needed",
+            ));
         }
-        for address in &self.collectors {
+        for (i, address) in self.collectors.iter().enumerate() {
+            let key = format!("collectors[{i}]");
             if let Err(e) = tonic::transport::Endpoint::from_shared(address.clone()) {
-                return invalid("collectors", format!("`{address}` is not a valid URI: {e}"));
+                return Err(Invalid::new(
+                    key,
+                    format!("`{address}` is not a valid URI: {e}"),
+                ));
             }
             if !(address.starts_with("http://") || address.starts_with("https://")) {
-                return invalid(
-                    "collectors",
+                return Err(Invalid::new(
+                    key,
                     format!("`{address}` must start with http:// (e.g. http://collector:9470)"),
-                );
+                ));
             }
         }
         if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&self.interval) {
-            return invalid(
+            return Err(Invalid::new(
                 "interval",
                 format!(
                     "{} is outside {}..={}",
@@ -203,68 +117,22 @@ impl Config {
                     humantime_serde::re::humantime::format_duration(MIN_INTERVAL),
                     humantime_serde::re::humantime::format_duration(MAX_INTERVAL)
                 ),
-            );
+            ));
         }
         if self.buffer_reports == 0 {
-            return invalid("buffer_reports", "must be at least 1".into());
+            return Err(Invalid::new("buffer_reports", "must be at least 1"));
         }
-        if let Err(message) = crate::source::validate_all(&self.sources, self.interval) {
-            return invalid("sources", message);
-        }
+        crate::source::validate_all(&self.sources, self.interval)?;
         if let Some(vm_id) = &self.vm_id
             && vm_id.trim().is_empty()
         {
-            return invalid(
+            return Err(Invalid::new(
                 "vm_id",
-                "must not be empty (leave it out to use the hostname)".into(),
-            );
+                "must not be empty (leave it out to use the hostname)",
+            ));
         }
         Ok(())
     }
-}
-
-/// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
-}
-
-/// The key an error points at: the name in an "unknown field" message, else the key
-/// on the error's line (`key = ...`), qualified by the table it is in.
-fn key_at(text: &str, offset: usize, message: &str) -> Option<String> {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
-    let line = &text[line_start..line_end];
-    let key = match message.strip_prefix("unknown field `") {
-        Some(rest) => rest.split('`').next().map(str::to_owned),
-        None => line
-            .split_once('=')
-            .map(|(k, _)| k.trim().trim_matches('"').to_owned())
-            .filter(|k| !k.is_empty() && !k.starts_with('[')),
-    }?;
-    let table = text[..line_start].lines().rev().find_map(|l| {
-        let l = l.trim();
-        (l.starts_with('[') && l.ends_with(']'))
-            .then(|| l.trim_matches(['[', ']']).trim().to_owned())
-    });
-    Some(match table {
-        Some(table) => format!("{table}.{key}"),
-        None => key,
-    })
-}
-
-/// The 1-based line where a top-level `key = ...` is set, if it is.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            l.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -321,11 +189,14 @@ zone = "waw-1"
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let err = parse("interval = \"5s\"\n\ncolectors = [\"http://x:1\"]\n").unwrap_err();
-        let ConfigError::Invalid { location, message } = &err else {
+        let ConfigError::Invalid {
+            line, key, message, ..
+        } = &err
+        else {
             panic!("expected Invalid, got {err:?}");
         };
-        assert_eq!(location.line, Some(3));
-        assert_eq!(location.key.as_deref(), Some("colectors"));
+        assert_eq!(*line, Some(3));
+        assert_eq!(key.as_deref(), Some("colectors"));
         assert!(message.contains("unknown field"), "{message}");
         let shown = err.to_string();
         assert!(
@@ -337,21 +208,21 @@ zone = "waw-1"
     #[test]
     fn bad_value_names_its_key_and_line() {
         let err = parse("vm_id = \"a\"\ninterval = \"five seconds\"\n").unwrap_err();
-        let ConfigError::Invalid { location, .. } = &err else {
+        let ConfigError::Invalid { line, key, .. } = &err else {
             panic!("expected Invalid, got {err:?}");
         };
-        assert_eq!(location.line, Some(2));
-        assert_eq!(location.key.as_deref(), Some("interval"));
+        assert_eq!(*line, Some(2));
+        assert_eq!(key.as_deref(), Some("interval"));
     }
 
     #[test]
     fn out_of_range_value_names_its_key_and_line() {
         let err = parse("\nbuffer_reports = 0\n").unwrap_err();
-        let ConfigError::Invalid { location, .. } = &err else {
+        let ConfigError::Invalid { line, key, .. } = &err else {
             panic!("expected Invalid, got {err:?}");
         };
-        assert_eq!(location.line, Some(2));
-        assert_eq!(location.key.as_deref(), Some("buffer_reports"));
+        assert_eq!(*line, Some(2));
+        assert_eq!(key.as_deref(), Some("buffer_reports"));
 
         let err = parse("interval = \"10ms\"\n").unwrap_err();
         assert!(err.to_string().contains("key `interval`"), "{err}");
@@ -362,13 +233,42 @@ zone = "waw-1"
     }
 
     #[test]
-    fn nested_key_is_qualified_by_its_table() {
-        let err = parse("[labels]\nrole = 3\n").unwrap_err();
-        let ConfigError::Invalid { location, .. } = &err else {
+    fn a_source_error_names_its_index_and_key() {
+        let nginx = "[[sources]]\nname = \"a\"\nkind = \"nginx\"\nurl = \"http://x/\"\n";
+        let bad = "[[sources]]\nname = \"c\"\nkind = \"nginx\"\nurl = \"https://x/\"\n";
+        let text = format!("{nginx}{}{bad}", nginx.replace("\"a\"", "\"b\""));
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("/etc/rally/agent.toml:12:1: key `sources[2].url`: "),
+            "{err}"
+        );
+        // A serde error inside a source is located the same way.
+        let text = format!("{nginx}[[sources]]\nname = \"b\"\nkind = \"squid\"\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("/etc/rally/agent.toml:7:"), "{err}");
+        assert!(err.contains("key `sources[1].kind`"), "{err}");
+    }
+
+    #[test]
+    fn a_check_on_an_unwritten_key_points_to_its_table() {
+        // `timeout` is left at its default (1 s), not shorter than this interval.
+        let text = "interval = \"500ms\"\n\n[[sources]]\nname = \"a\"\nkind = \"nginx\"\nurl = \"http://x/\"\n";
+        let err = parse(text).unwrap_err();
+        let ConfigError::Invalid { line, key, .. } = &err else {
             panic!("expected Invalid, got {err:?}");
         };
-        assert_eq!(location.line, Some(2));
-        assert_eq!(location.key.as_deref(), Some("labels.role"));
+        assert_eq!(key.as_deref(), Some("sources[0].timeout"));
+        assert!(line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn nested_key_is_qualified_by_its_table() {
+        let err = parse("[labels]\nrole = 3\n").unwrap_err();
+        let ConfigError::Invalid { line, key, .. } = &err else {
+            panic!("expected Invalid, got {err:?}");
+        };
+        assert_eq!(*line, Some(2));
+        assert_eq!(key.as_deref(), Some("labels.role"));
     }
 
     #[test]
@@ -397,8 +297,7 @@ zone = "waw-1"
     fn missing_file_names_the_file() {
         let err = load_config(Path::new("/nonexistent/rally/agent.toml")).unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("/nonexistent/rally/agent.toml: "),
+            err.to_string().contains("/nonexistent/rally/agent.toml: "),
             "{err}"
         );
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream;
+use rally_daemon::secret::{self, SecretError};
 use rally_proto::v1 as pb;
 use rally_proto::v1::ingest_client::IngestClient;
 use rand::SeedableRng;
@@ -88,40 +89,32 @@ impl Link {
     }
 }
 
-/// Why a token file cannot be used.
+/// Why the token file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// It cannot be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// It is empty or holds characters an HTTP header cannot carry.
-    #[error("{path}: the token must be one line of visible ASCII")]
-    Invalid {
+    /// It breaks the secret-file rule (missing, empty, several lines...).
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// It holds characters an HTTP header cannot carry.
+    #[error("token_file = \"{}\": the token must be ASCII to be sent in a header", path.display())]
+    NotAscii {
         /// The file.
         path: PathBuf,
     },
 }
 
-/// Reads a bearer token file into an `authorization` header value.
+/// Reads the `token_file` (the secret-file rule of both daemons) into an
+/// `authorization` header value.
 pub fn read_token(path: &Path) -> Result<AsciiMetadataValue, TokenError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let token = text.trim();
-    let invalid = || TokenError::Invalid {
+    let token = secret::read("token_file", path)?;
+    let not_ascii = || TokenError::NotAscii {
         path: path.to_owned(),
     };
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid());
+    // The secret rule already refuses control characters; a header also needs ASCII.
+    if !token.expose().is_ascii() {
+        return Err(not_ascii());
     }
-    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| invalid())
+    MetadataValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| not_ascii())
 }
 
 /// Why a stream ended.
@@ -131,7 +124,7 @@ enum StreamError {
     Address(#[source] tonic::transport::Error),
     #[error("cannot connect: {0}")]
     Connect(#[source] tonic::transport::Error),
-    #[error("token: {0}")]
+    #[error("{0}")]
     Token(#[from] TokenError),
     #[error("{0}")]
     Rpc(#[from] tonic::Status),
@@ -391,12 +384,19 @@ mod tests {
         std::fs::write(&path, "s3cr3t-token\n").unwrap();
         assert_eq!(read_token(&path).unwrap(), "Bearer s3cr3t-token");
         std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(read_token(&path), Err(TokenError::Invalid { .. })));
-        std::fs::write(&path, "two words").unwrap();
-        assert!(matches!(read_token(&path), Err(TokenError::Invalid { .. })));
+        let err = read_token(&path).unwrap_err().to_string();
+        assert!(err.starts_with("token_file = \""), "{err}");
+        assert!(err.contains("empty"), "{err}");
+        std::fs::write(&path, "two\nlines").unwrap();
+        assert!(matches!(read_token(&path), Err(TokenError::Secret(_))));
+        std::fs::write(&path, "jeton-\u{e9}t\u{e9}").unwrap();
+        assert!(matches!(
+            read_token(&path),
+            Err(TokenError::NotAscii { .. })
+        ));
         assert!(matches!(
             read_token(&dir.path().join("missing")),
-            Err(TokenError::Read { .. })
+            Err(TokenError::Secret(_))
         ));
     }
 

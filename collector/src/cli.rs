@@ -1,11 +1,15 @@
-//! The command line: `rally-collector [--config PATH] [run|check-config|demo]`, and the
-//! operator subcommands that call a running collector's API: `pause`, `resume`,
+//! The command line: `rally-collector [--config PATH] [run|check-config]`, `demo`, and
+//! the operator subcommands that call a running collector's API: `pause`, `resume`,
 //! `resize`, `decisions`, `groups`.
+//!
+//! `--config` is offered only where a configuration file is read: `run` (the default
+//! subcommand) and `check-config`, before or after the subcommand's name.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::DEFAULT_PATH;
 
@@ -14,21 +18,30 @@ use crate::config::DEFAULT_PATH;
 #[derive(Debug, Parser)]
 #[command(name = "rally-collector", version, about, long_about = None)]
 pub struct Cli {
-    /// The configuration file.
-    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_PATH)]
-    pub config: PathBuf,
+    /// The configuration file of `run` (the default) and `check-config`
+    /// [default: /etc/rally/collector.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// What to do (default: run).
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// The configuration file of a subcommand that reads one.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// The configuration file [default: /etc/rally/collector.toml].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
 /// A subcommand.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the collector until SIGTERM or SIGINT (the default).
-    Run,
+    Run(ConfigArgs),
     /// Check the configuration file (token files included) and exit; non-zero on error.
-    CheckConfig,
+    CheckConfig(ConfigArgs),
     /// Try Rally on this machine without a config file: a collector on loopback and an
     /// agent for this machine, until Ctrl-C.
     Demo(DemoArgs),
@@ -135,10 +148,94 @@ pub struct DemoArgs {
     pub http: SocketAddr,
 }
 
+/// `run` or `check-config` without `--config`, and no file at the default path: most
+/// likely a first try on a machine without the package's conffile, so say what to do
+/// instead of "No such file".
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no configuration file: {} does not exist. To try Rally on this machine with no \
+     setup, run `rally-collector demo`; to use another file, pass `--config PATH`",
+    path.display()
+)]
+pub struct NoConfigFile {
+    /// The default path that does not exist.
+    pub path: PathBuf,
+}
+
 impl Cli {
     /// The subcommand, `run` when none was given.
     pub fn subcommand(&self) -> Command {
-        self.command.clone().unwrap_or(Command::Run)
+        self.command
+            .clone()
+            .unwrap_or(Command::Run(ConfigArgs::default()))
+    }
+
+    /// Refuses what clap alone cannot: `--config` before a subcommand that reads no
+    /// configuration file (`rally-collector --config x.toml demo`), or given twice.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        let Some(before) = &self.config else {
+            return Ok(());
+        };
+        let refuse =
+            |message: String| Err(Cli::command().error(ErrorKind::ArgumentConflict, message));
+        match &self.command {
+            None => Ok(()),
+            Some(Command::Run(args) | Command::CheckConfig(args)) => match &args.config {
+                Some(after) if after != before => refuse(format!(
+                    "--config is given twice ({} and {}); give it once",
+                    before.display(),
+                    after.display()
+                )),
+                _ => Ok(()),
+            },
+            Some(other) => refuse(format!(
+                "`{}` reads no configuration file: --config applies to `run` and `check-config` only",
+                other.name()
+            )),
+        }
+    }
+
+    /// The configuration file to read, and whether the user named it (`--config`,
+    /// before or after the subcommand) or it is the default one.
+    pub fn config_path(&self) -> (&Path, bool) {
+        let after = match &self.command {
+            Some(Command::Run(args) | Command::CheckConfig(args)) => args.config.as_deref(),
+            _ => None,
+        };
+        match after.or(self.config.as_deref()) {
+            Some(path) => (path, true),
+            None => (Path::new(DEFAULT_PATH), false),
+        }
+    }
+}
+
+impl Cli {
+    /// The configuration file `run` and `check-config` read: the named one (whose
+    /// errors the loader reports), else the default one if it exists.
+    pub fn config_file(&self) -> Result<&Path, NoConfigFile> {
+        let (path, named) = self.config_path();
+        if !named && !path.exists() {
+            return Err(NoConfigFile {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(path)
+    }
+}
+
+impl Command {
+    /// The subcommand's name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "run",
+            Command::CheckConfig(_) => "check-config",
+            Command::Demo(_) => "demo",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::Resize { .. } => "resize",
+            Command::Decisions(_) => "decisions",
+            Command::Groups { .. } => "groups",
+        }
     }
 }
 
@@ -149,19 +246,84 @@ mod tests {
     #[test]
     fn run_is_the_default() {
         let cli = Cli::try_parse_from(["rally-collector"]).unwrap();
-        assert!(matches!(cli.subcommand(), Command::Run));
-        assert_eq!(cli.config, PathBuf::from(DEFAULT_PATH));
+        assert!(matches!(cli.subcommand(), Command::Run(_)));
+        assert_eq!(cli.config_path(), (Path::new(DEFAULT_PATH), false));
+        cli.check().unwrap();
+        let cli = Cli::try_parse_from(["rally-collector", "--config", "/x.toml"]).unwrap();
+        assert!(matches!(cli.subcommand(), Command::Run(_)));
+        assert_eq!(cli.config_path(), (Path::new("/x.toml"), true));
     }
 
     #[test]
     fn config_goes_before_or_after_the_subcommand() {
         let cli = Cli::try_parse_from(["rally-collector", "--config", "/x.toml", "check-config"])
             .unwrap();
-        assert!(matches!(cli.subcommand(), Command::CheckConfig));
-        assert_eq!(cli.config, PathBuf::from("/x.toml"));
+        assert!(matches!(cli.subcommand(), Command::CheckConfig(_)));
+        assert_eq!(cli.config_path(), (Path::new("/x.toml"), true));
+        cli.check().unwrap();
         let cli = Cli::try_parse_from(["rally-collector", "check-config", "--config", "/y.toml"])
             .unwrap();
-        assert_eq!(cli.config, PathBuf::from("/y.toml"));
+        assert_eq!(cli.config_path(), (Path::new("/y.toml"), true));
+        cli.check().unwrap();
+        let cli = Cli::try_parse_from(["rally-collector", "--config", "/x.toml", "run"]).unwrap();
+        assert_eq!(cli.config_path(), (Path::new("/x.toml"), true));
+        let cli = Cli::try_parse_from([
+            "rally-collector",
+            "--config",
+            "/x.toml",
+            "run",
+            "--config",
+            "/y.toml",
+        ])
+        .unwrap();
+        assert!(cli.check().unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn a_missing_default_file_points_to_demo_and_config() {
+        let named =
+            Cli::try_parse_from(["rally-collector", "--config", "/nonexistent.toml"]).unwrap();
+        assert_eq!(named.config_file().unwrap(), Path::new("/nonexistent.toml"));
+        let err = NoConfigFile {
+            path: PathBuf::from(DEFAULT_PATH),
+        }
+        .to_string();
+        assert!(
+            err.contains("/etc/rally/collector.toml does not exist"),
+            "{err}"
+        );
+        assert!(err.contains("`rally-collector demo`"), "{err}");
+        assert!(err.contains("`--config PATH`"), "{err}");
+        let bare = Cli::try_parse_from(["rally-collector"]).unwrap();
+        assert_eq!(
+            bare.config_file().is_err(),
+            !Path::new(DEFAULT_PATH).exists()
+        );
+    }
+
+    #[test]
+    fn config_is_not_offered_where_no_file_is_read() {
+        for sub in [
+            &["demo"][..],
+            &["pause", "web"],
+            &["resume", "web"],
+            &["resize", "web-1", "L"],
+            &["decisions"],
+            &["groups"],
+        ] {
+            let after = [&["rally-collector"][..], sub, &["--config", "/x.toml"]].concat();
+            assert!(Cli::try_parse_from(&after).is_err(), "{after:?} accepted");
+            let before = [&["rally-collector", "--config", "/x.toml"][..], sub].concat();
+            let cli = Cli::try_parse_from(&before).unwrap();
+            let err = cli.check().unwrap_err().to_string();
+            assert!(err.contains("reads no configuration file"), "{err}");
+        }
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            let has_config = sub.get_arguments().any(|a| a.get_long() == Some("config"));
+            let reads_config = matches!(sub.get_name(), "run" | "check-config");
+            assert_eq!(has_config, reads_config, "{}", sub.get_name());
+        }
     }
 
     #[test]

@@ -1,18 +1,19 @@
 //! `rally-collector`: see the library's documentation.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use rally_collector::cli::{Cli, Command};
 use rally_collector::config::Config;
-use sd_notify::NotifyState;
-use tracing_subscriber::EnvFilter;
+use rally_daemon::{logging, notify, signals};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    if let Err(err) = cli.check() {
+        err.exit();
+    }
+    logging::init();
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -23,41 +24,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr; colour only on a terminal (journald gets plain text); `RUST_LOG`
-/// filters, `info` by default.
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-}
-
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.subcommand() {
-        Command::CheckConfig => {
-            Config::load(&cli.config)?;
-            println!("{}: OK", cli.config.display());
+        Command::CheckConfig(_) => {
+            let path = cli.config_file()?;
+            Config::load(path)?;
+            println!("{}: OK", path.display());
             Ok(())
         }
-        Command::Run => {
-            let config = Config::load(&cli.config)?;
+        Command::Run(_) => {
+            let path = cli.config_file()?;
+            let config = Config::load(path)?;
             let config_copy = config.clone();
             runtime()?.block_on(async {
-                let shutdown = shutdown_signal()?;
-                let stopping = async {
-                    shutdown.await;
-                    notify(&[NotifyState::Stopping]);
-                };
+                let stopping = signals::shutdown()?;
                 let collector = rally_collector::Collector::bind(config)
                     .await
                     .context("starting the collector")?;
                 // Both listeners are bound and the store is open (the unit is
                 // Type=notify); connections queue until `serve` accepts them.
-                notify(&[NotifyState::Ready]);
+                notify::ready();
                 let (config_tx, config_rx) = tokio::sync::watch::channel(config_copy);
-                let reloads = reload_on_hangup(&cli.config, config_tx)?;
+                let reloads = signals::reload_on_hangup(|| Config::load(path), config_tx)?;
                 tokio::select! {
                     result = collector.serve_live(config_rx, stopping) => {
                         result.context("running the collector")
@@ -67,7 +55,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Demo(args) => runtime()?.block_on(async {
-            rally_collector::demo::run(args, shutdown_signal()?)
+            rally_collector::demo::run(args, signals::shutdown()?)
                 .await
                 .context("running the demo")
         }),
@@ -156,7 +144,7 @@ async fn operate(command: Command) -> anyhow::Result<()> {
                 print!("{}", format_groups(&v));
             }
         }
-        Command::Run | Command::CheckConfig | Command::Demo(_) => {
+        Command::Run(_) | Command::CheckConfig(_) | Command::Demo(_) => {
             anyhow::bail!("not an API subcommand")
         }
     }
@@ -169,57 +157,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name("rally-collector")
         .build()
         .context("starting the tokio runtime")
-}
-
-/// Re-reads the configuration on every SIGHUP (`systemctl reload`) and sends it to the
-/// running collector; an invalid file is logged with its file, line and key, and the
-/// running configuration stays. Never completes.
-fn reload_on_hangup(
-    path: &std::path::Path,
-    config: tokio::sync::watch::Sender<Config>,
-) -> anyhow::Result<impl std::future::Future<Output = ()> + '_> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    Ok(async move {
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading the configuration");
-            // systemd 253+ wants the monotonic time with RELOADING=1; 252 ignores it.
-            match NotifyState::monotonic_usec_now() {
-                Ok(now) => notify(&[NotifyState::Reloading, now]),
-                Err(_) => notify(&[NotifyState::Reloading]),
-            }
-            match Config::load(path) {
-                Ok(new) => {
-                    config.send_replace(new);
-                }
-                Err(error) => tracing::error!(
-                    error = %format!("{error:#}"),
-                    "configuration rejected; keeping the running one"
-                ),
-            }
-            notify(&[NotifyState::Ready]);
-        }
-        std::future::pending::<()>().await;
-    })
-}
-
-/// Tells systemd about a state change; does nothing when `NOTIFY_SOCKET` is unset.
-fn notify(state: &[NotifyState<'_>]) {
-    if let Err(error) = sd_notify::notify(state) {
-        tracing::warn!(%error, "cannot notify systemd");
-    }
-}
-
-/// Completes on SIGTERM (systemd) or SIGINT (Ctrl-C). The handlers are installed
-/// before it returns, so a signal that arrives during startup is not lost.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-    })
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 /// A key path and what is wrong with its value, as a daemon's own check reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key `{key}`: {message}")]
 pub struct Invalid {
     /// The key path (`ingest.stale_after`, `groups[1].rules[0].threshold`).
     pub key: String,
@@ -223,12 +224,24 @@ fn key_at(source: &str, offset: usize) -> Option<String> {
         .map(|k| k.path)
 }
 
-/// Where `key` (a path such as `groups[1].vms[0]`) is written, if it is.
+/// Where `key` (a path such as `groups[1].vms[0]`) is written; for a key left at its
+/// default, where the nearest enclosing table or element is (`sources[0]` for
+/// `sources[0].timeout`), which is where it would be written.
 fn span_of(source: &str, key: &str) -> Option<Range<usize>> {
-    key_spans(source)
-        .into_iter()
-        .find(|k| k.path == key)
-        .map(|k| k.key)
+    let spans = key_spans(source);
+    let mut path = key;
+    loop {
+        if let Some(k) = spans.iter().find(|k| k.path == path) {
+            return Some(k.key.clone());
+        }
+        path = parent(path)?;
+    }
+}
+
+/// `sources[0]` for `sources[0].timeout`, `sources` for `sources[0]`; `None` at the top.
+fn parent(path: &str) -> Option<&str> {
+    let cut = path.rfind(['.', '['])?;
+    path.get(..cut)
 }
 
 #[cfg(test)]
@@ -298,6 +311,23 @@ mod tests {
             err.to_string(),
             "/etc/rally/agent.toml:5:1: key `sources[1].url`: must not be empty"
         );
+    }
+
+    #[test]
+    fn a_check_error_on_an_unwritten_key_is_located_at_its_table() {
+        let source = "interval = 1\n\n[[sources]]\nurl = \"a\"\n";
+        let err = parse::<Doc>(source, Path::new(PATH), |_| {
+            Err(Invalid::new("sources[0].timeout", "too long"))
+        })
+        .unwrap_err();
+        let ConfigError::Invalid { line, key, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(matches!(line, Some(3) | Some(4)), "{err}");
+        assert_eq!(key.as_deref(), Some("sources[0].timeout"));
+        assert_eq!(parent("a.b[2].c"), Some("a.b[2]"));
+        assert_eq!(parent("a.b[2]"), Some("a.b"));
+        assert_eq!(parent("a"), None);
     }
 
     #[test]

@@ -1,7 +1,16 @@
 //! Apache `mod_status` in machine-readable form (`/server-status?auto`): the total
-//! access counter, busy and idle workers and the scoreboard.
+//! access counter, busy and idle workers and the scoreboard, parsed, and the [`Reader`]
+//! that turns two readings into a request rate (a server restart recognised by its
+//! uptime).
 
 use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::http::StatusPage;
+use super::rate::{Counter, own_scrape, restart_reset};
+use super::{SourceError, SourceSample};
 
 /// One reading of `server-status?auto`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -65,6 +74,54 @@ pub fn parse(text: &str) -> Result<ServerStatus, String> {
     status.total_accesses =
         accesses.ok_or("no `Total Accesses:` (not a ?auto page, or ExtendedStatus is off)")?;
     Ok(status)
+}
+
+/// Apache gauges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApacheGauges {
+    /// Workers serving a request.
+    pub busy_workers: u64,
+    /// Idle workers.
+    pub idle_workers: u64,
+    /// Scoreboard slots by state.
+    pub scoreboard: BTreeMap<&'static str, u32>,
+}
+
+/// Reads an Apache `server-status?auto` page, with the access counter's previous
+/// reading.
+#[derive(Debug)]
+pub struct Reader {
+    page: StatusPage,
+    accesses: Counter,
+}
+
+impl Reader {
+    /// A reader of `page`; its first reading gives gauges but no rate.
+    pub fn new(page: StatusPage) -> Self {
+        Self {
+            page,
+            accesses: Counter::default(),
+        }
+    }
+
+    /// Reads the page into `sample`: the request rate and the Apache gauges.
+    pub async fn read(&mut self, sample: &mut SourceSample) -> Result<(), SourceError> {
+        let now = Instant::now();
+        let body = self.page.get().await?;
+        let status = parse(&String::from_utf8_lossy(&body)).map_err(SourceError::Parse)?;
+        let reset = restart_reset(status.uptime_seconds, self.accesses.since(now));
+        sample.set_delta(own_scrape(self.accesses.update(
+            status.total_accesses,
+            now,
+            reset,
+        )));
+        sample.apache = Some(ApacheGauges {
+            busy_workers: status.busy_workers,
+            idle_workers: status.idle_workers,
+            scoreboard: status.scoreboard,
+        });
+        Ok(())
+    }
 }
 
 #[cfg(test)]

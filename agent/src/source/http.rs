@@ -135,6 +135,30 @@ impl Endpoint {
     }
 }
 
+/// A status page to read: its endpoint, and how long and how much a reading may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusPage {
+    endpoint: Endpoint,
+    timeout: Duration,
+    max_body: usize,
+}
+
+impl StatusPage {
+    /// The page at `endpoint`, answered within `timeout` and at most `max_body` bytes.
+    pub fn new(endpoint: Endpoint, timeout: Duration, max_body: usize) -> Self {
+        Self {
+            endpoint,
+            timeout,
+            max_body,
+        }
+    }
+
+    /// One reading of the page: its body.
+    pub async fn get(&self) -> Result<Bytes, HttpError> {
+        self.endpoint.get(self.timeout, self.max_body).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,13 @@
-//! Web-server request sources: one module per kind, each a parser of what the server
-//! publishes, and the [`Sources`] that read them all at every sample.
+//! Web-server request sources: one module per kind, each with the parser of what the
+//! server publishes and the `Reader` that turns its readings into a [`SourceSample`];
+//! this module declares the `[[sources]]` configuration, the sample, and [`Sources`],
+//! which reads them all at every sample.
 //!
 //! - [`nginx`]: `stub_status`; [`apache`]: `mod_status ?auto`; [`php_fpm`]: the pool's
 //!   `?json` status; [`prometheus`]: one counter of a text endpoint, summed over the
 //!   series its matchers select — all read over [`http`] (bounded in time and size).
-//! - [`access_log`]: the log format and the per-interval tally; [`tail`]: following the
-//!   file across rotation.
+//! - [`access_log`]: the log format, the per-interval tally and its reader; [`tail`]:
+//!   following the file across rotation.
 //! - [`rate`]: rates from counters, with resets.
 //!
 //! Every source is read concurrently, each within its own timeout, and a source that
@@ -25,14 +27,18 @@ pub mod tail;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use rally_daemon::config_file::Invalid;
 use serde::{Deserialize, Serialize};
 
-use access_log::{LogFormat, Quantiles, Tally};
-use http::Endpoint;
-use rate::{Counter, Delta, Reset};
-use tail::Tailer;
+use access_log::{LogFormat, Quantiles};
+use http::{Endpoint, StatusPage};
+use rate::Delta;
+
+pub use apache::ApacheGauges;
+pub use nginx::NginxGauges;
+pub use php_fpm::PhpFpmGauges;
 
 /// The default time a status endpoint has to answer, connection included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -121,9 +127,10 @@ fn default_max_body() -> usize {
 }
 
 impl SourceConfig {
-    /// Checks what the types cannot: the fields each kind needs, and only those.
-    pub fn validate(&self) -> Result<(), String> {
-        let named = |m: String| format!("source `{}`: {m}", self.name);
+    /// Checks what the types cannot: the fields each kind needs, and only those. `key`
+    /// is this table's key path (`sources[2]`), which errors extend (`sources[2].url`).
+    pub fn validate(&self, key: &str) -> Result<(), Invalid> {
+        let at = |field: &str| format!("{key}.{field}");
         let valid_name = !self.name.is_empty()
             && self.name.len() <= 64
             && self
@@ -131,15 +138,21 @@ impl SourceConfig {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !valid_name {
-            return Err(format!(
-                "source name `{}` must be 1..=64 characters of a-z 0-9 _ -",
-                self.name
+            return Err(Invalid::new(
+                at("name"),
+                format!(
+                    "source name `{}` must be 1..=64 characters of a-z 0-9 _ -",
+                    self.name
+                ),
             ));
         }
         let kind = self.kind;
-        let only = |set: bool, key: &str, kinds: &str| {
+        let only = |set: bool, field: &str, kinds: &str| {
             if set {
-                Err(named(format!("`{key}` applies to {kinds} sources only")))
+                Err(Invalid::new(
+                    at(field),
+                    format!("`{field}` applies to {kinds} sources only"),
+                ))
             } else {
                 Ok(())
             }
@@ -148,13 +161,13 @@ impl SourceConfig {
             let url = self
                 .url
                 .as_deref()
-                .ok_or_else(|| named(format!("a {kind} source needs `url`")))?;
-            Endpoint::parse(url).map_err(named)?;
+                .ok_or_else(|| Invalid::new(key, format!("a {kind} source needs `url`")))?;
+            Endpoint::parse(url).map_err(|m| Invalid::new(at("url"), m))?;
             if self.timeout.is_zero() {
-                return Err(named("`timeout` must be more than 0".into()));
+                return Err(Invalid::new(at("timeout"), "must be more than 0"));
             }
             if self.max_body_bytes == 0 {
-                return Err(named("`max_body_bytes` must be at least 1".into()));
+                return Err(Invalid::new(at("max_body_bytes"), "must be at least 1"));
             }
         } else {
             only(
@@ -165,9 +178,10 @@ impl SourceConfig {
         }
         if kind == Kind::AccessLog {
             if self.path.is_none() {
-                return Err(named("an access_log source needs `path`".into()));
+                return Err(Invalid::new(key, "an access_log source needs `path`"));
             }
-            LogFormat::compile(self.format.as_deref().unwrap_or("combined")).map_err(named)?;
+            self.log_format()
+                .map_err(|m| Invalid::new(at("format"), m))?;
         } else {
             only(self.path.is_some(), "path", "access_log")?;
             only(self.format.is_some(), "format", "access_log")?;
@@ -177,14 +191,12 @@ impl SourceConfig {
             let metric = self
                 .metric
                 .as_deref()
-                .ok_or_else(|| named("a prometheus source needs `metric`".into()))?;
-            let valid = metric
-                .starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == ':')
-                && metric
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
-            if !valid {
-                return Err(named(format!("`{metric}` is not a Prometheus metric name")));
+                .ok_or_else(|| Invalid::new(key, "a prometheus source needs `metric`"))?;
+            if !prometheus::is_metric_name(metric) {
+                return Err(Invalid::new(
+                    at("metric"),
+                    format!("`{metric}` is not a Prometheus metric name"),
+                ));
             }
         } else {
             only(self.metric.is_some(), "metric", "prometheus")?;
@@ -192,23 +204,42 @@ impl SourceConfig {
         }
         Ok(())
     }
+
+    /// The access log's format, `combined` when not set.
+    fn log_format(&self) -> Result<LogFormat, String> {
+        LogFormat::compile(self.format.as_deref().unwrap_or("combined"))
+    }
+
+    /// The status page of an HTTP kind.
+    fn status_page(&self) -> Result<StatusPage, String> {
+        let endpoint = Endpoint::parse(self.url.as_deref().unwrap_or_default())?;
+        Ok(StatusPage::new(endpoint, self.timeout, self.max_body_bytes))
+    }
 }
 
-/// Checks a list of sources: each valid, names unique, timeouts shorter than `interval`.
-pub fn validate_all(sources: &[SourceConfig], interval: Duration) -> Result<(), String> {
+/// Checks the `sources` list: each valid, names unique, timeouts shorter than
+/// `interval`; errors name the key path (`sources[2].timeout`).
+pub fn validate_all(sources: &[SourceConfig], interval: Duration) -> Result<(), Invalid> {
     if sources.len() > MAX_SOURCES {
-        return Err(format!("{} sources, at most {MAX_SOURCES}", sources.len()));
+        return Err(Invalid::new(
+            "sources",
+            format!("{} sources, at most {MAX_SOURCES}", sources.len()),
+        ));
     }
     let mut names = BTreeSet::new();
-    for source in sources {
-        source.validate()?;
+    for (i, source) in sources.iter().enumerate() {
+        let key = format!("sources[{i}]");
+        source.validate(&key)?;
         if !names.insert(source.name.as_str()) {
-            return Err(format!("two sources are named `{}`", source.name));
+            return Err(Invalid::new(
+                format!("{key}.name"),
+                format!("two sources are named `{}`", source.name),
+            ));
         }
         if source.kind.is_http() && source.timeout >= interval {
-            return Err(format!(
-                "source `{}`: `timeout` must be shorter than the interval",
-                source.name
+            return Err(Invalid::new(
+                format!("{key}.timeout"),
+                "must be shorter than the interval",
             ));
         }
     }
@@ -228,57 +259,6 @@ pub struct StatusClasses {
     pub client_error: u64,
     /// 5xx.
     pub server_error: u64,
-}
-
-/// nginx gauges.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct NginxGauges {
-    /// Open client connections.
-    pub active: u64,
-    /// Reading request headers.
-    pub reading: u64,
-    /// Writing responses.
-    pub writing: u64,
-    /// Idle keep-alive connections.
-    pub waiting: u64,
-    /// Accepted connections per second over the interval.
-    pub accepted_per_second: Option<f64>,
-    /// Handled connections per second over the interval.
-    pub handled_per_second: Option<f64>,
-}
-
-/// Apache gauges.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ApacheGauges {
-    /// Workers serving a request.
-    pub busy_workers: u64,
-    /// Idle workers.
-    pub idle_workers: u64,
-    /// Scoreboard slots by state.
-    pub scoreboard: BTreeMap<&'static str, u32>,
-}
-
-/// php-fpm pool gauges, and its counters over the interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PhpFpmGauges {
-    /// Requests waiting for a free worker.
-    pub listen_queue: u64,
-    /// The longest listen queue since start.
-    pub max_listen_queue: u64,
-    /// The socket's listen queue size.
-    pub listen_queue_len: u64,
-    /// Idle workers.
-    pub idle_processes: u64,
-    /// Busy workers.
-    pub active_processes: u64,
-    /// All workers.
-    pub total_processes: u64,
-    /// The most busy workers at once since start.
-    pub max_active_processes: u64,
-    /// Times `pm.max_children` was hit during the interval.
-    pub max_children_reached: u64,
-    /// Slow requests during the interval.
-    pub slow_requests: u64,
 }
 
 /// One source's reading: the agent's domain type, converted at the transport edge.
@@ -363,43 +343,54 @@ pub enum SourceError {
     NoLog(PathBuf),
 }
 
-/// How a source is read, with its counters' previous readings.
+/// How a source is read: its kind's reader, with that kind's previous readings.
 enum Reader {
-    Nginx {
-        endpoint: Endpoint,
-        requests: Counter,
-        accepts: Counter,
-        handled: Counter,
-    },
-    Apache {
-        endpoint: Endpoint,
-        accesses: Counter,
-    },
-    PhpFpm {
-        endpoint: Endpoint,
-        accepted: Counter,
-        max_children: Counter,
-        slow: Counter,
-    },
-    Prometheus {
-        endpoint: Endpoint,
-        metric: String,
-        matchers: BTreeMap<String, String>,
-        counter: Counter,
-    },
-    AccessLog {
-        path: PathBuf,
-        tailer: Box<Tailer>,
-        format: LogFormat,
-        previous: Option<Instant>,
-    },
+    Nginx(nginx::Reader),
+    Apache(apache::Reader),
+    PhpFpm(php_fpm::Reader),
+    Prometheus(prometheus::Reader),
+    AccessLog(access_log::Reader),
+}
+
+impl Reader {
+    /// The reader of a validated source; `key` is its key path for errors.
+    fn new(c: &SourceConfig, key: &str) -> Result<Self, Invalid> {
+        let page = || {
+            c.status_page()
+                .map_err(|m| Invalid::new(format!("{key}.url"), m))
+        };
+        Ok(match c.kind {
+            Kind::Nginx => Reader::Nginx(nginx::Reader::new(page()?)),
+            Kind::Apache => Reader::Apache(apache::Reader::new(page()?)),
+            Kind::PhpFpm => Reader::PhpFpm(php_fpm::Reader::new(page()?)),
+            Kind::Prometheus => Reader::Prometheus(prometheus::Reader::new(
+                page()?,
+                c.metric.clone().unwrap_or_default(),
+                c.matchers.clone(),
+            )),
+            Kind::AccessLog => Reader::AccessLog(access_log::Reader::new(
+                c.path.clone().unwrap_or_default(),
+                c.log_format()
+                    .map_err(|m| Invalid::new(format!("{key}.format"), m))?,
+                c.from_start,
+            )),
+        })
+    }
+
+    async fn read(&mut self, sample: &mut SourceSample) -> Result<(), SourceError> {
+        match self {
+            Reader::Nginx(r) => r.read(sample).await,
+            Reader::Apache(r) => r.read(sample).await,
+            Reader::PhpFpm(r) => r.read(sample).await,
+            Reader::Prometheus(r) => r.read(sample).await,
+            Reader::AccessLog(r) => r.read(sample).await,
+        }
+    }
 }
 
 struct Source {
     name: String,
     kind: Kind,
-    timeout: Duration,
-    max_body: usize,
     reader: Reader,
     down_total: u64,
     failing: bool,
@@ -419,57 +410,23 @@ impl fmt::Debug for Sources {
 }
 
 impl Sources {
-    /// The sources of a validated configuration.
-    pub fn new(configs: &[SourceConfig]) -> Result<Self, String> {
+    /// The sources of a configuration; errors name the key path (`sources[2].url`).
+    pub fn new(configs: &[SourceConfig]) -> Result<Self, Invalid> {
         let sources = configs
             .iter()
-            .map(|c| {
-                c.validate()?;
-                let endpoint = || Endpoint::parse(c.url.as_deref().unwrap_or_default());
-                let reader = match c.kind {
-                    Kind::Nginx => Reader::Nginx {
-                        endpoint: endpoint()?,
-                        requests: Counter::default(),
-                        accepts: Counter::default(),
-                        handled: Counter::default(),
-                    },
-                    Kind::Apache => Reader::Apache {
-                        endpoint: endpoint()?,
-                        accesses: Counter::default(),
-                    },
-                    Kind::PhpFpm => Reader::PhpFpm {
-                        endpoint: endpoint()?,
-                        accepted: Counter::default(),
-                        max_children: Counter::default(),
-                        slow: Counter::default(),
-                    },
-                    Kind::Prometheus => Reader::Prometheus {
-                        endpoint: endpoint()?,
-                        metric: c.metric.clone().unwrap_or_default(),
-                        matchers: c.matchers.clone(),
-                        counter: Counter::default(),
-                    },
-                    Kind::AccessLog => {
-                        let path = c.path.clone().unwrap_or_default();
-                        Reader::AccessLog {
-                            tailer: Box::new(Tailer::new(&path, c.from_start)),
-                            path,
-                            format: LogFormat::compile(c.format.as_deref().unwrap_or("combined"))?,
-                            previous: None,
-                        }
-                    }
-                };
+            .enumerate()
+            .map(|(i, c)| {
+                let key = format!("sources[{i}]");
+                c.validate(&key)?;
                 Ok(Source {
                     name: c.name.clone(),
                     kind: c.kind,
-                    timeout: c.timeout,
-                    max_body: c.max_body_bytes,
-                    reader,
+                    reader: Reader::new(c, &key)?,
                     down_total: 0,
                     failing: false,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, Invalid>>()?;
         Ok(Self { sources })
     }
 
@@ -490,7 +447,7 @@ impl Sources {
 impl Source {
     async fn sample(&mut self) -> SourceSample {
         let mut sample = SourceSample::new(&self.name, self.kind);
-        let result = self.read(&mut sample).await;
+        let result = self.reader.read(&mut sample).await;
         match result {
             Ok(()) => {
                 if self.failing {
@@ -512,165 +469,6 @@ impl Source {
         sample.down_total = self.down_total;
         sample
     }
-
-    async fn read(&mut self, sample: &mut SourceSample) -> Result<(), SourceError> {
-        let (timeout, max_body) = (self.timeout, self.max_body);
-        match &mut self.reader {
-            Reader::Nginx {
-                endpoint,
-                requests,
-                accepts,
-                handled,
-            } => {
-                let now = Instant::now();
-                let body = endpoint.get(timeout, max_body).await?;
-                let status =
-                    nginx::parse(&String::from_utf8_lossy(&body)).map_err(SourceError::Parse)?;
-                // nginx keeps its counters across a reload; they restart from zero only
-                // with the server.
-                sample.set_delta(own_scrape(requests.update(
-                    status.requests,
-                    now,
-                    Reset::FromZero,
-                )));
-                sample.nginx = Some(NginxGauges {
-                    active: status.active,
-                    reading: status.reading,
-                    writing: status.writing,
-                    waiting: status.waiting,
-                    accepted_per_second: accepts
-                        .update(status.accepts, now, Reset::FromZero)
-                        .and_then(|d| d.per_second()),
-                    handled_per_second: handled
-                        .update(status.handled, now, Reset::FromZero)
-                        .and_then(|d| d.per_second()),
-                });
-            }
-            Reader::Apache { endpoint, accesses } => {
-                let now = Instant::now();
-                let body = endpoint.get(timeout, max_body).await?;
-                let status =
-                    apache::parse(&String::from_utf8_lossy(&body)).map_err(SourceError::Parse)?;
-                let reset = restart_reset(status.uptime_seconds, accesses.since(now));
-                sample.set_delta(own_scrape(accesses.update(
-                    status.total_accesses,
-                    now,
-                    reset,
-                )));
-                sample.apache = Some(ApacheGauges {
-                    busy_workers: status.busy_workers,
-                    idle_workers: status.idle_workers,
-                    scoreboard: status.scoreboard,
-                });
-            }
-            Reader::PhpFpm {
-                endpoint,
-                accepted,
-                max_children,
-                slow,
-            } => {
-                let now = Instant::now();
-                let body = endpoint.get(timeout, max_body).await?;
-                let status = php_fpm::parse(&body).map_err(SourceError::Parse)?;
-                let reset = restart_reset(Some(status.start_since), accepted.since(now));
-                sample.set_delta(own_scrape(accepted.update(
-                    status.accepted_conn,
-                    now,
-                    reset,
-                )));
-                let count = |d: Option<Delta>| d.map_or(0, |d| d.count);
-                sample.php_fpm = Some(PhpFpmGauges {
-                    listen_queue: status.listen_queue,
-                    max_listen_queue: status.max_listen_queue,
-                    listen_queue_len: status.listen_queue_len,
-                    idle_processes: status.idle_processes,
-                    active_processes: status.active_processes,
-                    total_processes: status.total_processes,
-                    max_active_processes: status.max_active_processes,
-                    max_children_reached: count(max_children.update(
-                        status.max_children_reached,
-                        now,
-                        reset,
-                    )),
-                    slow_requests: count(slow.update(status.slow_requests, now, reset)),
-                });
-            }
-            Reader::Prometheus {
-                endpoint,
-                metric,
-                matchers,
-                counter,
-            } => {
-                let now = Instant::now();
-                let body = endpoint.get(timeout, max_body).await?;
-                let total = prometheus::sum(&String::from_utf8_lossy(&body), metric, matchers)
-                    .map_err(SourceError::Parse)?
-                    .ok_or_else(|| {
-                        SourceError::Parse(format!("no series of `{metric}` matches"))
-                    })?;
-                // Prometheus counters count from zero after a restart (its rate() rule).
-                sample.set_delta(counter.update(total.round() as u64, now, Reset::FromZero));
-            }
-            Reader::AccessLog {
-                path,
-                tailer,
-                format,
-                previous,
-            } => {
-                let now = Instant::now();
-                let mut tally = Tally::default();
-                let poll = tailer
-                    .poll(now, &mut |line: &[u8]| {
-                        tally.add(format, std::str::from_utf8(line).unwrap_or(""));
-                    })
-                    .map_err(|source| SourceError::Log {
-                        path: path.clone(),
-                        source,
-                    })?;
-                if !poll.open {
-                    return Err(SourceError::NoLog(path.clone()));
-                }
-                sample.statuses = Some(StatusClasses {
-                    informational: tally.classes[0],
-                    success: tally.classes[1],
-                    redirection: tally.classes[2],
-                    client_error: tally.classes[3],
-                    server_error: tally.classes[4],
-                });
-                sample.latency = tally.quantiles();
-                sample.requests = tally.lines;
-                if let Some(at) = previous.replace(now) {
-                    sample.set_delta(Some(Delta {
-                        count: tally.lines,
-                        interval: now.duration_since(at),
-                    }));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The agent's own scrape is one of the requests a status page counts between two
-/// readings (nginx counts the request being answered, Apache and php-fpm the previous
-/// one): the server's own traffic is the rest.
-fn own_scrape(delta: Option<Delta>) -> Option<Delta> {
-    delta.map(|d| Delta {
-        count: d.count.saturating_sub(1),
-        ..d
-    })
-}
-
-/// A counter that went backwards counts from zero if the server says it restarted
-/// since the previous reading; otherwise the decrease is not a restart.
-fn restart_reset(uptime_seconds: Option<u64>, since_previous: Option<Duration>) -> Reset {
-    match (uptime_seconds, since_previous) {
-        (Some(up), Some(since)) if Duration::from_secs(up) <= since + Duration::from_secs(1) => {
-            Reset::FromZero
-        }
-        (None, _) => Reset::FromZero,
-        _ => Reset::Unknown,
-    }
 }
 
 #[cfg(test)]
@@ -683,7 +481,7 @@ mod tests {
             sources: Vec<SourceConfig>,
         }
         let w: Wrapper = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-        validate_all(&w.sources, Duration::from_secs(5))?;
+        validate_all(&w.sources, Duration::from_secs(5)).map_err(|e| e.to_string())?;
         Ok(w.sources)
     }
 
@@ -764,28 +562,11 @@ max_body_bytes = 4194304
         assert!(err("[[sources]]\nname = \"a\"\nkind = \"access_log\"\npath = \"/a\"\nformat = \"$remote_addr\"\n").contains("no status field"));
         let twice = "[[sources]]\nname = \"a\"\nkind = \"nginx\"\nurl = \"http://x/\"\n";
         assert!(err(&format!("{twice}{twice}")).contains("two sources are named `a`"));
-    }
-
-    #[test]
-    fn a_restart_is_recognised_by_the_server_uptime() {
-        let five = Some(Duration::from_secs(5));
-        assert_eq!(restart_reset(Some(3), five), Reset::FromZero);
-        assert_eq!(restart_reset(Some(3600), five), Reset::Unknown);
-        assert_eq!(restart_reset(None, five), Reset::FromZero);
-        assert_eq!(restart_reset(Some(3), None), Reset::Unknown);
-    }
-
-    #[test]
-    fn the_own_scrape_is_taken_off_never_below_zero() {
-        let d = |count| {
-            Some(Delta {
-                count,
-                interval: Duration::from_secs(1),
-            })
-        };
-        assert_eq!(own_scrape(d(101)).unwrap().count, 100);
-        assert_eq!(own_scrape(d(0)).unwrap().count, 0);
-        assert_eq!(own_scrape(None), None);
+        assert!(err(&format!("{twice}{twice}")).starts_with("key `sources[1].name`"));
+        assert!(
+            err("[[sources]]\nname = \"a\"\nkind = \"nginx\"\nurl = \"https://x/\"\n")
+                .starts_with("key `sources[0].url`")
+        );
     }
 
     #[tokio::test]

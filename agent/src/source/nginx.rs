@@ -1,4 +1,5 @@
-//! nginx `stub_status`: connections and the total request counter.
+//! nginx `stub_status`: connections and the total request counter, parsed, and the
+//! [`Reader`] that turns two readings into rates and gauges.
 //!
 //! ```text
 //! Active connections: 2
@@ -6,6 +7,14 @@
 //!  16 16 31
 //! Reading: 0 Writing: 1 Waiting: 1
 //! ```
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::http::StatusPage;
+use super::rate::{Counter, Reset, own_scrape};
+use super::{SourceError, SourceSample};
 
 /// One reading of `stub_status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,6 +70,73 @@ pub fn parse(text: &str) -> Result<StubStatus, String> {
         }
     }
     Ok(status)
+}
+
+/// nginx gauges, and its connection counters as rates over the interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NginxGauges {
+    /// Open client connections.
+    pub active: u64,
+    /// Reading request headers.
+    pub reading: u64,
+    /// Writing responses.
+    pub writing: u64,
+    /// Idle keep-alive connections.
+    pub waiting: u64,
+    /// Accepted connections per second over the interval.
+    pub accepted_per_second: Option<f64>,
+    /// Handled connections per second over the interval.
+    pub handled_per_second: Option<f64>,
+}
+
+/// Reads an nginx `stub_status` page, with its counters' previous readings.
+#[derive(Debug)]
+pub struct Reader {
+    page: StatusPage,
+    requests: Counter,
+    accepts: Counter,
+    handled: Counter,
+}
+
+impl Reader {
+    /// A reader of `page`; its first reading gives gauges but no rates.
+    pub fn new(page: StatusPage) -> Self {
+        Self {
+            page,
+            requests: Counter::default(),
+            accepts: Counter::default(),
+            handled: Counter::default(),
+        }
+    }
+
+    /// Reads the page into `sample`: the request rate and the nginx gauges.
+    pub async fn read(&mut self, sample: &mut SourceSample) -> Result<(), SourceError> {
+        let now = Instant::now();
+        let body = self.page.get().await?;
+        let status = parse(&String::from_utf8_lossy(&body)).map_err(SourceError::Parse)?;
+        // nginx keeps its counters across a reload; they restart from zero only with the
+        // server.
+        sample.set_delta(own_scrape(self.requests.update(
+            status.requests,
+            now,
+            Reset::FromZero,
+        )));
+        sample.nginx = Some(NginxGauges {
+            active: status.active,
+            reading: status.reading,
+            writing: status.writing,
+            waiting: status.waiting,
+            accepted_per_second: self
+                .accepts
+                .update(status.accepts, now, Reset::FromZero)
+                .and_then(|d| d.per_second()),
+            handled_per_second: self
+                .handled
+                .update(status.handled, now, Reset::FromZero)
+                .and_then(|d| d.per_second()),
+        });
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,14 @@
 //! A counter from a Prometheus text endpoint: every series of one metric name whose
 //! labels match the configured matchers, summed (e.g. a PHP app's
-//! `http_requests_total{job="shop"}` across its `status` and `method` labels).
+//! `http_requests_total{job="shop"}` across its `status` and `method` labels), and the
+//! [`Reader`] that turns two sums into a rate.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::http::StatusPage;
+use super::rate::{Counter, Reset};
+use super::{SourceError, SourceSample};
 
 /// Sums the samples of `metric` whose labels include every `(name, value)` of
 /// `matchers`; `Ok(None)` when no series matches.
@@ -81,6 +87,51 @@ fn split_labels(mut s: &str) -> Result<(Labels<'_>, &str), String> {
         labels.push((name.trim(), value));
         s = &rest[end + 1..];
     }
+}
+
+/// Reads one counter of a Prometheus text endpoint, with its previous reading.
+#[derive(Debug)]
+pub struct Reader {
+    page: StatusPage,
+    metric: String,
+    matchers: BTreeMap<String, String>,
+    counter: Counter,
+}
+
+impl Reader {
+    /// A reader of `metric` on `page`, summed over the series `matchers` select.
+    pub fn new(page: StatusPage, metric: String, matchers: BTreeMap<String, String>) -> Self {
+        Self {
+            page,
+            metric,
+            matchers,
+            counter: Counter::default(),
+        }
+    }
+
+    /// Reads the endpoint into `sample`: the counter's rate.
+    pub async fn read(&mut self, sample: &mut SourceSample) -> Result<(), SourceError> {
+        let now = Instant::now();
+        let body = self.page.get().await?;
+        let metric = &self.metric;
+        let total = sum(&String::from_utf8_lossy(&body), metric, &self.matchers)
+            .map_err(SourceError::Parse)?
+            .ok_or_else(|| SourceError::Parse(format!("no series of `{metric}` matches")))?;
+        // Prometheus counters count from zero after a restart (its rate() rule).
+        sample.set_delta(
+            self.counter
+                .update(total.round() as u64, now, Reset::FromZero),
+        );
+        Ok(())
+    }
+}
+
+/// Whether `name` is a valid Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+pub fn is_metric_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 #[cfg(test)]

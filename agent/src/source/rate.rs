@@ -64,6 +64,28 @@ impl Counter {
     }
 }
 
+/// The agent's own scrape is one of the requests a status page counts between two
+/// readings (nginx counts the request being answered, Apache and php-fpm the previous
+/// one): the server's own traffic is the rest.
+pub fn own_scrape(delta: Option<Delta>) -> Option<Delta> {
+    delta.map(|d| Delta {
+        count: d.count.saturating_sub(1),
+        ..d
+    })
+}
+
+/// A counter that went backwards counts from zero if the server says it restarted
+/// since the previous reading; otherwise the decrease is not a restart.
+pub fn restart_reset(uptime_seconds: Option<u64>, since_previous: Option<Duration>) -> Reset {
+    match (uptime_seconds, since_previous) {
+        (Some(up), Some(since)) if Duration::from_secs(up) <= since + Duration::from_secs(1) => {
+            Reset::FromZero
+        }
+        (None, _) => Reset::FromZero,
+        _ => Reset::Unknown,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +133,27 @@ mod tests {
         assert_eq!(c.update(950, t0 + secs(5), Reset::Unknown), None);
         let d = c.update(1010, t0 + secs(10), Reset::Unknown).unwrap();
         assert_eq!((d.count, d.interval), (60, secs(5)));
+    }
+
+    #[test]
+    fn a_restart_is_recognised_by_the_server_uptime() {
+        let five = Some(Duration::from_secs(5));
+        assert_eq!(restart_reset(Some(3), five), Reset::FromZero);
+        assert_eq!(restart_reset(Some(3600), five), Reset::Unknown);
+        assert_eq!(restart_reset(None, five), Reset::FromZero);
+        assert_eq!(restart_reset(Some(3), None), Reset::Unknown);
+    }
+
+    #[test]
+    fn the_own_scrape_is_taken_off_never_below_zero() {
+        let d = |count| {
+            Some(Delta {
+                count,
+                interval: Duration::from_secs(1),
+            })
+        };
+        assert_eq!(own_scrape(d(101)).unwrap().count, 100);
+        assert_eq!(own_scrape(d(0)).unwrap().count, 0);
+        assert_eq!(own_scrape(None), None);
     }
 }
