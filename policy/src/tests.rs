@@ -696,6 +696,7 @@ fn a_grow_that_restarts_is_verified_within_the_restart_timeout() {
 fn growing_restarts_is_a_scale_up_key() {
     let p: GroupPolicy = toml::from_str(
         r#"
+        name = "web"
         ladder = [ { name = "S", vcpus = 2, memory_bytes = 4294967296 } ]
         [scale_up]
         restarts = true
