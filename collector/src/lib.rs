@@ -43,7 +43,7 @@
 //!
 //! **Invariant:** the data flows one way: ingest → fleet → policy → engine → store and
 //! actuator, with `http`, `metrics` and `cli` reading from the top; no module imports
-//! one that imports it back (`tests/layering.rs` fails on any cycle).
+//! one that imports it back (`tests/integration/layering.rs` fails on any cycle).
 //!
 //! **Invariant:** the ingest path never waits on anything slow: no disk, no actuator,
 //! no other stream. It only takes one VM's lock for the moment a report is folded in.

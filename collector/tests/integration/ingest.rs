@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-mod support;
+use crate::support;
 
 use rally_collector::fleet::Metric;
 use rally_collector::ingest::Reason;

@@ -28,7 +28,7 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
