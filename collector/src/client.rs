@@ -5,7 +5,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use chrono_tz::Tz;
+use rally_policy::SkipReason;
 use serde_json::Value;
+
+use crate::engine::outcome_text;
+use crate::http::page::local_time;
 
 /// Time-out of one API call.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -147,14 +152,38 @@ impl Client {
     }
 }
 
+/// The time zone a row names (`timezone`), UTC if none.
+fn zone(v: &Value) -> Tz {
+    v.as_str().and_then(|z| z.parse().ok()).unwrap_or(Tz::UTC)
+}
+
+/// An RFC 3339 time of the API in `tz` and UTC, or as given if it does not parse.
+fn when(v: &Value, tz: Tz) -> String {
+    match v.as_str().map(chrono::DateTime::parse_from_rfc3339) {
+        Some(Ok(t)) => local_time(t.to_utc(), tz),
+        Some(Err(_)) => v.as_str().unwrap_or("?").to_owned(),
+        None => "?".to_owned(),
+    }
+}
+
 /// One line per decision, newest first, for people.
 pub fn format_decisions(v: &Value) -> String {
     let mut out = String::new();
     for r in v["decisions"].as_array().into_iter().flatten() {
         let d = &r["decision"];
+        let tz = zone(&r["timezone"]);
+        // `outcome` is missing from older collectors' answers: derive it the same way.
+        let outcome = r["outcome"]
+            .as_str()
+            .unwrap_or_else(|| crate::engine::outcome(d["dry_run"] == true, r["verdict"].as_str()));
+        let request = if d["dry_run"] == true {
+            outcome_text(outcome).to_owned()
+        } else {
+            format!("actuator: {outcome}")
+        };
         out.push_str(&format!(
-            "{}  {}  {}/{}  {} {}→{}  {}{}  actuator={}  attempts={}  {}\n",
-            d["created_at"].as_str().unwrap_or("?"),
+            "{}  {}  {}/{}  {} {}→{}  {}  {}  attempts={}  {}\n",
+            when(&d["created_at"], tz),
             d["id"].as_str().unwrap_or("?"),
             d["group"].as_str().unwrap_or("?"),
             d["vm"].as_str().unwrap_or("?"),
@@ -162,12 +191,7 @@ pub fn format_decisions(v: &Value) -> String {
             d["from"]["rung"].as_str().unwrap_or("?"),
             d["to"]["rung"].as_str().unwrap_or("?"),
             r["status"].as_str().unwrap_or("?"),
-            if d["dry_run"] == true {
-                " (dry-run)"
-            } else {
-                ""
-            },
-            r["verdict"].as_str().unwrap_or("pending"),
+            request,
             r["attempts"].as_array().map_or(0, Vec::len),
             d["reason"].as_str().unwrap_or(""),
         ));
@@ -178,10 +202,12 @@ pub fn format_decisions(v: &Value) -> String {
     out
 }
 
-/// One line per group, for people.
+/// One line per group, then one indented line per VM left alone at the last tick, for
+/// people.
 pub fn format_groups(v: &Value) -> String {
     let mut out = String::new();
     for g in v["groups"].as_array().into_iter().flatten() {
+        let tz = zone(&g["timezone"]);
         let state = if g["resizes"] != true {
             "monitored only".to_owned()
         } else if g["circuit_open"] == true {
@@ -197,18 +223,23 @@ pub fn format_groups(v: &Value) -> String {
                 "{} {} (until {})",
                 f["vm"].as_str().unwrap_or("?"),
                 f["direction"].as_str().unwrap_or("?"),
-                f["deadline"].as_str().unwrap_or("?")
+                when(&f["deadline"], tz)
             ),
         };
         let last = match &g["last_decision"] {
             Value::Null => "none".to_owned(),
             d => format!(
-                "{} {} {}→{} at {}",
+                "{} {} {}→{} at {}{}",
                 d["vm"].as_str().unwrap_or("?"),
                 d["direction"].as_str().unwrap_or("?"),
                 d["from"].as_str().unwrap_or("?"),
                 d["to"].as_str().unwrap_or("?"),
-                d["created_at"].as_str().unwrap_or("?")
+                when(&d["created_at"], tz),
+                if d["dry_run"] == true {
+                    " (dry run: not sent)"
+                } else {
+                    ""
+                }
             ),
         };
         out.push_str(&format!(
@@ -223,9 +254,76 @@ pub fn format_groups(v: &Value) -> String {
             in_flight,
             last
         ));
+        for skip in g["skips"].as_array().into_iter().flatten() {
+            // `detail` is missing from older collectors' answers: their words, in UTC.
+            let reason = serde_json::from_value::<SkipReason>(skip["detail"].clone())
+                .map(|r| r.describe(&|t| local_time(t, tz)))
+                .unwrap_or_else(|_| skip["reason"].as_str().unwrap_or("?").to_owned());
+            match skip["vm"].as_str() {
+                Some(vm) => out.push_str(&format!("  {vm}: {reason}\n")),
+                None => out.push_str(&format!("  {reason}\n")),
+            }
+        }
     }
     if out.is_empty() {
         out.push_str("no groups\n");
     }
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use crate::http::control::{DecisionList, DecisionRow, GroupList};
+    use crate::http::page::tests::{dry_run_record, warming_group};
+
+    #[test]
+    fn a_dry_run_decision_reads_not_sent_in_both_zones() {
+        let list = serde_json::to_value(DecisionList {
+            decisions: vec![DecisionRow::new(dry_run_record(), &[warming_group()])],
+        })
+        .unwrap();
+        let out = format_decisions(&list);
+        assert!(
+            out.starts_with("2026-12-04 19:02 CET (18:02 UTC)  d-1  web/web-1  up M→L"),
+            "{out}"
+        );
+        assert!(out.contains("dry run: not sent"), "{out}");
+        assert!(!out.contains("accepted"), "{out}");
+    }
+
+    #[test]
+    fn decisions_without_outcome_or_zone_still_read_right() {
+        let mut list = serde_json::to_value(DecisionList {
+            decisions: vec![DecisionRow::new(dry_run_record(), &[])],
+        })
+        .unwrap();
+        let row = list["decisions"][0].as_object_mut().unwrap();
+        row.remove("outcome");
+        row.remove("sent");
+        let out = format_decisions(&list);
+        assert!(out.starts_with("2026-12-04 18:02 UTC  d-1"), "{out}");
+        assert!(out.contains("dry run: not sent"), "{out}");
+    }
+
+    #[test]
+    fn a_group_shows_its_warm_up_and_last_decision_in_both_zones() {
+        let groups = serde_json::to_value(GroupList {
+            groups: vec![warming_group()],
+        })
+        .unwrap();
+        let out = format_groups(&groups);
+        assert!(
+            out.starts_with(
+                "web: active, dry-run; in flight: none; last decision: web-1 up M→L at \
+                 2026-12-04 19:02 CET (18:02 UTC) (dry run: not sent)\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("\n  web-1: warming up until 2026-12-04 19:04 CET (18:04 UTC): "),
+            "{out}"
+        );
+    }
 }

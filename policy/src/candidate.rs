@@ -242,6 +242,14 @@ fn read<V: MetricView + ?Sized>(
     }
 }
 
+/// When `window` stops reaching back into the warm-up that ends at `since`, if it still
+/// does at `now` (then [`read`] finds nothing because of the warm-up alone).
+fn warming_up_until(window: Window, since: Option<Timestamp>, now: Timestamp) -> Option<Timestamp> {
+    let since = since?;
+    let until = window.duration().map_or(since, |d| since + chrono(d));
+    (until > now).then_some(until)
+}
+
 /// Advances every threshold rule's timer; returns the evidence of those that fired.
 fn advance_rules<V: MetricView + ?Sized>(
     cfg: &GroupPolicy,
@@ -261,6 +269,7 @@ fn advance_rules<V: MetricView + ?Sized>(
                 SkipReason::MissingMetric {
                     metric: rule.metric,
                     window: rule.window.name().to_owned(),
+                    warming_up_until: warming_up_until(rule.window, vm.since, now),
                 },
             ),
             RuleVerdict::Quiet | RuleVerdict::Pending { .. } => {}
@@ -304,6 +313,7 @@ fn advance_targets<V: MetricView + ?Sized>(
                     SkipReason::MissingMetric {
                         metric: target.metric,
                         window: target.window.name().to_owned(),
+                        warming_up_until: warming_up_until(target.window, vm.since, now),
                     },
                 );
             }

@@ -201,7 +201,7 @@ pub fn decision_id(group: &str, vm: &str, created_at: Timestamp, to: &str) -> St
 }
 
 /// Why a VM (or a whole group) got no decision this tick.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SkipReason {
     /// No report within the stale-after limit; pending timers were reset.
@@ -224,6 +224,11 @@ pub enum SkipReason {
         metric: Metric,
         /// The window.
         window: String,
+        /// Set when the window is incomplete only because it reaches back into the VM's
+        /// warm-up after its last resize: when it no longer does (the warm-up's end plus
+        /// the window's length), so the metric is read again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        warming_up_until: Option<Timestamp>,
     },
     /// The VM's cooldown has not run out.
     Cooldown {
@@ -306,59 +311,70 @@ impl PauseReason {
     }
 }
 
-impl fmt::Display for SkipReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl SkipReason {
+    /// The reason in words, with every time written by `time`: [`Display`](fmt::Display)
+    /// writes RFC 3339 UTC; the status page and the CLI add the group's local time.
+    pub fn describe(&self, time: &dyn Fn(Timestamp) -> String) -> String {
         match self {
             SkipReason::Stale {
                 last_report: Some(t),
-            } => write!(f, "stale: last report at {}", t.to_rfc3339()),
-            SkipReason::Stale { last_report: None } => write!(f, "stale: never reported"),
-            SkipReason::NoSize => write!(f, "no reported size"),
+            } => format!("stale: last report at {}", time(*t)),
+            SkipReason::Stale { last_report: None } => "stale: never reported".to_owned(),
+            SkipReason::NoSize => "no reported size".to_owned(),
             SkipReason::OffLadder {
                 vcpus,
                 memory_total_bytes,
-            } => {
-                write!(
-                    f,
-                    "reported size ({vcpus} vCPUs, {memory_total_bytes} B) is on no rung of the ladder"
-                )
-            }
-            SkipReason::MissingMetric { metric, window } => {
-                write!(f, "metric {metric} ({window}) absent or incomplete")
-            }
+            } => format!(
+                "reported size ({vcpus} vCPUs, {memory_total_bytes} B) is on no rung of the ladder"
+            ),
+            SkipReason::MissingMetric {
+                metric,
+                window,
+                warming_up_until: Some(until),
+            } => format!(
+                "warming up until {}: metric {metric} ({window}) reads only samples from after \
+                 the resize's warm-up",
+                time(*until)
+            ),
+            SkipReason::MissingMetric {
+                metric,
+                window,
+                warming_up_until: None,
+            } => format!("metric {metric} ({window}) absent or incomplete"),
             SkipReason::Cooldown { direction, until } => {
-                write!(f, "{direction} cooldown until {}", until.to_rfc3339())
+                format!("{direction} cooldown until {}", time(*until))
             }
             SkipReason::Cap {
                 direction,
                 count,
                 cap,
-            } => write!(f, "{direction} cap reached ({count} of {cap})"),
-            SkipReason::Paused { by } => write!(f, "group paused ({})", by.as_str()),
-            SkipReason::WindowClosed { opens_at } => write!(
-                f,
-                "scale-down window closed; opens at {}",
-                opens_at.to_rfc3339()
-            ),
-            SkipReason::RollInProgress { vm } => write!(f, "roll in progress: waiting for {vm}"),
+            } => format!("{direction} cap reached ({count} of {cap})"),
+            SkipReason::Paused { by } => format!("group paused ({})", by.as_str()),
+            SkipReason::WindowClosed { opens_at } => {
+                format!("scale-down window closed; opens at {}", time(*opens_at))
+            }
+            SkipReason::RollInProgress { vm } => format!("roll in progress: waiting for {vm}"),
             SkipReason::MemberStale { vm } => {
-                write!(f, "member {vm} is stale; no member starts a resize")
+                format!("member {vm} is stale; no member starts a resize")
             }
-            SkipReason::RollStopped { direction, until } => {
-                write!(
-                    f,
-                    "{direction} roll stopped after a failed resize until {}",
-                    until.to_rfc3339()
-                )
-            }
-            SkipReason::BoostActive { boost } => write!(f, "boost {boost} blocks scale-down"),
+            SkipReason::RollStopped { direction, until } => format!(
+                "{direction} roll stopped after a failed resize until {}",
+                time(*until)
+            ),
+            SkipReason::BoostActive { boost } => format!("boost {boost} blocks scale-down"),
             SkipReason::RestartNotAllowed => {
-                write!(f, "group of one: shrinking needs allow_restart = true")
+                "group of one: shrinking needs allow_restart = true".to_owned()
             }
-            SkipReason::AtMax => write!(f, "at the group's max rung"),
-            SkipReason::Busy => write!(f, "a scale-up rule or target is pending: not shrinking"),
-            SkipReason::InsufficientEvidence { detail } => write!(f, "no scale-down: {detail}"),
+            SkipReason::AtMax => "at the group's max rung".to_owned(),
+            SkipReason::Busy => "a scale-up rule or target is pending: not shrinking".to_owned(),
+            SkipReason::InsufficientEvidence { detail } => format!("no scale-down: {detail}"),
         }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(&|t| t.to_rfc3339()))
     }
 }
 
@@ -439,6 +455,43 @@ impl Evaluation {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warm_up_reads_as_warming_up_with_times_written_by_the_caller() {
+        let until: Timestamp = "2026-12-04T18:02:00Z".parse().unwrap();
+        let warming = SkipReason::MissingMetric {
+            metric: Metric::CpuUtilization,
+            window: "1m".into(),
+            warming_up_until: Some(until),
+        };
+        assert!(
+            warming
+                .to_string()
+                .starts_with("warming up until 2026-12-04T18:02:00+00:00: metric "),
+            "{warming}"
+        );
+        assert!(
+            warming
+                .describe(&|t| format!("<{}>", t.timestamp()))
+                .starts_with("warming up until <1796407320>"),
+        );
+        let absent = SkipReason::MissingMetric {
+            metric: Metric::CpuUtilization,
+            window: "1m".into(),
+            warming_up_until: None,
+        };
+        assert!(absent.to_string().ends_with("absent or incomplete"));
+        // The JSON names the end only when there is one, and reads back.
+        let json = serde_json::to_value(&warming).unwrap();
+        assert_eq!(json["warming_up_until"], "2026-12-04T18:02:00Z");
+        assert!(
+            serde_json::to_value(&absent)
+                .unwrap()
+                .get("warming_up_until")
+                .is_none()
+        );
+        assert_eq!(serde_json::from_value::<SkipReason>(json).unwrap(), warming);
+    }
 
     #[test]
     fn decision_ids_are_uuid_shaped_and_distinct() {

@@ -565,6 +565,44 @@ fn a_redundant_group_rolls_restarting_resizes_one_member_at_a_time() {
 }
 
 #[test]
+fn a_vm_warming_up_after_a_resize_says_until_when() {
+    let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", |p| {
+        p.rules[0].hold_for = mins(1);
+    });
+    sim.load("web-1", 0.99)
+        .run(mins(2) + Duration::from_secs(5));
+    assert_eq!(sim.log(), ["web-1 M→L rule"]);
+    sim.run(mins(1));
+    let verified = sim
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Verified { at, .. } => Some(*at),
+            _ => None,
+        })
+        .unwrap();
+    // The 1m windows hold samples from after the 60 s warm-up only one minute later.
+    let until = verified + chrono::Duration::seconds(120);
+    let warming = |sim: &Sim| {
+        sim.skipped("web-1", |r| {
+            *r == SkipReason::MissingMetric {
+                metric: Metric::CpuUtilization,
+                window: "1m".into(),
+                warming_up_until: Some(until),
+            }
+        })
+    };
+    assert!(warming(&sim), "{:?}", sim.skips);
+    sim.run_until(&until.to_rfc3339());
+    assert!(!warming(&sim), "{:?}", sim.skips);
+    assert!(
+        !sim.skipped("web-1", |r| matches!(r, SkipReason::MissingMetric { .. })),
+        "{:?}",
+        sim.skips
+    );
+}
+
+#[test]
 fn hot_add_grows_every_saturated_member_at_once() {
     let mut sim = Sim::new(
         &[("web-1", "M"), ("web-2", "M"), ("web-3", "M")],

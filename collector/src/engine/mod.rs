@@ -42,7 +42,10 @@ use crate::fleet::{Fleet, FleetView};
 pub use handle::EngineHandle;
 use handle::{Order, with_store};
 pub use stats::{EngineStats, RequestLabels};
-pub use status::{DecisionBrief, DecisionRecord, GroupStatus, InFlight, SkipNote, skip_kind};
+pub use status::{
+    DecisionBrief, DecisionRecord, GroupStatus, InFlight, SkipNote, outcome, outcome_text,
+    skip_kind,
+};
 
 use crate::request::{Outcome, ResizeRequest, Verdict};
 use crate::store::{DecisionFilter, Store, StoreError};
@@ -110,6 +113,8 @@ struct Delivered {
 #[derive(Debug)]
 struct GroupRuntime {
     name: String,
+    /// The group's `timezone`, for the status page and the CLI.
+    timezone: chrono_tz::Tz,
     members: Vec<String>,
     dry_run: bool,
     /// `None` for a monitored-only group.
@@ -131,6 +136,7 @@ impl GroupRuntime {
         });
         GroupStatus {
             group: self.name.clone(),
+            timezone: self.timezone,
             members: self.members.clone(),
             resizes: self.policy.is_some(),
             dry_run: self.dry_run,
@@ -144,15 +150,7 @@ impl GroupRuntime {
             consecutive_failures: self.state.consecutive_failures,
             in_flight,
             last_decision: self.last_decision.clone(),
-            skips: self
-                .skips
-                .iter()
-                .map(|s| SkipNote {
-                    vm: s.vm.clone(),
-                    kind: skip_kind(&s.reason),
-                    reason: s.reason.to_string(),
-                })
-                .collect(),
+            skips: self.skips.iter().map(SkipNote::from).collect(),
         }
     }
 }
@@ -630,6 +628,7 @@ fn group_runtime(g: &GroupPolicy, global_dry_run: bool) -> GroupRuntime {
     };
     GroupRuntime {
         name: g.name.clone(),
+        timezone: g.timezone,
         members: g.vms.clone(),
         dry_run: g.effective_dry_run(global_dry_run),
         policy,

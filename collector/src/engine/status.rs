@@ -1,12 +1,13 @@
 //! What the engine shows of itself: each group's status, the resizes in flight, the
 //! newest decisions and skips, as the API, the status page and `/metrics` read them.
 
+use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::request::Attempt;
 use crate::store::{StoredDecision, Verification};
 use rally_policy::Timestamp;
-use rally_policy::decision::{Decision, Direction, PauseReason, SkipReason};
+use rally_policy::decision::{Decision, Direction, PauseReason, Skip, SkipReason};
 use rally_policy::ladder::Size;
 
 /// A resize waiting for verification, as shown by the API and the status page.
@@ -75,6 +76,20 @@ pub struct SkipNote {
     pub kind: &'static str,
     /// The reason in words.
     pub reason: String,
+    /// The reason as data (`kind` and its fields, times in RFC 3339 UTC), for scripts
+    /// and for the CLI to write times in the group's zone.
+    pub detail: SkipReason,
+}
+
+impl From<&Skip> for SkipNote {
+    fn from(s: &Skip) -> Self {
+        Self {
+            vm: s.vm.clone(),
+            kind: skip_kind(&s.reason),
+            reason: s.reason.to_string(),
+            detail: s.reason.clone(),
+        }
+    }
 }
 
 /// The name of a skip reason's kind.
@@ -104,6 +119,8 @@ pub fn skip_kind(reason: &SkipReason) -> &'static str {
 pub struct GroupStatus {
     /// The group.
     pub group: String,
+    /// Its `timezone` (IANA name): the status page and the CLI show times in it too.
+    pub timezone: Tz,
     /// Its members, as configured.
     pub members: Vec<String>,
     /// Whether it has a ladder (false: monitored only).
@@ -138,4 +155,38 @@ pub struct DecisionRecord {
     pub attempts: Vec<Attempt>,
     /// The verification result, once there is one.
     pub verification: Option<Verification>,
+}
+
+/// What became of a decision's request, for scripts: `dry_run` (recorded, never sent to
+/// the actuator), `pending` (no final word yet), or the actuator's verdict (`accepted`,
+/// `rejected`, `gave_up`).
+pub fn outcome(dry_run: bool, verdict: Option<&str>) -> &str {
+    if dry_run {
+        DRY_RUN
+    } else {
+        verdict.unwrap_or("pending")
+    }
+}
+
+/// [`outcome`] for people: a dry run reads "dry run: not sent", never "accepted".
+pub fn outcome_text(outcome: &str) -> &str {
+    if outcome == DRY_RUN {
+        "dry run: not sent"
+    } else {
+        outcome
+    }
+}
+
+const DRY_RUN: &str = "dry_run";
+
+impl DecisionRecord {
+    /// Whether the request went to the actuator (a dry-run's goes to the log only).
+    pub fn sent(&self) -> bool {
+        !self.stored.decision.dry_run
+    }
+
+    /// What became of the request ([`outcome`]).
+    pub fn outcome(&self) -> &str {
+        outcome(self.stored.decision.dry_run, self.stored.verdict.as_deref())
+    }
 }

@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::HttpState;
@@ -204,7 +205,38 @@ pub struct DecisionQuery {
 #[derive(Debug, Serialize)]
 pub struct DecisionList {
     /// Newest first.
-    pub decisions: Vec<DecisionRecord>,
+    pub decisions: Vec<DecisionRow>,
+}
+
+/// One row of `GET /api/v1/decisions`: the record and what became of its request.
+#[derive(Debug, Serialize)]
+pub struct DecisionRow {
+    /// The decision, status, verdict, attempts and verification.
+    #[serde(flatten)]
+    pub record: DecisionRecord,
+    /// `dry_run`, `pending`, `accepted`, `rejected` or `gave_up`; a dry run's `verdict`
+    /// is the log actuator's and says nothing about the cloud.
+    pub outcome: String,
+    /// Whether the request went to the actuator (false for a dry run).
+    pub sent: bool,
+    /// The group's `timezone`, `null` if the group is no longer configured.
+    pub timezone: Option<Tz>,
+}
+
+impl DecisionRow {
+    /// `record`, with the time zone of its group among `groups`.
+    pub fn new(record: DecisionRecord, groups: &[GroupStatus]) -> Self {
+        let timezone = groups
+            .iter()
+            .find(|g| g.group == record.stored.decision.group)
+            .map(|g| g.timezone);
+        Self {
+            outcome: record.outcome().to_owned(),
+            sent: record.sent(),
+            timezone,
+            record,
+        }
+    }
 }
 
 fn rfc3339(key: &str, value: Option<String>) -> Result<Option<Timestamp>, ApiError> {
@@ -224,7 +256,7 @@ fn rfc3339(key: &str, value: Option<String>) -> Result<Option<Timestamp>, ApiErr
 }
 
 /// `GET /api/v1/decisions?group=&vm=&since=&until=&limit=`: decisions with evidence,
-/// attempts, outcome and verification.
+/// attempts, verdict, outcome and verification.
 pub async fn decisions(
     State(state): State<HttpState>,
     query: Result<Query<DecisionQuery>, axum::extract::rejection::QueryRejection>,
@@ -242,5 +274,55 @@ pub async fn decisions(
         state.engine.decisions(filter).await.map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
         })?;
-    Ok(Json(DecisionList { decisions }))
+    let groups = state.engine.stats().groups();
+    Ok(Json(DecisionList {
+        decisions: decisions
+            .into_iter()
+            .map(|r| DecisionRow::new(r, &groups))
+            .collect(),
+    }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use crate::http::page::tests::{dry_run_record, warming_group};
+
+    #[test]
+    fn a_dry_run_row_says_not_sent_and_keeps_its_fields() {
+        let row = DecisionRow::new(dry_run_record(), &[warming_group()]);
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(json["outcome"], "dry_run");
+        assert_eq!(json["sent"], false);
+        assert_eq!(json["timezone"], "Europe/Warsaw");
+        // What scripts read already stays as it was: times in RFC 3339 UTC.
+        assert_eq!(json["status"], "dry_run");
+        assert_eq!(json["verdict"], "accepted");
+        assert_eq!(json["decision"]["created_at"], "2026-12-04T18:02:00Z");
+        // A group no longer configured: no zone.
+        let orphan = serde_json::to_value(DecisionRow::new(dry_run_record(), &[])).unwrap();
+        assert_eq!(orphan["timezone"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_group_names_its_zone_and_a_warm_up_its_end() {
+        let json = serde_json::to_value(GroupList {
+            groups: vec![warming_group()],
+        })
+        .unwrap();
+        let g = &json["groups"][0];
+        assert_eq!(g["timezone"], "Europe/Warsaw");
+        let skip = &g["skips"][0];
+        assert_eq!(skip["kind"], "missing_metric");
+        assert_eq!(skip["detail"]["kind"], "missing_metric");
+        assert_eq!(skip["detail"]["warming_up_until"], "2026-12-04T18:04:00Z");
+        assert!(
+            skip["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("warming up until 2026-12-04T18:04:00+00:00"),
+            "{skip}"
+        );
+    }
 }

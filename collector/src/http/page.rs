@@ -4,7 +4,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::engine::{DecisionRecord, GroupStatus};
+use chrono_tz::Tz;
+use rally_policy::Timestamp;
+
+use crate::engine::{DecisionRecord, GroupStatus, outcome_text};
 use crate::fleet::{Metric, VmSummary};
 
 /// How many recent decisions the page lists.
@@ -24,6 +27,21 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// `t` in the zone `tz` and in UTC, as the page and the CLI show every time:
+/// "2026-12-04 19:02 CET (18:02 UTC)". The UTC date is repeated when it differs; a zone
+/// that is UTC itself is shown once.
+pub fn local_time(t: Timestamp, tz: Tz) -> String {
+    let local = t.with_timezone(&tz);
+    let local_text = local.format("%Y-%m-%d %H:%M %Z").to_string();
+    if local_text.ends_with(" UTC") {
+        local_text
+    } else if local.date_naive() == t.date_naive() {
+        format!("{local_text} ({} UTC)", t.format("%H:%M"))
+    } else {
+        format!("{local_text} ({} UTC)", t.format("%Y-%m-%d %H:%M"))
+    }
 }
 
 fn percent(v: Option<f64>) -> String {
@@ -161,7 +179,7 @@ fn resize_section(html: &mut String, groups: &[GroupStatus], recent: &[DecisionR
                     escape(&f.vm),
                     f.direction,
                     f.to.vcpus,
-                    f.deadline.format("%H:%M:%S UTC")
+                    local_time(f.deadline, g.timezone)
                 )
             },
         );
@@ -169,21 +187,29 @@ fn resize_section(html: &mut String, groups: &[GroupStatus], recent: &[DecisionR
             || "–".to_string(),
             |d| {
                 format!(
-                    "{} {} {}→{} at {}",
+                    "{} {} {}→{} at {}{}",
                     escape(&d.vm),
                     d.direction,
                     escape(&d.from),
                     escape(&d.to),
-                    d.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                    local_time(d.created_at, g.timezone),
+                    if d.dry_run {
+                        " (dry run: not sent)"
+                    } else {
+                        ""
+                    }
                 )
             },
         );
         let waiting = g
             .skips
             .iter()
-            .map(|s| match &s.vm {
-                Some(vm) => format!("{}: {}", escape(vm), escape(&s.reason)),
-                None => escape(&s.reason),
+            .map(|s| {
+                let reason = escape(&s.detail.describe(&|t| local_time(t, g.timezone)));
+                match &s.vm {
+                    Some(vm) => format!("{}: {reason}", escape(vm)),
+                    None => reason,
+                }
             })
             .collect::<Vec<_>>()
             .join("<br>");
@@ -208,23 +234,32 @@ fn resize_section(html: &mut String, groups: &[GroupStatus], recent: &[DecisionR
     html.push_str(
         "<h2>Recent decisions</h2>\n<p><a href=\"/api/v1/decisions\">JSON</a></p>\n<table>\n\
          <thead><tr><th>when</th><th>group</th><th>VM</th><th>resize</th><th>status</th>\
-         <th>actuator</th><th>reason</th></tr></thead>\n<tbody>\n",
+         <th>request</th><th>reason</th></tr></thead>\n<tbody>\n",
     );
     for r in recent {
         let d = &r.stored.decision;
+        // A decision of a group no longer configured is shown in UTC only.
+        let tz = groups
+            .iter()
+            .find(|g| g.group == d.group)
+            .map_or(Tz::UTC, |g| g.timezone);
+        let outcome = match &r.stored.verdict_reason {
+            Some(why) if r.sent() => format!("{}: {why}", r.outcome()),
+            _ => outcome_text(r.outcome()).to_owned(),
+        };
         let _ = writeln!(
             html,
             "<tr><td class=\"text\">{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td>\
              <td class=\"text\">{} {}→{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td>\
              <td class=\"text\">{}</td></tr>",
-            d.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            local_time(d.created_at, tz),
             escape(&d.group),
             escape(&d.vm),
             d.direction,
             escape(&d.from.rung),
             escape(&d.to.rung),
             escape(&r.stored.status),
-            escape(r.stored.verdict.as_deref().unwrap_or("pending")),
+            escape(&outcome),
             escape(&d.reason),
         );
     }
@@ -232,8 +267,133 @@ fn resize_section(html: &mut String, groups: &[GroupStatus], recent: &[DecisionR
 }
 
 #[cfg(test)]
-mod tests {
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+pub(crate) mod tests {
     use super::*;
+    use crate::engine::SkipNote;
+    use crate::store::StoredDecision;
+    use rally_policy::decision::{
+        Baseline, Decision, Direction, SizedRung, Skip, SkipReason, Trigger,
+    };
+    use rally_policy::{Metric, Timestamp};
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// A dry-run decision of group `web` (Europe/Warsaw) at 18:02 UTC, which the log
+    /// actuator `accepted`.
+    pub(crate) fn dry_run_record() -> DecisionRecord {
+        let rung = |name: &str, vcpus| SizedRung {
+            rung: name.into(),
+            vcpus,
+            memory_bytes: u64::from(vcpus) << 31,
+        };
+        DecisionRecord {
+            stored: StoredDecision {
+                decision: Decision {
+                    id: "d-1".into(),
+                    group: "web".into(),
+                    vm: "web-1".into(),
+                    direction: Direction::Up,
+                    from: rung("M", 2),
+                    to: rung("L", 4),
+                    trigger: Trigger::Rule,
+                    reason: "CPU high".into(),
+                    evidence: Vec::new(),
+                    dry_run: true,
+                    created_at: at("2026-12-04T18:02:00Z"),
+                    verify_deadline: at("2026-12-04T18:07:00Z"),
+                    baseline: Baseline {
+                        vcpus: 2,
+                        memory_total_bytes: 4 << 30,
+                    },
+                },
+                fencing_token: 1,
+                status: "dry_run".into(),
+                status_at: None,
+                verdict: Some("accepted".into()),
+                verdict_reason: None,
+            },
+            attempts: Vec::new(),
+            verification: None,
+        }
+    }
+
+    /// Group `web` in dry-run, its newest decision [`dry_run_record`]'s, web-1 warming
+    /// up until 18:04 UTC.
+    pub(crate) fn warming_group() -> GroupStatus {
+        let warming = Skip {
+            vm: Some("web-1".into()),
+            reason: SkipReason::MissingMetric {
+                metric: Metric::CpuUtilization,
+                window: "1m".into(),
+                warming_up_until: Some(at("2026-12-04T18:04:00Z")),
+            },
+        };
+        GroupStatus {
+            group: "web".into(),
+            timezone: chrono_tz::Europe::Warsaw,
+            members: vec!["web-1".into()],
+            resizes: true,
+            dry_run: true,
+            paused: false,
+            paused_by: None,
+            paused_at: None,
+            circuit_open: false,
+            consecutive_failures: 0,
+            in_flight: None,
+            last_decision: Some((&dry_run_record().stored.decision).into()),
+            skips: vec![SkipNote::from(&warming)],
+        }
+    }
+
+    #[test]
+    fn times_read_in_the_group_zone_and_in_utc() {
+        let warsaw = chrono_tz::Europe::Warsaw;
+        assert_eq!(
+            local_time(at("2026-12-04T18:02:00Z"), warsaw),
+            "2026-12-04 19:02 CET (18:02 UTC)"
+        );
+        assert_eq!(
+            local_time(at("2026-07-04T18:02:00Z"), warsaw),
+            "2026-07-04 20:02 CEST (18:02 UTC)"
+        );
+        assert_eq!(
+            local_time(at("2026-12-04T23:30:00Z"), warsaw),
+            "2026-12-05 00:30 CET (2026-12-04 23:30 UTC)"
+        );
+        assert_eq!(
+            local_time(at("2026-12-04T18:02:00Z"), Tz::UTC),
+            "2026-12-04 18:02 UTC"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_reads_not_sent_and_a_warm_up_until_when_in_both_zones() {
+        let html = render(
+            &[],
+            &[warming_group()],
+            &[dry_run_record()],
+            Duration::from_secs(20),
+        );
+        assert!(html.contains("dry run: not sent"), "{html}");
+        assert!(!html.contains("accepted"), "{html}");
+        assert!(
+            html.contains(
+                "web-1: warming up until 2026-12-04 19:04 CET (18:04 UTC): metric cpu_utilization"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td class=\"text\">2026-12-04 19:02 CET (18:02 UTC)</td>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("web-1 up M→L at 2026-12-04 19:02 CET (18:02 UTC) (dry run: not sent)"),
+            "{html}"
+        );
+    }
 
     #[test]
     fn text_is_escaped() {

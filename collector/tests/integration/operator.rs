@@ -181,9 +181,20 @@ ladder = [
     assert_eq!(d["decision"]["trigger"], "manual");
     assert_eq!(d["decision"]["dry_run"], true);
     assert_eq!(d["status"], "dry_run");
+    assert_eq!(
+        (&d["outcome"], &d["sent"]),
+        (&"dry_run".into(), &false.into())
+    );
+    assert_eq!(d["timezone"], "Europe/Warsaw");
     let (ok, out, _) = cli(&["decisions", "--group", "web", "--url", &url]);
     assert!(ok);
     assert!(out.contains("web/web-1") && out.contains("up M→L"), "{out}");
+    // Not "accepted": nothing was sent. The time reads in Warsaw's zone and in UTC.
+    assert!(
+        out.contains("dry run: not sent") && !out.contains("accepted"),
+        "{out}"
+    );
+    assert!(out.contains(" UTC)  "), "{out}");
     let (ok, _, err) = cli(&["decisions", "--since", "whenever", "--url", &url]);
     assert!(!ok && err.contains("--since"), "{err}");
     let (status, body) = {
@@ -219,5 +230,6 @@ ladder = [
         page.contains("Resizing") && page.contains("Recent decisions"),
         "{page}"
     );
+    assert!(page.contains("dry run: not sent"), "{page}");
     collector.stop().await.unwrap();
 }
