@@ -197,10 +197,11 @@ impl Listener {
     /// The next connection within the cap. Never fails: errors are logged, counted and
     /// waited out.
     pub async fn accept(&mut self) -> Conn<TcpStream> {
+        // Re-armed here, not in the loop: the loop gives it up to take a connection.
+        if self.keeps_reserve && self.reserve.is_none() {
+            self.reserve = std::fs::File::open("/dev/null").ok();
+        }
         loop {
-            if self.keeps_reserve && self.reserve.is_none() {
-                self.reserve = std::fs::File::open("/dev/null").ok();
-            }
             match self.tcp.accept().await {
                 Ok((stream, peer)) => {
                     self.backoff.reset();
