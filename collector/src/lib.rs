@@ -16,6 +16,8 @@
 //! - [`fleet`]: the in-memory picture: per VM identity, size, latest report,
 //!   freshness, counters and metric windows (raw 5 min, 1-minute buckets for 24 h);
 //!   `fleet::view` is the policy engine's `MetricView` over it.
+//! - [`listener`]: the two TCP listeners: connection caps, accept backoff, the
+//!   handshake and idle deadlines that keep a silent peer from holding a port.
 //! - [`metrics`]: the Prometheus text exposition, rendered from the fleet per scrape.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/api/v1/vms`, the resize API
 //!   (`/api/v1/groups`, `/api/v1/decisions`, pause, resume, resize; mutating calls need
@@ -65,6 +67,7 @@ pub mod engine;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod request;
 pub mod store;
@@ -79,7 +82,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 pub use crate::assembly::start_actuator;
@@ -89,6 +91,7 @@ use crate::engine::{Engine, EngineHandle};
 use crate::fleet::{Fleet, FleetSettings};
 use crate::ingest::auth::Authenticator;
 use crate::ingest::{IngestService, IngestStats};
+use crate::listener::{Connections, Listener};
 use crate::store::Store;
 
 /// How long open streams and HTTP requests get to finish after shutdown begins.
@@ -129,9 +132,6 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("gRPC server")]
     Grpc(#[from] tonic::transport::Error),
-    /// The HTTP server failed.
-    #[error("HTTP server")]
-    Http(#[source] std::io::Error),
     /// The state store could not be opened.
     #[error("state store")]
     Store(#[from] store::StoreError),
@@ -283,9 +283,22 @@ impl Collector {
             auth_rx,
             stop_rx.clone(),
         );
-        let incoming = TcpIncoming::from(self.grpc)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
+        let listen = &self.config.listen;
+        let connections = Connections::default();
+        let ingest = ingest.with_connections(connections.clone());
+        let grpc_listener = Listener::new(
+            self.grpc,
+            "grpc",
+            listen.max_connections,
+            Arc::clone(&self.stats.listeners),
+            false,
+        );
+        let incoming = listener::grpc_incoming(
+            grpc_listener,
+            listen.handshake_timeout,
+            listen.idle_timeout,
+            connections,
+        );
         let grpc = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -301,11 +314,22 @@ impl Collector {
             engine: self.engine_handle.clone(),
             api_token: api_token_rx,
         });
-        let http = axum::serve(
+        // The HTTP listener keeps a spare descriptor so /healthz answers when agents'
+        // connections have taken all the others.
+        let http_listener = Listener::new(
             self.http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+            "http",
+            listen.max_connections,
+            Arc::clone(&self.stats.listeners),
+            true,
+        );
+        let http = http::serve(
+            http_listener,
+            app,
+            listen.handshake_timeout,
+            Arc::clone(&self.stats.listeners),
+            stopped(stop_rx.clone()),
+        );
 
         // The engine restores its state (and re-sends what was never answered) before
         // the listeners report ready; it runs on its own task, off the ingest path.
@@ -346,7 +370,8 @@ impl Collector {
 
         let servers = async {
             tokio::try_join!(async { grpc.await.map_err(Error::Grpc) }, async {
-                http.await.map_err(Error::Http)
+                http.await;
+                Ok(())
             },)
             .map(|_| ())
         };
@@ -452,11 +477,21 @@ fn keep_restart_only(running: &Config, new: &mut Config) {
         new.engine = running.engine.clone();
     }
     let (old, ingest) = (&running.ingest, &mut new.ingest);
-    let fixed = |i: &IngestConfig| (i.max_message_bytes, i.max_streams, i.hello_timeout);
+    let fixed = |i: &IngestConfig| {
+        (
+            i.max_message_bytes,
+            i.max_streams,
+            i.max_streams_per_vm,
+            i.hello_timeout,
+        )
+    };
     if fixed(ingest) != fixed(old) {
-        restart("ingest.max_message_bytes, ingest.max_streams, ingest.hello_timeout");
+        restart(
+            "ingest.max_message_bytes, ingest.max_streams, ingest.max_streams_per_vm, ingest.hello_timeout",
+        );
         ingest.max_message_bytes = old.max_message_bytes;
         ingest.max_streams = old.max_streams;
+        ingest.max_streams_per_vm = old.max_streams_per_vm;
         ingest.hello_timeout = old.hello_timeout;
     }
 }

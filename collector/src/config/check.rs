@@ -38,6 +38,24 @@ impl Config {
                 format!("same address as listen.grpc ({})", self.listen.grpc),
             ));
         }
+        if !(1..=1_048_576).contains(&self.listen.max_connections) {
+            return Err(Invalid::new(
+                "listen.max_connections",
+                format!(
+                    "{} is out of range 1..=1048576",
+                    self.listen.max_connections
+                ),
+            ));
+        }
+        if self.listen.handshake_timeout.is_zero() {
+            return Err(Invalid::new(
+                "listen.handshake_timeout",
+                "must be more than 0s",
+            ));
+        }
+        if self.listen.idle_timeout.is_zero() {
+            return Err(Invalid::new("listen.idle_timeout", "must be more than 0s"));
+        }
         Ok(())
     }
 
@@ -63,6 +81,12 @@ impl Config {
         }
         if ingest.max_streams == 0 {
             return Err(Invalid::new("ingest.max_streams", "must be at least 1"));
+        }
+        if ingest.max_streams_per_vm == 0 {
+            return Err(Invalid::new(
+                "ingest.max_streams_per_vm",
+                "must be at least 1",
+            ));
         }
         if ingest.max_vms == 0 {
             return Err(Invalid::new("ingest.max_vms", "must be at least 1"));

@@ -71,6 +71,17 @@ pub struct ListenConfig {
     /// The HTTP address of `/metrics`, `/healthz`, `/readyz`, `/api/v1` and the status page.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
+    /// Connections open at once on each port; one more is accepted and closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A new connection must send its first request headers (HTTP) or the HTTP/2
+    /// preface (gRPC) within this long, and an HTTP keep-alive connection its next
+    /// request's headers; otherwise it is closed.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A gRPC connection without an agent stream for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 fn default_grpc() -> SocketAddr {
@@ -81,11 +92,26 @@ fn default_http() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 9471))
 }
 
+fn default_max_connections() -> usize {
+    16_384
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
 impl Default for ListenConfig {
     fn default() -> Self {
         Self {
             grpc: default_grpc(),
             http: default_http(),
+            max_connections: default_max_connections(),
+            handshake_timeout: default_handshake_timeout(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -121,6 +147,10 @@ pub struct IngestConfig {
     /// At most this many agent streams at once; more are refused with `ResourceExhausted`.
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
+    /// At most this many streams at once for one VM (an agent run needs one; a few
+    /// cover a reconnect while the old connection is not yet known dead).
+    #[serde(default = "default_max_streams_per_vm")]
+    pub max_streams_per_vm: usize,
     /// At most this many VMs are kept in memory; a new VM beyond it is refused.
     #[serde(default = "default_max_vms")]
     pub max_vms: usize,
@@ -145,6 +175,10 @@ fn default_max_streams() -> usize {
     10_000
 }
 
+fn default_max_streams_per_vm() -> usize {
+    4
+}
+
 fn default_max_vms() -> usize {
     10_000
 }
@@ -161,6 +195,7 @@ impl Default for IngestConfig {
             unknown_vms: UnknownVms::default(),
             max_message_bytes: default_max_message_bytes(),
             max_streams: default_max_streams(),
+            max_streams_per_vm: default_max_streams_per_vm(),
             max_vms: default_max_vms(),
             hello_timeout: default_hello_timeout(),
         }

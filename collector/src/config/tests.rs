@@ -195,6 +195,21 @@ fn shared_or_empty_tokens_are_refused() {
 fn limits_are_checked() {
     let (_, key, _) = invalid_parts(parse("[ingest]\nmax_streams = 0\n").unwrap_err());
     assert_eq!(key.as_deref(), Some("ingest.max_streams"));
+    for (toml, expected) in [
+        (
+            "[ingest]\nmax_streams_per_vm = 0\n",
+            "ingest.max_streams_per_vm",
+        ),
+        ("[listen]\nmax_connections = 0\n", "listen.max_connections"),
+        (
+            "[listen]\nhandshake_timeout = \"0s\"\n",
+            "listen.handshake_timeout",
+        ),
+        ("[listen]\nidle_timeout = \"0s\"\n", "listen.idle_timeout"),
+    ] {
+        let (_, key, _) = invalid_parts(parse(toml).unwrap_err());
+        assert_eq!(key.as_deref(), Some(expected), "{toml}");
+    }
     let (_, key, _) = invalid_parts(
         parse("[ingest]\nstale_after = \"1h\"\nforget_after = \"1m\"\n").unwrap_err(),
     );

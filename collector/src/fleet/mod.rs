@@ -325,7 +325,18 @@ pub enum Outcome {
     },
     /// Already applied earlier: counted, not applied again.
     Duplicate,
+    /// Applied, but it would skip more than [`MAX_SEQ_GAP`] sequence numbers: no
+    /// agent sends that many reports, so it is a new baseline and nothing is counted
+    /// lost.
+    Rebased {
+        /// How far past the last sequence number it was.
+        gap: u64,
+    },
 }
+
+/// The most sequence numbers one report may skip and have them counted lost: 2^32
+/// reports is over a century at one report a second.
+pub const MAX_SEQ_GAP: u64 = 1 << 32;
 
 /// The result of [`Session::apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,31 +371,37 @@ impl Session {
         let run = vm.run_mut(&self.run);
         let outcome = match run.watermark {
             Some(w) if seq <= w => Outcome::Duplicate,
+            Some(w) if seq - w - 1 > MAX_SEQ_GAP => Outcome::Rebased { gap: seq - w },
             Some(w) => Outcome::Applied { lost: seq - w - 1 },
             None => Outcome::Applied { lost: 0 },
         };
-        if let Outcome::Applied { .. } = outcome {
+        if outcome != Outcome::Duplicate {
             run.watermark = Some(seq);
         }
         let ack = run.watermark.unwrap_or(0);
-        match outcome {
-            Outcome::Duplicate => vm.counters.duplicates += 1,
-            Outcome::Applied { lost } => {
-                vm.counters.received += 1;
-                vm.counters.lost += lost;
-                vm.counters.dropped_by_agent += report.dropped;
-                vm.counters.last_seq = seq;
-                // Windows run on the agent's sample time (a replay lands where it
-                // belongs), but never ahead of the collector's clock.
-                let t = report.timestamp.min(now);
-                vm.windows.push(t, &MetricValues::of(&report));
-                if report.size.is_some() {
-                    vm.size = report.size;
-                }
-                vm.last_report_at = Some(now);
-                vm.latest = Some(report);
+        // Counters saturate: an agent cannot make one wrap (or fall) by what it sends.
+        let lost = match outcome {
+            Outcome::Duplicate => {
+                vm.counters.duplicates = vm.counters.duplicates.saturating_add(1);
+                return Applied { outcome, ack };
             }
+            Outcome::Applied { lost } => lost,
+            Outcome::Rebased { .. } => 0,
+        };
+        let counters = &mut vm.counters;
+        counters.received = counters.received.saturating_add(1);
+        counters.lost = counters.lost.saturating_add(lost);
+        counters.dropped_by_agent = counters.dropped_by_agent.saturating_add(report.dropped);
+        counters.last_seq = seq;
+        // Windows run on the agent's sample time (a replay lands where it belongs), but
+        // never ahead of the collector's clock.
+        let t = report.timestamp.min(now);
+        vm.windows.push(t, &MetricValues::of(&report));
+        if report.size.is_some() {
+            vm.size = report.size;
         }
+        vm.last_report_at = Some(now);
+        vm.latest = Some(report);
         Applied { outcome, ack }
     }
 
@@ -791,6 +808,41 @@ mod tests {
             .collect();
         assert_eq!(ids, [("web", "web-1", false), ("web", "web-2", false)]);
         assert_eq!(fleet.members("web"), ["web-1", "web-2"]);
+    }
+
+    #[test]
+    fn an_implausible_seq_jump_is_a_new_baseline_and_counters_saturate() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let session = fleet.hello(&hello("web-1", 7), t0()).unwrap();
+        let apply = |seq, dropped| {
+            let mut r = report(seq, t0(), 0.5);
+            r.dropped = dropped;
+            session.apply(r, t0())
+        };
+        assert_eq!(apply(1, 0).outcome, Outcome::Applied { lost: 0 });
+        // 2^63 ahead: no agent sent that many; acknowledged as the new base, not lost.
+        let jump = apply(1 + (1 << 63), u64::MAX);
+        assert_eq!(jump.outcome, Outcome::Rebased { gap: 1 << 63 });
+        assert_eq!(jump.ack, 1 + (1 << 63));
+        let far = apply(u64::MAX, u64::MAX);
+        assert!(matches!(far.outcome, Outcome::Rebased { .. }), "{far:?}");
+        // A gap within MAX_SEQ_GAP is still lost reports.
+        let fresh = fleet.hello(&hello("web-1", 8), t0()).unwrap();
+        fresh.apply(report(1, t0(), 0.5), t0());
+        assert_eq!(
+            fresh
+                .apply(report(2 + MAX_SEQ_GAP, t0(), 0.5), t0())
+                .outcome,
+            Outcome::Applied { lost: MAX_SEQ_GAP }
+        );
+        let counters = fleet.with_vm("web-1", |v| v.counters()).unwrap();
+        assert_eq!(counters.lost, MAX_SEQ_GAP, "jumps add nothing to lost");
+        assert_eq!(
+            counters.dropped_by_agent,
+            u64::MAX,
+            "dropped = 2^64-1 twice saturates instead of wrapping"
+        );
+        assert_eq!(counters.received, 5);
     }
 
     #[test]

@@ -7,10 +7,14 @@ pub mod api;
 pub mod control;
 pub mod page;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::connect_info::Connected;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -20,6 +24,7 @@ use crate::clock::Clock;
 use crate::engine::EngineHandle;
 use crate::fleet::Fleet;
 use crate::ingest::IngestStats;
+use crate::listener::{Conn, Listener, ListenerStats};
 use crate::metrics;
 
 /// What the handlers read.
@@ -62,6 +67,87 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/vms", get(vms))
         .route("/api/v1/vms/{vm}", get(vm))
         .with_state(state)
+}
+
+/// The peer of one accepted connection, for axum's `ConnectInfo<SocketAddr>`.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl Connected<Peer> for SocketAddr {
+    fn connect_info(peer: Peer) -> SocketAddr {
+        peer.0
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets open requests
+/// finish. A connection must send its request headers within `header_timeout`, and a
+/// keep-alive connection its next request's; otherwise hyper closes it.
+pub async fn serve(
+    mut listener: Listener,
+    app: Router,
+    header_timeout: Duration,
+    stats: Arc<ListenerStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let app = app.clone();
+                let stats = Arc::clone(&stats);
+                let stop = stop_rx.clone();
+                connections.spawn(serve_connection(conn, app, header_timeout, stats, stop));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Serves one HTTP/1.1 connection (a TLS layer wraps `conn` before this).
+async fn serve_connection<IO>(
+    conn: Conn<IO>,
+    app: Router,
+    header_timeout: Duration,
+    stats: Arc<ListenerStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower::ServiceExt;
+
+    let Some(peer) = conn.peer() else { return };
+    let service = app
+        .into_make_service_with_connect_info::<SocketAddr>()
+        .oneshot(Peer(peer))
+        .await;
+    let Ok(service) = service;
+    let service = hyper_util::service::TowerToHyperService::new(service.map_request(
+        |request: axum::http::Request<hyper::body::Incoming>| request.map(axum::body::Body::new),
+    ));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        if error.is_timeout() {
+            stats.http.handshake_timed_out();
+        }
+        tracing::debug!(peer = %peer, %error, "HTTP connection ended with an error");
+    }
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

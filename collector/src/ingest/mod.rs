@@ -12,10 +12,11 @@
 pub mod auth;
 pub mod validate;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -23,6 +24,7 @@ use rally_proto::v1::agent_message::Kind;
 use rally_proto::v1::ingest_server::{Ingest, IngestServer};
 use rally_proto::v1::{self, AgentMessage, CollectorMessage, collector_message};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tonic::codec::CompressionEncoding;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -30,6 +32,7 @@ use self::auth::{AuthError, Authenticator, Identity};
 use crate::clock::Clock;
 use crate::config::IngestConfig;
 use crate::fleet::{Fleet, HelloError, Outcome, Session};
+use crate::listener::{Busy, Connections, ListenerStats};
 
 /// Largest message the collector sends (an `Ack` is a few bytes).
 const MAX_ENCODING_BYTES: usize = 64 * 1024;
@@ -53,11 +56,13 @@ pub enum Reason {
     Invalid,
     /// Refused for lack of room: `max_streams` or `max_vms`.
     Overloaded,
+    /// One VM already has `max_streams_per_vm` streams open.
+    VmStreams,
 }
 
 impl Reason {
     /// Every reason, in label order.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Malformed,
         Reason::Oversized,
         Reason::NoHello,
@@ -66,6 +71,7 @@ impl Reason {
         Reason::UnknownVm,
         Reason::Invalid,
         Reason::Overloaded,
+        Reason::VmStreams,
     ];
 
     /// The `reason` label value.
@@ -79,6 +85,7 @@ impl Reason {
             Reason::UnknownVm => "unknown_vm",
             Reason::Invalid => "invalid",
             Reason::Overloaded => "overloaded",
+            Reason::VmStreams => "vm_streams",
         }
     }
 }
@@ -92,6 +99,9 @@ pub struct IngestStats {
     pub(crate) rejected: [AtomicU64; Reason::ALL.len()],
     pub(crate) streams_open: AtomicU64,
     pub(crate) streams_accepted: AtomicU64,
+    pub(crate) seq_jumps: AtomicU64,
+    /// The listeners' connection counters (the edge below the streams).
+    pub(crate) listeners: Arc<ListenerStats>,
 }
 
 impl IngestStats {
@@ -125,8 +135,70 @@ impl IngestStats {
         self.streams_accepted.load(Ordering::Relaxed)
     }
 
+    /// Reports whose sequence number jumped implausibly far: a new baseline.
+    pub fn seq_jumps(&self) -> u64 {
+        self.seq_jumps.load(Ordering::Relaxed)
+    }
+
+    /// The listeners' connection counters.
+    pub fn listeners(&self) -> &ListenerStats {
+        &self.listeners
+    }
+
     pub(crate) fn reject(&self, reason: Reason) {
         self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Adds `n` to a counter that saturates: a peer cannot make it wrap or fall.
+fn add_saturating(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_add(n))
+    });
+}
+
+/// Streams open per VM, so that one VM's token cannot take every stream slot.
+#[derive(Debug, Default)]
+struct VmStreams {
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl VmStreams {
+    /// A place for one more stream of `vm`, unless it has `max` open.
+    fn claim(self: &Arc<Self>, vm: &str, max: usize) -> Option<VmSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(vm.to_owned()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(VmSlot {
+            streams: Arc::clone(self),
+            vm: vm.to_owned(),
+        })
+    }
+}
+
+/// One stream's place among its VM's `max_streams_per_vm`.
+#[derive(Debug)]
+struct VmSlot {
+    streams: Arc<VmStreams>,
+    vm: String,
+}
+
+impl Drop for VmSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .streams
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.vm) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.vm);
+            }
+        }
     }
 }
 
@@ -139,6 +211,10 @@ pub struct IngestService {
     /// Replaced by a reload; streams already open keep the identity they proved.
     auth: watch::Receiver<Arc<Authenticator>>,
     streams: Arc<Semaphore>,
+    per_vm: Arc<VmStreams>,
+    max_streams_per_vm: usize,
+    /// The gRPC listener's connections: a stream keeps its connection from idling out.
+    connections: Connections,
     hello_timeout: Duration,
     shutdown: watch::Receiver<bool>,
 }
@@ -160,16 +236,45 @@ impl IngestService {
             stats,
             auth,
             streams: Arc::new(Semaphore::new(config.max_streams)),
+            per_vm: Arc::default(),
+            max_streams_per_vm: config.max_streams_per_vm,
+            connections: Connections::default(),
             hello_timeout: config.hello_timeout,
             shutdown,
         }
     }
 
-    /// The tonic service with the message size limits applied.
+    /// Streams mark their connection in `connections` busy, so it is not closed as idle.
+    #[must_use]
+    pub fn with_connections(mut self, connections: Connections) -> Self {
+        self.connections = connections;
+        self
+    }
+
+    /// The tonic service with the message size limits applied; agents may send
+    /// gzip-compressed messages (the limit applies to the decompressed size).
     pub fn into_server(self, max_message_bytes: usize) -> IngestServer<Self> {
         IngestServer::new(self)
+            .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(MAX_ENCODING_BYTES)
+    }
+
+    /// A place for one more stream of `vm`, or the `vm_streams` rejection.
+    fn claim_vm_slot(&self, vm: &str, peer: Option<SocketAddr>) -> Result<VmSlot, Status> {
+        self.per_vm
+            .claim(vm, self.max_streams_per_vm)
+            .ok_or_else(|| {
+                self.rejected(
+                    Reason::VmStreams,
+                    peer,
+                    Some(vm),
+                    Status::resource_exhausted(format!(
+                        "VM `{vm}` already has {} streams open (ingest.max_streams_per_vm)",
+                        self.max_streams_per_vm
+                    )),
+                )
+            })
     }
 
     fn rejected(
@@ -289,12 +394,21 @@ impl Ingest for IngestService {
                     Status::unauthenticated(message),
                 )
             })?;
+        // A token names its VM: its place is claimed now, before a Hello can hold a
+        // stream slot for `hello_timeout`.
+        let vm_slot = match &identity {
+            Identity::Vm(vm) => Some(self.claim_vm_slot(vm, peer)?),
+            Identity::Anyone => None,
+        };
+        let busy = peer.and_then(|peer| self.connections.busy(peer));
         // Answer at once and read the Hello in the stream's task, so that an agent that
         // waits for the response before sending its Hello is served too.
         let (ack_tx, ack_rx) = watch::channel(0);
         let (end_tx, end_rx) = oneshot::channel();
         let stream = StreamTask {
             _permit: permit,
+            vm_slot,
+            _busy: busy,
             service: self.clone(),
             inbound: request.into_inner(),
             peer,
@@ -316,6 +430,10 @@ struct StreamTask {
     /// it is released before `acks` closes the reply stream: an agent that sees its
     /// stream end can reconnect at once.
     _permit: OwnedSemaphorePermit,
+    /// The stream's place among its VM's streams (claimed at the Hello without a token).
+    vm_slot: Option<VmSlot>,
+    /// Keeps the connection from being closed as idle.
+    _busy: Option<Busy>,
     service: IngestService,
     inbound: Streaming<AgentMessage>,
     peer: Option<SocketAddr>,
@@ -399,6 +517,9 @@ impl StreamTask {
                     "this token may only report for VM `{allowed}`, not `{vm}`"
                 )),
             ));
+        }
+        if self.vm_slot.is_none() {
+            self.vm_slot = Some(service.claim_vm_slot(&vm, peer)?);
         }
         let session =
             service
@@ -501,7 +622,7 @@ impl StreamTask {
                 Outcome::Applied { lost } => {
                     service.stats.reports.fetch_add(1, Ordering::Relaxed);
                     if lost > 0 {
-                        service.stats.lost.fetch_add(lost, Ordering::Relaxed);
+                        add_saturating(&service.stats.lost, lost);
                         warn!(vm = %vm, run = run_id, seq, lost, "reports lost: sequence numbers skipped");
                     }
                     tracing::debug!(vm = %vm, run = run_id, seq, "report accepted");
@@ -509,6 +630,11 @@ impl StreamTask {
                 Outcome::Duplicate => {
                     service.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     debug!(vm = %vm, run = run_id, seq, "duplicate report");
+                }
+                Outcome::Rebased { gap } => {
+                    service.stats.reports.fetch_add(1, Ordering::Relaxed);
+                    service.stats.seq_jumps.fetch_add(1, Ordering::Relaxed);
+                    warn!(vm = %vm, run = run_id, seq, gap, "sequence number jumped implausibly far: taken as a new baseline, nothing counted lost");
                 }
             }
             // Sent only now that the report is in the fleet.

@@ -60,9 +60,78 @@ pub(super) fn collector_metrics(e: &mut Exposition, stats: &IngestStats, vm_coun
         stats.streams_accepted(),
     );
     e.family(
+        "rally_collector_seq_jumps_total",
+        Counter,
+        "Reports whose sequence number jumped implausibly far: taken as a new baseline.",
+    );
+    e.sample("rally_collector_seq_jumps_total", &[], stats.seq_jumps());
+    connection_metrics(e, stats);
+    e.family(
         "rally_collector_vms",
         Gauge,
         "VMs the collector holds in memory.",
     );
     e.sample("rally_collector_vms", &[], vm_count as u64);
+}
+
+/// The listeners' connection counters, per port.
+fn connection_metrics(e: &mut Exposition, stats: &IngestStats) {
+    use Kind::{Counter, Gauge};
+
+    let listeners = stats.listeners();
+    let ports = [("grpc", &listeners.grpc), ("http", &listeners.http)];
+    e.family(
+        "rally_collector_connections",
+        Gauge,
+        "TCP connections open, by listener.",
+    );
+    for (name, port) in ports {
+        e.sample(
+            "rally_collector_connections",
+            &[("listener", name)],
+            port.open(),
+        );
+    }
+    e.family(
+        "rally_collector_connections_accepted_total",
+        Counter,
+        "TCP connections accepted and served, by listener.",
+    );
+    for (name, port) in ports {
+        e.sample(
+            "rally_collector_connections_accepted_total",
+            &[("listener", name)],
+            port.accepted(),
+        );
+    }
+    e.family(
+        "rally_collector_connections_closed_total",
+        Counter,
+        "TCP connections the collector closed, by listener and reason.",
+    );
+    for (name, port) in ports {
+        for (reason, value) in [
+            ("over_limit", port.over_limit()),
+            ("handshake_timeout", port.handshake_timeouts()),
+            ("idle", port.idle_closed()),
+        ] {
+            e.sample(
+                "rally_collector_connections_closed_total",
+                &[("listener", name), ("reason", reason)],
+                value,
+            );
+        }
+    }
+    e.family(
+        "rally_collector_accept_errors_total",
+        Counter,
+        "Failed accept calls (out of file descriptors, ...), by listener.",
+    );
+    for (name, port) in ports {
+        e.sample(
+            "rally_collector_accept_errors_total",
+            &[("listener", name)],
+            port.accept_errors(),
+        );
+    }
 }
