@@ -291,6 +291,13 @@ zone = "waw-1"
         let config = parse(&format!("{}{examples}", &shipped[..at])).unwrap();
         let kinds: Vec<_> = config.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(kinds, ["nginx", "apache", "fpm", "shop-log", "app"]);
+        // nginx's own log and php-fpm behind it are counted once, by nginx.
+        let counted_by: Vec<_> = config
+            .sources
+            .iter()
+            .map(|s| s.counted_by.as_deref())
+            .collect();
+        assert_eq!(counted_by, [None, None, Some("nginx"), Some("nginx"), None]);
     }
 
     #[test]
