@@ -250,6 +250,16 @@ zone = "waw-1"
     }
 
     #[test]
+    fn a_counted_by_naming_no_source_points_to_its_line() {
+        let text = "[[sources]]\nname = \"nginx\"\nkind = \"nginx\"\nurl = \"http://x/\"\n\n[[sources]]\nname = \"log\"\nkind = \"access_log\"\npath = \"/a\"\ncounted_by = \"ngnix\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("/etc/rally/agent.toml:10:1: key `sources[1].counted_by`: no source is named `ngnix`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_check_on_an_unwritten_key_points_to_its_table() {
         // `timeout` is left at its default (1 s), not shorter than this interval.
         let text = "interval = \"500ms\"\n\n[[sources]]\nname = \"a\"\nkind = \"nginx\"\nurl = \"http://x/\"\n";
@@ -291,6 +301,13 @@ zone = "waw-1"
         let config = parse(&format!("{}{examples}", &shipped[..at])).unwrap();
         let kinds: Vec<_> = config.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(kinds, ["nginx", "apache", "fpm", "shop-log", "app"]);
+        // nginx's own log and php-fpm behind it are counted once, by nginx.
+        let counted_by: Vec<_> = config
+            .sources
+            .iter()
+            .map(|s| s.counted_by.as_deref())
+            .collect();
+        assert_eq!(counted_by, [None, None, Some("nginx"), Some("nginx"), None]);
     }
 
     #[test]

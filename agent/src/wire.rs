@@ -135,6 +135,7 @@ fn source_report(s: &SourceSample) -> pb::SourceReport {
     pb::SourceReport {
         name: s.name.clone(),
         kind: s.kind.name().to_owned(),
+        counted_by: s.counted_by.clone().unwrap_or_default(),
         up: s.up,
         error: s.error.clone().unwrap_or_default(),
         down_total: s.down_total,
@@ -359,6 +360,31 @@ mod tests {
         assert_eq!(h.interval_ms, 5000);
         assert_eq!(h.labels.get("role").map(String::as_str), Some("web"));
         assert_eq!(h.size.unwrap().vcpus, 4);
+    }
+
+    #[test]
+    fn a_source_counted_by_another_says_so_and_one_that_counts_sends_empty() {
+        let source = |name: &str, counted_by: Option<&str>| SourceSample {
+            name: name.into(),
+            kind: crate::source::Kind::AccessLog,
+            counted_by: counted_by.map(str::to_owned),
+            up: true,
+            error: None,
+            down_total: 0,
+            interval_ms: 5000,
+            requests: 500,
+            requests_per_second: Some(100.0),
+            statuses: None,
+            latency: None,
+            nginx: None,
+            apache: None,
+            php_fpm: None,
+        };
+        let mut s = sample();
+        s.sources = vec![source("nginx", None), source("log", Some("nginx"))];
+        let r = report(1, &s);
+        let counted_by: Vec<_> = r.sources.iter().map(|s| s.counted_by.as_str()).collect();
+        assert_eq!(counted_by, ["", "nginx"]);
     }
 
     #[test]

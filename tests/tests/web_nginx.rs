@@ -4,13 +4,17 @@
 //! and comes back.
 //!
 //! The sources are driven in-process (`rally_agent::source::Sources`, the code the
-//! agent runs at every sample), so every reading is seen, not only the latest.
+//! agent runs at every sample), so every reading is seen, not only the latest. Each
+//! reading also goes the way a report goes (the agent's wire message, the collector's
+//! ingest check) to the VM's request rate, which counts this one nginx once.
 
 #![allow(clippy::unwrap_used)] // a panic is the test failure report
 
 use std::time::{Duration, Instant};
 
+use rally_agent::sample::Sample;
 use rally_agent::source::{SourceConfig, SourceSample, Sources};
+use rally_collector::fleet::Report;
 use rally_tests::web::{self, Nginx};
 
 #[derive(serde::Deserialize)]
@@ -27,6 +31,26 @@ fn lines(path: &std::path::Path) -> u64 {
     std::fs::read_to_string(path)
         .map(|t| t.lines().count() as u64)
         .unwrap_or(0)
+}
+
+/// One reading of the sources as the collector sees it: the agent's report message
+/// with sequence number `seq`, checked at the collector's ingest edge.
+fn as_collected(seq: u64, sources: &[SourceSample]) -> Report {
+    let sample = Sample {
+        timestamp_ms: 1_700_000_000_000 + i64::try_from(seq).unwrap() * 1000,
+        interval_ms: 1000,
+        size: None,
+        cpu: None,
+        cores: vec![],
+        load: None,
+        memory: None,
+        pressure: None,
+        net: vec![],
+        disks: vec![],
+        filesystems: vec![],
+        sources: sources.to_vec(),
+    };
+    rally_collector::ingest::validate::report(rally_agent::wire::report(seq, &sample)).unwrap()
 }
 
 /// Readings of one source: requests, interval seconds, rate.
@@ -51,7 +75,7 @@ async fn nginx_counts_match_what_was_sent_across_reload_and_both_rotations() {
     let nginx = Nginx::start(&dir.path().join("nginx"), None);
     let log = nginx.access_log.clone();
     let mut sources = sources(&format!(
-        "[[sources]]\nname = \"nginx\"\nkind = \"nginx\"\nurl = \"{}\"\n\n[[sources]]\nname = \"log\"\nkind = \"access_log\"\npath = \"{}\"\nformat = '{}'\n",
+        "[[sources]]\nname = \"nginx\"\nkind = \"nginx\"\nurl = \"{}\"\n\n[[sources]]\nname = \"log\"\nkind = \"access_log\"\npath = \"{}\"\nformat = '{}'\ncounted_by = \"nginx\"\n",
         nginx.url("/status"),
         log.display(),
         web::NGINX_FORMAT
@@ -74,6 +98,9 @@ async fn nginx_counts_match_what_was_sent_across_reload_and_both_rotations() {
         tokio::time::Instant::now() + Duration::from_secs(1),
         Duration::from_secs(1),
     );
+    // A late reading (a loaded machine) must not be followed by a burst of readings a
+    // few milliseconds apart, whose rates the millisecond interval rounds too coarsely.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for i in 1..=12 {
         tick.tick().await;
         readings.push(sources.sample().await);
@@ -151,6 +178,30 @@ async fn nginx_counts_match_what_was_sent_across_reload_and_both_rotations() {
     let last_busy = &readings[5][1];
     assert!(last_busy.statuses.unwrap().success > 0);
     assert!(last_busy.latency.is_some(), "the format has $request_time");
+
+    // The VM's rate, as the collector sums it: stub_status and the log are one nginx,
+    // counted once (the log is `counted_by` nginx), so it is the rate sent, not twice it.
+    let collected: Vec<Report> = readings
+        .iter()
+        .enumerate()
+        .map(|(i, r)| as_collected(i as u64 + 1, r))
+        .collect();
+    for (report, (_, _, nginx_rate)) in collected.iter().zip(&status) {
+        assert_eq!(report.requests_per_second(), *nginx_rate);
+    }
+    let steady = &collected[1..11];
+    let vm_rate = steady
+        .iter()
+        .map(|r| r.requests_per_second().unwrap())
+        .sum::<f64>()
+        / steady.len() as f64;
+    println!("VM: {vm_rate:.1}/s over the steady readings vs {expected:.1}/s sent");
+    assert!(
+        (vm_rate - expected).abs() / expected < 0.05,
+        "the VM's rate {vm_rate} vs {expected} sent"
+    );
+    // stub_status has no statuses: the log's stand for nginx (every answer was a 2xx).
+    assert_eq!(collected[5].server_error_ratio(), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

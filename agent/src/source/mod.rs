@@ -14,6 +14,10 @@
 //! fails is reported down (and counted) while the others go on. Rates cover the time
 //! between a source's two last good readings, so a slow or failed reading never
 //! stretches or squeezes another source's rate.
+//!
+//! Two sources may see the same requests (nginx's `stub_status` and the same nginx's
+//! access log): the second says `counted_by = "nginx"`, which travels with its readings
+//! so that the collector, which sums a VM's sources, counts those requests once.
 
 pub mod access_log;
 pub mod apache;
@@ -116,6 +120,11 @@ pub struct SourceConfig {
     /// The largest status page read, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Another source that already counts this one's requests (the same traffic, or a
+    /// part of it): this source keeps its own series but is left out of the VM's
+    /// request rate, so one server is not counted twice. That source must count for
+    /// itself (no `counted_by` of its own).
+    pub counted_by: Option<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -218,7 +227,8 @@ impl SourceConfig {
 }
 
 /// Checks the `sources` list: each valid, names unique, timeouts shorter than
-/// `interval`; errors name the key path (`sources[2].timeout`).
+/// `interval`, each `counted_by` naming another source that counts for itself; errors
+/// name the key path (`sources[2].timeout`).
 pub fn validate_all(sources: &[SourceConfig], interval: Duration) -> Result<(), Invalid> {
     if sources.len() > MAX_SOURCES {
         return Err(Invalid::new(
@@ -242,6 +252,49 @@ pub fn validate_all(sources: &[SourceConfig], interval: Duration) -> Result<(), 
                 "must be shorter than the interval",
             ));
         }
+    }
+    check_counted_by_all(sources)
+}
+
+/// Checks every `counted_by` of the list; errors name `sources[i].counted_by`.
+fn check_counted_by_all(sources: &[SourceConfig]) -> Result<(), Invalid> {
+    for (i, source) in sources.iter().enumerate() {
+        if let Some(counter) = &source.counted_by {
+            check_counted_by(&source.name, counter, sources)
+                .map_err(|m| Invalid::new(format!("sources[{i}].counted_by"), m))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `counter`, named by source `name`'s `counted_by`, is another source that
+/// counts for itself: one level only, so there is no chain to follow and no cycle.
+fn check_counted_by(name: &str, counter: &str, sources: &[SourceConfig]) -> Result<(), String> {
+    if counter == name {
+        return Err(format!(
+            "`{name}` cannot be counted by itself; leave `counted_by` out to count it"
+        ));
+    }
+    let Some(target) = sources.iter().find(|s| s.name == counter) else {
+        let known: Vec<_> = sources
+            .iter()
+            .filter(|s| s.name != name)
+            .map(|s| format!("`{}`", s.name))
+            .collect();
+        return Err(if known.is_empty() {
+            format!("no source is named `{counter}` (there is no other source)")
+        } else {
+            format!(
+                "no source is named `{counter}` (the others are {})",
+                known.join(", ")
+            )
+        });
+    };
+    if let Some(further) = &target.counted_by {
+        return Err(format!(
+            "`{counter}` is itself counted by `{further}`: name the source that counts \
+             the requests (`counted_by = \"{further}\"`)"
+        ));
     }
     Ok(())
 }
@@ -268,6 +321,8 @@ pub struct SourceSample {
     pub name: String,
     /// What it reads.
     pub kind: Kind,
+    /// The source that already counts this one's requests (`counted_by`), if any.
+    pub counted_by: Option<String>,
     /// Whether the reading succeeded.
     pub up: bool,
     /// Why not, when down.
@@ -293,10 +348,11 @@ pub struct SourceSample {
 }
 
 impl SourceSample {
-    fn new(name: &str, kind: Kind) -> Self {
+    fn new(name: &str, kind: Kind, counted_by: Option<&str>) -> Self {
         Self {
             name: name.to_owned(),
             kind,
+            counted_by: counted_by.map(str::to_owned),
             up: true,
             error: None,
             down_total: 0,
@@ -391,6 +447,7 @@ impl Reader {
 struct Source {
     name: String,
     kind: Kind,
+    counted_by: Option<String>,
     reader: Reader,
     down_total: u64,
     failing: bool,
@@ -421,12 +478,14 @@ impl Sources {
                 Ok(Source {
                     name: c.name.clone(),
                     kind: c.kind,
+                    counted_by: c.counted_by.clone(),
                     reader: Reader::new(c, &key)?,
                     down_total: 0,
                     failing: false,
                 })
             })
             .collect::<Result<_, Invalid>>()?;
+        check_counted_by_all(configs)?;
         Ok(Self { sources })
     }
 
@@ -446,7 +505,7 @@ impl Sources {
 
 impl Source {
     async fn sample(&mut self) -> SourceSample {
-        let mut sample = SourceSample::new(&self.name, self.kind);
+        let mut sample = SourceSample::new(&self.name, self.kind, self.counted_by.as_deref());
         let result = self.reader.read(&mut sample).await;
         match result {
             Ok(()) => {
@@ -461,7 +520,7 @@ impl Source {
                     tracing::warn!(source = %self.name, kind = %self.kind, error = %e, "source is down; the other sources go on");
                     self.failing = true;
                 }
-                sample = SourceSample::new(&self.name, self.kind);
+                sample = SourceSample::new(&self.name, self.kind, self.counted_by.as_deref());
                 sample.up = false;
                 sample.error = Some(e.to_string());
             }
@@ -567,6 +626,74 @@ max_body_bytes = 4194304
             err("[[sources]]\nname = \"a\"\nkind = \"nginx\"\nurl = \"https://x/\"\n")
                 .starts_with("key `sources[0].url`")
         );
+    }
+
+    const NGINX_AND_ITS_LOG: &str = "[[sources]]\nname = \"nginx\"\nkind = \"nginx\"\nurl = \"http://x/\"\n\n[[sources]]\nname = \"log\"\nkind = \"access_log\"\npath = \"/a\"\n";
+
+    #[test]
+    fn counted_by_names_another_source_that_counts_for_itself() {
+        let ok = config(&format!("{NGINX_AND_ITS_LOG}counted_by = \"nginx\"\n")).unwrap();
+        assert_eq!(ok[1].counted_by.as_deref(), Some("nginx"));
+        assert_eq!(ok[0].counted_by, None, "unset: the source counts");
+        // The source named may come after the one naming it.
+        let fpm_first = "[[sources]]\nname = \"fpm\"\nkind = \"php_fpm\"\nurl = \"http://x/fpm?json\"\ncounted_by = \"nginx\"\n\n[[sources]]\nname = \"nginx\"\nkind = \"nginx\"\nurl = \"http://x/\"\n";
+        assert!(config(fpm_first).is_ok());
+
+        let err = |t: String| config(&t).unwrap_err();
+        let unknown = err(format!("{NGINX_AND_ITS_LOG}counted_by = \"ngnix\"\n"));
+        assert!(
+            unknown.starts_with(
+                "key `sources[1].counted_by`: no source is named `ngnix` (the others are `nginx`)"
+            ),
+            "{unknown}"
+        );
+        let itself = err(format!("{NGINX_AND_ITS_LOG}counted_by = \"log\"\n"));
+        assert!(
+            itself.starts_with("key `sources[1].counted_by`") && itself.contains("by itself"),
+            "{itself}"
+        );
+        // A cycle (each names the other) is a chain, refused at its first link.
+        let cycle = err(NGINX_AND_ITS_LOG.replace(
+            "url = \"http://x/\"\n",
+            "url = \"http://x/\"\ncounted_by = \"log\"\n",
+        ) + "counted_by = \"nginx\"\n");
+        assert!(
+            cycle.starts_with("key `sources[0].counted_by`: `log` is itself counted by `nginx`"),
+            "{cycle}"
+        );
+        let chain = err(format!(
+            "{NGINX_AND_ITS_LOG}counted_by = \"nginx\"\n\n[[sources]]\nname = \"copy\"\nkind = \"access_log\"\npath = \"/b\"\ncounted_by = \"log\"\n"
+        ));
+        assert!(
+            chain.starts_with("key `sources[2].counted_by`: `log` is itself counted by `nginx`: name the source that counts the requests (`counted_by = \"nginx\"`)"),
+            "{chain}"
+        );
+        // The sources the agent builds check the same (they are built without the
+        // interval, from tests and `sample`).
+        #[derive(Deserialize)]
+        struct Wrapper {
+            sources: Vec<SourceConfig>,
+        }
+        let w: Wrapper =
+            toml::from_str(&format!("{NGINX_AND_ITS_LOG}counted_by = \"apache\"\n")).unwrap();
+        let e = Sources::new(&w.sources).unwrap_err().to_string();
+        assert!(e.contains("sources[1].counted_by"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_source_reading_carries_its_counted_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        std::fs::write(&log, "").unwrap();
+        let configs = config(&format!(
+            "[[sources]]\nname = \"a\"\nkind = \"access_log\"\npath = \"{0}\"\n\n[[sources]]\nname = \"b\"\nkind = \"access_log\"\npath = \"{0}\"\ncounted_by = \"a\"\n",
+            log.display()
+        ))
+        .unwrap();
+        let mut sources = Sources::new(&configs).unwrap();
+        let readings = sources.sample().await;
+        assert_eq!(readings[0].counted_by, None);
+        assert_eq!(readings[1].counted_by.as_deref(), Some("a"));
     }
 
     #[tokio::test]

@@ -202,23 +202,39 @@ pub struct Report {
 pub const MAX_SOURCES: usize = 32;
 
 impl Report {
-    /// Requests per second summed over the sources that have a rate this time; `None`
-    /// when none has (no source, all down, or the first reading after agent start).
+    /// Requests per second summed over the sources that count for themselves (no
+    /// `counted_by`) and have a rate this time; `None` when none has (no source, all
+    /// down, or the first reading after agent start). A source counted by another is
+    /// left out even when that other has no rate: its traffic is not added twice, and
+    /// the sum never switches between two views of one server.
     pub fn requests_per_second(&self) -> Option<f64> {
         self.sources
             .iter()
+            .filter(|s| s.counted_by.is_none())
             .filter_map(|s| s.requests_per_second)
             .reduce(|a, b| a + b)
     }
 
-    /// 5xx responses over all responses of the interval, from the sources that count
-    /// status classes; `None` without such a source or without responses.
+    /// 5xx responses over all responses of the interval, from the status classes of the
+    /// sources with a rate this time. Each server's traffic is weighed once: a source
+    /// counted by another adds its classes only when that other has none (nginx's
+    /// `stub_status` has none, so its access log's classes stand for it). `None`
+    /// without such a source or without responses.
     pub fn server_error_ratio(&self) -> Option<f64> {
+        let classes = |s: &SourceReport| s.statuses.filter(|_| s.requests_per_second.is_some());
         let (errors, all) = self
             .sources
             .iter()
-            .filter(|s| s.requests_per_second.is_some())
-            .filter_map(|s| s.statuses)
+            .filter(|s| match &s.counted_by {
+                None => true,
+                Some(counter) => self
+                    .sources
+                    .iter()
+                    .find(|c| &c.name == counter)
+                    .and_then(classes)
+                    .is_none(),
+            })
+            .filter_map(classes)
             .fold((0u64, 0u64), |(e, a), c| {
                 (
                     e.saturating_add(c.server_error),
@@ -228,7 +244,8 @@ impl Report {
         (all > 0).then(|| errors as f64 / all as f64)
     }
 
-    /// The highest p95 latency among the sources that measure it, in seconds.
+    /// The highest p95 latency among the sources that measure it, in seconds (a
+    /// maximum, so a server seen by two sources is not weighed twice).
     pub fn latency_p95_seconds(&self) -> Option<f64> {
         self.sources
             .iter()
@@ -361,6 +378,9 @@ pub struct SourceReport {
     pub name: String,
     /// What it reads.
     pub kind: SourceKind,
+    /// Another source of the report, counting for itself, that already counts this
+    /// one's requests; `None`: this source counts in the VM's request rate.
+    pub counted_by: Option<String>,
     /// Whether the agent could read it this time.
     pub up: bool,
     /// Failed readings since the agent started.
@@ -408,4 +428,133 @@ pub struct Hello {
     pub size: Option<VmSize>,
     /// The agent's sampling interval, if it said.
     pub interval: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source with a rate and, when `statuses` is given, `(5xx, all)` responses.
+    fn source(
+        name: &str,
+        kind: SourceKind,
+        counted_by: Option<&str>,
+        rate: Option<f64>,
+        statuses: Option<(u64, u64)>,
+    ) -> SourceReport {
+        SourceReport {
+            name: name.into(),
+            kind,
+            counted_by: counted_by.map(str::to_owned),
+            up: true,
+            down_total: 0,
+            interval: Duration::from_secs(5),
+            requests: 0,
+            requests_per_second: rate,
+            statuses: statuses.map(|(errors, all)| StatusClasses {
+                success: all - errors,
+                server_error: errors,
+                ..Default::default()
+            }),
+            latency: None,
+            busy: None,
+            php_fpm: None,
+        }
+    }
+
+    fn report(sources: Vec<SourceReport>) -> Report {
+        Report {
+            seq: 1,
+            timestamp: SystemTime::UNIX_EPOCH,
+            interval: Duration::from_secs(5),
+            size: None,
+            cpu: None,
+            cores: vec![],
+            load: None,
+            memory: None,
+            pressure: None,
+            net: vec![],
+            disks: vec![],
+            filesystems: vec![],
+            dropped: 0,
+            sources,
+        }
+    }
+
+    use SourceKind::{AccessLog, Apache, Nginx, PhpFpm};
+
+    #[test]
+    fn the_vm_rate_counts_each_server_once() {
+        let nginx = |rate| source("nginx", Nginx, None, rate, None);
+        let log = |counted_by, rate| source("log", AccessLog, counted_by, rate, Some((2, 200)));
+        // (sources, VM requests/s)
+        let rows: Vec<(Vec<SourceReport>, Option<f64>)> = vec![
+            // stub_status and the same nginx's log, the log counted by nginx: nginx's rate.
+            (
+                vec![nginx(Some(40.0)), log(Some("nginx"), Some(40.0))],
+                Some(40.0),
+            ),
+            // Without `counted_by` (an agent older than the field): both, as before.
+            (vec![nginx(Some(40.0)), log(None, Some(40.0))], Some(80.0)),
+            // nginx without a rate (down, or its first reading): absent, not the log's.
+            (vec![nginx(None), log(Some("nginx"), Some(40.0))], None),
+            // Two servers that count for themselves add up; php-fpm behind nginx does not.
+            (
+                vec![
+                    nginx(Some(40.0)),
+                    source("apache", Apache, None, Some(10.0), None),
+                    source("fpm", PhpFpm, Some("nginx"), Some(25.0), None),
+                ],
+                Some(50.0),
+            ),
+        ];
+        for (i, (sources, expected)) in rows.into_iter().enumerate() {
+            assert_eq!(report(sources).requests_per_second(), expected, "row {i}");
+        }
+    }
+
+    #[test]
+    fn the_error_ratio_weighs_each_servers_responses_once() {
+        let r = |sources| report(sources).server_error_ratio();
+        // stub_status has no classes: the log counted by it stands for it.
+        assert_eq!(
+            r(vec![
+                source("nginx", Nginx, None, Some(40.0), None),
+                source("log", AccessLog, Some("nginx"), Some(40.0), Some((2, 200))),
+            ]),
+            Some(0.01)
+        );
+        // The counting source has classes: a second log of the same traffic (all
+        // errors here) is not added.
+        assert_eq!(
+            r(vec![
+                source("main", AccessLog, None, Some(40.0), Some((2, 200))),
+                source(
+                    "copy",
+                    AccessLog,
+                    Some("main"),
+                    Some(40.0),
+                    Some((200, 200))
+                ),
+            ]),
+            Some(0.01)
+        );
+        // ... unless it has no rate this time (its first reading): then the view's.
+        assert_eq!(
+            r(vec![
+                source("main", AccessLog, None, None, Some((2, 200))),
+                source("copy", AccessLog, Some("main"), Some(40.0), Some((20, 200))),
+            ]),
+            Some(0.1)
+        );
+        // Two servers that count for themselves: their responses add up.
+        assert_eq!(
+            r(vec![
+                source("a", AccessLog, None, Some(40.0), Some((2, 100))),
+                source("b", AccessLog, None, Some(40.0), Some((8, 100))),
+            ]),
+            Some(0.05)
+        );
+        assert_eq!(r(vec![source("nginx", Nginx, None, Some(1.0), None)]), None);
+    }
 }

@@ -484,6 +484,7 @@ mod tests {
         let log = SourceReport {
             name: "log".into(),
             kind: SourceKind::AccessLog,
+            counted_by: None,
             up: true,
             down_total: 0,
             interval: secs(5),
@@ -544,6 +545,54 @@ mod tests {
         let view = FleetView::new(&fleet, t + secs(5));
         assert_eq!(view.latest("web-1", PolicyMetric::RequestsPerSecond), None);
         assert_eq!(view.latest("web-1", PolicyMetric::ServerErrorRatio), None);
+    }
+
+    #[test]
+    fn a_log_counted_by_nginx_adds_nothing_to_the_request_rates() {
+        use crate::fleet::{SourceKind, SourceReport, StatusClasses};
+        let fleet = fleet(&[("web", &["web-1"])]);
+        let mut a = Agent::connect(&fleet, "web-1", 4, 4 * GIB, secs(5), t0());
+        let nginx = SourceReport {
+            name: "nginx".into(),
+            kind: SourceKind::Nginx,
+            counted_by: None,
+            up: true,
+            down_total: 0,
+            interval: secs(5),
+            requests: 1000,
+            requests_per_second: Some(200.0),
+            statuses: None,
+            latency: None,
+            busy: Some(3),
+            php_fpm: None,
+        };
+        let log = SourceReport {
+            name: "log".into(),
+            kind: SourceKind::AccessLog,
+            counted_by: Some("nginx".into()),
+            statuses: Some(StatusClasses {
+                success: 990,
+                server_error: 10,
+                ..Default::default()
+            }),
+            busy: None,
+            ..nginx.clone()
+        };
+        let mut t = t0();
+        for _ in 0..13 {
+            t += secs(5);
+            a.report_sources(t, 0.5, 0.5, vec![nginx.clone(), log.clone()]);
+        }
+        let view = FleetView::new(&fleet, t);
+        let latest = |m| view.latest("web-1", m).map(|o| o.value);
+        assert_eq!(latest(PolicyMetric::RequestsPerSecond), Some(200.0));
+        assert_eq!(latest(PolicyMetric::RequestsPerSecondPerVcpu), Some(50.0));
+        // stub_status has no status classes: the log's stand for nginx's traffic.
+        assert_eq!(latest(PolicyMetric::ServerErrorRatio), Some(0.01));
+        let mean = view
+            .mean("web-1", PolicyMetric::RequestsPerSecond, secs(60))
+            .unwrap();
+        assert!((mean.value - 200.0).abs() < 1e-9, "{mean:?}");
     }
 
     #[test]

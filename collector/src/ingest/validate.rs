@@ -314,6 +314,7 @@ fn sources(items: Vec<v1::SourceReport>) -> Result<Vec<SourceReport>, Invalid> {
         out.push(SourceReport {
             name: s.name,
             kind,
+            counted_by: Some(s.counted_by).filter(|c| !c.is_empty()),
             // A source that is down carries no figures, whatever the message says.
             up: s.up,
             down_total: s.down_total,
@@ -338,6 +339,21 @@ fn sources(items: Vec<v1::SourceReport>) -> Result<Vec<SourceReport>, Invalid> {
                 slow_requests: p.slow_requests,
             }),
         });
+    }
+    for (i, s) in out.iter().enumerate() {
+        if let Some(counter) = &s.counted_by {
+            let counts_for_itself = out
+                .iter()
+                .any(|c| &c.name == counter && c.name != s.name && c.counted_by.is_none());
+            if !counts_for_itself {
+                return Err(invalid(
+                    format!("report.sources[{i}].counted_by"),
+                    format!(
+                        "`{counter}` is not another source of the report that counts for itself"
+                    ),
+                ));
+            }
+        }
     }
     Ok(out)
 }
@@ -606,6 +622,14 @@ mod tests {
                 "report.sources[0].latency.p99_seconds",
                 Box::new(|s| s.latency.as_mut().unwrap().p99_seconds = f64::NAN),
             ),
+            (
+                "report.sources[0].counted_by",
+                Box::new(|s| s.counted_by = "nginx".into()),
+            ),
+            (
+                "report.sources[0].counted_by",
+                Box::new(|s| s.counted_by = "shop-log".into()),
+            ),
         ];
         for (field, spoil) in cases {
             let mut source = good_source();
@@ -621,6 +645,42 @@ mod tests {
         let mut r = good_report();
         r.sources = vec![good_source(); MAX_SOURCES + 1];
         assert_eq!(report(r).unwrap_err().field, "report.sources");
+    }
+
+    #[test]
+    fn a_source_counted_by_another_converts_and_a_chain_is_refused() {
+        let nginx = v1::SourceReport {
+            name: "nginx".into(),
+            kind: "nginx".into(),
+            up: true,
+            interval_ms: 5000,
+            requests: 500,
+            requests_per_second: Some(100.0),
+            ..Default::default()
+        };
+        let log = v1::SourceReport {
+            counted_by: "nginx".into(),
+            ..good_source()
+        };
+        let mut r = good_report();
+        r.sources = vec![log.clone(), nginx.clone()];
+        let converted = report(r).unwrap();
+        assert_eq!(converted.sources[0].counted_by.as_deref(), Some("nginx"));
+        assert_eq!(
+            converted.sources[1].counted_by, None,
+            "empty: counts for itself"
+        );
+        assert_eq!(converted.requests_per_second(), Some(100.0));
+        assert_eq!(converted.server_error_ratio(), Some(0.02));
+
+        let copy = v1::SourceReport {
+            name: "copy".into(),
+            counted_by: "shop-log".into(),
+            ..good_source()
+        };
+        let mut r = good_report();
+        r.sources = vec![nginx, log, copy];
+        assert_eq!(report(r).unwrap_err().field, "report.sources[2].counted_by");
     }
 
     #[test]

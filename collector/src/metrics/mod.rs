@@ -149,6 +149,7 @@ mod tests {
         let source = |name: &str, kind| SourceReport {
             name: name.into(),
             kind,
+            counted_by: None,
             up: true,
             down_total: 0,
             interval: std::time::Duration::from_secs(5),

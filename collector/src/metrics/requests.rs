@@ -27,7 +27,7 @@ pub(super) fn request_metrics(e: &mut Exposition, vms: &[VmSummary]) {
         vms,
         "rally_vm_requests_per_second",
         Gauge,
-        "Web requests per second over the last report's interval, summed over the VM's request sources (absent without a source with a rate).",
+        "Web requests per second over the last report's interval, summed over the VM's request sources that count (not counted_by another; absent without one with a rate).",
         |vm| latest(vm, Metric::RequestsPerSecond),
     );
     e.per_vm_and(
@@ -42,14 +42,14 @@ pub(super) fn request_metrics(e: &mut Exposition, vms: &[VmSummary]) {
         vms,
         "rally_vm_requests_per_second_per_vcpu",
         Gauge,
-        "Web requests per second divided by the VM's vCPUs.",
+        "rally_vm_requests_per_second divided by the VM's vCPUs.",
         |vm| latest(vm, Metric::RequestsPerSecondPerVcpu),
     );
     e.per_vm(
         vms,
         "rally_vm_server_error_ratio",
         Gauge,
-        "5xx responses over all responses in the last interval (access-log sources).",
+        "5xx responses over all responses in the last interval (access-log sources; one counted_by another only when that other has no status classes).",
         |vm| latest(vm, Metric::ServerErrorRatio),
     );
     e.per_vm(
