@@ -1,5 +1,6 @@
 //! The command line, with a bound on everything a run holds.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -49,6 +50,9 @@ pub struct Cli {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    pub json_file: Option<PathBuf>,
     /// Print a progress line to stderr this often.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub progress: Option<Duration>,

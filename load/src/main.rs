@@ -57,6 +57,10 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("start the tokio runtime")?;
     let summary = runtime.block_on(run(&cli))?;
+    if let Some(path) = &cli.json_file {
+        std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
+            .with_context(|| format!("write {}", path.display()))?;
+    }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -149,7 +153,6 @@ async fn run(cli: &Cli) -> anyhow::Result<Summary> {
             last_progress = progress(&stats, started, last_progress);
         }
     }
-    let sent = Stats::get(&stats.sent);
     let elapsed = started.elapsed();
     let collector_after = cli
         .collector_pid
@@ -178,7 +181,6 @@ async fn run(cli: &Cli) -> anyhow::Result<Summary> {
         &stats,
         opening,
         elapsed,
-        sent,
         collector_before.zip(collector_after),
         (generator_before, generator_after),
     ))

@@ -32,7 +32,7 @@ pub struct Summary {
     pub opening_seconds: f64,
     /// Seconds reports were sent.
     pub seconds: f64,
-    /// Reports sent while the run lasted.
+    /// Reports sent.
     pub reports_sent: u64,
     /// Reports sent per second.
     pub reports_per_second: f64,
@@ -59,11 +59,11 @@ impl Summary {
         stats: &Stats,
         opening: Duration,
         elapsed: Duration,
-        sent: u64,
         collector: Option<(Reading, Reading)>,
         generator: (Reading, Reading),
     ) -> Self {
         let seconds = elapsed.as_secs_f64();
+        let sent = Stats::get(&stats.sent);
         Self {
             mode: if cli.flood { "flood" } else { "rate" },
             rate_per_agent: (!cli.flood).then_some(cli.rate),
