@@ -1,0 +1,168 @@
+//! What the simulated agents count, shared by all of them: reports sent and
+//! acknowledged, errors by kind, and ack latencies in a histogram.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latencies are recorded in microseconds, up to this many (longer ones saturate).
+const MAX_LATENCY_US: u64 = 600_000_000;
+/// Histogram shards: agents record into `index % SHARDS`, so thousands of agents do
+/// not queue on one lock.
+const SHARDS: usize = 16;
+
+/// Counters of one run.
+#[derive(Debug)]
+pub struct Stats {
+    /// Streams whose `Hello` the collector accepted (response headers arrived).
+    pub opened: AtomicU64,
+    /// Agents that finished opening, successfully or not.
+    pub settled: AtomicU64,
+    /// Reports handed to the streams.
+    pub sent: AtomicU64,
+    /// `Ack` messages received (the collector coalesces them).
+    pub acks: AtomicU64,
+    /// Reports covered by an `Ack`.
+    pub acked: AtomicU64,
+    /// Reports still un-acknowledged when their agent stopped waiting.
+    pub unacked: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+    latencies: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl Stats {
+    /// Empty counters.
+    pub fn new() -> anyhow::Result<Self> {
+        let latencies = (0..SHARDS)
+            .map(|_| Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            opened: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            unacked: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+            latencies,
+        })
+    }
+
+    /// Counts one error of `kind`.
+    pub fn error(&self, kind: impl Into<String>) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(kind.into())
+            .or_default() += 1;
+    }
+
+    /// Errors so far, by kind.
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records the ack latencies of agent `index`.
+    pub fn record(&self, index: usize, latencies: &[Duration]) {
+        let mut h = self.latencies[index % SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for l in latencies {
+            let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX);
+            h.saturating_record(us.max(1));
+        }
+    }
+
+    /// Every latency recorded so far.
+    pub fn latency(&self) -> Latency {
+        let lock =
+            |h: &Mutex<Histogram<u64>>| h.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut all = lock(&self.latencies[0]);
+        for shard in &self.latencies[1..] {
+            // Same bounds, so adding cannot fail.
+            let _ = all.add(lock(shard));
+        }
+        Latency::of(&all)
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Adds to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Ack latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    /// Latencies recorded.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_merge_every_shard() {
+        let stats = Stats::new().unwrap();
+        // 1..=1000 ms, spread over agents of different shards.
+        for ms in 1..=1000u64 {
+            stats.record(usize::try_from(ms).unwrap(), &[Duration::from_millis(ms)]);
+        }
+        let l = stats.latency();
+        assert_eq!(l.count, 1000);
+        assert!((l.p50_ms - 500.0).abs() < 1.0, "{l:?}");
+        assert!((l.p99_ms - 990.0).abs() < 1.0, "{l:?}");
+        assert!((l.p999_ms - 999.0).abs() < 1.0, "{l:?}");
+        assert!((l.max_ms - 1000.0).abs() < 1.0, "{l:?}");
+    }
+
+    #[test]
+    fn errors_are_counted_by_kind() {
+        let stats = Stats::new().unwrap();
+        stats.error("open: Unavailable");
+        stats.error("open: Unavailable");
+        stats.error("stream closed by the collector");
+        assert_eq!(
+            stats.errors(),
+            BTreeMap::from([
+                ("open: Unavailable".to_owned(), 2),
+                ("stream closed by the collector".to_owned(), 1),
+            ])
+        );
+    }
+}
