@@ -744,6 +744,7 @@ mod tests {
                 comparison: ">=".into(),
                 rule: "cpu".into(),
                 held_for_seconds: Some(180),
+                forecast: None,
             }],
             dry_run,
             created_at,

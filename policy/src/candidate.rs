@@ -3,9 +3,11 @@
 //! 1. `admit`: the VM's own gates (fresh, no resize of its own in flight, a size on the
 //!    ladder);
 //! 2. `advance_rules` and `advance_targets`: every rule and target timer moves on;
-//! 3. `grow`: load (rules, targets) or a floor (boost, `min_rung`) asks for a larger
-//!    rung, within the VM's limits;
-//! 4. `shrink`: otherwise, inside the scale-down window and on evidence, one rung down.
+//! 3. `forecast`: when no rule fired, whether a rule's metric is trending over its
+//!    threshold within the resize lead time;
+//! 4. `grow`: load (rules, targets, a forecast) or a floor (boost, `min_rung`) asks for
+//!    a larger rung, within the VM's limits;
+//! 5. `shrink`: otherwise, inside the scale-down window and on evidence, one rung down.
 //!
 //! The group-level gates (pause; for a resize that restarts the VM, one member at a time
 //! and no member stale) are the caller's.
@@ -14,6 +16,7 @@ use super::Timestamp;
 use super::boost::{Boost, floor_at};
 use super::decision::{Direction, Evaluation, Evidence, SkipReason, Trigger};
 use super::evaluate::{Group, chrono};
+use super::forecast;
 use super::group::GroupPolicy;
 use super::ladder::RungIndex;
 use super::limits::Limits;
@@ -61,12 +64,14 @@ struct Load {
     target_to: RungIndex,
     /// Evidence of the targets that asked for more.
     target_evidence: Vec<Evidence>,
+    /// Evidence of a rule forecast to fire within the lead time (one rung more).
+    forecast: Option<Evidence>,
 }
 
 impl Load {
-    /// Whether any rule or target asks for more capacity.
+    /// Whether any rule, target or forecast asks for more capacity.
     fn asks_for_more(&self) -> bool {
-        !self.fired.is_empty() || !self.target_evidence.is_empty()
+        !self.fired.is_empty() || !self.target_evidence.is_empty() || self.forecast.is_some()
     }
 }
 
@@ -113,7 +118,7 @@ pub(crate) fn evaluate_vm<V: MetricView + ?Sized>(
         name: vm,
         current,
         reported,
-        since: state.warm_up_since(vm, chrono(cfg.warm_up)),
+        since: state.warm_up_since(vm, cfg),
     };
     let Some(timers) = state.timers.get_mut(vm) else {
         return VmOutcome::Nothing;
@@ -121,10 +126,16 @@ pub(crate) fn evaluate_vm<V: MetricView + ?Sized>(
     let fired = advance_rules(cfg, timers, view, &me, now, out);
     let (target_to, target_evidence) = advance_targets(group, timers, view, &me, now, out);
     let busy = timers.busy();
+    let forecast = if fired.is_empty() {
+        forecast(group, view, state, &me, now)
+    } else {
+        None
+    };
     let load = Load {
         fired,
         target_to,
         target_evidence,
+        forecast,
     };
 
     let boost = floor_at(&group.policy.boosts, now);
@@ -322,13 +333,47 @@ fn advance_targets<V: MetricView + ?Sized>(
     (target_to, evidence)
 }
 
-/// The larger rung load (rules, targets) or a floor (a boost, `min_rung`) asks for, if
+/// The first forecast rule whose trend crosses its threshold within the resize lead
+/// time, as evidence (see [`forecast`]). Nothing while forecasting is off, while the fit
+/// window (and the minute it starts in) reaches back into the warm-up, or, in dry-run,
+/// while the VM's last note is younger than the cooldown.
+fn forecast<V: MetricView + ?Sized>(
+    group: &Group<'_>,
+    view: &V,
+    state: &GroupState,
+    vm: &Vm<'_>,
+    now: Timestamp,
+) -> Option<Evidence> {
+    let cfg = &group.policy.config;
+    let fc = &cfg.forecast;
+    if !fc.enabled {
+        return None;
+    }
+    let reach = chrono(fc.window) + chrono::Duration::minutes(1);
+    if vm
+        .since
+        .is_some_and(|s| now.checked_sub_signed(reach).is_none_or(|start| s > start))
+    {
+        return None;
+    }
+    if fc.dry_run && state.forecast_noted(vm.name, cfg, now) {
+        return None;
+    }
+    let horizon = fc.horizon(state.scale_up_lead_time());
+    cfg.rules.iter().filter(|r| fc.watches(r)).find_map(|rule| {
+        let current = read(view, vm.name, rule.metric, rule.window, vm.since, now)?;
+        let series = view.minute_series(vm.name, rule.metric, fc.window)?;
+        forecast::project(fc, rule, &series, current, horizon, now)
+    })
+}
+
+/// The larger rung load (rules, targets, a forecast) or a floor (a boost, `min_rung`) asks for, if
 /// any. A floor above what load asks for is the trigger; otherwise rules win over targets
 /// when they ask for at least as much.
 fn grow(group: &Group<'_>, vm: &Vm<'_>, load: Load, boost: Option<&Boost>) -> Option<Proposal> {
     let ladder = &group.policy.ladder;
     let current = vm.current;
-    let rule_to = if load.fired.is_empty() {
+    let rule_to = if load.fired.is_empty() && load.forecast.is_none() {
         current
     } else {
         (current + 1).min(ladder.max())
@@ -356,6 +401,14 @@ fn grow(group: &Group<'_>, vm: &Vm<'_>, load: Load, boost: Option<&Boost>) -> Op
                 Vec::new(),
             ),
         }
+    } else if rule_to >= load.target_to && load.fired.is_empty() {
+        let evidence: Vec<Evidence> = load.forecast.into_iter().collect();
+        let what = evidence
+            .iter()
+            .map(|e| e.rule.clone())
+            .collect::<Vec<_>>()
+            .join("; ");
+        (Trigger::Forecast, format!("forecast: {what}"), evidence)
     } else if rule_to >= load.target_to {
         let what = load
             .fired

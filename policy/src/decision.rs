@@ -54,6 +54,9 @@ pub enum Trigger {
     ScaleDown,
     /// An operator's request through the API.
     Manual,
+    /// A rule's metric is trending towards its threshold and will cross it within the
+    /// resize lead time (`[groups.forecast]`).
+    Forecast,
 }
 
 impl Trigger {
@@ -67,6 +70,7 @@ impl Trigger {
             Trigger::AboveMax => "above_max",
             Trigger::ScaleDown => "scale_down",
             Trigger::Manual => "manual",
+            Trigger::Forecast => "forecast",
         }
     }
 
@@ -80,6 +84,7 @@ impl Trigger {
             Trigger::AboveMax,
             Trigger::ScaleDown,
             Trigger::Manual,
+            Trigger::Forecast,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -87,7 +92,10 @@ impl Trigger {
 
     /// Whether the decision came from load (counts against daily caps; obeys cooldowns).
     pub fn is_load_driven(self) -> bool {
-        matches!(self, Trigger::Rule | Trigger::Target | Trigger::ScaleDown)
+        matches!(
+            self,
+            Trigger::Rule | Trigger::Target | Trigger::ScaleDown | Trigger::Forecast
+        )
     }
 }
 
@@ -130,6 +138,24 @@ pub struct Evidence {
     /// How long the condition held, when that matters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_for_seconds: Option<u64>,
+    /// The trend behind a forecast decision (`value` is then the predicted value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<ForecastEvidence>,
+}
+
+/// The trend a forecast fitted, and how far ahead it looked.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ForecastEvidence {
+    /// The least-squares slope, in the metric's unit per second.
+    pub slope_per_second: f64,
+    /// How well the line fits the 1-minute means (R², 0 to 1).
+    pub r2: f64,
+    /// The fitted value now.
+    pub fitted_now: f64,
+    /// How far ahead the line was read: the resize lead time, in seconds.
+    pub horizon_seconds: u64,
+    /// The 1-minute means the line was fitted to.
+    pub points: u32,
 }
 
 /// The size a VM reported when a resize was decided; verification compares against it.

@@ -123,7 +123,7 @@ fn roll_gate(
     let cfg = &group.policy.config;
     if let Some(r) = state.in_flight() {
         Some(SkipReason::RollInProgress { vm: r.vm.clone() })
-    } else if let Some((_, vm)) = state.group_warming_until(chrono(cfg.warm_up), now) {
+    } else if let Some((_, vm)) = state.group_warming_until(cfg, now) {
         Some(SkipReason::RollInProgress { vm: vm.to_owned() })
     } else if group.members.len() > 1 {
         stale_member.map(|vm| SkipReason::MemberStale { vm: vm.to_owned() })
@@ -248,6 +248,8 @@ fn make_decision(group: &Group<'_>, c: Candidate, now: Timestamp) -> Decision {
         cfg.scale_up.verify_timeout
     };
     let to = sized(group, c.to);
+    // A forecast in dry-run is recorded, never sent, even in a live group.
+    let dry_run = group.dry_run || (c.trigger == Trigger::Forecast && cfg.forecast.dry_run);
     Decision {
         id: decision_id(group.name, &c.vm, now, &to.rung),
         group: group.name.to_owned(),
@@ -258,7 +260,7 @@ fn make_decision(group: &Group<'_>, c: Candidate, now: Timestamp) -> Decision {
         trigger: c.trigger,
         reason: c.reason,
         evidence: c.evidence,
-        dry_run: group.dry_run,
+        dry_run,
         created_at: now,
         verify_deadline: now + chrono(timeout),
         baseline: Baseline {

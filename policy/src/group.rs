@@ -38,6 +38,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::boost::{Boost, BoostConfig};
+use super::forecast::Forecast;
 use super::ladder::{Ladder, LadderError, Rung};
 use super::metric::OutOfRange;
 use super::rule::Rule;
@@ -90,6 +91,10 @@ pub struct GroupPolicy {
     /// `[[groups.boosts]]`: scheduled floors.
     #[serde(default)]
     pub boosts: Vec<BoostConfig>,
+    /// `[groups.forecast]`: growing ahead of a rule from its metric's trend (off by
+    /// default, and dry-run until `dry_run = false`).
+    #[serde(default)]
+    pub forecast: Forecast,
     /// After a verified resize, samples younger than this are left out of every window.
     #[serde(default = "default_warm_up", with = "humantime_serde")]
     pub warm_up: Duration,
@@ -317,6 +322,7 @@ impl GroupPolicy {
             scale_up: ScaleUp::default(),
             scale_down: ScaleDown::default(),
             boosts: Vec::new(),
+            forecast: Forecast::default(),
             warm_up: default_warm_up(),
             circuit_breaker: default_circuit_breaker(),
         }
@@ -390,6 +396,9 @@ impl GroupPolicy {
                 reason: "must be a number ≥ 0".into(),
             });
         }
+        self.forecast
+            .validate(&self.rules)
+            .map_err(|(key, reason)| PolicyError::Value { key, reason })?;
         if self.circuit_breaker == 0 {
             return Err(PolicyError::Value {
                 key: "circuit_breaker",
@@ -458,6 +467,12 @@ mod tests {
         assert_eq!(p.warm_up, Duration::from_secs(60));
         assert_eq!(p.circuit_breaker, 3);
         assert!(!p.allow_restart);
+        assert!(
+            !p.forecast.enabled && p.forecast.dry_run,
+            "off, and dry-run until enabled"
+        );
+        assert_eq!(p.forecast.window, Duration::from_secs(600));
+        assert_eq!(p.forecast.min_r2, 0.8);
         assert!(p.compile().is_ok());
     }
 
@@ -507,6 +522,14 @@ mod tests {
             nightly_cap = 1
             cooldown = "1h"
             verify_timeout = "20m"
+            [forecast]
+            enabled = true
+            dry_run = false
+            metrics = ["psi_cpu_some_avg10"]
+            window = "15m"
+            min_r2 = 0.9
+            lead_time = "4m"
+            max_horizon = "10m"
             [[boosts]]
             name = "promo"
             rung = "L"
@@ -523,6 +546,9 @@ mod tests {
         assert_eq!(p.rules[0].window, Window::Last);
         assert_eq!(p.rules[1].window, Window::OneMinute);
         assert_eq!(p.targets[0].hold_for, Some(Duration::from_secs(60)));
+        assert!(p.forecast.enabled && !p.forecast.dry_run);
+        assert_eq!(p.forecast.metrics, [Metric::PsiCpuSomeAvg10]);
+        assert_eq!(p.forecast.window, Duration::from_secs(900));
         assert_eq!(
             compiled.boosts[0].start,
             "2026-11-27T13:00:00Z"
@@ -577,6 +603,22 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("scale_down.cpu_ceiling")
+        );
+        let mut p = base();
+        p.forecast.window = Duration::from_secs(60);
+        assert!(
+            p.compile()
+                .unwrap_err()
+                .to_string()
+                .starts_with("forecast.window")
+        );
+        let mut p = base();
+        p.forecast.metrics = vec![Metric::LatencyP95Seconds];
+        assert!(
+            p.compile()
+                .unwrap_err()
+                .to_string()
+                .starts_with("forecast.metrics")
         );
         let mut p = base();
         p.ladder.clear();

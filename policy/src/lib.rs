@@ -21,6 +21,7 @@
 //! - `target`: HPA-style target tracking.
 //! - `window`: daily scale-down windows in a time zone, DST-correct.
 //! - `boost`: scheduled floors.
+//! - `forecast`: growing before a rule's threshold is crossed, from its metric's trend.
 //! - `scale_down`: the 24 h evidence a shrink needs.
 //! - `decision`: decisions, evidence, skip reasons, events.
 //! - `state`: what a group remembers between ticks (in flight, history, pause, circuit).
@@ -39,6 +40,7 @@ pub mod boost;
 mod candidate;
 pub mod decision;
 pub mod evaluate;
+pub mod forecast;
 pub mod group;
 pub mod ladder;
 mod limits;
@@ -58,10 +60,12 @@ mod tests;
 /// Wall-clock time, the only clock type in the engine.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
-pub use decision::{Decision, Direction, Evaluation, Event, Evidence, Skip, SkipReason, Trigger};
+pub use decision::{
+    Decision, Direction, Evaluation, Event, Evidence, ForecastEvidence, Skip, SkipReason, Trigger,
+};
 pub use evaluate::{Group, ManualError, evaluate, manual_resize};
 pub use group::{GroupPolicy, Policy, PolicyError};
 pub use ladder::{Ladder, Rung, Size};
 pub use metric::{Metric, Window};
 pub use state::{GroupState, ResizeRecord, ResizeStatus};
-pub use view::{Freshness, MetricView, Observation, ReportedSize, WindowStat};
+pub use view::{Freshness, MetricView, Observation, ReportedSize, Series, WindowStat};

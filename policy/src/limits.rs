@@ -4,11 +4,14 @@
 use super::Timestamp;
 use super::decision::{Direction, SkipReason};
 use super::evaluate::{Group, chrono};
+use super::group::GroupPolicy;
 use super::state::GroupState;
 use super::window::local_day_start;
 
 /// What holds back one direction of load-driven resizes of a VM.
-pub(crate) struct Limits {
+pub(crate) struct Limits<'a> {
+    /// The group's policy (which records are a forecast's notes, holding nothing back).
+    cfg: &'a GroupPolicy,
     direction: Direction,
     /// A failed resize stopped this direction's roll until then.
     roll_stopped_until: Option<Timestamp>,
@@ -20,11 +23,12 @@ pub(crate) struct Limits {
     period: (Timestamp, Option<Timestamp>),
 }
 
-impl Limits {
+impl<'a> Limits<'a> {
     /// Roll stop, cooldown and daily cap of a load-driven scale-up at `now`.
-    pub(crate) fn up(group: &Group<'_>, state: &GroupState, now: Timestamp) -> Self {
+    pub(crate) fn up(group: &Group<'a>, state: &GroupState, now: Timestamp) -> Self {
         let cfg = &group.policy.config;
         Self {
+            cfg,
             direction: Direction::Up,
             roll_stopped_until: state.up_roll_stopped_until,
             cooldown: cfg.scale_up.cooldown,
@@ -36,13 +40,14 @@ impl Limits {
     /// Roll stop, cooldown and nightly cap of a scale-down in the window occurrence
     /// [start, end).
     pub(crate) fn down(
-        group: &Group<'_>,
+        group: &Group<'a>,
         state: &GroupState,
         start: Timestamp,
         end: Timestamp,
     ) -> Self {
         let cfg = &group.policy.config;
         Self {
+            cfg,
             direction: Direction::Down,
             roll_stopped_until: state.down_roll_stopped_until,
             cooldown: cfg.scale_down.cooldown,
@@ -68,6 +73,7 @@ impl Limits {
                 .resizes
                 .iter()
                 .filter(|r| r.vm == vm && r.direction == direction)
+                .filter(|r| !r.is_forecast_note(self.cfg))
         };
         if let Some(until) = mine()
             .filter_map(|r| r.completed_at())

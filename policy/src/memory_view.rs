@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use super::Timestamp;
 use super::metric::Metric;
-use super::view::{Freshness, MetricView, Observation, ReportedSize, WindowStat};
+use super::view::{Freshness, MetricView, Observation, ReportedSize, Series, WindowStat};
 
 #[derive(Debug, Default, Clone)]
-struct Series {
+struct Samples {
     /// (time, value), oldest first.
     samples: Vec<(Timestamp, f64)>,
 }
@@ -19,7 +19,7 @@ struct Series {
 struct VmRecord {
     last_report: Option<Timestamp>,
     size: Option<ReportedSize>,
-    series: HashMap<Metric, Series>,
+    series: HashMap<Metric, Samples>,
 }
 
 /// Recorded reports of many VMs, queried at a settable "now".
@@ -206,6 +206,37 @@ impl MetricView for MemoryView {
         let rank = ((means.len() as f64) * 0.95).ceil() as usize;
         let value = means[rank.saturating_sub(1).min(means.len() - 1)];
         Some(WindowStat { value, complete })
+    }
+
+    fn minute_series(&self, vm: &str, metric: Metric, over: Duration) -> Option<Series> {
+        let (_, complete) = self.window(vm, metric, over)?;
+        let samples = &self.vms.get(vm)?.series.get(&metric)?.samples;
+        let start = self.now - chrono::Duration::from_std(over).ok()?;
+        // Whole wall-clock minutes, from the one the window starts in (as the fleet's
+        // minute buckets).
+        let first = start.timestamp().div_euclid(60);
+        let lo = samples.partition_point(|(t, _)| t.timestamp().div_euclid(60) < first);
+        let hi = samples.partition_point(|(t, _)| *t <= self.now);
+        let mut minutes: Vec<(i64, f64, u32)> = Vec::new();
+        for (t, v) in &samples[lo..hi] {
+            let minute = t.timestamp().div_euclid(60);
+            match minutes.last_mut() {
+                Some((m, sum, n)) if *m == minute => {
+                    *sum += v;
+                    *n += 1;
+                }
+                _ => minutes.push((minute, *v, 1)),
+            }
+        }
+        let points = minutes
+            .into_iter()
+            .filter_map(|(minute, sum, n)| {
+                let begins = chrono::DateTime::from_timestamp(minute * 60, 0)?;
+                let middle = ((self.now - begins) / 2).min(chrono::Duration::seconds(30));
+                Some((begins + middle, sum / f64::from(n)))
+            })
+            .collect();
+        Some(Series { points, complete })
     }
 }
 

@@ -188,6 +188,7 @@ pub fn step(rule: &Rule, state: &mut RuleState, value: Option<f64>, now: Timesta
         .to_owned(),
         rule: rule.describe(),
         held_for_seconds: Some(held.as_secs()),
+        forecast: None,
     })
 }
 

@@ -62,6 +62,7 @@ pub fn evidence<V: MetricView + ?Sized>(
                 cpu.value, current.vcpus, smaller.vcpus, smaller.name
             ),
             held_for_seconds: Some(lookback.as_secs()),
+            forecast: None,
         },
         Evidence {
             metric: Metric::MemoryUsedRatio,
@@ -74,6 +75,7 @@ pub fn evidence<V: MetricView + ?Sized>(
                 peak_used, cfg.memory_ceiling, smaller.memory_bytes, smaller.name
             ),
             held_for_seconds: Some(lookback.as_secs()),
+            forecast: None,
         },
     ])
 }

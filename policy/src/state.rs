@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::Timestamp;
 use super::decision::{Baseline, Decision, Direction, Event, PauseReason, Trigger};
-use super::group::Policy;
+use super::group::{GroupPolicy, Policy};
 use super::ladder::{MEMORY_BLOCK_BYTES, Size};
 use super::rule::RuleState;
 use super::view::ReportedSize;
@@ -22,6 +22,8 @@ use super::view::ReportedSize;
 const HISTORY: chrono::Duration = chrono::Duration::hours(49);
 /// Bound on remembered resizes per group, whatever the clock does.
 const MAX_HISTORY: usize = 10_000;
+/// How many of the latest verified scale-ups the resize lead time is measured over.
+const LEAD_TIME_SAMPLES: usize = 5;
 
 /// Where a resize is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -98,6 +100,25 @@ impl ResizeRecord {
         }
     }
 
+    /// Whether this is a forecast's note: a forecast decision recorded in dry-run while
+    /// the group's `forecast.dry_run` is on. A note is no resize: it holds nothing back
+    /// (no cooldown, cap or warm-up), so a dry-run forecast never delays a live rule.
+    pub fn is_forecast_note(&self, cfg: &GroupPolicy) -> bool {
+        cfg.forecast.dry_run
+            && self.trigger == Trigger::Forecast
+            && self.status == ResizeStatus::DryRun
+    }
+
+    /// When this resize counts as done under `cfg`: [`ResizeRecord::completed_at`],
+    /// except that a forecast's note never does.
+    pub fn done_at(&self, cfg: &GroupPolicy) -> Option<Timestamp> {
+        if self.is_forecast_note(cfg) {
+            None
+        } else {
+            self.completed_at()
+        }
+    }
+
     /// Whether `reported` shows this resize landed: the requested vCPU count, and MemTotal
     /// moved by the requested amount give or take one 128 MiB memory block. A scale-up is
     /// never verified while the guest leaves hot-added CPUs or memory offline: the VM
@@ -154,6 +175,11 @@ impl VmTimers {
             .any(|r| r.firing || r.pending_since.is_some())
             || self.targets.iter().any(Option::is_some)
     }
+}
+
+/// The group's warm-up as a chrono duration (saturating).
+fn warm_up(cfg: &GroupPolicy) -> chrono::Duration {
+    chrono::Duration::from_std(cfg.warm_up).unwrap_or(chrono::Duration::MAX)
 }
 
 /// Everything the engine keeps about one group.
@@ -288,13 +314,14 @@ impl GroupState {
         }
     }
 
-    /// Samples before this instant are left out of `vm`'s windows (warm-up after its last
-    /// completed resize).
-    pub fn warm_up_since(&self, vm: &str, warm_up: chrono::Duration) -> Option<Timestamp> {
+    /// Samples before this instant are left out of `vm`'s windows (`cfg.warm_up` after
+    /// its last completed resize).
+    pub fn warm_up_since(&self, vm: &str, cfg: &GroupPolicy) -> Option<Timestamp> {
+        let warm_up = warm_up(cfg);
         self.resizes
             .iter()
             .filter(|r| r.vm == vm)
-            .filter_map(ResizeRecord::completed_at)
+            .filter_map(|r| r.done_at(cfg))
             .max()
             .map(|t| t + warm_up)
     }
@@ -302,13 +329,150 @@ impl GroupState {
     /// The end of the group's last warm-up, while it lasts (the next member waits for it).
     pub fn group_warming_until(
         &self,
-        warm_up: chrono::Duration,
+        cfg: &GroupPolicy,
         now: Timestamp,
     ) -> Option<(Timestamp, &str)> {
+        let warm_up = warm_up(cfg);
         self.resizes
             .iter()
-            .filter_map(|r| r.completed_at().map(|t| (t + warm_up, r.vm.as_str())))
+            .filter_map(|r| r.done_at(cfg).map(|t| (t + warm_up, r.vm.as_str())))
             .filter(|(t, _)| *t > now)
             .max_by_key(|(t, _)| *t)
+    }
+
+    /// The resize lead time measured from history: the median time from decision to
+    /// verification of the group's latest (up to five) verified scale-ups. `None`
+    /// without one.
+    pub fn scale_up_lead_time(&self) -> Option<std::time::Duration> {
+        let mut took: Vec<std::time::Duration> = self
+            .resizes
+            .iter()
+            .rev()
+            .filter(|r| r.direction == Direction::Up)
+            .filter_map(|r| match r.status {
+                ResizeStatus::Verified { at } => (at - r.created_at).to_std().ok(),
+                _ => None,
+            })
+            .take(LEAD_TIME_SAMPLES)
+            .collect();
+        if took.is_empty() {
+            return None;
+        }
+        took.sort();
+        let mid = took.len() / 2;
+        Some(if took.len() % 2 == 1 {
+            took[mid]
+        } else {
+            (took[mid - 1] + took[mid]) / 2
+        })
+    }
+
+    /// Whether `vm` has a forecast's note younger than `scale_up.cooldown` (a forecast
+    /// in dry-run notes a VM once per cooldown, not every tick).
+    pub fn forecast_noted(&self, vm: &str, cfg: &GroupPolicy, now: Timestamp) -> bool {
+        let cooldown =
+            chrono::Duration::from_std(cfg.scale_up.cooldown).unwrap_or(chrono::Duration::MAX);
+        self.resizes.iter().any(|r| {
+            r.vm == vm
+                && r.is_forecast_note(cfg)
+                && r.created_at
+                    .checked_add_signed(cooldown)
+                    .is_none_or(|t| t > now)
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// A scale-up of `vm` decided at `at`, in `status`.
+    fn up(vm: &str, at: &str, status: ResizeStatus) -> ResizeRecord {
+        let size = Size {
+            vcpus: 2,
+            memory_bytes: 4 << 30,
+        };
+        ResizeRecord {
+            id: format!("{vm}-{at}"),
+            vm: vm.into(),
+            direction: Direction::Up,
+            trigger: Trigger::Rule,
+            from: size,
+            to: size,
+            created_at: t(at),
+            deadline: t(at) + chrono::Duration::minutes(5),
+            baseline: Baseline {
+                vcpus: 2,
+                memory_total_bytes: 4 << 30,
+            },
+            status,
+        }
+    }
+
+    fn verified(vm: &str, at: &str, after: i64) -> ResizeRecord {
+        let done = t(at) + chrono::Duration::seconds(after);
+        up(vm, at, ResizeStatus::Verified { at: done })
+    }
+
+    #[test]
+    fn the_lead_time_is_the_median_of_the_latest_verified_scale_ups() {
+        let mut state = GroupState::default();
+        assert_eq!(state.scale_up_lead_time(), None);
+        state.resizes = vec![
+            // Older than the latest five: left out.
+            verified("web-1", "2026-01-15T08:00:00Z", 3000),
+            verified("web-1", "2026-01-15T09:00:00Z", 60),
+            verified("web-2", "2026-01-15T09:10:00Z", 240),
+            up(
+                "web-1",
+                "2026-01-15T09:20:00Z",
+                ResizeStatus::Failed {
+                    at: t("2026-01-15T09:25:00Z"),
+                },
+            ),
+            up("web-2", "2026-01-15T09:30:00Z", ResizeStatus::DryRun),
+            verified("web-1", "2026-01-15T09:40:00Z", 120),
+            verified("web-2", "2026-01-15T09:50:00Z", 600),
+            verified("web-1", "2026-01-15T10:00:00Z", 180),
+        ];
+        // 60, 240, 120, 600, 180 s: the median is 180 s.
+        assert_eq!(state.scale_up_lead_time(), Some(Duration::from_secs(180)));
+        state.resizes.pop();
+        // 3000, 60, 240, 120, 600 → 240 s.
+        assert_eq!(state.scale_up_lead_time(), Some(Duration::from_secs(240)));
+        state.resizes.truncate(3);
+        // 3000, 60, 240 → 240 s; an even count takes the middle two's mean.
+        assert_eq!(state.scale_up_lead_time(), Some(Duration::from_secs(240)));
+        state.resizes.truncate(2);
+        assert_eq!(state.scale_up_lead_time(), Some(Duration::from_secs(1530)));
+    }
+
+    #[test]
+    fn a_forecast_note_holds_nothing_back_while_forecast_dry_run_is_on() {
+        let mut cfg = GroupPolicy::with_ladder(Vec::new());
+        let mut note = up("web-1", "2026-01-15T10:00:00Z", ResizeStatus::DryRun);
+        note.trigger = Trigger::Forecast;
+        let state = GroupState {
+            resizes: vec![note.clone()],
+            ..GroupState::default()
+        };
+        let now = t("2026-01-15T10:00:30Z");
+        assert!(note.is_forecast_note(&cfg));
+        assert_eq!(note.done_at(&cfg), None);
+        assert_eq!(state.warm_up_since("web-1", &cfg), None);
+        assert!(state.forecast_noted("web-1", &cfg, now));
+        assert!(!state.forecast_noted("web-2", &cfg, now));
+        assert!(!state.forecast_noted("web-1", &cfg, now + chrono::Duration::minutes(5)));
+        // A forecast that acts, in a dry-run group, counts like any dry-run decision.
+        cfg.forecast.dry_run = false;
+        assert!(!note.is_forecast_note(&cfg));
+        assert_eq!(note.done_at(&cfg), Some(note.created_at));
+        assert!(state.warm_up_since("web-1", &cfg).is_some());
     }
 }

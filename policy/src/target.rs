@@ -145,6 +145,7 @@ impl Target {
             comparison: ">".to_owned(),
             rule: self.describe(),
             held_for_seconds: Some(held_for.as_secs()),
+            forecast: None,
         }
     }
 }

@@ -198,6 +198,16 @@ impl Sim {
         self.run(d)
     }
 
+    /// Reports and evaluates every 5 s for `d`, every VM's CPU following `cpu` (of the
+    /// seconds since this call).
+    fn run_shaped(&mut self, d: Duration, cpu: impl Fn(i64) -> f64) -> &mut Self {
+        for i in 1..=(d.as_secs() as i64 / TICK) {
+            self.load_all(cpu(i * TICK));
+            self.tick(true);
+        }
+        self
+    }
+
     /// Reports without evaluating (history before the interesting part).
     fn feed(&mut self, d: Duration) -> &mut Self {
         for _ in 0..(d.as_secs() as i64 / TICK) {
@@ -1174,4 +1184,211 @@ fn boosts_raise_the_floor_early_and_block_scale_down() {
             .all(|d| d.trigger == Trigger::Boost)
     );
     assert!(sim.skipped("web-1", |r| matches!(r, SkipReason::BoostActive { .. })));
+}
+
+// Forecasts on simulated time. Every shape starts with 15 quiet minutes; the default CPU
+// rule (1m ≥ 0.80 for 3m) is the one forecast, 3 min ahead (no scale-up in the history).
+
+/// CPU 0.30 for 15 min, then +0.02 a minute: 0.80 at minute 40.
+fn ramp(t: i64) -> f64 {
+    0.30 + 0.02 * ((t - 15 * 60).max(0) as f64 / 60.0)
+}
+
+/// CPU 0.40, with one minute at 0.95 (minute 30) and one at 0.78 (minute 36).
+fn spike(t: i64) -> f64 {
+    match t / 60 {
+        30 => 0.95,
+        36 => 0.78,
+        _ => 0.40,
+    }
+}
+
+/// CPU rising from 0.40 to just below 0.80 over 4 minutes, again and again, after the
+/// quiet start: each tooth is a steep ramp heading over the threshold.
+fn sawtooth(t: i64) -> f64 {
+    if t < 15 * 60 {
+        return 0.40;
+    }
+    0.40 + 0.39 * ((t % 240) as f64 / 240.0)
+}
+
+/// CPU about 0.55: each minute's level ±0.10, each sample ±0.20 around it (a fixed
+/// pseudo-random sequence).
+fn noise(t: i64) -> f64 {
+    let unit = |seed: i64| {
+        // A 64-bit LCG step, scaled to [-1, 1).
+        let x = (seed as u64)
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    };
+    0.55 + 0.10 * unit(t / 60 + 7) + 0.20 * unit(t * 31 + 3)
+}
+
+fn forecast_on(p: &mut GroupPolicy) {
+    p.forecast.enabled = true;
+    p.forecast.dry_run = false;
+}
+
+/// Minutes from `start` to `d`'s decision.
+fn minute_of(d: &Decision, start: &str) -> f64 {
+    (d.created_at - ts(start)).num_seconds() as f64 / 60.0
+}
+
+#[test]
+fn a_forecast_grows_early_on_a_ramp_and_never_on_spikes_sawtooth_or_noise() {
+    type Tweak = fn(&mut GroupPolicy);
+    type Shape = fn(i64) -> f64;
+    /// The first decision's trigger, and the minute it comes by (within 1.5 min).
+    type First = Option<(Trigger, f64)>;
+    let off: Tweak = |_| {};
+    let on: Tweak = forecast_on;
+    let start = "2026-01-15T10:00:00Z";
+    // (case, policy, load shape, how long, first decision: trigger and by which minute)
+    let cases: Vec<(&str, Tweak, Shape, u64, First)> = vec![
+        (
+            "ramp, forecast on → grows 3 min before 0.80",
+            on,
+            ramp,
+            45,
+            Some((Trigger::Forecast, 37.5)),
+        ),
+        (
+            "ramp, forecast off → the rule, after 0.80 held for 3 min",
+            off,
+            ramp,
+            45,
+            Some((Trigger::Rule, 44.0)),
+        ),
+        ("spikes, forecast on → nothing", on, spike, 45, None),
+        (
+            "sawtooth below 0.80, forecast on → nothing",
+            on,
+            sawtooth,
+            60,
+            None,
+        ),
+        (
+            "noise around 0.55, forecast on → nothing",
+            on,
+            noise,
+            120,
+            None,
+        ),
+    ];
+    for (case, tweak, shape, minutes, want) in cases {
+        let mut sim = Sim::new(&[("web-1", "M")], start, tweak);
+        sim.run_shaped(mins(minutes), shape);
+        let first = sim.decisions.first();
+        match (want, first) {
+            (None, None) => {}
+            (Some((trigger, by)), Some(d)) => {
+                assert_eq!(d.trigger, trigger, "{case}: {:?}", sim.log());
+                let at = minute_of(d, start);
+                assert!(at <= by && at >= by - 1.5, "{case}: at minute {at:.2}");
+            }
+            _ => panic!("{case}: {:?}", sim.log()),
+        }
+    }
+}
+
+#[test]
+fn a_forecast_decision_names_its_trend_horizon_and_prediction() {
+    let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", forecast_on);
+    sim.run_shaped(mins(40), ramp);
+    let d = &sim.decisions[0];
+    assert_eq!((d.trigger, d.direction), (Trigger::Forecast, Direction::Up));
+    assert_eq!((d.from.rung.as_str(), d.to.rung.as_str()), ("M", "L"));
+    assert!(!d.dry_run);
+    assert!(
+        d.reason
+            .starts_with("forecast: cpu_utilization 1m >= 0.8 within 3m"),
+        "{}",
+        d.reason
+    );
+    let e = &d.evidence[0];
+    let f = e.forecast.unwrap();
+    assert_eq!((e.metric, e.threshold), (Metric::CpuUtilization, 0.8));
+    assert_eq!(f.horizon_seconds, 180);
+    assert!((f.slope_per_second - 0.02 / 60.0).abs() < 1e-5, "{f:?}");
+    assert!(f.r2 > 0.99, "{f:?}");
+    assert!(e.value >= 0.8 && e.value < 0.82, "predicted {}", e.value);
+    assert!(f.fitted_now < 0.8);
+}
+
+#[test]
+fn a_forecast_in_dry_run_is_recorded_not_sent_and_holds_the_rule_back_in_nothing() {
+    // forecast.dry_run defaults to true; the group itself is live.
+    let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", |p| {
+        p.forecast.enabled = true
+    });
+    sim.run_shaped(mins(45), ramp);
+    let forecasts: Vec<&Decision> = sim
+        .decisions
+        .iter()
+        .filter(|d| d.trigger == Trigger::Forecast)
+        .collect();
+    assert!(!forecasts.is_empty(), "{:?}", sim.log());
+    assert!(forecasts.iter().all(|d| d.dry_run));
+    // One note per cooldown, not one per tick.
+    assert!(forecasts.len() <= 2, "{:?}", sim.log());
+    // The rule fires exactly when it would without a forecast, and acts.
+    let rule = sim
+        .decisions
+        .iter()
+        .find(|d| d.trigger == Trigger::Rule)
+        .unwrap();
+    assert!(!rule.dry_run);
+    let mut without = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", |_| {});
+    without.run_shaped(mins(45), ramp);
+    assert_eq!(rule.created_at, without.decisions[0].created_at);
+}
+
+#[test]
+fn a_forecast_in_a_dry_run_group_is_dry_run() {
+    let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", forecast_on);
+    sim.dry_run = true;
+    sim.run_shaped(mins(40), ramp);
+    assert_eq!(sim.log(), ["web-1 M→L forecast"]);
+    assert!(sim.decisions[0].dry_run);
+}
+
+#[test]
+fn a_forecast_respects_the_gates_of_a_rule() {
+    type Tweak = fn(&mut GroupPolicy);
+    let capped: Tweak = |p| {
+        forecast_on(p);
+        p.scale_up.daily_cap = 0;
+    };
+    type Skipped = fn(&SkipReason) -> bool;
+    let at_max: Tweak = |p| {
+        forecast_on(p);
+        p.max_rung = Some("M".into());
+    };
+    // (case, policy, expected skip)
+    let cases: Vec<(&str, Tweak, Skipped)> = vec![
+        ("daily cap used up → cap", capped, |r| {
+            matches!(r, SkipReason::Cap { .. })
+        }),
+        ("at max_rung → at_max", at_max, |r| {
+            *r == SkipReason::AtMax
+        }),
+    ];
+    for (case, tweak, skip) in cases {
+        let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", tweak);
+        sim.run_shaped(mins(38), ramp);
+        assert!(sim.log().is_empty(), "{case}: {:?}", sim.log());
+        assert!(sim.skipped("web-1", skip), "{case}: {:?}", sim.skips);
+    }
+    // Stale: no report, no forecast.
+    let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", forecast_on);
+    sim.run_shaped(mins(36), ramp);
+    sim.vm("web-1").reporting = false;
+    sim.run_shaped(mins(3), |t| ramp(t + 36 * 60));
+    assert!(sim.log().is_empty(), "{:?}", sim.log());
+    // Paused: recorded nowhere.
+    let mut sim = Sim::new(&[("web-1", "M")], "2026-01-15T10:00:00Z", forecast_on);
+    sim.state.pause(sim.now);
+    sim.run_shaped(mins(40), ramp);
+    assert!(sim.log().is_empty(), "{:?}", sim.log());
 }

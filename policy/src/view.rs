@@ -58,6 +58,20 @@ pub struct WindowStat {
     pub complete: bool,
 }
 
+/// A metric's 1-minute means over a window, oldest first (what a forecast fits its line
+/// to).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Series {
+    /// One point per wall-clock minute that has samples: the minute's mean, placed at
+    /// the middle of the minute, or for the current minute at the middle of its elapsed
+    /// part (`minute start + min(30 s, (now − minute start) / 2)`). The first minute is
+    /// the one the window starts in, with all of its samples.
+    pub points: Vec<(Timestamp, f64)>,
+    /// True only when samples cover the whole window without a gap (as
+    /// [`WindowStat::complete`]); the engine fits no line to an incomplete series.
+    pub complete: bool,
+}
+
 /// Read-only queries the policy engine makes about VMs. All windows end at the view's
 /// snapshot time; implementations must be cheap (they run once per VM per tick).
 pub trait MetricView {
@@ -74,4 +88,10 @@ pub trait MetricView {
     /// 95th percentile of the metric's 1-minute means over the last `over` (24 h for
     /// scale-down evidence).
     fn p95_of_minute_means(&self, vm: &str, metric: Metric, over: Duration) -> Option<WindowStat>;
+    /// The metric's 1-minute means over the last `over` (see [`Series`]), for forecasts.
+    /// The default has none, so a view without it never forecasts.
+    fn minute_series(&self, vm: &str, metric: Metric, over: Duration) -> Option<Series> {
+        let _ = (vm, metric, over);
+        None
+    }
 }

@@ -158,6 +158,13 @@ const SECTIONS: &[Section] = &[
     ),
     section(
         Collector,
+        "groups[].forecast.",
+        "",
+        "[[groups]]\nname = \"web\"\n[groups.forecast]\n@\n",
+        "groups.0.forecast",
+    ),
+    section(
+        Collector,
         "groups[].boosts[].",
         "",
         "[[groups]]\nname = \"web\"\n[[groups.boosts]]\nrung = \"L\"\nstart = \"2026-12-04T18:00\"\nend = \"2026-12-06T23:00\"\n@\n",

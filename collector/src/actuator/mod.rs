@@ -159,6 +159,7 @@ pub(crate) mod tests {
                 comparison: ">=".into(),
                 rule: "cpu_utilization 1m >= 0.8 for 3m, clears < 0.55".into(),
                 held_for_seconds: Some(180),
+                forecast: None,
             }],
             dry_run: false,
             created_at: t,

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use rally_policy::view::{Freshness, MetricView, Observation, ReportedSize, WindowStat};
+use rally_policy::view::{Freshness, MetricView, Observation, ReportedSize, Series, WindowStat};
 use rally_policy::{Metric as PolicyMetric, Timestamp};
 
 use super::window::{Metric, TimeRange, Windows};
@@ -198,6 +198,24 @@ impl MetricView for FleetView<'_> {
         let rank = (P95 * means.len() as f64).ceil() as usize;
         let value = *means.get(rank.saturating_sub(1))?;
         Some(WindowStat { value, complete })
+    }
+
+    fn minute_series(&self, vm: &str, metric: PolicyMetric, over: Duration) -> Option<Series> {
+        let source = Source::of(metric)?;
+        let (points, complete) = self.window(vm, source, over, |w, range| {
+            let points: Vec<(Timestamp, f64)> = w
+                .minute_means(source.metric(), range)
+                .into_iter()
+                .map(|(start, mean)| {
+                    // The middle of the minute, or of the part of it that has elapsed.
+                    let elapsed = self.now.duration_since(start).unwrap_or_default();
+                    let middle = (elapsed / 2).min(Duration::from_secs(30));
+                    (timestamp(start + middle), source.map(mean))
+                })
+                .collect();
+            (!points.is_empty()).then_some(points)
+        })?;
+        Some(Series { points, complete })
     }
 }
 
@@ -593,6 +611,37 @@ mod tests {
             .mean("web-1", PolicyMetric::RequestsPerSecond, secs(60))
             .unwrap();
         assert!((mean.value - 200.0).abs() < 1e-9, "{mean:?}");
+    }
+
+    #[test]
+    fn a_minute_series_has_one_mean_per_minute_at_its_middle() {
+        let fleet = fleet(&[("web", &["web-1"])]);
+        let mut a = Agent::connect(&fleet, "web-1", 2, 4 * GIB, secs(5), t0());
+        // CPU 0.3 for 12 minutes, then 0.6; now is 20 s into minute 12.
+        a.report_span(t0(), t0() + secs(12 * 60), 0.3, 0.5);
+        let now = t0() + secs(12 * 60 + 20);
+        a.report_span(t0() + secs(12 * 60), now, 0.6, 0.5);
+        let view = FleetView::new(&fleet, now);
+        let s = view
+            .minute_series("web-1", PolicyMetric::CpuUtilization, secs(600))
+            .unwrap();
+        assert!(s.complete);
+        // The window starts 20 s into minute 2: minutes 2 to 12.
+        assert_eq!(s.points.len(), 11, "{s:?}");
+        let (first, last) = (s.points[0], s.points[10]);
+        assert_eq!(first.0, timestamp(t0() + secs(2 * 60 + 30)));
+        assert_eq!(last.0, timestamp(t0() + secs(12 * 60 + 10)));
+        assert!((first.1 - 0.3).abs() < 1e-6, "{first:?}");
+        // Minute 12 holds the 0.3 sampled on its first second and four at 0.6.
+        assert!((last.1 - 0.54).abs() < 1e-6, "{last:?}");
+        let avail = view
+            .minute_series("web-1", PolicyMetric::MemoryAvailableRatio, secs(600))
+            .unwrap();
+        assert!((avail.points[0].1 - 0.5).abs() < 1e-3, "{avail:?}");
+        assert_eq!(
+            view.minute_series("web-1", PolicyMetric::RequestsPerSecond, secs(600)),
+            None
+        );
     }
 
     #[test]
