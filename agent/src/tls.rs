@@ -132,6 +132,11 @@ impl ClientTls {
         Ok(())
     }
 
+    /// Whether a client certificate is presented.
+    pub fn has_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+
     /// tonic's TLS settings: the CA file or the system's roots, the client identity.
     pub fn client_config(&self) -> ClientTlsConfig {
         let config = ClientTlsConfig::new();
@@ -152,7 +157,8 @@ pub fn explain(error: &(dyn StdError + 'static)) -> Option<String> {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     let tls = tls_cause(error)?;
     Some(match tls {
-        E::InvalidCertificate(C::UnknownIssuer) => {
+        // A CA of the same name but another key fails its signature, not the lookup.
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
             "the collector's certificate is not signed by a CA this agent trusts (unknown CA): set tls.ca_file to the collector's CA (ca.pem)".into()
         }
         E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
@@ -171,7 +177,8 @@ pub fn explain(error: &(dyn StdError + 'static)) -> Option<String> {
             | A::UnknownCA
             | A::CertificateExpired
             | A::CertificateUnknown
-            | A::CertificateRevoked),
+            | A::CertificateRevoked
+            | A::DecryptError),
         ) => format!(
             "the collector refused this agent's certificate ({alert:?}): it needs tls.cert_file and tls.key_file signed by the collector's tls.client_ca_file, not expired"
         ),

@@ -12,6 +12,7 @@
 //! `http://` to another machine works but warns at every connection, since the reports
 //! and the token would cross the network in clear.
 
+use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -232,10 +233,22 @@ async fn stream_once(
         request.metadata_mut().insert("authorization", token);
     }
 
+    let presents_certificate = tls.as_ref().is_some_and(ClientTls::has_identity);
     let mut inbound = IngestClient::new(channel)
         .stream(request)
         .await
-        .map_err(rpc_error)?
+        .map_err(|status| match rpc_error(status) {
+            // With TLS 1.3 the collector checks the agent's certificate after the
+            // client's side of the handshake is done: a refusal reaches the agent as a
+            // connection closed under its first call, not as a TLS error.
+            StreamError::Rpc(status) if presents_certificate && status.source().is_some() => {
+                StreamError::Handshake(format!(
+                    "the collector closed the connection right after the TLS handshake: it most likely refused this agent's certificate (expired, or not signed by its tls.client_ca_file); the collector's log says why ({})",
+                    status.message()
+                ))
+            }
+            other => other,
+        })?
         .into_inner();
     tracing::info!(collector = %link.address, buffered = link.buffer().len(), "stream to collector open");
 

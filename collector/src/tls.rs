@@ -315,7 +315,8 @@ fn explain(error: &io::Error) -> String {
         E::InvalidCertificate(
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
         ) => "the client certificate is not valid yet: check the clocks".into(),
-        E::InvalidCertificate(CertificateError::UnknownIssuer) => {
+        // A CA of the same name but another key fails its signature, not the lookup.
+        E::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
             "the client certificate is not signed by a CA of tls.client_ca_file (unknown CA)".into()
         }
         E::InvalidCertificate(other) => format!("the client certificate was refused: {other:?}"),
@@ -325,7 +326,9 @@ fn explain(error: &io::Error) -> String {
         E::AlertReceived(alert @ (AlertDescription::UnknownCA
         | AlertDescription::BadCertificate
         | AlertDescription::CertificateExpired
-        | AlertDescription::CertificateUnknown)) => format!(
+        | AlertDescription::CertificateUnknown
+        // What rustls sends for a certificate signed by a same-named CA.
+        | AlertDescription::DecryptError)) => format!(
             "the client refused this collector's certificate ({alert:?}): check that its tls.ca_file holds the CA of tls.cert_file, that the certificate names the address the client dials, and that it has not expired"
         ),
         E::InvalidMessage(_) => {
@@ -522,6 +525,13 @@ mod tests {
                 CertificateError::UnknownIssuer
             ))
             .contains("unknown CA")
+        );
+        assert!(
+            said(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature
+            ))
+            .contains("unknown CA"),
+            "a CA of the same name, another key"
         );
         assert!(said(rustls::Error::NoCertificatesPresented).contains("no certificate"));
         assert!(
