@@ -10,8 +10,8 @@
 //! A reload is a new [`Config`] sent on the watch [`run_live`] reads. What can change
 //! live does, without dropping a stream: `interval` (from the next sample),
 //! `buffer_reports` (a smaller buffer drops its oldest reports, counted), `collectors`
-//! (only the added and removed ones connect or disconnect). `labels` and `token_file`
-//! travel at the start of a stream, so a change re-opens every stream, with the same
+//! (only the added and removed ones connect or disconnect). `labels`, `token_file` and
+//! `[tls]` travel at the start of a stream, so a change re-opens every stream, with the same
 //! run id and buffers: nothing is lost or counted twice. `vm_id` and `root` make the
 //! agent's identity; changing them needs a restart, so the running values stay and a
 //! warning says so.
@@ -53,6 +53,9 @@ pub enum Error {
     /// The token file cannot be used.
     #[error("{0}")]
     Token(#[from] TokenError),
+    /// A `[tls]` file cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Runs the agent on `config` until `shutdown` completes.
@@ -84,6 +87,7 @@ pub async fn run_live(
     let shared = Arc::new(Shared {
         identity: Mutex::new(identity),
         token_file: Mutex::new(current.token_file.clone()),
+        tls: Mutex::new(current.tls.clone()),
         interval,
         size: Mutex::new(None),
     });
@@ -133,6 +137,8 @@ fn check(config: &Config) -> Result<(), Error> {
         // each connect, so a token rotated in place is picked up by the next stream.
         transport::read_token(path)?;
     }
+    // Readable and parsable now; dates are checked at each connection.
+    crate::tls::ClientTls::load(&config.tls)?;
     Ok(())
 }
 
@@ -188,6 +194,11 @@ fn reload(current: Config, mut new: Config, shared: &Shared, streams: &mut Strea
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = new.token_file.clone();
         tracing::info!("token_file changed; re-opening the streams to present it");
+        reopen = true;
+    }
+    if new.tls != current.tls {
+        *shared.tls.lock().unwrap_or_else(PoisonError::into_inner) = new.tls.clone();
+        tracing::info!("[tls] changed; re-opening the streams to use it");
         reopen = true;
     }
     let old: BTreeSet<&String> = current.collectors.iter().collect();

@@ -34,8 +34,8 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct Config {
     /// The VM's id in the fleet; `None` uses the hostname.
     pub vm_id: Option<String>,
-    /// gRPC addresses of the collectors (`http://host:port`); the agent reports to
-    /// every one of them, each with its own buffer.
+    /// gRPC addresses of the collectors (`https://host:port` for TLS, `http://host:port`
+    /// in clear); the agent reports to every one of them, each with its own buffer.
     pub collectors: Vec<String>,
     /// Time between two samples (`"5s"`); a collector may change it at run time.
     #[serde(with = "humantime_serde")]
@@ -45,6 +45,8 @@ pub struct Config {
     pub buffer_reports: usize,
     /// A file holding a bearer token sent to the collectors (`authorization` header).
     pub token_file: Option<PathBuf>,
+    /// `[tls]`: what the agent trusts and presents on `https://` collectors.
+    pub tls: TlsConfig,
     /// Free-form labels sent in the stream's `Hello` (e.g. `role = "web"`).
     pub labels: BTreeMap<String, String>,
     /// Where `proc/` and `sys/` are read from: `/` on the VM itself, or the host's
@@ -62,11 +64,27 @@ impl Default for Config {
             interval: Duration::from_secs(5),
             buffer_reports: 720,
             token_file: None,
+            tls: TlsConfig::default(),
             labels: BTreeMap::new(),
             root: PathBuf::from("/"),
             sources: Vec::new(),
         }
     }
+}
+
+/// `[tls]`: the files of the agent's TLS to `https://` collectors, read again at each
+/// connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The CA(s) that sign the collectors' certificates (PEM); unset: the system's
+    /// trusted roots (`/etc/ssl/certs`).
+    pub ca_file: Option<PathBuf>,
+    /// This agent's client certificate (PEM), for collectors that ask for one; its URI
+    /// SAN `rally://vm/<id>` names the VM (`rally-collector pki client` makes it).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 // What a configuration error is: shared with the collector, so both daemons word it
@@ -84,6 +102,40 @@ pub fn parse_config(text: &str, path: &Path) -> Result<Config, ConfigError> {
 }
 
 impl Config {
+    /// `[tls]`: the certificate and its key come together, and only where a collector
+    /// would see them.
+    fn validate_tls(&self) -> Result<(), Invalid> {
+        let tls = &self.tls;
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return Err(Invalid::new(
+                    "tls.key_file",
+                    "tls.cert_file needs its key_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Invalid::new(
+                    "tls.cert_file",
+                    "tls.key_file needs its cert_file",
+                ));
+            }
+            _ => {}
+        }
+        let any_tls = self.collectors.iter().any(|a| a.starts_with("https://"));
+        if !any_tls && *tls != TlsConfig::default() {
+            let key = if tls.cert_file.is_some() {
+                "tls.cert_file"
+            } else {
+                "tls.ca_file"
+            };
+            return Err(Invalid::new(
+                key,
+                "no collector address is https://, so [tls] would not be used: write the collectors as https://host:port",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the values that TOML types alone cannot (ranges, addresses), naming the
     /// key path of the first wrong one.
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -104,10 +156,13 @@ impl Config {
             if !(address.starts_with("http://") || address.starts_with("https://")) {
                 return Err(Invalid::new(
                     key,
-                    format!("`{address}` must start with http:// (e.g. http://collector:9470)"),
+                    format!(
+                        "`{address}` must start with https:// or http:// (e.g. https://collector:9470)"
+                    ),
                 ));
             }
         }
+        self.validate_tls()?;
         if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&self.interval) {
             return Err(Invalid::new(
                 "interval",
@@ -229,7 +284,25 @@ zone = "waw-1"
         let err = parse("collectors = []\n").unwrap_err();
         assert!(err.to_string().contains("key `collectors`"), "{err}");
         let err = parse("collectors = [\"10.0.0.1:9470\"]\n").unwrap_err();
-        assert!(err.to_string().contains("http://"), "{err}");
+        assert!(err.to_string().contains("https://"), "{err}");
+    }
+
+    #[test]
+    fn tls_keys_need_each_other_and_an_https_collector() {
+        let ok = parse(
+            "collectors = [\"https://c:9470\"]\n[tls]\nca_file = \"/ca.pem\"\ncert_file = \"/a.pem\"\nkey_file = \"/a.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.tls.cert_file, Some(PathBuf::from("/a.pem")));
+        let err = parse("collectors = [\"https://c:9470\"]\n[tls]\ncert_file = \"/a.pem\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("key `tls.key_file`"), "{err}");
+        let err =
+            parse("collectors = [\"http://c:9470\"]\n[tls]\nca_file = \"/ca.pem\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("no collector address is https://"),
+            "{err}"
+        );
     }
 
     #[test]

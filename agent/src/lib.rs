@@ -19,6 +19,7 @@
 //! - [`backoff`]: gRPC's connection backoff (1 s × 1.6, ±20 %, cap 120 s).
 //! - [`tick`]: the sampling clock (a timerfd: one wake-up per sample).
 //! - [`transport`]: one stream per collector: `Hello`, replay, follow, reconnect.
+//! - [`tls`]: the `[tls]` files for `https://` collectors, and TLS failures explained.
 //! - [`wire`]: the transport edge, domain samples to `rally.v1` messages.
 //! - [`agent`]: one run: identity, the sampling loop, the stream tasks ([`run`]).
 //! - [`config`]: `agent.toml` ([`Config`], [`load_config`]).
@@ -35,6 +36,7 @@ pub mod config;
 pub mod sample;
 pub mod source;
 pub mod tick;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 

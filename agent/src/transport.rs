@@ -7,7 +7,12 @@
 //! connection backoff says and starts over, replaying from the oldest un-acknowledged
 //! report. The sampler only ever appends to the buffer and bumps a watch: it never waits
 //! on this task or on the network.
+//!
+//! `https://` means TLS, always (the `[tls]` files, read at each connection);
+//! `http://` to another machine works but warns at every connection, since the reports
+//! and the token would cross the network in clear.
 
+use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,8 +31,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::buffer::Buffer;
-use crate::config::{MAX_INTERVAL, MIN_INTERVAL};
+use crate::config::{MAX_INTERVAL, MIN_INTERVAL, TlsConfig};
 use crate::sample::VmSize;
+use crate::tls::{self, ClientTls, TlsError};
 use crate::wire::{self, Identity};
 
 /// How long establishing a TCP connection to a collector may take.
@@ -56,6 +62,8 @@ pub struct Shared {
     pub identity: Mutex<Identity>,
     /// Where the bearer token is read from at each connection (so it can be rotated).
     pub token_file: Mutex<Option<PathBuf>>,
+    /// The `[tls]` files, read at each `https://` connection (so they can be renewed).
+    pub tls: Mutex<TlsConfig>,
     /// The sampling interval; a collector's `Settings` change it.
     pub interval: watch::Sender<Duration>,
     /// The size from the latest sample, for `Hello`.
@@ -124,6 +132,11 @@ enum StreamError {
     Address(#[source] tonic::transport::Error),
     #[error("cannot connect: {0}")]
     Connect(#[source] tonic::transport::Error),
+    /// A TLS failure, explained.
+    #[error("TLS: {0}")]
+    Handshake(String),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     #[error("{0}")]
     Token(#[from] TokenError),
     #[error("{0}")]
@@ -183,7 +196,26 @@ async fn stream_once(
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     let token = token_file.as_deref().map(read_token).transpose()?;
-    let channel = connect(&link.address).await?;
+    let tls = if link.address.starts_with("https://") {
+        let config = shared
+            .tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let tls = ClientTls::load(&config)?;
+        tls.check_dates(std::time::SystemTime::now())?;
+        Some(tls)
+    } else {
+        if !tls::is_loopback(&link.address) {
+            tracing::warn!(
+                collector = %link.address,
+                "connecting WITHOUT TLS: reports{} cross the network in clear; use https:// (see docs/security.md)",
+                if token.is_some() { " and this agent's token" } else { "" }
+            );
+        }
+        None
+    };
+    let channel = connect(&link.address, tls.as_ref()).await?;
 
     let size = *shared.size.lock().unwrap_or_else(PoisonError::into_inner);
     let hello = wire::hello(
@@ -201,9 +233,22 @@ async fn stream_once(
         request.metadata_mut().insert("authorization", token);
     }
 
+    let presents_certificate = tls.as_ref().is_some_and(ClientTls::has_identity);
     let mut inbound = IngestClient::new(channel)
         .stream(request)
-        .await?
+        .await
+        .map_err(|status| match rpc_error(status) {
+            // With TLS 1.3 the collector checks the agent's certificate after the
+            // client's side of the handshake is done: a refusal reaches the agent as a
+            // connection closed under its first call, not as a TLS error.
+            StreamError::Rpc(status) if presents_certificate && status.source().is_some() => {
+                StreamError::Handshake(format!(
+                    "the collector closed the connection right after the TLS handshake: it most likely refused this agent's certificate (expired, or not signed by its tls.client_ca_file); the collector's log says why ({})",
+                    status.message()
+                ))
+            }
+            other => other,
+        })?
         .into_inner();
     tracing::info!(collector = %link.address, buffered = link.buffer().len(), "stream to collector open");
 
@@ -214,7 +259,7 @@ async fn stream_once(
     loop {
         tokio::select! {
             message = inbound.message() => {
-                let Some(message) = message? else {
+                let Some(message) = message.map_err(rpc_error)? else {
                     return Err(StreamError::Closed);
                 };
                 match message.kind {
@@ -246,16 +291,35 @@ async fn stream_once(
     }
 }
 
-async fn connect(address: &str) -> Result<Channel, StreamError> {
-    let endpoint = Endpoint::from_shared(address.to_owned())
-        .map_err(StreamError::Address)?
+/// A failed call, as a TLS failure when that is what it was (tonic says `Unknown`).
+fn rpc_error(status: tonic::Status) -> StreamError {
+    match tls::explain(&status) {
+        Some(why) => StreamError::Handshake(why),
+        None => StreamError::Rpc(status),
+    }
+}
+
+async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel, StreamError> {
+    let mut endpoint = Endpoint::from_shared(address.to_owned()).map_err(StreamError::Address)?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.client_config())
+            .map_err(StreamError::Address)?;
+    }
+    let endpoint = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
-    endpoint.connect().await.map_err(StreamError::Connect)
+    endpoint
+        .connect()
+        .await
+        .map_err(|error| match tls::explain(&error) {
+            Some(why) => StreamError::Handshake(why),
+            None => StreamError::Connect(error),
+        })
 }
 
 /// The messages of one stream: `Hello`, then the buffered reports in order, then new

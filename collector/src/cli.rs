@@ -1,6 +1,6 @@
 //! The command line: `rally-collector [--config PATH] [run|check-config]`, `demo`, and
 //! the operator subcommands that call a running collector's API: `pause`, `resume`,
-//! `resize`, `decisions`, `groups`.
+//! `resize`, `decisions`, `groups`; and `pki`, which makes the TLS certificates.
 //!
 //! `--config` is offered only where a configuration file is read: `run` (the default
 //! subcommand) and `check-config`, before or after the subcommand's name.
@@ -73,6 +73,10 @@ pub enum Command {
     },
     /// List resize decisions, newest first, with their outcome.
     Decisions(DecisionsArgs),
+    /// Make TLS certificates without an outside PKI: a CA, the collector's server
+    /// certificate, one client certificate per VM (keys 0600, certificates 0644).
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Show every group's resize state (paused, circuit, in flight, last decision).
     Groups {
         /// Print the API's JSON instead of one line per group.
@@ -82,6 +86,61 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+/// A `pki` subcommand. Files go to `--dir`: `ca.pem`/`ca.key`, `server.pem`/`server.key`,
+/// `vms/<id>.pem`/`vms/<id>.key`; none is overwritten without `--force`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PkiCommand {
+    /// Make the CA (ca.pem, ca.key), valid 10 years by default.
+    Ca {
+        /// The CA's name (its certificate's common name).
+        #[arg(long, default_value = "Rally CA")]
+        name: String,
+        /// Days of validity.
+        #[arg(long, default_value_t = crate::pki::CA_DAYS)]
+        days: u32,
+        /// Where the files go.
+        #[command(flatten)]
+        out: PkiOut,
+    },
+    /// Make the collector's certificate (server.pem, server.key) for the names agents
+    /// dial, signed by the CA; valid 2 years by default (never beyond the CA).
+    Server {
+        /// A DNS name or IP address agents use in `https://<name>:9470` (repeat it).
+        #[arg(long = "name", value_name = "NAME", required = true)]
+        names: Vec<String>,
+        /// Days of validity.
+        #[arg(long, default_value_t = crate::pki::LEAF_DAYS)]
+        days: u32,
+        /// Where the files go.
+        #[command(flatten)]
+        out: PkiOut,
+    },
+    /// Make one client certificate per VM (vms/<id>.pem, vms/<id>.key) with the URI SAN
+    /// rally://vm/<id>, signed by the CA; valid 2 years by default (never beyond the CA).
+    Client {
+        /// The VM ids (as in the agents' `vm_id`).
+        #[arg(value_name = "VM", required = true)]
+        vms: Vec<String>,
+        /// Days of validity.
+        #[arg(long, default_value_t = crate::pki::LEAF_DAYS)]
+        days: u32,
+        /// Where the files go.
+        #[command(flatten)]
+        out: PkiOut,
+    },
+}
+
+/// Where `pki` writes, and whether it may replace files.
+#[derive(Debug, Clone, Args)]
+pub struct PkiOut {
+    /// The directory of the CA and the certificates.
+    #[arg(long, value_name = "DIR", default_value = crate::pki::DEFAULT_DIR)]
+    pub dir: PathBuf,
+    /// Replace existing files.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Where a running collector's HTTP API is, and the token it wants.
@@ -235,6 +294,7 @@ impl Command {
             Command::Resize { .. } => "resize",
             Command::Decisions(_) => "decisions",
             Command::Groups { .. } => "groups",
+            Command::Pki(_) => "pki",
         }
     }
 }
@@ -361,6 +421,39 @@ mod tests {
         };
         assert_eq!(args.group.as_deref(), Some("web"));
         assert_eq!(args.api.url, "http://10.0.0.1:9471");
+    }
+
+    #[test]
+    fn pki_subcommands_parse() {
+        let cli = Cli::try_parse_from([
+            "rally-collector",
+            "pki",
+            "server",
+            "--name",
+            "collector.example.org",
+            "--name",
+            "10.0.0.5",
+            "--dir",
+            "/tmp/pki",
+        ])
+        .unwrap();
+        let Command::Pki(PkiCommand::Server { names, days, out }) = cli.subcommand() else {
+            panic!("not pki server")
+        };
+        assert_eq!(names, ["collector.example.org", "10.0.0.5"]);
+        assert_eq!(
+            (days, out.dir, out.force),
+            (730, PathBuf::from("/tmp/pki"), false)
+        );
+        let cli =
+            Cli::try_parse_from(["rally-collector", "pki", "client", "web-1", "web-2"]).unwrap();
+        let Command::Pki(PkiCommand::Client { vms, out, .. }) = cli.subcommand() else {
+            panic!("not pki client")
+        };
+        assert_eq!(vms, ["web-1", "web-2"]);
+        assert_eq!(out.dir, PathBuf::from("/etc/rally/pki"));
+        assert!(Cli::try_parse_from(["rally-collector", "pki", "server"]).is_err());
+        assert!(Cli::try_parse_from(["rally-collector", "pki", "client"]).is_err());
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //! - [`request`]: a resize request, its delivery attempts and verdict: what the engine,
 //!   the actuators and the store exchange.
 //! - [`clock`]: the injectable wall clock (simulated time in tests).
+//! - [`tls`]: TLS on both listeners (`[tls]`): the certificate, reloadable handshakes
+//!   of accepted streams, the VM named by an agent's client certificate.
+//! - [`pki`]: `rally-collector pki`: a CA, the server certificate, one client
+//!   certificate per VM.
 //! - [`ingest`]: the gRPC edge, `rally.v1.Ingest/Stream`: authentication, validation,
 //!   limits, de-duplication, acknowledgements; converts protobuf into fleet types.
 //! - [`fleet`]: the in-memory picture: per VM identity, size, latest report,
@@ -41,7 +45,9 @@
 //! their policies, `dry_run`, the actuator, `[api]`, `[auth]` tokens and the fleet's
 //! `ingest.stale_after`, `forget_after`, `unknown_vms` and `max_vms` change live,
 //! without dropping a stream; `[listen]`, `[state]`, `[engine]` and the other
-//! `[ingest]` limits need a restart (a reload logs each one it kept).
+//! `[ingest]` limits need a restart (a reload logs each one it kept). The files of `[tls]`
+//! are read again on every reload (renewed certificates apply to new connections);
+//! adding or removing `[tls]` or `tls.http` needs a restart.
 //!
 //! **Invariant:** the data flows one way: ingest → fleet → policy → engine → store and
 //! actuator, with `http`, `metrics` and `cli` reading from the top; no module imports
@@ -69,8 +75,10 @@ pub mod http;
 pub mod ingest;
 pub mod listener;
 pub mod metrics;
+pub mod pki;
 pub mod request;
 pub mod store;
+pub mod tls;
 pub mod vm_id;
 
 use std::future::Future;
@@ -93,6 +101,7 @@ use crate::ingest::auth::Authenticator;
 use crate::ingest::{IngestService, IngestStats};
 use crate::listener::{Connections, Listener};
 use crate::store::Store;
+use crate::tls::{Acceptor, Handshakes, ServerTls};
 
 /// How long open streams and HTTP requests get to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -144,6 +153,9 @@ pub enum Error {
     /// The resize engine could not restore its state.
     #[error("resize engine")]
     Engine(#[from] engine::EngineError),
+    /// A file of `[tls]` cannot be used.
+    #[error("TLS")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A collector with both listeners bound, ready to [`serve`](Collector::serve).
@@ -154,6 +166,7 @@ pub struct Collector {
     fleet: Arc<Fleet>,
     stats: Arc<IngestStats>,
     auth: Authenticator,
+    tls: Option<ServerTls>,
     grpc: TcpListener,
     http: TcpListener,
     ready: Arc<AtomicBool>,
@@ -184,6 +197,11 @@ impl Collector {
     pub async fn bind_with_clock(mut config: Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
         check_state_dir(&config.state.dir)?;
         let auth = Authenticator::from_config(&config.auth).map_err(Error::Auth)?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| ServerTls::load(t.files()))
+            .transpose()?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -195,6 +213,7 @@ impl Collector {
         let store = Store::open(&config.state.dir)?;
         let actuator = assembly::start_actuator(&mut config).await?;
         let api_token = assembly::api_token(&config)?;
+        warn_if_exposed(&config);
         for g in &config.groups {
             if !g.resizes() {
                 info!(group = %g.name, "group has no ladder: monitored only, never resized");
@@ -215,6 +234,7 @@ impl Collector {
             fleet,
             stats: Arc::new(IngestStats::default()),
             auth,
+            tls,
             grpc,
             http,
             ready: Arc::new(AtomicBool::new(false)),
@@ -299,12 +319,27 @@ impl Collector {
             listen.idle_timeout,
             connections,
         );
-        let grpc = tonic::transport::Server::builder()
+        let grpc_router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .add_service(ingest.into_server(self.config.ingest.max_message_bytes))
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+            .add_service(ingest.into_server(self.config.ingest.max_message_bytes));
+        // TLS is a layer over the accepted streams: the same server either way.
+        let grpc_acceptor = self
+            .tls
+            .as_ref()
+            .map(|tls| Acceptor::new("gRPC", Arc::clone(&tls.grpc)));
+        let grpc: BoxedServer<tonic::transport::Error> = match &grpc_acceptor {
+            None => Box::pin(
+                grpc_router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+            ),
+            Some(acceptor) => {
+                let handshakes = Handshakes::spawn(incoming, acceptor.clone());
+                Box::pin(
+                    grpc_router.serve_with_incoming_shutdown(handshakes, stopped(stop_rx.clone())),
+                )
+            }
+        };
 
         let app = http::router(http::HttpState {
             fleet: Arc::clone(&self.fleet),
@@ -323,9 +358,15 @@ impl Collector {
             Arc::clone(&self.stats.listeners),
             true,
         );
+        let http_acceptor = self
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.http.as_ref())
+            .map(|config| Acceptor::new("HTTP", Arc::clone(config)));
         let http = http::serve(
             http_listener,
             app,
+            http_acceptor.clone(),
             listen.handshake_timeout,
             Arc::clone(&self.stats.listeners),
             stopped(stop_rx.clone()),
@@ -358,6 +399,8 @@ impl Collector {
                 engine: self.engine_handle.clone(),
                 auth: auth_tx,
                 api_token: api_token_tx,
+                grpc_tls: grpc_acceptor,
+                http_tls: http_acceptor,
             };
             let mut running = self.config.clone();
             tokio::spawn(async move {
@@ -412,7 +455,12 @@ struct Live {
     engine: EngineHandle,
     auth: watch::Sender<Arc<Authenticator>>,
     api_token: watch::Sender<Option<Arc<str>>>,
+    grpc_tls: Option<Acceptor>,
+    http_tls: Option<Acceptor>,
 }
+
+/// A listener's server, whichever transport it was built on.
+type BoxedServer<E> = std::pin::Pin<Box<dyn Future<Output = Result<(), E>> + Send>>;
 
 impl Live {
     /// Applies `new` over `running` and returns the configuration now in force (the
@@ -433,6 +481,33 @@ impl Live {
             Ok(token) => token,
             Err(error) => return rejected(running, &error.to_string()),
         };
+        // Read again even when the paths did not change: that is how a renewed
+        // certificate is taken up.
+        let tls = match new
+            .tls
+            .as_ref()
+            .map(|t| ServerTls::load(t.files()))
+            .transpose()
+        {
+            Ok(tls) => tls,
+            Err(error) => return rejected(running, &error.to_string()),
+        };
+        if new.auth.mode == config::AuthMode::Certificate
+            && new.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none())
+        {
+            return rejected(
+                running,
+                "auth.mode = \"certificate\" needs the running [tls] to have client_ca_file (adding [tls] needs a restart)",
+            );
+        }
+        if let Some(tls) = &tls {
+            if let Some(acceptor) = &self.grpc_tls {
+                acceptor.replace(Arc::clone(&tls.grpc));
+            }
+            if let (Some(acceptor), Some(config)) = (&self.http_tls, &tls.http) {
+                acceptor.replace(Arc::clone(config));
+            }
+        }
         self.fleet.reconfigure(FleetSettings::from_config(&new));
         self.auth.send_replace(Arc::new(auth));
         self.api_token.send_replace(api_token);
@@ -476,6 +551,11 @@ fn keep_restart_only(running: &Config, new: &mut Config) {
         restart("engine");
         new.engine = running.engine.clone();
     }
+    let shape = |tls: &Option<config::TlsConfig>| tls.as_ref().map(|t| t.http);
+    if shape(&new.tls) != shape(&running.tls) {
+        restart("tls (adding or removing it, or tls.http)");
+        new.tls = running.tls.clone();
+    }
     let (old, ingest) = (&running.ingest, &mut new.ingest);
     let fixed = |i: &IngestConfig| {
         (
@@ -493,6 +573,28 @@ fn keep_restart_only(running: &Config, new: &mut Config) {
         ingest.max_streams = old.max_streams;
         ingest.max_streams_per_vm = old.max_streams_per_vm;
         ingest.hello_timeout = old.hello_timeout;
+    }
+}
+
+/// Says at start when the gRPC listener takes reports from the network in a way that
+/// lets anyone report, or that will refuse every token.
+fn warn_if_exposed(config: &Config) {
+    let addr = config.listen.grpc;
+    if addr.ip().is_loopback() {
+        return;
+    }
+    match config.auth.mode {
+        config::AuthMode::None => warn!(
+            listen = %addr,
+            "the gRPC listener is open to the network with auth.mode = \"none\": any host that reaches it can report for any VM; set up certificates or tokens (docs/security.md)"
+        ),
+        config::AuthMode::Token if config.tls.is_none() && !config.auth.allow_plaintext_tokens => {
+            warn!(
+                listen = %addr,
+                "auth.mode = \"token\" without [tls]: tokens sent in clear from other machines will be refused; add [tls] (docs/security.md)"
+            )
+        }
+        _ => {}
     }
 }
 

@@ -59,6 +59,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("running the demo")
         }),
+        Command::Pki(pki) => make_certificates(pki),
         operator @ (Command::Pause { .. }
         | Command::Resume { .. }
         | Command::Resize { .. }
@@ -144,8 +145,52 @@ async fn operate(command: Command) -> anyhow::Result<()> {
                 print!("{}", format_groups(&v));
             }
         }
-        Command::Run(_) | Command::CheckConfig(_) | Command::Demo(_) => {
+        Command::Run(_) | Command::CheckConfig(_) | Command::Demo(_) | Command::Pki(_) => {
             anyhow::bail!("not an API subcommand")
+        }
+    }
+    Ok(())
+}
+
+/// `pki`: makes the files and says where they go.
+fn make_certificates(command: rally_collector::cli::PkiCommand) -> anyhow::Result<()> {
+    use rally_collector::cli::PkiCommand;
+    use rally_collector::pki;
+    let show = |what: &str, w: &pki::Written| {
+        println!("{what}: {} (key: {})", w.cert.display(), w.key.display());
+    };
+    match command {
+        PkiCommand::Ca { name, days, out } => {
+            let w = pki::create_ca(&out.dir, &name, days, out.force).context("pki ca")?;
+            show("CA", &w);
+            println!(
+                "Keep {} secret (offline if you can): it signs every certificate. Agents \
+                 and the collector need only {}.",
+                w.key.display(),
+                w.cert.display()
+            );
+        }
+        PkiCommand::Server { names, days, out } => {
+            let w = pki::create_server(&out.dir, &names, days, out.force).context("pki server")?;
+            show("server", &w);
+            println!(
+                "In collector.toml: [tls] cert_file = \"{}\", key_file = \"{}\". The service \
+                 runs as _rally: chown _rally {} (keep mode 0600).",
+                w.cert.display(),
+                w.key.display(),
+                w.key.display()
+            );
+        }
+        PkiCommand::Client { vms, days, out } => {
+            for vm in &vms {
+                let w = pki::create_client(&out.dir, vm, days, out.force)
+                    .with_context(|| format!("pki client {vm}"))?;
+                show(vm, &w);
+            }
+            println!(
+                "Copy each VM's pair and ca.pem to it; in agent.toml: [tls] ca_file, cert_file, \
+                 key_file (the key owned by _rally, mode 0600)."
+            );
         }
     }
     Ok(())

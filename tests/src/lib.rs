@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! - [`bin`]: finds the built `rally-agent` / `rally-collector` binaries.
+//! - [`netns`]: a test host of its own (a network namespace on a veth link), for
+//!   what must come from a non-loopback address.
 //! - [`process`]: a child process that is killed when dropped, with its log on disk.
 //! - [`rally`]: starts a collector or an agent from a config written by the test.
 //! - [`tool`]: requires an external program (promtool, nginx, ...): a missing one is
@@ -14,6 +16,7 @@
 //! - [`webhook`]: a real HTTP receiver of resize webhooks that checks signatures.
 
 pub mod bin;
+pub mod netns;
 pub mod process;
 pub mod rally;
 pub mod raw;

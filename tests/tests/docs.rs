@@ -24,7 +24,7 @@ const README: &str = include_str!("../../README.md");
 const UNKNOWN: &str = "zzz_not_a_key";
 
 /// Which daemon's configuration a section belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Daemon {
     Agent,
     Collector,
@@ -72,6 +72,7 @@ const SECTIONS: &[Section] = &[
         "[[sources]]\nname = \"web\"\nkind = \"nginx\"\nurl = \"http://127.0.0.1/nginx_status\"\n@\n",
         "sources.0",
     ),
+    section(Agent, "tls.", "", "[tls]\n@\n", "tls"),
     section(Collector, "", "", "@\n", ""),
     section(Collector, "listen.", "", "[listen]\n@\n", "listen"),
     section(Collector, "ingest.", "", "[ingest]\n@\n", "ingest"),
@@ -83,6 +84,13 @@ const SECTIONS: &[Section] = &[
         "",
         "[[auth.tokens]]\nvm = \"web-1\"\nfile = \"/etc/rally/tokens/web-1\"\n@\n",
         "auth.tokens.0",
+    ),
+    section(
+        Collector,
+        "tls.",
+        "",
+        "[tls]\ncert_file = \"/etc/rally/pki/server.pem\"\nkey_file = \"/etc/rally/pki/server.key\"\n@\n",
+        "tls",
     ),
     section(Collector, "api.", "", "[api]\n@\n", "api"),
     section(Collector, "engine.", "", "[engine]\n@\n", "engine"),
@@ -234,6 +242,9 @@ fn at<'a>(value: &'a toml::Value, path: &str) -> Option<&'a toml::Value> {
 /// One row of the reference: key, the kind qualifier, and the default cell.
 #[derive(Debug)]
 struct Row {
+    /// The daemon whose section (`## Agent`, `## Collector`) holds the row: both files
+    /// have a `[tls]`.
+    daemon: Daemon,
     key: String,
     kind: String,
     default: String,
@@ -250,8 +261,14 @@ fn code_span(cell: &str) -> Option<&str> {
 fn reference_rows(markdown: &str) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut in_table = false;
+    let mut daemon = Agent;
     for (n, line) in markdown.lines().enumerate() {
         let line = line.trim();
+        if line.starts_with("## Agent") {
+            daemon = Agent;
+        } else if line.starts_with("## Collector") {
+            daemon = Collector;
+        }
         if !line.starts_with('|') {
             in_table = false;
             continue;
@@ -287,6 +304,7 @@ fn reference_rows(markdown: &str) -> Vec<Row> {
             .and_then(|r| r.strip_suffix(')'))
             .unwrap_or_default();
         rows.push(Row {
+            daemon,
             key: key.to_owned(),
             kind: kind.to_owned(),
             default: cells[1].to_owned(),
@@ -328,9 +346,9 @@ fn is_plain(value: &toml::Value) -> bool {
 fn every_configuration_key_is_documented_with_its_default() {
     let rows = reference_rows(CONFIGURATION);
     assert!(rows.len() > 50, "only {} rows found", rows.len());
-    let mut documented: BTreeMap<(String, String), &Row> = BTreeMap::new();
+    let mut documented: BTreeMap<(Daemon, String, String), &Row> = BTreeMap::new();
     for row in &rows {
-        let id = (row.key.clone(), row.kind.clone());
+        let id = (row.daemon, row.key.clone(), row.kind.clone());
         assert!(
             documented.insert(id, row).is_none(),
             "`{}` ({}) is documented twice",
@@ -341,8 +359,8 @@ fn every_configuration_key_is_documented_with_its_default() {
 
     let mut problems = Vec::new();
     // The actuator's tag is no field of any kind's struct.
-    let mut expected: BTreeSet<(String, String)> =
-        BTreeSet::from([("actuator.kind".to_owned(), String::new())]);
+    let mut expected: BTreeSet<(Daemon, String, String)> =
+        BTreeSet::from([(Collector, "actuator.kind".to_owned(), String::new())]);
     for s in SECTIONS {
         let defaults = with_defaults(s.daemon, &s.document.replace('@', ""));
         let given: toml::Value =
@@ -352,8 +370,8 @@ fn every_configuration_key_is_documented_with_its_default() {
         let given = at(&given, s.path);
         for key in section_keys(s) {
             let full = format!("{}{key}", s.prefix);
-            expected.insert((full.clone(), s.kind.to_owned()));
-            let Some(row) = documented.get(&(full.clone(), s.kind.to_owned())) else {
+            expected.insert((s.daemon, full.clone(), s.kind.to_owned()));
+            let Some(row) = documented.get(&(s.daemon, full.clone(), s.kind.to_owned())) else {
                 let kind = if s.kind.is_empty() {
                     String::new()
                 } else {
@@ -385,7 +403,7 @@ fn every_configuration_key_is_documented_with_its_default() {
         }
     }
     for row in &rows {
-        if !expected.contains(&(row.key.clone(), row.kind.clone())) {
+        if !expected.contains(&(row.daemon, row.key.clone(), row.kind.clone())) {
             problems.push(format!(
                 "docs/configuration.md documents `{}` ({}), which no configuration has",
                 row.key, row.kind

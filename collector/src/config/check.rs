@@ -27,7 +27,18 @@ impl Config {
             secret::read("api.token_file", file).map_err(|e| located_secret(&e))?;
         }
         self.check_engine()?;
+        self.check_tls()?;
         self.check_auth()
+    }
+
+    /// The certificate, its key and the client CA: readable, matching, not expired.
+    fn check_tls(&self) -> Result<(), Invalid> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        crate::tls::ServerTls::load(tls.files())
+            .map(drop)
+            .map_err(|e| Invalid::new(&e.key, format!("{}: {}", e.path.display(), e.problem)))
     }
 
     fn check_listen(&self) -> Result<(), Invalid> {
@@ -227,6 +238,20 @@ impl Config {
                 return Err(Invalid::new(
                     "auth.mode",
                     "mode is \"token\" but no [[auth.tokens]] are given",
+                ));
+            }
+            AuthMode::Certificate if !self.auth.tokens.is_empty() => {
+                return Err(Invalid::new(
+                    "auth.mode",
+                    "[[auth.tokens]] are given but mode is \"certificate\": remove them or set mode = \"token\"",
+                ));
+            }
+            AuthMode::Certificate
+                if self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) =>
+            {
+                return Err(Invalid::new(
+                    "auth.mode",
+                    "mode is \"certificate\" but agents are not asked for certificates: set [tls] client_ca_file (with cert_file and key_file)",
                 ));
             }
             _ => {}

@@ -7,7 +7,7 @@
 //! checks in [`Config::from_toml`] (a VM in two groups, an unreadable token file);
 //! [`rally_daemon::config_file`] locates them, as it does for the agent.
 //!
-//! - `sections`: `[listen]`, `[ingest]`, `[state]`, `[auth]`, `[api]`, `[engine]`.
+//! - `sections`: `[listen]`, `[ingest]`, `[state]`, `[auth]`, `[tls]`, `[api]`, `[engine]`.
 //! - `check`: what serde cannot check (ranges, cross-key rules, readable secrets).
 //! - `[[groups]]` are [`GroupPolicy`]s, `[actuator]` is an [`ActuatorConfig`].
 
@@ -27,7 +27,7 @@ use rally_policy::GroupPolicy;
 pub use rally_daemon::config_file::ConfigError;
 pub use sections::{
     ApiConfig, AuthConfig, AuthMode, EngineConfig, IngestConfig, ListenConfig, StateConfig,
-    TokenConfig, UnknownVms,
+    TlsConfig, TokenConfig, UnknownVms,
 };
 
 /// Where the collector reads its configuration unless `--config` says otherwise.
@@ -49,6 +49,9 @@ pub struct Config {
     /// `[auth]`: how agents prove which VM they speak for.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// `[tls]`: the listeners' certificate; unset, they speak plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// `[[groups]]`: redundancy groups of VMs, each with its resize policy.
     #[serde(default)]
     pub groups: Vec<GroupPolicy>,
@@ -80,6 +83,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             state: StateConfig::default(),
             auth: AuthConfig::default(),
+            tls: None,
             groups: Vec::new(),
             dry_run: default_dry_run(),
             actuator: None,

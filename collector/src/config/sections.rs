@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 /// `[api]`: who may call the mutating endpoints (`pause`, `resume`, `resize`).
 ///
 /// With `token_file`, every mutating request needs `Authorization: Bearer <token>`.
-/// Without it, mutating requests are accepted only from loopback peers: the HTTP listener
-/// defaults to `0.0.0.0` for Prometheus, and an unauthenticated resize from the network
-/// would let anyone who can scrape also spend money. Read-only endpoints stay open, like
+/// Without it, mutating requests are accepted only from loopback peers: an HTTP listener
+/// opened to the network for Prometheus must not let anyone who can scrape also spend
+/// money. Read-only endpoints stay open, like
 /// `/metrics`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,12 +84,14 @@ pub struct ListenConfig {
     pub idle_timeout: Duration,
 }
 
+// Loopback by default: a fresh install accepts no report and shows no fleet to the
+// network until the admin opens the listeners, with authentication (docs/security.md).
 fn default_grpc() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 9470))
+    SocketAddr::from(([127, 0, 0, 1], 9470))
 }
 
 fn default_http() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 9471))
+    SocketAddr::from(([127, 0, 0, 1], 9471))
 }
 
 fn default_max_connections() -> usize {
@@ -232,6 +234,9 @@ pub enum AuthMode {
     None,
     /// Every stream carries `authorization: Bearer <token>`; the token names its VM.
     Token,
+    /// Every stream comes over TLS with a client certificate (`tls.client_ca_file`)
+    /// whose URI SAN `rally://vm/<id>` names its VM.
+    Certificate,
 }
 
 /// `[auth]`.
@@ -244,6 +249,41 @@ pub struct AuthConfig {
     /// `[[auth.tokens]]`: one per VM when `mode = "token"`.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Accept tokens sent in clear from a non-loopback peer (gRPC without `[tls]`).
+    /// Off: such streams are refused, since anyone on the path could copy the token.
+    #[serde(default)]
+    pub allow_plaintext_tokens: bool,
+}
+
+/// `[tls]`: the certificate of the gRPC listener (and of the HTTP one with `http`).
+/// Without the section, both listeners speak plaintext.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate chain, PEM (leaf first).
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// Agents must present a certificate signed by one of these CAs (PEM); needed by
+    /// `auth.mode = "certificate"`.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve `/metrics`, the API and the status page over HTTPS too, with the same
+    /// certificate (no client certificate is asked for there).
+    #[serde(default)]
+    pub http: bool,
+}
+
+impl TlsConfig {
+    /// The files, for [`crate::tls::ServerTls::load`].
+    pub fn files(&self) -> crate::tls::TlsFiles<'_> {
+        crate::tls::TlsFiles {
+            cert: &self.cert_file,
+            key: &self.key_file,
+            client_ca: self.client_ca_file.as_deref(),
+            http: self.http,
+        }
+    }
 }
 
 /// `[[auth.tokens]]`: the token that lets an agent report for one VM.

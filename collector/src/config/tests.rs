@@ -19,8 +19,10 @@ fn invalid_parts(err: ConfigError) -> (Option<usize>, Option<String>, String) {
 #[test]
 fn empty_file_gives_the_documented_defaults() {
     let config = parse("").unwrap();
-    assert_eq!(config.listen.grpc, "0.0.0.0:9470".parse().unwrap());
-    assert_eq!(config.listen.http, "0.0.0.0:9471".parse().unwrap());
+    assert_eq!(config.listen.grpc, "127.0.0.1:9470".parse().unwrap());
+    assert_eq!(config.listen.http, "127.0.0.1:9471".parse().unwrap());
+    assert_eq!(config.tls, None);
+    assert!(!config.auth.allow_plaintext_tokens);
     assert_eq!(config.ingest.stale_after, Duration::from_secs(20));
     assert_eq!(config.ingest.forget_after, Duration::from_secs(86_400));
     assert_eq!(config.ingest.unknown_vms, UnknownVms::Ungrouped);
@@ -394,6 +396,19 @@ fn shipped_examples_are_valid_when_uncommented() {
         Some(token.path())
     );
 
+    // The [tls] example, with files `pki` made.
+    let pki = tempfile::tempdir().unwrap();
+    crate::pki::create_ca(pki.path(), "Rally CA", 10, false).unwrap();
+    crate::pki::create_server(pki.path(), &["localhost".into()], 10, false).unwrap();
+    let tls = SHIPPED.find("#[tls]").map(|i| &SHIPPED[i..]).unwrap();
+    let tls = uncomment(&tls[..tls.find("\n\n").unwrap()])
+        .replace("/etc/rally/pki", &pki.path().display().to_string());
+    let tls = parse(&format!("[auth]\nmode = \"certificate\"\n{tls}"))
+        .unwrap()
+        .tls
+        .unwrap();
+    assert_eq!(tls.client_ca_file, Some(pki.path().join("ca.pem")));
+
     // Each [actuator] example is an actuator of its kind.
     let blocks: Vec<&str> = SHIPPED.split("#[actuator]\n").skip(1).collect();
     assert_eq!(blocks.len(), 3, "webhook, command and log examples");
@@ -408,6 +423,41 @@ fn shipped_examples_are_valid_when_uncommented() {
         let shown = format!("{actuator:?}").to_lowercase();
         assert!(shown.starts_with(kind), "{kind}: {shown}");
     }
+}
+
+#[test]
+fn tls_files_and_certificate_auth_are_checked() {
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path().display();
+    crate::pki::create_ca(pki.path(), "Rally CA", 10, false).unwrap();
+    crate::pki::create_server(pki.path(), &["localhost".into()], 10, false).unwrap();
+    let tls = format!("[tls]\ncert_file = \"{dir}/server.pem\"\nkey_file = \"{dir}/server.key\"\n");
+    parse(&tls).unwrap();
+    let (_, key, message) = invalid_parts(
+        parse(&format!(
+            "[tls]\ncert_file = \"{dir}/server.pem\"\nkey_file = \"{dir}/ca.key\"\n"
+        ))
+        .unwrap_err(),
+    );
+    assert_eq!(key.as_deref(), Some("tls.key_file"), "{message}");
+    assert!(
+        message.contains("does not go with tls.cert_file"),
+        "{message}"
+    );
+    let (_, key, _) = invalid_parts(
+        parse("[tls]\ncert_file = \"/nonexistent.pem\"\nkey_file = \"/nonexistent.key\"\n")
+            .unwrap_err(),
+    );
+    assert_eq!(key.as_deref(), Some("tls.cert_file"));
+    // Certificates identify agents only when they are asked for.
+    let (_, key, message) =
+        invalid_parts(parse(&format!("[auth]\nmode = \"certificate\"\n{tls}")).unwrap_err());
+    assert_eq!(key.as_deref(), Some("auth.mode"));
+    assert!(message.contains("client_ca_file"), "{message}");
+    parse(&format!(
+        "[auth]\nmode = \"certificate\"\n{tls}client_ca_file = \"{dir}/ca.pem\"\n"
+    ))
+    .unwrap();
 }
 
 #[test]

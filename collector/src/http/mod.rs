@@ -24,8 +24,9 @@ use crate::clock::Clock;
 use crate::engine::EngineHandle;
 use crate::fleet::Fleet;
 use crate::ingest::IngestStats;
-use crate::listener::{Conn, Listener, ListenerStats};
+use crate::listener::{Listener, ListenerStats};
 use crate::metrics;
+use crate::tls::Acceptor;
 
 /// What the handlers read.
 #[derive(Debug, Clone)]
@@ -85,6 +86,7 @@ impl Connected<Peer> for SocketAddr {
 pub async fn serve(
     mut listener: Listener,
     app: Router,
+    tls: Option<Acceptor>,
     header_timeout: Duration,
     stats: Arc<ListenerStats>,
     shutdown: impl Future<Output = ()>,
@@ -98,7 +100,19 @@ pub async fn serve(
                 let app = app.clone();
                 let stats = Arc::clone(&stats);
                 let stop = stop_rx.clone();
-                connections.spawn(serve_connection(conn, app, header_timeout, stats, stop));
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    let Some(peer) = conn.peer() else { return };
+                    // The handshake runs on the connection's own task, within its deadline.
+                    match tls {
+                        None => serve_connection(peer, conn, app, header_timeout, stats, stop).await,
+                        Some(tls) => {
+                            if let Some(conn) = tls.handshake(conn, peer).await {
+                                serve_connection(peer, conn, app, header_timeout, stats, stop).await;
+                            }
+                        }
+                    }
+                });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
@@ -109,9 +123,10 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// Serves one HTTP/1.1 connection (a TLS layer wraps `conn` before this).
+/// Serves one HTTP/1.1 connection from `peer` (TLS, when configured, wraps `conn` before this).
 async fn serve_connection<IO>(
-    conn: Conn<IO>,
+    peer: SocketAddr,
+    conn: IO,
     app: Router,
     header_timeout: Duration,
     stats: Arc<ListenerStats>,
@@ -121,7 +136,6 @@ async fn serve_connection<IO>(
 {
     use tower::ServiceExt;
 
-    let Some(peer) = conn.peer() else { return };
     let service = app
         .into_make_service_with_connect_info::<SocketAddr>()
         .oneshot(Peer(peer))

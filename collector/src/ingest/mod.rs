@@ -25,6 +25,7 @@ use rally_proto::v1::ingest_server::{Ingest, IngestServer};
 use rally_proto::v1::{self, AgentMessage, CollectorMessage, collector_message};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tonic::codec::CompressionEncoding;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
@@ -46,9 +47,9 @@ pub enum Reason {
     Oversized,
     /// A stream that did not start with `Hello` (or not in time).
     NoHello,
-    /// No or an unknown token.
+    /// No or an unknown token or certificate, or a token sent in clear.
     Unauthenticated,
-    /// A token used for another VM.
+    /// A token or certificate used for another VM.
     Forbidden,
     /// A VM no group names, with `unknown_vms = "reject"`.
     UnknownVm,
@@ -378,20 +379,24 @@ impl Ingest for IngestService {
                 Status::resource_exhausted("too many agent streams (ingest.max_streams)"),
             ));
         };
+        let connection = auth::Peer {
+            addr: peer,
+            tls: request
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .is_some(),
+            certs: request.peer_certs(),
+        };
         let identity = self
             .auth
             .borrow()
-            .identify(request.metadata())
-            .map_err(|err| {
-                let message = match err {
-                    AuthError::Missing | AuthError::Malformed => err.to_string(),
-                    AuthError::Unknown => "unknown token".to_string(),
-                };
+            .identify(request.metadata(), &connection)
+            .map_err(|err: AuthError| {
                 self.rejected(
                     Reason::Unauthenticated,
                     peer,
                     None,
-                    Status::unauthenticated(message),
+                    Status::unauthenticated(err.to_string()),
                 )
             })?;
         // A token names its VM: its place is claimed now, before a Hello can hold a
@@ -514,7 +519,7 @@ impl StreamTask {
                 peer,
                 Some(&vm),
                 Status::permission_denied(format!(
-                    "this token may only report for VM `{allowed}`, not `{vm}`"
+                    "this agent's token or certificate may only report for VM `{allowed}`, not `{vm}`"
                 )),
             ));
         }
