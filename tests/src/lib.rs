@@ -4,6 +4,11 @@
 //! # Layout
 //!
 //! - [`bin`]: finds the built `rally-agent` / `rally-collector` binaries.
+//! - [`command`]: runs an external command to completion, bounded in time.
+//! - [`debian_root`]: a clean Debian 12 root from a cached `debootstrap` tarball.
+//! - [`nspawn`]: Debian roots booted with systemd as PID 1 (`systemd-nspawn`) on a
+//!   network of the test's own (network namespaces joined by a veth pair).
+//! - [`packages`]: the `.deb`s `scripts/package` built.
 //! - [`process`]: a child process that is killed when dropped, with its log on disk.
 //! - [`rally`]: starts a collector or an agent from a config written by the test.
 //! - [`tool`]: requires an external program (promtool, nginx, ...): a missing one is
@@ -14,6 +19,10 @@
 //! - [`webhook`]: a real HTTP receiver of resize webhooks that checks signatures.
 
 pub mod bin;
+pub mod command;
+pub mod debian_root;
+pub mod nspawn;
+pub mod packages;
 pub mod process;
 pub mod rally;
 pub mod raw;
