@@ -272,10 +272,16 @@ impl Drop for Container {
                 .args(["-s", "KILL", &leader.to_string()])
                 .status();
         }
-        if let Some(mut nspawn) = self.nspawn.take()
-            && !nspawn.terminate(Duration::from_secs(10))
-        {
-            eprintln!("systemd-nspawn {} had to be killed", self.name);
+        // nspawn then exits on its own (removing what it made on this machine); it
+        // is killed only when it does not.
+        if let Some(mut nspawn) = self.nspawn.take() {
+            let start = Instant::now();
+            while nspawn.is_running() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if nspawn.is_running() {
+                eprintln!("systemd-nspawn {} had to be killed", self.name);
+            }
         }
     }
 }
