@@ -4,8 +4,12 @@
 //! # Layout
 //!
 //! - [`bin`]: finds the built `rally-agent` / `rally-collector` binaries.
-//! - [`netns`]: a test host of its own (a network namespace on a veth link), for
-//!   what must come from a non-loopback address.
+//! - [`command`]: runs an external command to completion, bounded in time.
+//! - [`debian_root`]: a clean Debian 12 root from a cached `debootstrap` tarball.
+//! - [`nspawn`]: Debian roots booted with systemd as PID 1 (`systemd-nspawn`) on a
+//!   network of the test's own (network namespaces joined by a veth pair), and test
+//!   hosts linked to this machine (for what must come from a non-loopback address).
+//! - [`packages`]: the `.deb`s `scripts/package` built.
 //! - [`process`]: a child process that is killed when dropped, with its log on disk.
 //! - [`rally`]: starts a collector or an agent from a config written by the test.
 //! - [`tool`]: requires an external program (promtool, nginx, ...): a missing one is
@@ -16,7 +20,10 @@
 //! - [`webhook`]: a real HTTP receiver of resize webhooks that checks signatures.
 
 pub mod bin;
-pub mod netns;
+pub mod command;
+pub mod debian_root;
+pub mod nspawn;
+pub mod packages;
 pub mod process;
 pub mod rally;
 pub mod raw;

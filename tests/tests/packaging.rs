@@ -9,74 +9,22 @@
 //! under `/var/cache/rally-tests/` (rebuilt after a week, or when missing), so
 //! this needs root, as `scripts/test` runs in CI.
 
+use rally_tests::command::{output, run_ok};
+use rally_tests::debian_root::{self, DebianRoot};
+use rally_tests::packages::{REVISION, VERSION, deb, workspace_root};
 use rally_tests::tool;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, SystemTime};
-
-/// The workspace version: every crate inherits it, so the packages carry it.
-const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The Debian revision `scripts/package` builds.
-const REVISION: &str = "1";
-/// Where the clean Debian root and the downloaded `.deb`s are cached between runs.
-const CACHE_DIR: &str = "/var/cache/rally-tests";
-/// A cached root older than this is rebuilt, so that it follows the point releases.
-const CACHE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+use std::process::Command;
 
 /// The two packages and their subcommands (one man page each).
 const PACKAGES: [(&str, &[&str]); 2] = [
     ("rally-agent", &["run", "check-config", "sample"]),
     ("rally-collector", &["run", "check-config", "demo"]),
 ];
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the workspace")
-        .to_owned()
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-}
-
-/// The path of a built package; panics with the command to run when it is missing.
-fn deb(package: &str) -> PathBuf {
-    let path = target_dir()
-        .join("debian")
-        .join(format!("{package}_{VERSION}-{REVISION}_amd64.deb"));
-    assert!(
-        path.is_file(),
-        "{} not found: build the packages first with `scripts/package` (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-/// Runs `cmd` and returns its output; panics when it cannot start.
-fn output(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-/// Runs `cmd`, panics with its output unless it succeeds, and returns its stdout.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = output(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Unpacks a package's files into `dir` (`dpkg-deb -x`).
 fn extract(deb: &Path, dir: &Path) {
@@ -475,278 +423,6 @@ fn spdx_expressions_are_read_as_cargo_writes_them() {
     assert!(!spdx_satisfied("", &known));
 }
 
-// ---------------------------------------------------------------------------
-// A clean Debian 12 root.
-
-/// The Debian mirror this machine uses (deb822 sources, then sources.list).
-fn debian_mirror() -> String {
-    let deb822 = fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
-    for stanza in deb822.split("\n\n") {
-        let field = |name: &str| {
-            stanza
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_owned())
-        };
-        let suites = field("Suites:").unwrap_or_default();
-        if suites.split_whitespace().any(|s| s == "bookworm")
-            && let Some(uri) =
-                field("URIs:").and_then(|u| u.split_whitespace().next().map(String::from))
-        {
-            return uri;
-        }
-    }
-    let list = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
-    for line in list.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if words.len() >= 3 && words[0] == "deb" && words[2] == "bookworm" {
-            return words[1].to_owned();
-        }
-    }
-    "http://deb.debian.org/debian".to_owned()
-}
-
-/// `[timeout --kill-after=10 secs] program args...`: every external step is bounded.
-fn bounded(secs: u32, program: &str) -> Command {
-    let mut cmd = Command::new("timeout");
-    cmd.arg("--kill-after=10")
-        .arg(secs.to_string())
-        .arg(program);
-    cmd
-}
-
-fn assert_root() {
-    let uid = run_ok(Command::new("id").arg("-u"));
-    assert_eq!(
-        uid.trim(),
-        "0",
-        "the Debian-root test needs root (debootstrap, chroot, mount): run it as scripts/test does in CI"
-    );
-}
-
-/// The cached tarball of a `debootstrap --variant=minbase bookworm` root, built
-/// when missing or older than [`CACHE_MAX_AGE`]. Concurrent runs serialise on a lock
-/// file; a half-built root is never published (built aside, then renamed).
-fn bookworm_tarball() -> PathBuf {
-    let debootstrap = tool::require("debootstrap", "debootstrap");
-    let cache = Path::new(CACHE_DIR);
-    fs::create_dir_all(cache).expect("create a directory");
-    let lock = fs::File::create(cache.join("bookworm.lock")).expect("create the lock file");
-    lock.lock().expect("lock the root cache");
-
-    let mut cached: Vec<(SystemTime, PathBuf)> = fs::read_dir(cache)
-        .expect("list the cache directory")
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with("bookworm-minbase-") && name.ends_with(".tar")
-        })
-        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    cached.sort();
-    if let Some((modified, path)) = cached.last()
-        && modified.elapsed().unwrap_or_default() < CACHE_MAX_AGE
-    {
-        return path.clone();
-    }
-
-    let date = run_ok(Command::new("date").args(["-u", "+%Y%m%d"]));
-    let tarball = cache.join(format!("bookworm-minbase-{}.tar", date.trim()));
-    let build = tempfile::Builder::new()
-        .prefix("build-")
-        .tempdir_in(cache)
-        .expect("create a temporary directory");
-    let root = build.path().join("root");
-    eprintln!(
-        "building a clean Debian 12 root with debootstrap into {} (cached for later runs)",
-        tarball.display()
-    );
-    run_ok(
-        bounded(1200, debootstrap.to_str().expect("a UTF-8 path"))
-            .args(["--variant=minbase", "bookworm"])
-            .arg(&root)
-            .arg(debian_mirror()),
-    );
-    // debootstrap leaves the base system's .debs in apt's cache: not worth caching.
-    run_ok(Command::new("chroot").arg(&root).args(["apt-get", "clean"]));
-    let partial = build.path().join("root.tar");
-    run_ok(
-        Command::new("tar")
-            .args(["--numeric-owner", "-C"])
-            .arg(&root)
-            .arg("-cf")
-            .arg(&partial)
-            .arg("."),
-    );
-    fs::rename(&partial, &tarball).expect("publish the root tarball");
-    for (_, old) in cached {
-        let _ = fs::remove_file(old);
-    }
-    tarball
-}
-
-/// A Debian root unpacked from the cached tarball into a temporary directory, with
-/// /proc and /sys mounted. Dropping it unmounts them (lazily if they are busy) and
-/// removes the directory; should an unmount fail, the directory is kept (and named)
-/// rather than removed through a live mount.
-struct DebianRoot {
-    dir: Option<tempfile::TempDir>,
-    mounts: Vec<PathBuf>,
-}
-
-impl DebianRoot {
-    fn new() -> DebianRoot {
-        assert_root();
-        let tarball = bookworm_tarball();
-        let dir = tempfile::Builder::new()
-            .prefix("rally-debian-")
-            .tempdir()
-            .expect("create a temporary directory");
-        let mut root = DebianRoot {
-            dir: Some(dir),
-            mounts: Vec::new(),
-        };
-        run_ok(
-            Command::new("tar")
-                .args(["--numeric-owner", "-xpf"])
-                .arg(&tarball)
-                .arg("-C")
-                .arg(root.path()),
-        );
-        fs::copy("/etc/resolv.conf", root.path().join("etc/resolv.conf")).expect("copy a file");
-        root.mount("proc", "proc");
-        root.mount("sysfs", "sys");
-        root
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.as_ref().expect("root directory").path()
-    }
-
-    fn mount(&mut self, fstype: &str, at: &str) {
-        let target = self.path().join(at);
-        run_ok(
-            Command::new("mount")
-                .args(["-t", fstype, fstype])
-                .arg(&target),
-        );
-        self.mounts.push(target);
-    }
-
-    /// `chroot <root> [--userspec user] program args...` with a clean environment.
-    fn command(&self, user: Option<&str>, args: &[&str]) -> Command {
-        let mut cmd = bounded(600, "chroot");
-        if let Some(user) = user {
-            cmd.arg(format!("--userspec={user}:{user}"));
-        }
-        cmd.arg(self.path())
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("LANG", "C.UTF-8")
-            .env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    }
-
-    /// Runs a command in the root as root; panics with its output unless it succeeds.
-    fn run(&self, args: &[&str]) -> String {
-        run_ok(&mut self.command(None, args))
-    }
-
-    /// Runs a command in the root as `user`.
-    fn run_as(&self, user: &str, args: &[&str]) -> String {
-        run_ok(&mut self.command(Some(user), args))
-    }
-
-    /// `stat -c '%U:%G %a'` of a path in the root.
-    fn owner_and_mode(&self, path: &str) -> String {
-        self.run(&["stat", "-c", "%U:%G %a", path])
-            .trim()
-            .to_owned()
-    }
-
-    fn exists(&self, path: &str) -> bool {
-        self.path()
-            .join(path.trim_start_matches('/'))
-            .symlink_metadata()
-            .is_ok()
-    }
-
-    fn read(&self, path: &str) -> String {
-        fs::read_to_string(self.path().join(path.trim_start_matches('/')))
-            .unwrap_or_else(|e| panic!("read {path} in the Debian root: {e}"))
-    }
-
-    fn write(&self, path: &str, text: &str) {
-        fs::write(self.path().join(path.trim_start_matches('/')), text).expect("write a file");
-    }
-
-    /// `dpkg-query -W -f=<format> <package>`.
-    fn query(&self, package: &str, format: &str) -> String {
-        self.run(&["dpkg-query", "-W", &format!("-f={format}"), package])
-    }
-
-    /// Copies the `.deb`s apt downloaded in an earlier run into the root, and back
-    /// after `f`, so that the dependencies are fetched once.
-    fn with_apt_cache<T>(&self, f: impl FnOnce() -> T) -> T {
-        let cache = Path::new(CACHE_DIR).join("archives");
-        fs::create_dir_all(&cache).expect("create a directory");
-        let archives = self.path().join("var/cache/apt/archives");
-        let debs = |dir: &Path| -> Vec<PathBuf> {
-            fs::read_dir(dir)
-                .map(|entries| {
-                    entries
-                        .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        for deb in debs(&cache) {
-            fs::copy(&deb, archives.join(deb.file_name().expect("a file name")))
-                .expect("copy a file");
-        }
-        let result = f();
-        // Published by rename, so that a concurrent run never copies half a file.
-        for deb in debs(&archives) {
-            let name = deb.file_name().expect("a file name");
-            if cache.join(name).exists() {
-                continue;
-            }
-            let partial = cache.join(format!(".{}.partial", name.to_string_lossy()));
-            if fs::copy(&deb, &partial).is_ok() {
-                let _ = fs::rename(&partial, cache.join(name));
-            }
-        }
-        result
-    }
-}
-
-impl Drop for DebianRoot {
-    fn drop(&mut self) {
-        let mut clean = true;
-        for target in self.mounts.drain(..).rev() {
-            let unmounted = |lazy: bool| {
-                let mut cmd = Command::new("umount");
-                if lazy {
-                    cmd.arg("-l");
-                }
-                cmd.arg(&target)
-                    .status()
-                    .is_ok_and(|status| status.success())
-            };
-            if !unmounted(false) && !unmounted(true) {
-                clean = false;
-                eprintln!("could not unmount {}", target.display());
-            }
-        }
-        if !clean && let Some(dir) = self.dir.take() {
-            eprintln!("keeping {} (a mount is still in it)", dir.keep().display());
-        }
-    }
-}
-
 /// A copy of `deb` with the version `version` and, when `conffile_note` is given,
 /// that line appended to its conffile: the "next release" for the upgrade test.
 fn repack(deb: &Path, version: &str, conffile_note: Option<&str>, out: &Path) -> PathBuf {
@@ -793,7 +469,7 @@ fn packages_install_run_upgrade_and_purge_in_a_clean_debian_12_root() {
     let analyze = tool::require("systemd-analyze", "systemd");
     let agent = deb("rally-agent");
     let collector = deb("rally-collector");
-    let root = DebianRoot::new();
+    let root = DebianRoot::new(debian_root::MINBASE, "the Debian-root test");
 
     // The current build, and a "next release" of it: the agent's next version also
     // changes its shipped conffile, the collector's does not.

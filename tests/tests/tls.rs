@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rally_tests::netns::Netns;
+use rally_tests::nspawn::Netns;
 use rally_tests::process::Process;
 use rally_tests::rally::Agent;
 use rally_tests::{bin, eventually, free_port, tool};
@@ -466,13 +466,21 @@ async fn a_token_in_clear_is_accepted_from_loopback_and_refused_from_the_network
     .await;
 
     // web-2 runs on a test host of its own, so its stream comes from the network.
-    let host = Netns::create("tls");
+    let pid = std::process::id();
+    let host = Netns::create(&format!("rally-tls-{pid}"));
+    let n = pid % 250;
+    host.link_to_host(
+        &format!("rtls{pid}"),
+        &format!("10.213.{n}.1/30"),
+        &format!("10.213.{n}.2/30"),
+    );
+    let host_addr = format!("10.213.{n}.1");
     let config = dir.path().join("agent-web-2.toml");
     std::fs::write(
         &config,
         format!(
             "vm_id = \"web-2\"\ncollectors = [\"http://{}:{}\"]\ninterval = \"200ms\"\n{}\n",
-            host.host_addr,
+            host_addr,
             collector.grpc_port,
             token_file("web-2")
         ),
