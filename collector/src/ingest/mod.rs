@@ -30,6 +30,7 @@ use self::auth::{AuthError, Authenticator, Identity};
 use crate::clock::Clock;
 use crate::config::IngestConfig;
 use crate::fleet::{Fleet, HelloError, Outcome, Session};
+use crate::wake::Wake;
 
 /// Largest message the collector sends (an `Ack` is a few bytes).
 const MAX_ENCODING_BYTES: usize = 64 * 1024;
@@ -141,6 +142,8 @@ pub struct IngestService {
     streams: Arc<Semaphore>,
     hello_timeout: Duration,
     shutdown: watch::Receiver<bool>,
+    /// Marks each applied report's VM for the resize engine (never waits).
+    wake: Arc<Wake>,
 }
 
 impl IngestService {
@@ -153,6 +156,7 @@ impl IngestService {
         stats: Arc<IngestStats>,
         auth: watch::Receiver<Arc<Authenticator>>,
         shutdown: watch::Receiver<bool>,
+        wake: Arc<Wake>,
     ) -> Self {
         Self {
             fleet,
@@ -162,6 +166,7 @@ impl IngestService {
             streams: Arc::new(Semaphore::new(config.max_streams)),
             hello_timeout: config.hello_timeout,
             shutdown,
+            wake,
         }
     }
 
@@ -505,6 +510,7 @@ impl StreamTask {
                         warn!(vm = %vm, run = run_id, seq, lost, "reports lost: sequence numbers skipped");
                     }
                     tracing::debug!(vm = %vm, run = run_id, seq, "report accepted");
+                    service.wake.reported(vm);
                 }
                 Outcome::Duplicate => {
                     service.stats.duplicates.fetch_add(1, Ordering::Relaxed);
