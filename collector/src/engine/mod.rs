@@ -471,12 +471,14 @@ impl Engine {
         let started = Instant::now();
         self.hold_deadlines(now);
         let mut work = Vec::new();
+        let mut picked = Vec::new();
         {
             let view = FleetView::new(&self.fleet, now_sys);
             for (i, g) in self.groups.iter_mut().enumerate() {
                 if !pick(g) {
                     continue;
                 }
+                picked.push(i);
                 g.reported = false;
                 g.evaluated_at = Some(started);
                 let Some(policy) = &g.policy else { continue };
@@ -496,8 +498,8 @@ impl Engine {
         for (i, decisions, events) in work {
             self.commit(i, decisions, events).await;
         }
-        for g in &self.groups {
-            self.stats.set_group(g.status());
+        for i in picked {
+            self.stats.set_group(self.groups[i].status());
         }
         self.flush();
     }
