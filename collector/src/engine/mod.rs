@@ -34,6 +34,7 @@
 //! resizes are verified again, and a decision the actuator never answered is sent again
 //! with the same `id` (and never a second decision in its place).
 
+mod dispatch;
 mod handle;
 mod stats;
 mod status;
@@ -43,21 +44,22 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::actuator::{Actuator, LogActuator};
+use crate::actuator::Actuator;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::fleet::view::timestamp;
 use crate::fleet::{Fleet, FleetView};
+use dispatch::{Delivered, Dispatcher, Job, dispatch};
 pub use handle::EngineHandle;
 use handle::{Order, with_store};
 pub use stats::{EngineStats, RequestLabels};
 pub use status::{DecisionBrief, DecisionRecord, GroupStatus, InFlight, SkipNote, skip_kind};
 
-use crate::request::{Attempt, AttemptLog, ResizeRequest, Verdict, verify_window};
+use crate::request::{Verdict, verify_window};
 use crate::store::{DecisionFilter, Store, StoreError};
 use crate::wake::Wake;
 use rally_policy::decision::{Decision, Event, PauseReason, Skip};
@@ -71,8 +73,6 @@ const ORDER_QUEUE: usize = 64;
 /// The shortest time between two evaluations of one group prompted by reports: the
 /// reports of a group's VMs within it share one evaluation.
 pub const PROMPT_GAP: Duration = Duration::from_millis(100);
-/// Attempts of one request on their way to the store, at most (the actuator waits).
-const ATTEMPT_QUEUE: usize = 4;
 
 /// Why the engine could not start or a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,28 +110,6 @@ pub enum OrderError {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A decision for the dispatcher, which builds its request when the send begins.
-#[derive(Debug, Clone)]
-struct Job {
-    decision: Decision,
-    fencing_token: u64,
-    /// The number of this send's first attempt (after those of an earlier run).
-    first_attempt: u32,
-}
-
-/// What the dispatcher reports back (the attempts are already in the store).
-#[derive(Debug)]
-struct Delivered {
-    request: ResizeRequest,
-    verdict: Verdict,
-    /// When the actuator gave its verdict, on the engine's clock.
-    answered_at: Timestamp,
-    /// The verification window of the decision.
-    window: chrono::Duration,
-    /// Attempts this send made.
-    attempts: usize,
 }
 
 /// One configured group with its engine state.
@@ -847,92 +825,6 @@ fn log_event(group: &str, e: &Event) {
                 group,
                 failures, "circuit breaker open: group paused until `rally-collector resume`"
             );
-        }
-    }
-}
-
-/// What the dispatcher's tasks share.
-struct Dispatcher {
-    /// Where non-dry-run requests go; a reload replaces it.
-    actuator: Arc<std::sync::RwLock<Arc<dyn Actuator>>>,
-    clock: Arc<dyn Clock>,
-    store: Arc<Mutex<Store>>,
-}
-
-/// The dispatcher: takes jobs from the bounded queue and runs each on its own task, at
-/// most `concurrency` at once, so one slow receiver does not hold up the others.
-async fn dispatch(
-    mut jobs: mpsc::Receiver<Job>,
-    outcomes: mpsc::Sender<Delivered>,
-    shared: Dispatcher,
-    concurrency: usize,
-) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let log: Arc<dyn Actuator> = Arc::new(LogActuator);
-    while let Some(job) = jobs.recv().await {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
-        let actuator = if job.decision.dry_run {
-            Arc::clone(&log)
-        } else {
-            Arc::clone(
-                &shared
-                    .actuator
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner),
-            )
-        };
-        let (clock, store) = (Arc::clone(&shared.clock), Arc::clone(&shared.store));
-        let outcomes = outcomes.clone();
-        tokio::spawn(async move {
-            let delivered = deliver(job, actuator.as_ref(), clock.as_ref(), &store).await;
-            drop(permit);
-            let _ = outcomes.send(delivered).await;
-        });
-    }
-}
-
-/// Sends one job's request, storing each attempt as the actuator reports it; returns
-/// once every attempt is stored.
-async fn deliver(
-    job: Job,
-    actuator: &dyn Actuator,
-    clock: &dyn Clock,
-    store: &Arc<Mutex<Store>>,
-) -> Delivered {
-    let window = verify_window(&job.decision);
-    let request = ResizeRequest::new(&job.decision, job.fencing_token, timestamp(clock.now()));
-    let (sink, attempts) = mpsc::channel(ATTEMPT_QUEUE);
-    let log = AttemptLog::new(job.first_attempt, sink);
-    let send = async {
-        let mut log = log;
-        let verdict = actuator.send(&request, &mut log).await;
-        (verdict, timestamp(clock.now()), log.made().len())
-        // `log` drops here: the store task sees the end of the attempts.
-    };
-    let ((verdict, answered_at, made), ()) =
-        tokio::join!(send, store_attempts(store, &request.id, attempts));
-    Delivered {
-        request,
-        verdict,
-        answered_at,
-        window,
-        attempts: made,
-    }
-}
-
-/// Writes each attempt of decision `id` to the store as it arrives.
-async fn store_attempts(
-    store: &Arc<Mutex<Store>>,
-    id: &str,
-    mut attempts: mpsc::Receiver<Attempt>,
-) {
-    while let Some(attempt) = attempts.recv().await {
-        let (number, owned) = (attempt.number, id.to_owned());
-        let result = with_store(store, move |s| s.record_attempt(&owned, &attempt)).await;
-        if let Err(e) = result {
-            error!(%id, attempt = number, error = %e, "could not record an actuator attempt");
         }
     }
 }

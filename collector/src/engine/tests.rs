@@ -9,7 +9,7 @@ use super::*;
 use crate::actuator::{BoxFuture, Webhook, WebhookConfig};
 use crate::clock::ManualClock;
 use crate::fleet::view::fixtures::{Agent, fleet, t0};
-use crate::request::AttemptResult;
+use crate::request::{AttemptLog, AttemptResult, ResizeRequest};
 use rally_policy::GroupPolicy;
 use rally_policy::ladder::Rung;
 use rally_policy::metric::{Metric, Window};
