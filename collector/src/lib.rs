@@ -33,8 +33,11 @@
 //! - [`store`]: the embedded SQLite state (decisions, attempts, cooldowns, flags).
 //! - `assembly`: start-up wiring (the actuator with its ticket store and resolved
 //!   ladders, the API token), used at start and on reload; [`start_actuator`].
-//! - [`engine`]: the resize loop: tick → evaluate → persist → dispatch to the actuator
-//!   (bounded queue, own tasks) → record outcomes → verify; restores after a restart.
+//! - [`engine`]: the resize loop: tick (or a report, through [`wake`]) → evaluate →
+//!   persist → dispatch to the actuator (bounded queue, own tasks) → record each attempt
+//!   and the outcome → verify; restores after a restart.
+//! - [`wake`]: the nudge from ingest to the engine: which VMs reported, so their groups
+//!   are evaluated at once rather than at the next tick.
 //! - [`cli`]: the command line.
 //! - [`client`]: the API client behind `pause`, `resume`, `resize`, `decisions`, `groups`.
 //! - [`demo`]: `rally-collector demo`: a collector and an in-process agent for this
@@ -80,6 +83,7 @@ pub mod request;
 pub mod store;
 pub mod tls;
 pub mod vm_id;
+pub mod wake;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -302,6 +306,7 @@ impl Collector {
             Arc::clone(&self.stats),
             auth_rx,
             stop_rx.clone(),
+            self.engine.wake(),
         );
         let listen = &self.config.listen;
         let connections = Connections::default();

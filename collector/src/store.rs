@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::request::{Attempt, AttemptResult, Outcome};
+use crate::request::{Attempt, AttemptResult, Verdict, verify_window};
 use rally_policy::Timestamp;
 use rally_policy::decision::{
     Baseline, Decision, Direction, Event, PauseReason, SizedRung, Trigger,
@@ -89,6 +89,10 @@ CREATE TABLE actuator_tickets (
     finished_at INTEGER
 );
 "#,
+    // When the actuator accepted: verification is counted from there.
+    r#"
+ALTER TABLE decisions ADD COLUMN accepted_at INTEGER;
+"#,
 ];
 
 /// How far back [`Store::load_group`] reads history (caps need at most a local day or a
@@ -142,6 +146,20 @@ pub struct StoredDecision {
     pub verdict: Option<String>,
     /// Why the actuator refused or gave up.
     pub verdict_reason: Option<String>,
+    /// When the actuator accepted the request: the verification window counts from here.
+    pub accepted_at: Option<Timestamp>,
+}
+
+impl StoredDecision {
+    /// When the resize fails unless verified: `verify_timeout` after the actuator
+    /// accepted it; until then the decision's own deadline, which the engine holds back
+    /// while the request is with the actuator.
+    pub fn verify_deadline(&self) -> Timestamp {
+        self.accepted_at
+            .map_or(self.decision.verify_deadline, |at| {
+                at + verify_window(&self.decision)
+            })
+    }
 }
 
 /// A verification result.
@@ -203,7 +221,7 @@ fn direction(s: &str) -> Result<Direction, StoreError> {
 
 const DECISION_COLUMNS: &str = "id, group_name, vm, direction, trigger, from_rung, from_vcpus, from_memory_bytes, \
     to_rung, to_vcpus, to_memory_bytes, reason, evidence, dry_run, created_at, verify_deadline, baseline_vcpus, \
-    baseline_memory_bytes, fencing_token, status, status_at, verdict, verdict_reason";
+    baseline_memory_bytes, fencing_token, status, status_at, verdict, verdict_reason, accepted_at";
 
 /// Raw columns of a decisions row, converted after the row is read.
 struct DecisionRow {
@@ -225,6 +243,7 @@ struct DecisionRow {
     status_at: Option<i64>,
     verdict: Option<String>,
     verdict_reason: Option<String>,
+    accepted_at: Option<i64>,
 }
 
 impl DecisionRow {
@@ -248,6 +267,7 @@ impl DecisionRow {
             status_at: r.get(20)?,
             verdict: r.get(21)?,
             verdict_reason: r.get(22)?,
+            accepted_at: r.get(23)?,
         })
     }
 
@@ -290,6 +310,7 @@ impl DecisionRow {
             status_at: opt_time(self.status_at)?,
             verdict: self.verdict,
             verdict_reason: self.verdict_reason,
+            accepted_at: opt_time(self.accepted_at)?,
         })
     }
 }
@@ -410,7 +431,7 @@ impl Store {
         let evidence = serde_json::to_string(&d.evidence)?;
         let status = if d.dry_run { "dry_run" } else { "in_flight" };
         self.conn.execute(
-            &format!("INSERT INTO decisions ({DECISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, NULL, NULL, NULL)"),
+            &format!("INSERT INTO decisions ({DECISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, NULL, NULL, NULL, NULL)"),
             params![
                 d.id,
                 d.group,
@@ -446,32 +467,33 @@ impl Store {
         Ok(())
     }
 
-    /// Records the actuator's final word and, if not already recorded one by one, its attempts.
+    /// The number of the last attempt recorded for decision `id` (0 if none): a send
+    /// after a restart numbers its attempts after it.
+    pub fn last_attempt(&self, id: &str) -> Result<u32, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(number), 0) FROM attempts WHERE decision_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Records the actuator's final word on decision `id`, given at `at` (its attempts
+    /// were recorded one by one as they were made). An acceptance starts the
+    /// verification window.
     pub fn record_outcome(
         &mut self,
         id: &str,
-        outcome: &Outcome,
-        attempts_recorded: bool,
+        verdict: &Verdict,
+        at: Timestamp,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        if !attempts_recorded {
-            for a in &outcome.attempts {
-                tx.execute(
-                    "INSERT INTO attempts (decision_id, number, started_at, duration_ms, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, a.number, ms(a.started_at), i(a.duration_ms), serde_json::to_string(&a.result)?],
-                )?;
-            }
-        }
-        let reason = match &outcome.verdict {
-            crate::request::Verdict::Accepted => None,
-            crate::request::Verdict::Rejected { reason }
-            | crate::request::Verdict::GaveUp { reason } => Some(reason.clone()),
+        let (reason, accepted_at) = match verdict {
+            Verdict::Accepted => (None, Some(ms(at))),
+            Verdict::Rejected { reason } | Verdict::GaveUp { reason } => (Some(reason), None),
         };
-        tx.execute(
-            "UPDATE decisions SET verdict = ?2, verdict_reason = ?3 WHERE id = ?1",
-            params![id, outcome.verdict.as_str(), reason],
+        self.conn.execute(
+            "UPDATE decisions SET verdict = ?2, verdict_reason = ?3, accepted_at = ?4 WHERE id = ?1",
+            params![id, verdict.as_str(), reason, accepted_at],
         )?;
-        tx.commit()?;
         Ok(())
     }
 
@@ -602,7 +624,7 @@ impl Store {
                     memory_bytes: d.to.memory_bytes,
                 },
                 created_at: d.created_at,
-                deadline: d.verify_deadline,
+                deadline: s.verify_deadline(),
                 baseline: d.baseline,
                 status,
             });
@@ -789,18 +811,28 @@ mod tests {
                 },
             },
         ];
+        assert_eq!(store.last_attempt("d1").unwrap(), 0);
+        for a in &attempts {
+            store.record_attempt("d1", a).unwrap();
+        }
+        assert_eq!(store.last_attempt("d1").unwrap(), 3);
+        assert_eq!(
+            store.unsent().unwrap().len(),
+            1,
+            "attempts without a final word: to be sent again"
+        );
+        let accepted = t("2026-01-15T10:00:05Z");
         store
-            .record_outcome(
-                "d1",
-                &Outcome {
-                    verdict: Verdict::Accepted,
-                    attempts: attempts.clone(),
-                },
-                false,
-            )
+            .record_outcome("d1", &Verdict::Accepted, accepted)
             .unwrap();
         let stored = store.decision("d1").unwrap().unwrap();
         assert_eq!(stored.decision, d);
+        assert_eq!(stored.accepted_at, Some(accepted));
+        // Verification counts from the acceptance, not from the decision.
+        let window = d.verify_deadline - d.created_at;
+        assert_eq!(stored.verify_deadline(), accepted + window);
+        let state = store.load_group("web", accepted).unwrap();
+        assert_eq!(state.resizes[0].deadline, accepted + window);
         assert_eq!(
             (
                 stored.fencing_token,
@@ -1006,9 +1038,42 @@ mod tests {
             Store::open(dir.path()),
             Err(StoreError::NewerSchema {
                 found: 99,
-                supported: 2
+                supported: 3
             })
         ));
+    }
+
+    #[test]
+    fn a_version_2_database_gains_accepted_at_and_keeps_its_deadlines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (2);",
+            )
+            .unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            let d = decision("old", "web", "web-1", "2026-01-15T10:00:00Z", false);
+            conn.execute(
+                "INSERT INTO decisions (id, group_name, vm, direction, trigger, from_rung, from_vcpus,
+                 from_memory_bytes, to_rung, to_vcpus, to_memory_bytes, reason, evidence, dry_run,
+                 created_at, verify_deadline, baseline_vcpus, baseline_memory_bytes, fencing_token,
+                 status, verdict)
+                 VALUES ('old', 'web', 'web-1', 'up', 'rule', 'M', 2, 1, 'L', 4, 2, 'r', '[]', 0,
+                 ?1, ?2, 2, 1, 0, 'in_flight', 'accepted')",
+                params![ms(d.created_at), ms(d.verify_deadline)],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 3);
+        let old = store.decision("old").unwrap().unwrap();
+        assert_eq!(old.accepted_at, None);
+        // Accepted before acceptance times were kept: the decision's own deadline.
+        assert_eq!(old.verify_deadline(), old.decision.verify_deadline);
     }
 
     #[test]

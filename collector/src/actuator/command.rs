@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::{
-    Actuator, ActuatorError, Attempt, AttemptResult, BoxFuture, Outcome, ResizeRequest, Verdict,
-    excerpt,
+    Actuator, ActuatorError, AttemptLog, AttemptResult, BoxFuture, ResizeRequest, Verdict, excerpt,
 };
 
 /// `[actuator]` with `kind = "command"`.
@@ -185,22 +184,23 @@ impl Actuator for CommandActuator {
         "command"
     }
 
-    fn send<'a>(&'a self, request: &'a ResizeRequest) -> BoxFuture<'a, Outcome> {
+    fn send<'a>(
+        &'a self,
+        request: &'a ResizeRequest,
+        attempts: &'a mut AttemptLog,
+    ) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
             let body = match serde_json::to_vec(request) {
                 Ok(b) => b,
                 Err(e) => {
                     let reason = format!("serializing the request: {e}");
-                    return Outcome {
-                        verdict: Verdict::Rejected { reason },
-                        attempts: Vec::new(),
-                    };
+                    return Verdict::Rejected { reason };
                 }
             };
             let started_at = chrono::Utc::now();
             let t0 = Instant::now();
             let (result, timed_out) = self.run(request, &body).await;
-            let duration_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let duration = t0.elapsed();
             tracing::info!(id = %request.id, vm = %request.vm, ?result, timed_out, "command actuator");
             let verdict = match &result {
                 _ if timed_out => Verdict::GaveUp {
@@ -223,15 +223,8 @@ impl Actuator for CommandActuator {
                     reason: format!("{other:?}"),
                 },
             };
-            Outcome {
-                verdict,
-                attempts: vec![Attempt {
-                    number: 1,
-                    started_at,
-                    duration_ms,
-                    result,
-                }],
-            }
+            attempts.record(started_at, duration, result).await;
+            verdict
         })
     }
 }
@@ -240,7 +233,7 @@ impl Actuator for CommandActuator {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::actuator::tests::request;
+    use crate::actuator::tests::{request, send};
 
     fn sh(script: &str, timeout: Duration) -> CommandActuator {
         CommandActuator::new(CommandConfig {
@@ -261,7 +254,7 @@ mod tests {
             out.display()
         );
         let req = request();
-        let outcome = sh(&script, Duration::from_secs(10)).send(&req).await;
+        let outcome = send(&sh(&script, Duration::from_secs(10)), &req).await;
         assert_eq!(outcome.verdict, Verdict::Accepted);
         let AttemptResult::Exited {
             code: Some(0),
@@ -281,9 +274,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_non_zero_exit_is_a_refusal_with_its_stderr() {
-        let outcome = sh("echo 'quota exceeded' >&2; exit 3", Duration::from_secs(10))
-            .send(&request())
-            .await;
+        let outcome = send(
+            &sh("echo 'quota exceeded' >&2; exit 3", Duration::from_secs(10)),
+            &request(),
+        )
+        .await;
         assert_eq!(
             outcome.verdict,
             Verdict::Rejected {
@@ -298,9 +293,7 @@ mod tests {
         let pidfile = dir.path().join("pid");
         let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
         let t0 = Instant::now();
-        let outcome = sh(&script, Duration::from_millis(500))
-            .send(&request())
-            .await;
+        let outcome = send(&sh(&script, Duration::from_millis(500)), &request()).await;
         assert!(
             matches!(outcome.verdict, Verdict::GaveUp { ref reason } if reason.starts_with("killed after"))
         );
@@ -328,11 +321,13 @@ mod tests {
 
     #[tokio::test]
     async fn output_is_bounded() {
-        let outcome = sh(
-            "head -c 1000000 /dev/zero | tr '\\0' x",
-            Duration::from_secs(10),
+        let outcome = send(
+            &sh(
+                "head -c 1000000 /dev/zero | tr '\\0' x",
+                Duration::from_secs(10),
+            ),
+            &request(),
         )
-        .send(&request())
         .await;
         let AttemptResult::Exited { stdout, .. } = &outcome.attempts[0].result else {
             panic!()
@@ -350,7 +345,7 @@ mod tests {
             output_limit: 64,
         })
         .unwrap();
-        let outcome = cmd.send(&request()).await;
+        let outcome = send(&cmd, &request()).await;
         assert!(
             matches!(outcome.verdict, Verdict::GaveUp { ref reason } if reason.contains("/nonexistent/rally-resize"))
         );

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{Actuator, Attempt, AttemptResult, BoxFuture, Outcome, ResizeRequest, Verdict};
+use super::{Actuator, AttemptLog, AttemptResult, BoxFuture, ResizeRequest, Verdict};
 
 /// Records requests through `tracing` only.
 #[derive(Debug, Clone, Copy, Default)]
@@ -14,7 +14,11 @@ impl Actuator for LogActuator {
         "log"
     }
 
-    fn send<'a>(&'a self, request: &'a ResizeRequest) -> BoxFuture<'a, Outcome> {
+    fn send<'a>(
+        &'a self,
+        request: &'a ResizeRequest,
+        attempts: &'a mut AttemptLog,
+    ) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
             let started_at = chrono::Utc::now();
             let t0 = Instant::now();
@@ -31,16 +35,10 @@ impl Actuator for LogActuator {
                 request = %json,
                 "resize request recorded"
             );
-            let duration_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
-            Outcome {
-                verdict: Verdict::Accepted,
-                attempts: vec![Attempt {
-                    number: 1,
-                    started_at,
-                    duration_ms,
-                    result: AttemptResult::Logged,
-                }],
-            }
+            attempts
+                .record(started_at, t0.elapsed(), AttemptResult::Logged)
+                .await;
+            Verdict::Accepted
         })
     }
 }
@@ -53,10 +51,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_log_actuator_accepts_and_records_one_attempt() {
-        let outcome = LogActuator.send(&request()).await;
-        assert_eq!(outcome.verdict, Verdict::Accepted);
-        assert_eq!(outcome.attempts.len(), 1);
-        assert_eq!(outcome.attempts[0].result, AttemptResult::Logged);
+        let mut log = AttemptLog::default();
+        let verdict = LogActuator.send(&request(), &mut log).await;
+        assert_eq!(verdict, Verdict::Accepted);
+        assert_eq!(log.made().len(), 1);
+        assert_eq!(log.made()[0].result, AttemptResult::Logged);
         assert_eq!(LogActuator.kind(), "log");
     }
 }

@@ -7,8 +7,9 @@
 //! - `command`: runs a program with the request on stdin and in `RALLY_*` variables.
 //! - `log`: records the request and accepts it.
 //!
-//! Actuators run on the engine's task, never on the ingest path. Each returns an
-//! [`Outcome`] listing every attempt, which the caller records in the store.
+//! Actuators run on the engine's dispatcher tasks, never on the ingest path. Each reports
+//! every attempt through an [`AttemptLog`] as soon as it is over (the engine stores it
+//! at once) and returns the [`Verdict`].
 
 pub mod command;
 pub mod log;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::request::{Attempt, AttemptResult, Outcome, ResizeRequest, Verdict};
+pub use crate::request::{Attempt, AttemptLog, AttemptResult, ResizeRequest, Verdict};
 
 pub use command::{CommandActuator, CommandConfig};
 pub use log::LogActuator;
@@ -35,9 +36,14 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Actuator: Send + Sync {
     /// `webhook`, `command` or `log`.
     fn kind(&self) -> &'static str;
-    /// Delivers `request`, retrying as the actuator's config says; never panics and always
-    /// returns an outcome (errors are outcomes).
-    fn send<'a>(&'a self, request: &'a ResizeRequest) -> BoxFuture<'a, Outcome>;
+    /// Delivers `request`, retrying as the actuator's config says, and records each
+    /// attempt in `attempts` as soon as it is over; never panics and always returns a
+    /// verdict (errors are verdicts).
+    fn send<'a>(
+        &'a self,
+        request: &'a ResizeRequest,
+        attempts: &'a mut AttemptLog,
+    ) -> BoxFuture<'a, Verdict>;
 }
 
 /// Why an actuator could not be built from its config. Each message names the key.
@@ -131,6 +137,23 @@ pub(crate) mod tests {
     use rally_policy::Timestamp;
     use rally_policy::decision::{Baseline, Decision, Direction, Evidence, SizedRung, Trigger};
 
+    /// What one send came to: the verdict and the attempts it recorded.
+    #[derive(Debug)]
+    pub(crate) struct Sent {
+        pub(crate) verdict: Verdict,
+        pub(crate) attempts: Vec<Attempt>,
+    }
+
+    /// Sends `request` through `actuator` with a log that numbers from 1.
+    pub(crate) async fn send(actuator: &dyn Actuator, request: &ResizeRequest) -> Sent {
+        let mut log = AttemptLog::default();
+        let verdict = actuator.send(request, &mut log).await;
+        Sent {
+            verdict,
+            attempts: log.made().to_vec(),
+        }
+    }
+
     /// A request as the engine would build it.
     pub(crate) fn request() -> ResizeRequest {
         let t: Timestamp = "2026-01-15T10:04:00Z".parse().unwrap();
@@ -169,7 +192,7 @@ pub(crate) mod tests {
                 memory_total_bytes: (4 << 30) - (150 << 20),
             },
         };
-        ResizeRequest::new(&d, 7)
+        ResizeRequest::new(&d, 7, t)
     }
 
     #[test]

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{
-    Actuator, ActuatorError, Attempt, AttemptResult, BoxFuture, Outcome, ResizeRequest, Verdict,
-    backoff, excerpt,
+    Actuator, ActuatorError, AttemptLog, AttemptResult, BoxFuture, ResizeRequest, Verdict, backoff,
+    excerpt,
 };
 
 /// Bytes of a response body kept in the attempt record.
@@ -167,45 +167,38 @@ impl Actuator for Webhook {
         "webhook"
     }
 
-    fn send<'a>(&'a self, request: &'a ResizeRequest) -> BoxFuture<'a, Outcome> {
+    fn send<'a>(
+        &'a self,
+        request: &'a ResizeRequest,
+        attempts: &'a mut AttemptLog,
+    ) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
             let body = match serde_json::to_vec(request) {
                 Ok(b) => b,
                 Err(e) => {
                     let reason = format!("serializing the request: {e}");
-                    return Outcome {
-                        verdict: Verdict::Rejected { reason },
-                        attempts: Vec::new(),
-                    };
+                    return Verdict::Rejected { reason };
                 }
             };
             let sig = signature(&self.secret, &body);
-            let mut attempts = Vec::new();
-            for number in 1..=self.config.max_attempts {
+            // `max_attempts` bounds this send; the numbers go on from those an earlier
+            // run of the collector made for the same request.
+            for tried in 1..=self.config.max_attempts {
+                let number = attempts.next_number();
                 let started_at = chrono::Utc::now();
                 let t0 = Instant::now();
                 let result = self.attempt(request, &body, &sig, number).await;
-                let duration_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
                 tracing::info!(id = %request.id, vm = %request.vm, attempt = number, ?result, "webhook attempt");
-                attempts.push(Attempt {
-                    number,
-                    started_at,
-                    duration_ms,
-                    result: result.clone(),
-                });
+                attempts
+                    .record(started_at, t0.elapsed(), result.clone())
+                    .await;
                 let failure = match result {
                     AttemptResult::Status { code, .. } if (200..300).contains(&code) => {
-                        return Outcome {
-                            verdict: Verdict::Accepted,
-                            attempts,
-                        };
+                        return Verdict::Accepted;
                     }
                     AttemptResult::Status { code, body } if code < 500 => {
                         let reason = format!("webhook answered {code}: {body}");
-                        return Outcome {
-                            verdict: Verdict::Rejected { reason },
-                            attempts,
-                        };
+                        return Verdict::Rejected { reason };
                     }
                     AttemptResult::Status { code, .. } => format!("webhook answered {code}"),
                     AttemptResult::Timeout => format!(
@@ -215,24 +208,19 @@ impl Actuator for Webhook {
                     AttemptResult::Transport { error } => error,
                     other => format!("{other:?}"),
                 };
-                if number == self.config.max_attempts {
-                    let reason = format!("{failure} (after {number} attempts)");
-                    return Outcome {
-                        verdict: Verdict::GaveUp { reason },
-                        attempts,
-                    };
+                if tried == self.config.max_attempts {
+                    let reason = format!("{failure} (after {tried} attempts)");
+                    return Verdict::GaveUp { reason };
                 }
                 tokio::time::sleep(backoff(
                     self.config.backoff_initial,
                     self.config.backoff_max,
-                    number,
+                    tried,
                 ))
                 .await;
             }
-            let reason = "no attempt was made".to_owned();
-            Outcome {
-                verdict: Verdict::GaveUp { reason },
-                attempts,
+            Verdict::GaveUp {
+                reason: "no attempt was made".to_owned(),
             }
         })
     }
@@ -248,7 +236,7 @@ mod tests {
     use axum::http::{HeaderMap, StatusCode};
 
     use super::*;
-    use crate::actuator::tests::request;
+    use crate::actuator::tests::{request, send};
 
     const SECRET: &str = "s3cret-for-tests";
 
@@ -317,7 +305,7 @@ mod tests {
         .unwrap()
     }
 
-    fn statuses(o: &Outcome) -> Vec<String> {
+    fn statuses(o: &crate::actuator::tests::Sent) -> Vec<String> {
         o.attempts
             .iter()
             .map(|a| match &a.result {
@@ -334,7 +322,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (url, seen) = server(vec![500, 500, 200]).await;
         let req = request();
-        let outcome = webhook(&url, &dir, Duration::from_secs(5)).send(&req).await;
+        let outcome = send(&webhook(&url, &dir, Duration::from_secs(5)), &req).await;
         assert_eq!(outcome.verdict, Verdict::Accepted);
         assert_eq!(statuses(&outcome), ["500", "500", "200"]);
         let seen = seen.lock().unwrap();
@@ -359,9 +347,7 @@ mod tests {
     async fn a_4xx_is_not_retried() {
         let dir = tempfile::tempdir().unwrap();
         let (url, seen) = server(vec![400]).await;
-        let outcome = webhook(&url, &dir, Duration::from_secs(5))
-            .send(&request())
-            .await;
+        let outcome = send(&webhook(&url, &dir, Duration::from_secs(5)), &request()).await;
         assert!(
             matches!(outcome.verdict, Verdict::Rejected { ref reason } if reason.contains("400"))
         );
@@ -375,7 +361,7 @@ mod tests {
         let (url, seen) = server(vec![200]).await;
         let mut hook = webhook(&url, &dir, Duration::from_secs(5));
         hook.secret = b"not-the-secret".to_vec();
-        let outcome = hook.send(&request()).await;
+        let outcome = send(&hook, &request()).await;
         assert_eq!(statuses(&outcome), ["401"]);
         assert!(seen.lock().unwrap().is_empty());
     }
@@ -384,9 +370,7 @@ mod tests {
     async fn a_slow_receiver_times_out_and_is_retried() {
         let dir = tempfile::tempdir().unwrap();
         let (url, seen) = server(vec![0, 200]).await;
-        let outcome = webhook(&url, &dir, Duration::from_millis(300))
-            .send(&request())
-            .await;
+        let outcome = send(&webhook(&url, &dir, Duration::from_millis(300)), &request()).await;
         assert_eq!(outcome.verdict, Verdict::Accepted);
         assert_eq!(statuses(&outcome), ["timeout", "200"]);
         assert_eq!(seen.lock().unwrap().len(), 2);
@@ -396,9 +380,7 @@ mod tests {
     async fn persistent_5xx_gives_up_after_max_attempts() {
         let dir = tempfile::tempdir().unwrap();
         let (url, seen) = server(vec![503]).await;
-        let outcome = webhook(&url, &dir, Duration::from_secs(5))
-            .send(&request())
-            .await;
+        let outcome = send(&webhook(&url, &dir, Duration::from_secs(5)), &request()).await;
         assert!(
             matches!(outcome.verdict, Verdict::GaveUp { ref reason } if reason.contains("503") && reason.contains("5 attempts"))
         );
@@ -415,12 +397,14 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let outcome = webhook(
-            &format!("http://127.0.0.1:{port}/hook"),
-            &dir,
-            Duration::from_secs(1),
+        let outcome = send(
+            &webhook(
+                &format!("http://127.0.0.1:{port}/hook"),
+                &dir,
+                Duration::from_secs(1),
+            ),
+            &request(),
         )
-        .send(&request())
         .await;
         assert!(matches!(outcome.verdict, Verdict::GaveUp { .. }));
         assert_eq!(statuses(&outcome), ["transport"; 5]);

@@ -1,14 +1,26 @@
-//! The resize engine loop: on every tick, evaluate every group against a snapshot of the
-//! fleet, persist what was decided, hand it to the actuator, and record what came back.
+//! The resize engine loop: on every tick, and promptly for a group one of whose VMs just
+//! reported, evaluate the group against a snapshot of the fleet, persist what was
+//! decided, hand it to the actuator, and record what came back.
 //!
 //! ```text
-//!  tick ─► policy::evaluate (FleetView at `now`) ─► store (decisions, events, flags)
-//!                                                      │ persisted first
-//!                                                      ▼
-//!          outcomes ◄── dispatcher task (bounded queue, bounded concurrency) ◄── job
-//!             │
-//!             └─► store (attempts, verdict); a refusal fails the resize (roll stops)
+//!  tick (every group) ─┐
+//!  report (its group) ─┴► policy::evaluate (FleetView at `now`) ─► store (decisions,
+//!                                                     │ persisted first  events, flags)
+//!                                                     ▼
+//!      outcomes ◄── dispatcher task (bounded queue, bounded concurrency) ◄── job
+//!         │              └─► store (each attempt, as it is made)
+//!         └─► store (verdict); an acceptance starts the verification window, a
+//!             refusal fails the resize (roll stops)
 //! ```
+//!
+//! A report wakes the engine through [`Wake`]: the group of the VM that reported is
+//! evaluated at once, or [`PROMPT_GAP`] after its previous evaluation if that was more
+//! recent, so a fleet's reports coalesce into at most one evaluation per group per gap.
+//! The tick stays as the fallback (deadlines, windows, VMs that went silent).
+//!
+//! The verification window (`verify_timeout`) counts from the actuator's acceptance:
+//! while a request is with the actuator (retrying, or waiting in the queue) the
+//! resize's deadline is held at least a whole window ahead.
 //!
 //! The engine task owns every [`GroupState`]; the HTTP API talks to it through a bounded
 //! order channel ([`EngineHandle`]), so pause, resume and manual resizes are ordered
@@ -22,23 +34,26 @@
 //! resizes are verified again, and a decision the actuator never answered is sent again
 //! with the same `id` (and never a second decision in its place).
 
+mod dispatch;
 mod handle;
 mod stats;
 mod status;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::actuator::{Actuator, LogActuator};
+use crate::actuator::Actuator;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::fleet::view::timestamp;
 use crate::fleet::{Fleet, FleetView};
+use dispatch::{Delivered, Dispatcher, Job, dispatch};
 pub use handle::EngineHandle;
 use handle::{Order, with_store};
 pub use stats::{EngineStats, RequestLabels};
@@ -47,16 +62,20 @@ pub use status::{
     skip_kind,
 };
 
-use crate::request::{Outcome, ResizeRequest, Verdict};
+use crate::request::{Verdict, verify_window};
 use crate::store::{DecisionFilter, Store, StoreError};
+use crate::wake::Wake;
 use rally_policy::decision::{Decision, Event, PauseReason, Skip};
-use rally_policy::state::GroupState;
+use rally_policy::state::{GroupState, ResizeStatus};
 use rally_policy::{Group, GroupPolicy, ManualError, Policy, Timestamp, evaluate, manual_resize};
 
 /// Without high availability there is one collector and no leader election: token 0.
 pub const FENCING_TOKEN: u64 = 0;
 /// Orders from the HTTP API waiting for the engine, at most.
 const ORDER_QUEUE: usize = 64;
+/// The shortest time between two evaluations of one group prompted by reports: the
+/// reports of a group's VMs within it share one evaluation.
+pub const PROMPT_GAP: Duration = Duration::from_millis(100);
 
 /// Why the engine could not start or a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,19 +115,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A request for the dispatcher.
-#[derive(Debug, Clone)]
-struct Job {
-    request: ResizeRequest,
-}
-
-/// What the dispatcher reports back.
-#[derive(Debug)]
-struct Delivered {
-    request: ResizeRequest,
-    outcome: Outcome,
-}
-
 /// One configured group with its engine state.
 #[derive(Debug)]
 struct GroupRuntime {
@@ -122,6 +128,10 @@ struct GroupRuntime {
     state: GroupState,
     last_decision: Option<DecisionBrief>,
     skips: Vec<Skip>,
+    /// A member reported since the group was last evaluated.
+    reported: bool,
+    /// When the group was last evaluated (a tick or a report).
+    evaluated_at: Option<Instant>,
 }
 
 impl GroupRuntime {
@@ -170,8 +180,15 @@ pub struct Engine {
     /// Persisted requests the full queue could not take yet (bounded by decisions in
     /// flight: one per group, plus dry-run records).
     backlog: VecDeque<Job>,
+    /// Requests handed to the actuator and not answered yet: decision id → its
+    /// verification window, which has not started.
+    unanswered: HashMap<String, chrono::Duration>,
     outcomes: mpsc::Receiver<Delivered>,
     orders: mpsc::Receiver<Order>,
+    /// Reports → prompt evaluations.
+    wake: Arc<Wake>,
+    /// VM id → index in `groups`.
+    group_of: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -209,10 +226,14 @@ impl Engine {
         tokio::spawn(dispatch(
             jobs_rx,
             outcomes_tx,
-            Arc::clone(&actuator),
+            Dispatcher {
+                actuator: Arc::clone(&actuator),
+                clock: Arc::clone(&clock),
+                store: Arc::clone(&store),
+            },
             config.engine.concurrency,
         ));
-        let engine = Self {
+        let mut engine = Self {
             groups,
             actuator,
             fleet,
@@ -222,9 +243,13 @@ impl Engine {
             tick: config.engine.tick,
             jobs: jobs_tx,
             backlog: VecDeque::new(),
+            unanswered: HashMap::new(),
             outcomes: outcomes_rx,
             orders: orders_rx,
+            wake: Arc::new(Wake::default()),
+            group_of: HashMap::new(),
         };
+        engine.index_members();
         for g in &engine.groups {
             stats.set_group(g.status());
         }
@@ -238,6 +263,20 @@ impl Engine {
 
     fn now(&self) -> Timestamp {
         timestamp(self.clock.now())
+    }
+
+    /// What ingest marks reports on, to have their groups evaluated promptly.
+    pub fn wake(&self) -> Arc<Wake> {
+        Arc::clone(&self.wake)
+    }
+
+    fn index_members(&mut self) {
+        self.group_of = self
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| g.members.iter().map(move |vm| (vm.clone(), i)))
+            .collect();
     }
 
     /// Loads every group's state from the store (flags, history, resizes in flight)
@@ -259,7 +298,12 @@ impl Engine {
                     .next();
                 states.push((state, last));
             }
-            Ok((states, store.unsent()?))
+            let mut unsent = Vec::new();
+            for s in store.unsent()? {
+                let last = store.last_attempt(&s.decision.id)?;
+                unsent.push((s, last));
+            }
+            Ok((states, unsent))
         })
         .await?;
         for (g, (state, last)) in self.groups.iter_mut().zip(states) {
@@ -270,28 +314,80 @@ impl Engine {
             g.last_decision = last.map(|s| DecisionBrief::from(&s.decision));
             self.stats.set_group(g.status());
         }
-        for s in unsent {
+        for (s, last_attempt) in unsent {
             let d = &s.decision;
-            if !self.groups.iter().any(|g| g.name == d.group) {
+            let Some(i) = self.groups.iter().position(|g| g.name == d.group) else {
                 warn!(id = %d.id, group = %d.group, "an unsent decision's group is no longer configured; not sending it");
                 continue;
-            }
+            };
             if d.verify_deadline <= now {
-                // Sending now would start a resize the engine already counts as failed.
-                warn!(id = %d.id, vm = %d.vm, "an unsent decision is past its verification deadline; not sending it");
+                // Its evidence is older than a whole verification window: stale.
+                warn!(id = %d.id, vm = %d.vm, "an unsent decision is older than its verification window; not sending it");
+                self.stale(i, &d.id, now).await;
                 continue;
             }
-            info!(id = %d.id, vm = %d.vm, "sending again a decision the actuator never answered (same id)");
-            self.queue(Job {
-                request: ResizeRequest::new(d, s.fencing_token),
-            });
+            info!(id = %d.id, vm = %d.vm, attempts = last_attempt, "sending again a decision the actuator never answered (same id)");
+            self.queue(d.clone(), s.fencing_token, last_attempt + 1);
         }
+        self.flush();
         Ok(())
     }
 
-    fn queue(&mut self, job: Job) {
-        self.backlog.push_back(job);
-        self.flush();
+    /// Fails the resize of a decision found unsent after a restart and too old to send.
+    async fn stale(&mut self, i: usize, id: &str, now: Timestamp) {
+        let g = &mut self.groups[i];
+        let Some(policy) = &g.policy else { return };
+        let events = g.state.actuation_failed(
+            policy,
+            id,
+            now,
+            "not sent: the collector stopped before the actuator answered, and the decision is now too old",
+        );
+        for e in &events {
+            log_event(&g.name, e);
+        }
+        let (name, state) = (g.name.clone(), g.state.clone());
+        self.stats.set_group(g.status());
+        let result = with_store(&self.store, move |store| {
+            store.record_events(&events)?;
+            store.save_group(&name, &state)
+        })
+        .await;
+        if let Err(e) = result {
+            error!(%id, error = %e, "could not record a stale decision's failure");
+        }
+    }
+
+    /// Adds `decision` to the backlog for the dispatcher; its verification window waits
+    /// for the actuator's answer.
+    fn queue(&mut self, decision: Decision, fencing_token: u64, first_attempt: u32) {
+        if !decision.dry_run {
+            self.unanswered
+                .insert(decision.id.clone(), verify_window(&decision));
+        }
+        self.backlog.push_back(Job {
+            decision,
+            fencing_token,
+            first_attempt,
+        });
+    }
+
+    /// Holds the deadline of every resize whose request the actuator has not answered
+    /// at least a whole verification window ahead of `now`.
+    fn hold_deadlines(&mut self, now: Timestamp) {
+        if self.unanswered.is_empty() {
+            return;
+        }
+        for g in &mut self.groups {
+            for r in &mut g.state.resizes {
+                if r.status != ResizeStatus::InFlight {
+                    continue;
+                }
+                if let Some(window) = self.unanswered.get(&r.id) {
+                    r.deadline = r.deadline.max(now + *window);
+                }
+            }
+        }
     }
 
     /// Hands the backlog to the dispatcher until its queue is full.
@@ -305,7 +401,7 @@ impl Engine {
                     return;
                 }
                 Err(mpsc::error::TrySendError::Closed(job)) => {
-                    error!(id = %job.request.id, "the actuator dispatcher stopped; request not sent");
+                    error!(id = %job.decision.id, "the actuator dispatcher stopped; request not sent");
                     return;
                 }
             }
@@ -315,12 +411,52 @@ impl Engine {
     /// Evaluates every group once at the clock's `now`: persists decisions and events,
     /// then queues the decisions for the actuator.
     pub async fn tick(&mut self) {
+        self.evaluate(|_| true).await;
+    }
+
+    /// Marks the groups of the VMs that reported since the engine last looked.
+    fn mark_reported(&mut self, vms: &HashSet<String>) {
+        for vm in vms {
+            if let Some(&i) = self.group_of.get(vm) {
+                self.groups[i].reported = true;
+            }
+        }
+    }
+
+    /// When the next report-prompted evaluation is due, if any group waits for one.
+    fn prompt_due(&self) -> Option<Instant> {
+        self.groups
+            .iter()
+            .filter(|g| g.reported)
+            .map(|g| g.evaluated_at.map_or_else(Instant::now, |t| t + PROMPT_GAP))
+            .min()
+    }
+
+    /// Evaluates the groups that had a report and whose gap since their last
+    /// evaluation is over.
+    async fn evaluate_reported(&mut self) {
+        let now = Instant::now();
+        self.evaluate(|g| g.reported && g.evaluated_at.is_none_or(|t| t + PROMPT_GAP <= now))
+            .await;
+    }
+
+    /// Evaluates the groups `pick` selects, at the clock's `now`.
+    async fn evaluate(&mut self, pick: impl Fn(&GroupRuntime) -> bool) {
         let now_sys = self.clock.now();
         let now = timestamp(now_sys);
+        let started = Instant::now();
+        self.hold_deadlines(now);
         let mut work = Vec::new();
+        let mut picked = Vec::new();
         {
             let view = FleetView::new(&self.fleet, now_sys);
             for (i, g) in self.groups.iter_mut().enumerate() {
+                if !pick(g) {
+                    continue;
+                }
+                picked.push(i);
+                g.reported = false;
+                g.evaluated_at = Some(started);
                 let Some(policy) = &g.policy else { continue };
                 let group = Group {
                     name: &g.name,
@@ -338,8 +474,8 @@ impl Engine {
         for (i, decisions, events) in work {
             self.commit(i, decisions, events).await;
         }
-        for g in &self.groups {
-            self.stats.set_group(g.status());
+        for i in picked {
+            self.stats.set_group(self.groups[i].status());
         }
         self.flush();
     }
@@ -384,21 +520,26 @@ impl Engine {
                 from = %d.from.rung, to = %d.to.rung, dry_run = d.dry_run,
                 reason = %d.reason, "resize decided"
             );
-            g.last_decision = Some(DecisionBrief::from(&d));
-            self.backlog.push_back(Job {
-                request: ResizeRequest::new(&d, FENCING_TOKEN),
-            });
+            self.groups[i].last_decision = Some(DecisionBrief::from(&d));
+            self.queue(d, FENCING_TOKEN, 1);
         }
     }
 
     /// Records an actuator's outcome; a refusal fails the resize (the roll stops and the
     /// circuit breaker counts it).
     async fn delivered(&mut self, delivered: Delivered) {
-        let Delivered { request, outcome } = delivered;
+        let Delivered {
+            request,
+            verdict,
+            answered_at,
+            window,
+            attempts,
+        } = delivered;
+        self.unanswered.remove(&request.id);
         let label = if request.dry_run {
             "dry_run"
         } else {
-            outcome.verdict.as_str()
+            verdict.as_str()
         };
         self.stats
             .count_request(&request.group, &request.vm, request.direction, label);
@@ -406,12 +547,22 @@ impl Engine {
         let mut events = Vec::new();
         let mut state = None;
         if let Some(g) = self.groups.iter_mut().find(|g| g.name == request.group) {
-            match (&outcome.verdict, &g.policy) {
+            match (&verdict, &g.policy) {
                 (Verdict::Accepted, _) => {
-                    info!(id = %request.id, vm = %request.vm, attempts = outcome.attempts.len(), dry_run = request.dry_run, "resize request accepted");
+                    // The verification window starts now, whatever the retries took.
+                    let deadline = answered_at + window;
+                    if let Some(r) = g
+                        .state
+                        .resizes
+                        .iter_mut()
+                        .find(|r| r.id == request.id && r.status == ResizeStatus::InFlight)
+                    {
+                        r.deadline = deadline;
+                    }
+                    info!(id = %request.id, vm = %request.vm, attempts, dry_run = request.dry_run, verify_deadline = %deadline.to_rfc3339(), "resize request accepted");
                 }
                 (Verdict::Rejected { reason } | Verdict::GaveUp { reason }, Some(policy)) => {
-                    warn!(id = %request.id, vm = %request.vm, verdict = outcome.verdict.as_str(), %reason, "resize request not accepted; the resize failed");
+                    warn!(id = %request.id, vm = %request.vm, verdict = verdict.as_str(), attempts, %reason, "resize request not accepted; the resize failed");
                     events = g.state.actuation_failed(policy, &request.id, now, reason);
                     for e in &events {
                         log_event(&g.name, e);
@@ -424,7 +575,7 @@ impl Engine {
         }
         let (id, group) = (request.id.clone(), request.group.clone());
         let result = with_store(&self.store, move |store| {
-            store.record_outcome(&id, &outcome, false)?;
+            store.record_outcome(&id, &verdict, answered_at)?;
             store.record_events(&events)?;
             if let Some(state) = &state {
                 store.save_group(&group, state)?;
@@ -484,6 +635,7 @@ impl Engine {
             }
             self.groups.push(runtime);
         }
+        self.index_members();
         for gone in old {
             if let Some(r) = gone.state.in_flight() {
                 warn!(group = %gone.name, vm = %r.vm, id = %r.id, "group removed with a resize in flight; it is no longer verified");
@@ -587,11 +739,21 @@ impl Engine {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let mut tick = tokio::time::interval(self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wake = Arc::clone(&self.wake);
+        let mut reported = HashSet::new();
         tokio::pin!(shutdown);
         loop {
+            let due = self.prompt_due();
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = tick.tick() => self.tick().await,
+                () = wake.wait() => {
+                    wake.take_into(&mut reported);
+                    self.mark_reported(&reported);
+                }
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    self.evaluate_reported().await;
+                }
                 Some(order) = self.orders.recv() => self.order(order).await,
                 Some(delivered) = self.outcomes.recv() => {
                     self.delivered(delivered).await;
@@ -635,6 +797,8 @@ fn group_runtime(g: &GroupPolicy, global_dry_run: bool) -> GroupRuntime {
         state: GroupState::default(),
         last_decision: None,
         skips: Vec::new(),
+        reported: false,
+        evaluated_at: None,
     }
 }
 
@@ -661,39 +825,6 @@ fn log_event(group: &str, e: &Event) {
                 failures, "circuit breaker open: group paused until `rally-collector resume`"
             );
         }
-    }
-}
-
-/// The dispatcher: takes jobs from the bounded queue and runs each on its own task, at
-/// most `concurrency` at once, so one slow receiver does not hold up the others.
-async fn dispatch(
-    mut jobs: mpsc::Receiver<Job>,
-    outcomes: mpsc::Sender<Delivered>,
-    actuator: Arc<std::sync::RwLock<Arc<dyn Actuator>>>,
-    concurrency: usize,
-) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let log: Arc<dyn Actuator> = Arc::new(LogActuator);
-    while let Some(job) = jobs.recv().await {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
-        let actuator = if job.request.dry_run {
-            Arc::clone(&log)
-        } else {
-            Arc::clone(&actuator.read().unwrap_or_else(PoisonError::into_inner))
-        };
-        let outcomes = outcomes.clone();
-        tokio::spawn(async move {
-            let outcome = actuator.send(&job.request).await;
-            drop(permit);
-            let _ = outcomes
-                .send(Delivered {
-                    request: job.request,
-                    outcome,
-                })
-                .await;
-        });
     }
 }
 

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::actuator::BoxFuture;
+use crate::actuator::{BoxFuture, Webhook, WebhookConfig};
 use crate::clock::ManualClock;
 use crate::fleet::view::fixtures::{Agent, fleet, t0};
-use crate::request::{Attempt, AttemptResult};
+use crate::request::{AttemptLog, AttemptResult, ResizeRequest};
 use rally_policy::GroupPolicy;
 use rally_policy::ladder::Rung;
 use rally_policy::metric::{Metric, Window};
@@ -49,7 +49,11 @@ impl Actuator for Recording {
         "recording"
     }
 
-    fn send<'a>(&'a self, request: &'a ResizeRequest) -> BoxFuture<'a, Outcome> {
+    fn send<'a>(
+        &'a self,
+        request: &'a ResizeRequest,
+        attempts: &'a mut AttemptLog,
+    ) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
             let persisted = Store::open_file(&self.db)
                 .unwrap()
@@ -63,18 +67,19 @@ impl Actuator for Recording {
                 .unwrap()
                 .pop_front()
                 .unwrap_or(Verdict::Accepted);
-            Outcome {
-                verdict,
-                attempts: vec![Attempt {
-                    number: 1,
-                    started_at: request.created_at,
-                    duration_ms: 1,
-                    result: AttemptResult::Status {
-                        code: 200,
-                        body: String::new(),
-                    },
-                }],
-            }
+            let code = if verdict == Verdict::Accepted {
+                200
+            } else {
+                400
+            };
+            let result = AttemptResult::Status {
+                code,
+                body: String::new(),
+            };
+            attempts
+                .record(request.created_at, Duration::from_millis(1), result)
+                .await;
+            verdict
         })
     }
 }
@@ -87,9 +92,73 @@ impl Actuator for Hanging {
         "hanging"
     }
 
-    fn send<'a>(&'a self, _: &'a ResizeRequest) -> BoxFuture<'a, Outcome> {
+    fn send<'a>(&'a self, _: &'a ResizeRequest, _: &'a mut AttemptLog) -> BoxFuture<'a, Verdict> {
         Box::pin(std::future::pending())
     }
+}
+
+/// Answers 503 twice (each attempt reported as it is made), then hangs: a receiver in
+/// trouble while the collector dies mid-retry.
+struct FailsThenHangs;
+
+impl Actuator for FailsThenHangs {
+    fn kind(&self) -> &'static str {
+        "fails-then-hangs"
+    }
+
+    fn send<'a>(
+        &'a self,
+        request: &'a ResizeRequest,
+        attempts: &'a mut AttemptLog,
+    ) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            for _ in 0..2 {
+                let result = AttemptResult::Status {
+                    code: 503,
+                    body: "busy".into(),
+                };
+                attempts
+                    .record(request.created_at, Duration::from_millis(1), result)
+                    .await;
+            }
+            std::future::pending().await
+        })
+    }
+}
+
+/// Waits (in real time) until `check` holds; the bound only keeps a broken test from
+/// hanging.
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < secs(20), "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A webhook receiver on a loopback port: 503 until `open` is set, then 200.
+async fn receiver(open: Arc<std::sync::atomic::AtomicBool>) -> String {
+    use std::sync::atomic::Ordering;
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(open): axum::extract::State<
+                    Arc<std::sync::atomic::AtomicBool>,
+                >| async move {
+                    if open.load(Ordering::SeqCst) {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    }
+                },
+            ),
+        )
+        .with_state(open);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/hook")
 }
 
 fn policy() -> GroupPolicy {
@@ -486,4 +555,151 @@ async fn operators_pause_resume_and_resize_through_the_handle() {
     let listed = handle.decisions(DecisionFilter::default()).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].attempts.len(), 1);
+}
+
+#[tokio::test]
+async fn a_webhook_retrying_for_longer_than_the_window_still_gets_the_whole_window() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut sim = Sim::new();
+    let open = Arc::new(AtomicBool::new(false));
+    let url = receiver(Arc::clone(&open)).await;
+    let secret_file = sim.state.path().join("webhook.secret");
+    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    let hook = Webhook::new(WebhookConfig {
+        url,
+        secret_file,
+        timeout: secs(5),
+        max_attempts: 100_000,
+        backoff_initial: Duration::from_millis(2),
+        backoff_max: Duration::from_millis(5),
+    })
+    .unwrap();
+    let (mut engine, handle) = sim.engine(&config(policy()), Arc::new(hook));
+    engine.restore().await.unwrap();
+    sim.run(&mut engine, secs(35), 0.95).await;
+    let decisions = sim.store().decisions(&DecisionFilter::default()).unwrap();
+    let id = decisions[0].decision.id.clone();
+
+    // The receiver answers 503: each attempt is in the store before any final word.
+    until("two 503s stored", || {
+        sim.store().attempts(&id).unwrap().len() >= 2
+    })
+    .await;
+    assert_eq!(sim.store().decision(&id).unwrap().unwrap().verdict, None);
+
+    // 200 s of retries: longer than the 120 s verify_timeout, and the resize is still
+    // waiting, not failed.
+    sim.run(&mut engine, secs(200), 0.95).await;
+    assert_eq!(
+        sim.store().decision(&id).unwrap().unwrap().status,
+        "in_flight"
+    );
+    open.store(true, Ordering::SeqCst);
+    engine.next_outcome().await;
+    let accepted_at = timestamp(sim.now());
+    let stored = sim.store().decision(&id).unwrap().unwrap();
+    assert_eq!(stored.verdict.as_deref(), Some("accepted"));
+    assert_eq!(stored.accepted_at, Some(accepted_at));
+    let attempts = sim.store().attempts(&id).unwrap();
+    let numbers: Vec<u32> = attempts.iter().map(|a| a.number).collect();
+    assert_eq!(numbers, (1..=attempts.len() as u32).collect::<Vec<_>>());
+    assert!(matches!(
+        attempts.last().unwrap().result,
+        AttemptResult::Status { code: 200, .. }
+    ));
+    let in_flight = handle.stats().group("web").unwrap().in_flight.unwrap();
+    assert_eq!(
+        in_flight.deadline,
+        accepted_at + chrono::Duration::seconds(120)
+    );
+
+    // The whole 120 s from the acceptance: still waiting at 115 s, failed after 120 s.
+    sim.run(&mut engine, secs(115), 0.95).await;
+    assert_eq!(
+        sim.store().decision(&id).unwrap().unwrap().status,
+        "in_flight"
+    );
+    sim.run(&mut engine, secs(10), 0.95).await;
+    let v = sim.store().verification(&id).unwrap().unwrap();
+    assert!(!v.verified && v.detail.contains("not verified"), "{v:?}");
+}
+
+#[tokio::test]
+async fn attempts_are_stored_as_made_and_a_restart_numbers_after_them() {
+    let mut sim = Sim::new();
+    let (mut engine, _) = sim.engine(&config(policy()), Arc::new(FailsThenHangs));
+    engine.restore().await.unwrap();
+    sim.run(&mut engine, secs(35), 0.95).await;
+    let id = sim.store().decisions(&DecisionFilter::default()).unwrap()[0]
+        .decision
+        .id
+        .clone();
+    until("two attempts stored", || {
+        sim.store().attempts(&id).unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(sim.store().decision(&id).unwrap().unwrap().verdict, None);
+    drop(engine); // the process dies mid-retry
+
+    // A new collector on the same state: the two attempts are there, and the resumed
+    // send goes on from number 3.
+    let stored: Vec<u32> = sim
+        .store()
+        .attempts(&id)
+        .unwrap()
+        .iter()
+        .map(|a| a.number)
+        .collect();
+    assert_eq!(stored, [1, 2]);
+    let second = Recording::new(sim.state.path());
+    let (mut engine, _) = sim.engine(&config(policy()), second.clone());
+    engine.restore().await.unwrap();
+    engine.next_outcome().await;
+    assert_eq!(second.sent()[0].id, id);
+    let attempts = sim.store().attempts(&id).unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| a.number).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(matches!(
+        attempts[2].result,
+        AttemptResult::Status { code: 200, .. }
+    ));
+    assert_eq!(
+        sim.store()
+            .decision(&id)
+            .unwrap()
+            .unwrap()
+            .verdict
+            .as_deref(),
+        Some("accepted")
+    );
+}
+
+#[tokio::test]
+async fn a_report_gets_its_group_evaluated_without_waiting_for_the_tick() {
+    let mut sim = Sim::new();
+    let actuator = Recording::new(sim.state.path());
+    let mut config = config(policy());
+    // A tick that never comes again after the first: only reports can prompt.
+    config.engine.tick = secs(3600);
+    let (mut engine, _) = sim.engine(&config, actuator.clone());
+    engine.restore().await.unwrap();
+    let wake = engine.wake();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(engine.run(async {
+        let _ = stopped.await;
+    }));
+    // Every 5 s of simulated time a loaded report, each evaluated on its own (the real
+    // pause exceeds the gap between two prompted evaluations).
+    for _ in 0..8 {
+        sim.clock.advance(INTERVAL);
+        sim.agent.report(sim.now(), 0.95, 0.3);
+        wake.reported("web-1");
+        tokio::time::sleep(PROMPT_GAP * 2).await;
+    }
+    until("the decision sent", || !actuator.sent().is_empty()).await;
+    assert_eq!(actuator.sent()[0].vm, "web-1");
+    let _ = stop.send(());
+    running.await.unwrap();
 }

@@ -314,6 +314,7 @@ pub(crate) mod tests {
                 status_at: None,
                 verdict: Some("accepted".into()),
                 verdict_reason: None,
+                accepted_at: Some(at("2026-12-04T18:02:00Z")),
             },
             attempts: Vec::new(),
             verification: None,

@@ -34,6 +34,7 @@ use crate::clock::Clock;
 use crate::config::IngestConfig;
 use crate::fleet::{Fleet, HelloError, Outcome, Session};
 use crate::listener::{Busy, Connections, ListenerStats};
+use crate::wake::Wake;
 
 /// Largest message the collector sends (an `Ack` is a few bytes).
 const MAX_ENCODING_BYTES: usize = 64 * 1024;
@@ -218,6 +219,8 @@ pub struct IngestService {
     connections: Connections,
     hello_timeout: Duration,
     shutdown: watch::Receiver<bool>,
+    /// Marks each applied report's VM for the resize engine (never waits).
+    wake: Arc<Wake>,
 }
 
 impl IngestService {
@@ -230,6 +233,7 @@ impl IngestService {
         stats: Arc<IngestStats>,
         auth: watch::Receiver<Arc<Authenticator>>,
         shutdown: watch::Receiver<bool>,
+        wake: Arc<Wake>,
     ) -> Self {
         Self {
             fleet,
@@ -242,6 +246,7 @@ impl IngestService {
             connections: Connections::default(),
             hello_timeout: config.hello_timeout,
             shutdown,
+            wake,
         }
     }
 
@@ -631,6 +636,7 @@ impl StreamTask {
                         warn!(vm = %vm, run = run_id, seq, lost, "reports lost: sequence numbers skipped");
                     }
                     tracing::debug!(vm = %vm, run = run_id, seq, "report accepted");
+                    service.wake.reported(vm);
                 }
                 Outcome::Duplicate => {
                     service.stats.duplicates.fetch_add(1, Ordering::Relaxed);

@@ -609,17 +609,26 @@ async fn started(fake: &Fake, dir: &Path) -> (Config, Arc<dyn Actuator>) {
     (config, actuator)
 }
 
-async fn send(
-    actuator: &Arc<dyn Actuator>,
-    r: &ResizeRequest,
-) -> rally_collector::actuator::Outcome {
-    tokio::time::timeout(WAIT, actuator.send(r))
+/// What one send came to: the verdict and the attempts it recorded.
+#[derive(Debug)]
+struct Outcome {
+    verdict: Verdict,
+    attempts: Vec<rally_collector::actuator::Attempt>,
+}
+
+async fn send(actuator: &Arc<dyn Actuator>, r: &ResizeRequest) -> Outcome {
+    let mut log = rally_collector::actuator::AttemptLog::default();
+    let verdict = tokio::time::timeout(WAIT, actuator.send(r, &mut log))
         .await
-        .expect("the actuator answers in time")
+        .expect("the actuator answers in time");
+    Outcome {
+        verdict,
+        attempts: log.made().to_vec(),
+    }
 }
 
 /// The bodies of an outcome's attempts that got an answer.
-fn answers(outcome: &rally_collector::actuator::Outcome) -> Vec<String> {
+fn answers(outcome: &Outcome) -> Vec<String> {
     outcome
         .attempts
         .iter()
@@ -796,7 +805,7 @@ async fn after_a_lost_answer_a_restart_follows_the_running_ticket() {
     let first = rally_collector::start_actuator(&mut config).await.unwrap();
     let task = tokio::spawn({
         let r = r.clone();
-        async move { first.send(&r).await }
+        async move { send(&first, &r).await }
     });
     let t0 = Instant::now();
     while fake.with(|s| s.tickets.len()) < 1 {
@@ -890,7 +899,7 @@ async fn a_restarted_collector_resumes_the_same_ticket_and_sends_no_second_chang
     let first = rally_collector::start_actuator(&mut config).await.unwrap();
     let task = tokio::spawn({
         let r = r.clone();
-        async move { first.send(&r).await }
+        async move { send(&first, &r).await }
     });
     let t0 = Instant::now();
     while fake.with(|s| s.polls.len()) < 2 {

@@ -49,7 +49,7 @@ pub use model::{
 };
 pub use types::{GroupLadder, ResolveError, RungTypes, find_type};
 
-use super::{Actuator, ActuatorError, BoxFuture, Outcome, ResizeRequest};
+use super::{Actuator, ActuatorError, AttemptLog, BoxFuture, ResizeRequest, Verdict};
 use crate::store::Store;
 
 /// Oktawave's public identity server.
@@ -271,11 +271,21 @@ impl Actuator for Oktawave {
         "oktawave"
     }
 
-    fn send<'a>(&'a self, request: &'a ResizeRequest) -> BoxFuture<'a, Outcome> {
+    fn send<'a>(
+        &'a self,
+        request: &'a ResizeRequest,
+        log: &'a mut AttemptLog,
+    ) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
+            // The ticket's own record survives a restart (the state store); its API calls
+            // are reported when the ticket is done.
             let mut attempts = Vec::new();
             let verdict = self.drive(request, &mut attempts).await;
-            Outcome { verdict, attempts }
+            for a in attempts {
+                log.record(a.started_at, Duration::from_millis(a.duration_ms), a.result)
+                    .await;
+            }
+            verdict
         })
     }
 }
