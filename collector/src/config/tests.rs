@@ -264,6 +264,17 @@ fn policy_errors_name_the_group_key_and_line() {
             "groups[0].scale_down.cpu_ceiling",
             8,
         ),
+        // A ratio's threshold outside 0..=1 could never fire.
+        (
+            format!("{LADDER}[[groups.rules]]\nmetric = \"cpu_utilization\"\nthreshold = 1.5\n"),
+            "groups[0].rules[0].threshold",
+            9,
+        ),
+        (
+            format!("{LADDER}[[groups.targets]]\nmetric = \"cpu_utilization\"\ntarget = 1.2\n"),
+            "groups[0].targets[0].target",
+            9,
+        ),
     ];
     for (policy, want_key, want_line) in cases {
         let source = format!("[[groups]]\nname = \"web\"\n{policy}");
