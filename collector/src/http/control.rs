@@ -380,6 +380,56 @@ mod tests {
     use super::*;
     use crate::http::page::tests::{dry_run_record, warming_group};
 
+    /// An [`HttpState`] whose API token is `token` (its engine never runs).
+    fn state(dir: &std::path::Path, token: Option<&str>) -> HttpState {
+        use crate::clock::SystemClock;
+        use crate::fleet::{Fleet, FleetSettings};
+        use std::sync::Arc;
+        let config = crate::config::Config::default();
+        let fleet = Arc::new(Fleet::new(FleetSettings::from_config(&config)));
+        let (_engine, handle) = crate::engine::Engine::new(
+            &config,
+            Arc::clone(&fleet),
+            Arc::new(SystemClock),
+            crate::store::Store::open(dir).unwrap(),
+            Arc::new(crate::actuator::LogActuator),
+        );
+        HttpState {
+            fleet,
+            stats: Arc::default(),
+            clock: Arc::new(SystemClock),
+            ready: Arc::default(),
+            engine: handle,
+            api_token: tokio::sync::watch::channel(token.map(Arc::from)).1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_page_form_needs_the_same_token_as_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        let with = state(dir.path(), Some("s3cret"));
+        assert!(check_token(&with, Some("s3cret"), Some(remote)).is_ok());
+        assert_eq!(
+            check_token(&with, Some("wrong"), Some(loopback))
+                .unwrap_err()
+                .code,
+            "bad_token"
+        );
+        // With a token set, loopback alone is not enough.
+        assert_eq!(
+            check_token(&with, None, Some(loopback)).unwrap_err().code,
+            "no_token"
+        );
+        let without = state(dir.path(), None);
+        assert!(check_token(&without, None, Some(loopback)).is_ok());
+        assert_eq!(
+            check_token(&without, None, Some(remote)).unwrap_err().code,
+            "loopback_only"
+        );
+    }
+
     #[test]
     fn a_form_field_is_found_and_decoded() {
         let body = b"other=1&token=a%2Bb+c%3D%3D&x";
