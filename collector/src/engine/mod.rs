@@ -58,8 +58,8 @@ pub use handle::EngineHandle;
 use handle::{Order, with_store};
 pub use stats::{EngineStats, RequestLabels};
 pub use status::{
-    DecisionBrief, DecisionRecord, GroupStatus, InFlight, SkipNote, outcome, outcome_text,
-    skip_kind,
+    DecisionBrief, DecisionRecord, GroupStatus, InFlight, RuleHeld, RuleStatus, SkipNote, outcome,
+    outcome_text, skip_kind,
 };
 
 use crate::request::{Verdict, verify_window};
@@ -144,6 +144,7 @@ impl GroupRuntime {
             created_at: r.created_at,
             deadline: r.deadline,
         });
+        let (ladder, rules) = status::policy_status(self.policy.as_ref(), &self.state);
         GroupStatus {
             group: self.name.clone(),
             timezone: self.timezone,
@@ -161,6 +162,8 @@ impl GroupRuntime {
             in_flight,
             last_decision: self.last_decision.clone(),
             skips: self.skips.iter().map(SkipNote::from).collect(),
+            ladder,
+            rules,
         }
     }
 }

@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use crate::request::Attempt;
 use crate::store::{StoredDecision, Verification};
-use rally_policy::Timestamp;
 use rally_policy::decision::{Decision, Direction, PauseReason, Skip, SkipReason};
 use rally_policy::ladder::Size;
+use rally_policy::{GroupState, Metric, Policy, Rung, Timestamp, Window};
 
 /// A resize waiting for verification, as shown by the API and the status page.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -143,6 +143,79 @@ pub struct GroupStatus {
     pub last_decision: Option<DecisionBrief>,
     /// Why members got no decision at the last tick.
     pub skips: Vec<SkipNote>,
+    /// The ladder's rungs, smallest first (empty: monitored only).
+    pub ladder: Vec<Rung>,
+    /// The threshold rules and their timers per member.
+    pub rules: Vec<RuleStatus>,
+}
+
+/// One threshold rule of a group and how long it has held on each member.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleStatus {
+    /// The metric watched.
+    pub metric: Metric,
+    /// The span read (`last`, `1m`, `5m`).
+    pub window: Window,
+    /// `>=` or `<=`: how the value compares to the threshold when the rule holds.
+    pub comparison: &'static str,
+    /// Value at which the rule starts holding.
+    pub threshold: f64,
+    /// How long it must hold before it fires, seconds.
+    pub for_seconds: u64,
+    /// Members whose rule timer runs or that fired (a quiet member is not listed).
+    pub held: Vec<RuleHeld>,
+}
+
+/// A rule holding on one member.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleHeld {
+    /// The VM.
+    pub vm: String,
+    /// Since when the rule has held without interruption.
+    pub since: Option<Timestamp>,
+    /// The rule fired and has not cleared yet.
+    pub firing: bool,
+}
+
+/// A group's ladder and rules with their timers, as [`GroupStatus`] shows them.
+pub fn policy_status(policy: Option<&Policy>, state: &GroupState) -> (Vec<Rung>, Vec<RuleStatus>) {
+    let Some(policy) = policy else {
+        return (Vec::new(), Vec::new());
+    };
+    let rules = policy
+        .config
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let mut held: Vec<RuleHeld> = state
+                .timers
+                .iter()
+                .filter_map(|(vm, timers)| {
+                    let t = timers.rules.get(i)?;
+                    (t.firing || t.pending_since.is_some()).then(|| RuleHeld {
+                        vm: vm.clone(),
+                        since: t.pending_since,
+                        firing: t.firing,
+                    })
+                })
+                .collect();
+            held.sort_by(|a, b| a.vm.cmp(&b.vm));
+            RuleStatus {
+                metric: rule.metric,
+                window: rule.window,
+                comparison: if rule.metric.higher_is_busier() {
+                    ">="
+                } else {
+                    "<="
+                },
+                threshold: rule.threshold,
+                for_seconds: rule.hold_for.as_secs(),
+                held,
+            }
+        })
+        .collect();
+    (policy.ladder.rungs().to_vec(), rules)
 }
 
 /// A decision with everything recorded about it (the `/api/v1/decisions` rows).

@@ -97,27 +97,35 @@ fn check_operator(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
 ) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    check_token(state, given, peer)
+}
+
+/// Accepts `given`, the token a request carries, when it is the configured token, or a
+/// loopback peer when none is configured.
+fn check_token(
+    state: &HttpState,
+    given: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> Result<(), ApiError> {
     let token = state.api_token.borrow().clone();
     match &token {
-        Some(token) => {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            match given {
-                Some(given) if same(given.trim().as_bytes(), token.as_bytes()) => Ok(()),
-                Some(_) => Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "bad_token",
-                    "the bearer token does not match [api] token_file",
-                )),
-                None => Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "no_token",
-                    "this endpoint needs `Authorization: Bearer <token>` ([api] token_file)",
-                )),
-            }
-        }
+        Some(token) => match given {
+            Some(given) if same(given.trim().as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                "the bearer token does not match [api] token_file",
+            )),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "no_token",
+                "this endpoint needs `Authorization: Bearer <token>` ([api] token_file)",
+            )),
+        },
         None if peer.is_some_and(|p| p.ip().is_loopback()) => Ok(()),
         None => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -155,6 +163,89 @@ pub async fn resume(
     Path(group): Path<String>,
 ) -> Result<Json<GroupStatus>, ApiError> {
     Ok(Json(state.engine.resume(&group).await?))
+}
+
+/// `POST /groups/{group}/pause` from the status page's form: the API token, when one
+/// is set, comes as the form field `token`. Answers 303 to `/`.
+pub async fn page_pause(
+    State(state): State<HttpState>,
+    Path(group): Path<String>,
+    request: Request,
+) -> Response {
+    page_order(state, group, request, true).await
+}
+
+/// `POST /groups/{group}/resume` from the status page's form (see [`page_pause`]).
+pub async fn page_resume(
+    State(state): State<HttpState>,
+    Path(group): Path<String>,
+    request: Request,
+) -> Response {
+    page_order(state, group, request, false).await
+}
+
+/// The longest form body read: a token field and little else.
+const FORM_LIMIT: usize = 4096;
+
+async fn page_order(state: HttpState, group: String, request: Request, pause: bool) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let Ok(body) = axum::body::to_bytes(request.into_body(), FORM_LIMIT).await else {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_body",
+            format!("the form body is larger than {FORM_LIMIT} bytes"),
+        )
+        .into_response();
+    };
+    let token = form_field(&body, "token");
+    if let Err(e) = check_token(&state, token.as_deref().filter(|t| !t.is_empty()), peer) {
+        return e.into_response();
+    }
+    let done = if pause {
+        state.engine.pause(&group).await
+    } else {
+        state.engine.resume(&group).await
+    };
+    match done {
+        Ok(_) => (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The value of `name` in an `application/x-www-form-urlencoded` body, decoded.
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    body.split(|b| *b == b'&').find_map(|pair| {
+        let (key, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &pair[pair.len()..]),
+        };
+        (url_decode(key) == name).then(|| url_decode(value))
+    })
+}
+
+/// Form decoding: `+` is a space, `%XX` a byte; a malformed escape is kept as it is.
+fn url_decode(text: &[u8]) -> String {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match text[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < text.len() => match (hex(text[i + 1]), hex(text[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The body of `POST /api/v1/vms/{vm}/resize`.
@@ -288,6 +379,65 @@ pub async fn decisions(
 mod tests {
     use super::*;
     use crate::http::page::tests::{dry_run_record, warming_group};
+
+    /// An [`HttpState`] whose API token is `token` (its engine never runs).
+    fn state(dir: &std::path::Path, token: Option<&str>) -> HttpState {
+        use crate::clock::SystemClock;
+        use crate::fleet::{Fleet, FleetSettings};
+        use std::sync::Arc;
+        let config = crate::config::Config::default();
+        let fleet = Arc::new(Fleet::new(FleetSettings::from_config(&config)));
+        let (_engine, handle) = crate::engine::Engine::new(
+            &config,
+            Arc::clone(&fleet),
+            Arc::new(SystemClock),
+            crate::store::Store::open(dir).unwrap(),
+            Arc::new(crate::actuator::LogActuator),
+        );
+        HttpState {
+            fleet,
+            stats: Arc::default(),
+            clock: Arc::new(SystemClock),
+            ready: Arc::default(),
+            engine: handle,
+            api_token: tokio::sync::watch::channel(token.map(Arc::from)).1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_page_form_needs_the_same_token_as_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let loopback: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        let with = state(dir.path(), Some("s3cret"));
+        assert!(check_token(&with, Some("s3cret"), Some(remote)).is_ok());
+        assert_eq!(
+            check_token(&with, Some("wrong"), Some(loopback))
+                .unwrap_err()
+                .code,
+            "bad_token"
+        );
+        // With a token set, loopback alone is not enough.
+        assert_eq!(
+            check_token(&with, None, Some(loopback)).unwrap_err().code,
+            "no_token"
+        );
+        let without = state(dir.path(), None);
+        assert!(check_token(&without, None, Some(loopback)).is_ok());
+        assert_eq!(
+            check_token(&without, None, Some(remote)).unwrap_err().code,
+            "loopback_only"
+        );
+    }
+
+    #[test]
+    fn a_form_field_is_found_and_decoded() {
+        let body = b"other=1&token=a%2Bb+c%3D%3D&x";
+        assert_eq!(form_field(body, "token").as_deref(), Some("a+b c=="));
+        assert_eq!(form_field(body, "x").as_deref(), Some(""));
+        assert_eq!(form_field(body, "missing"), None);
+        assert_eq!(form_field(b"token=50%", "token").as_deref(), Some("50%"));
+    }
 
     #[test]
     fn a_dry_run_row_says_not_sent_and_keeps_its_fields() {

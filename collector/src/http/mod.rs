@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::connect_info::Connected;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::clock::Clock;
@@ -61,7 +61,9 @@ pub fn router(state: HttpState) -> Router {
         .merge(operator)
         .route("/api/v1/groups", get(control::groups))
         .route("/api/v1/decisions", get(control::decisions))
-        .route("/", get(status_page))
+        .route("/", get(page::handler))
+        .route("/groups/{group}/pause", post(control::page_pause))
+        .route("/groups/{group}/resume", post(control::page_resume))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -198,28 +200,6 @@ async fn vm(State(state): State<HttpState>, Path(id): Path<String>) -> Response 
         Some(vm) => axum::Json(api::VmJson::from(&vm)).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no VM {id:?}\n")).into_response(),
     }
-}
-
-async fn status_page(State(state): State<HttpState>) -> Html<String> {
-    let vms = state.fleet.snapshot(state.clock.now());
-    let groups = state.engine.stats().groups();
-    let recent = state
-        .engine
-        .decisions(crate::store::DecisionFilter {
-            limit: Some(page::RECENT_DECISIONS),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "status page: could not read decisions");
-            Vec::new()
-        });
-    Html(page::render(
-        &vms,
-        &groups,
-        &recent,
-        state.fleet.stale_after(),
-    ))
 }
 
 #[cfg(test)]

@@ -1,14 +1,117 @@
-//! `GET /`: a server-rendered status page, one table of VMs per group. No JavaScript;
-//! it reloads itself every 5 s. Every piece of text is HTML-escaped.
+//! `GET /`: a server-rendered status page: one table of VMs per group with the last
+//! hour's CPU, memory and requests drawn as inline SVG sparklines, each group's ladder
+//! with its members' rungs, its rules with their values and timers, the decisions, and
+//! pause/resume forms. No JavaScript; it reloads itself every 30 s. Every piece of
+//! text is HTML-escaped.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use axum::extract::State;
+use axum::response::Html;
 use chrono_tz::Tz;
-use rally_policy::Timestamp;
+use rally_policy::{Ladder, MetricView, Timestamp};
 
+use super::HttpState;
 use crate::engine::{DecisionRecord, GroupStatus, outcome_text};
-use crate::fleet::{Metric, VmSummary};
+use crate::fleet::{FleetView, Metric, TimeRange, VmSummary};
+
+/// How far back the sparklines reach.
+pub const CHART_SPAN: Duration = Duration::from_secs(3600);
+
+/// One metric's 1-minute means, `(start of the minute, mean)`, oldest first.
+pub type Series = Vec<(SystemTime, f64)>;
+
+/// The last hour of one VM, for its sparklines.
+#[derive(Debug, Clone, Default)]
+pub struct VmCharts {
+    /// CPU utilization, 0..1.
+    pub cpu: Series,
+    /// Memory used, 0..1.
+    pub memory: Series,
+    /// Requests per second.
+    pub requests: Series,
+}
+
+/// Everything the page shows, read once per request.
+#[derive(Debug)]
+pub struct Page {
+    /// VMs in (group, id) order.
+    pub vms: Vec<VmSummary>,
+    /// The resize engine's groups.
+    pub groups: Vec<GroupStatus>,
+    /// Recent decisions, newest first.
+    pub recent: Vec<DecisionRecord>,
+    /// The fleet's staleness limit.
+    pub stale_after: Duration,
+    /// When the page was read.
+    pub now: SystemTime,
+    /// Sparkline data by VM id.
+    pub charts: BTreeMap<String, VmCharts>,
+    /// Each rule's current value: (group, rule index, VM) → value.
+    pub rule_values: BTreeMap<(String, usize, String), f64>,
+    /// Whether pause/resume need the API token (`[api] token_file` is set).
+    pub token_required: bool,
+}
+
+/// `GET /`: reads the fleet and the engine and renders [`render`].
+pub async fn handler(State(state): State<HttpState>) -> Html<String> {
+    let now = state.clock.now();
+    let vms = state.fleet.snapshot(now);
+    let groups = state.engine.stats().groups();
+    let recent = state
+        .engine
+        .decisions(crate::store::DecisionFilter {
+            limit: Some(RECENT_DECISIONS),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "status page: could not read decisions");
+            Vec::new()
+        });
+    let range = TimeRange::last(CHART_SPAN, now);
+    let mut charts = BTreeMap::new();
+    for vm in &vms {
+        let series = state.fleet.with_vm(&vm.id, |v| VmCharts {
+            cpu: v.windows().minute_means(Metric::CpuUtilization, range),
+            memory: v.windows().minute_means(Metric::MemoryUsedRatio, range),
+            requests: v.windows().minute_means(Metric::RequestsPerSecond, range),
+        });
+        charts.insert(vm.id.clone(), series.unwrap_or_default());
+    }
+    let view = FleetView::new(&state.fleet, now);
+    let mut rule_values = BTreeMap::new();
+    for g in &groups {
+        for (i, rule) in g.rules.iter().enumerate() {
+            for vm in vms.iter().filter(|v| v.group == g.group) {
+                // The value the rule reads, as the engine reads it (complete windows only).
+                let value = match rule.window.duration() {
+                    None => view.latest(&vm.id, rule.metric).map(|o| o.value),
+                    Some(d) => view
+                        .mean(&vm.id, rule.metric, d)
+                        .filter(|s| s.complete)
+                        .map(|s| s.value),
+                };
+                if let Some(value) = value {
+                    rule_values.insert((g.group.clone(), i, vm.id.clone()), value);
+                }
+            }
+        }
+    }
+    let token_required = state.api_token.borrow().is_some();
+    Html(render(&Page {
+        vms,
+        groups,
+        recent,
+        stale_after: state.fleet.stale_after(),
+        now,
+        charts,
+        rule_values,
+        token_required,
+    }))
+}
 
 /// How many recent decisions the page lists.
 pub const RECENT_DECISIONS: u32 = 20;
@@ -62,24 +165,25 @@ fn age(d: Option<Duration>) -> String {
     }
 }
 
-/// Renders the page for `vms` (in (group, id) order), the resize engine's `groups` and
-/// its `recent` decisions (newest first).
-pub fn render(
-    vms: &[VmSummary],
-    groups: &[GroupStatus],
-    recent: &[DecisionRecord],
-    stale_after: Duration,
-) -> String {
+/// Renders the page.
+pub fn render(page: &Page) -> String {
+    let vms = &page.vms;
     let mut html = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta http-equiv=\"refresh\" content=\"5\">\n\
+         <meta http-equiv=\"refresh\" content=\"30\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <title>Rally collector</title>\n<style>\n\
          body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}\n\
          table{border-collapse:collapse;margin-bottom:1.5rem}\n\
-         th,td{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:right}\n\
+         th,td{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:right;vertical-align:middle}\n\
          th:first-child,td:first-child,td.text{text-align:left}\n\
          .fresh{color:#176f2c;font-weight:600}.stale{color:#b3261e;font-weight:600}\n\
+         .spark{vertical-align:middle}.range,.nodata{color:#666;font-size:.8rem;margin-left:.3rem}\n\
+         ol.ladder{display:flex;gap:.5rem;list-style:none;padding:0;flex-wrap:wrap}\n\
+         ol.ladder li{border:1px solid #bbb;border-radius:4px;padding:.3rem .6rem;min-width:6rem}\n\
+         ol.ladder li.occupied{border-color:#1a73e8;background:#e8f0fe}\n\
+         .members{display:block;font-size:.8rem;color:#1a73e8}\n\
+         form.order{display:inline-block;margin-right:.5rem}\n\
          </style>\n</head>\n<body>\n<h1>Rally collector</h1>\n",
     );
     let fresh = vms.iter().filter(|v| v.fresh).count();
@@ -88,26 +192,47 @@ pub fn render(
         "<p>{fresh} of {} VMs fresh (stale after {} s without a report). \
          <a href=\"/api/v1/vms\">JSON</a> · <a href=\"/metrics\">metrics</a></p>",
         vms.len(),
-        stale_after.as_secs()
+        page.stale_after.as_secs()
     );
     if vms.is_empty() {
         html.push_str("<p>No VM has reported yet.</p>\n");
     }
-    let mut current_group: Option<&str> = None;
-    for vm in vms {
-        if current_group != Some(vm.group.as_str()) {
-            if current_group.is_some() {
-                html.push_str("</tbody>\n</table>\n");
-            }
-            current_group = Some(&vm.group);
-            let _ = writeln!(html, "<h2>Group {}</h2>", escape(&vm.group));
-            html.push_str(
-                "<table>\n<thead><tr><th>VM</th><th>hostname</th><th>state</th>\
-                 <th>last report</th><th>vCPUs</th><th>memory</th><th>CPU</th>\
-                 <th>CPU 1 min</th><th>CPU 5 min</th><th>steal</th><th>memory used</th>\
-                 <th>CPU pressure</th><th>agent</th></tr></thead>\n<tbody>\n",
-            );
-        }
+    let mut names: Vec<&str> = vms.iter().map(|v| v.group.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let members: Vec<&VmSummary> = vms.iter().filter(|v| v.group == name).collect();
+        let group = page.groups.iter().find(|g| g.group == name);
+        group_section(&mut html, page, name, group, &members);
+    }
+    resize_section(&mut html, &page.groups, &page.recent);
+    html.push_str("</body>\n</html>\n");
+    html
+}
+
+fn group_section(
+    html: &mut String,
+    page: &Page,
+    name: &str,
+    group: Option<&GroupStatus>,
+    members: &[&VmSummary],
+) {
+    let _ = writeln!(
+        html,
+        "<section class=\"group\" id=\"group-{0}\">\n<h2>Group {0}</h2>",
+        escape(name)
+    );
+    if let Some(g) = group.filter(|g| g.resizes) {
+        order_forms(html, &g.group, page.token_required);
+        ladder(html, g, members);
+    }
+    html.push_str(
+        "<table class=\"vms\">\n<thead><tr><th>VM</th><th>hostname</th><th>state</th>\
+         <th>last report</th><th>vCPUs</th><th>memory</th><th>CPU</th><th>steal</th>\
+         <th>memory used</th><th>CPU, last hour</th><th>memory, last hour</th>\
+         <th>requests, last hour</th><th>agent</th></tr></thead>\n<tbody>\n",
+    );
+    let empty = VmCharts::default();
+    for vm in members {
         let mut state = if vm.fresh {
             "<span class=\"fresh\">up</span>".to_string()
         } else {
@@ -124,11 +249,15 @@ pub fn render(
                 bytes(Some(s.offline_memory_bytes))
             );
         }
+        let charts = page.charts.get(&vm.id).unwrap_or(&empty);
+        let pct = |v: f64| format!("{:.0} %", v * 100.0);
+        let rate = |v: f64| format!("{v:.1}/s");
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td class=\"text\">{}</td><td class=\"text\">{state}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td class=\"text\">{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=\"text\">{}</td><td class=\"text\">{}</td><td class=\"text\">{}</td>\
+             <td class=\"text\">{}</td></tr>",
             escape(&vm.id),
             escape(vm.hostname.as_deref().unwrap_or("–")),
             age(vm.last_report_age),
@@ -136,20 +265,201 @@ pub fn render(
                 .map_or_else(|| "–".to_string(), |s| s.vcpus.to_string()),
             bytes(vm.size.map(|s| s.memory_bytes)),
             percent(vm.latest_values.get(Metric::CpuUtilization)),
-            percent(vm.mean_1m.get(Metric::CpuUtilization)),
-            percent(vm.mean_5m.get(Metric::CpuUtilization)),
             percent(vm.latest_values.get(Metric::CpuSteal)),
             percent(vm.latest_values.get(Metric::MemoryUsedRatio)),
-            percent(vm.latest_values.get(Metric::PsiCpuSomeAvg10)),
+            sparkline(&charts.cpu, page.now, &format!("{} CPU", vm.id), pct),
+            sparkline(
+                &charts.memory,
+                page.now,
+                &format!("{} memory used", vm.id),
+                pct
+            ),
+            sparkline(
+                &charts.requests,
+                page.now,
+                &format!("{} requests", vm.id),
+                rate
+            ),
             escape(vm.agent_version.as_deref().unwrap_or("–")),
         );
     }
-    if current_group.is_some() {
-        html.push_str("</tbody>\n</table>\n");
+    html.push_str("</tbody>\n</table>\n");
+    if let Some(g) = group.filter(|g| !g.rules.is_empty()) {
+        rules(html, page, g, members);
     }
-    resize_section(&mut html, groups, recent);
-    html.push_str("</body>\n</html>\n");
-    html
+    html.push_str("</section>\n");
+}
+
+/// A group name as a URL path segment (anything but letters, digits, `-`, `_` and `.`
+/// percent-encoded), so the form's action reaches that group.
+fn path_segment(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The pause and resume buttons: plain forms posting to the page's order routes, which
+/// check the same token as the API (typed in, never put in the page).
+fn order_forms(html: &mut String, group: &str, token_required: bool) {
+    let token = if token_required {
+        "<input type=\"password\" name=\"token\" placeholder=\"API token\" required \
+         autocomplete=\"off\"> "
+    } else {
+        ""
+    };
+    for (action, label) in [("pause", "Pause"), ("resume", "Resume")] {
+        let _ = writeln!(
+            html,
+            "<form class=\"order\" method=\"post\" action=\"/groups/{}/{action}\">{token}\
+             <button type=\"submit\">{label} {}</button></form>",
+            escape(&path_segment(group)),
+            escape(group),
+        );
+    }
+}
+
+/// The ladder, smallest rung first, each with the members on it.
+fn ladder(html: &mut String, g: &GroupStatus, members: &[&VmSummary]) {
+    let Ok(ladder) = Ladder::new(g.ladder.clone(), None, None) else {
+        return;
+    };
+    let mut on: Vec<Vec<&str>> = vec![Vec::new(); g.ladder.len()];
+    let mut off = Vec::new();
+    for vm in members {
+        match vm.size.and_then(|s| ladder.locate(s.vcpus, s.memory_bytes)) {
+            Some(i) => on[i].push(&vm.id),
+            None => off.push(vm.id.as_str()),
+        }
+    }
+    html.push_str("<h3>Ladder</h3>\n<ol class=\"ladder\">\n");
+    for (rung, vms) in g.ladder.iter().zip(&on) {
+        let _ = writeln!(
+            html,
+            "<li class=\"rung{}\"><b>{}</b> {} vCPUs, {}<span class=\"members\">{}</span></li>",
+            if vms.is_empty() { "" } else { " occupied" },
+            escape(&rung.name),
+            rung.vcpus,
+            bytes(Some(rung.memory_bytes)),
+            escape(&vms.join(", ")),
+        );
+    }
+    html.push_str("</ol>\n");
+    if !off.is_empty() {
+        let _ = writeln!(
+            html,
+            "<p>Not on the ladder (unknown size or none of its rungs): {}</p>",
+            escape(&off.join(", "))
+        );
+    }
+}
+
+/// Each rule on each member: the value it reads, its threshold and how long it held.
+fn rules(html: &mut String, page: &Page, g: &GroupStatus, members: &[&VmSummary]) {
+    html.push_str(
+        "<h3>Rules</h3>\n<table class=\"rules\">\n<thead><tr><th>rule</th><th>VM</th>\
+         <th>value</th><th>threshold</th><th>held</th></tr></thead>\n<tbody>\n",
+    );
+    let now = Timestamp::from(page.now);
+    for (i, rule) in g.rules.iter().enumerate() {
+        for vm in members {
+            let value = page
+                .rule_values
+                .get(&(g.group.clone(), i, vm.id.clone()))
+                .map_or_else(|| "–".to_string(), |v| format!("{v:.2}"));
+            let held = rule.held.iter().find(|h| h.vm == vm.id).map_or_else(
+                || "not holding".to_string(),
+                |h| {
+                    let since = h.since.map_or_else(String::new, |s| {
+                        let secs = (now - s).num_seconds().max(0);
+                        format!(
+                            "{} min {} s since {}",
+                            secs / 60,
+                            secs % 60,
+                            local_time(s, g.timezone)
+                        )
+                    });
+                    if h.firing {
+                        format!("fired; {since}")
+                    } else {
+                        format!("{since} of {} s", rule.for_seconds)
+                    }
+                },
+            );
+            let _ = writeln!(
+                html,
+                "<tr><td class=\"text\">{} {}</td><td class=\"text\">{}</td><td>{value}</td>\
+                 <td>{} {}</td><td class=\"text\">{}</td></tr>",
+                rule.metric,
+                rule.window,
+                escape(&vm.id),
+                escape(rule.comparison),
+                rule.threshold,
+                escape(&held),
+            );
+        }
+    }
+    html.push_str("</tbody>\n</table>\n");
+}
+
+/// An inline SVG sparkline of `series` over the [`CHART_SPAN`] before `now`, with its
+/// minimum and maximum written by `label`; "no data" when the series is empty.
+pub fn sparkline(
+    series: &[(SystemTime, f64)],
+    now: SystemTime,
+    title: &str,
+    label: impl Fn(f64) -> String,
+) -> String {
+    const WIDTH: f64 = 120.0;
+    const HEIGHT: f64 = 28.0;
+    let values = series.iter().map(|(_, v)| *v).filter(|v| v.is_finite());
+    let (Some(min), Some(max)) = (values.clone().reduce(f64::min), values.reduce(f64::max)) else {
+        return format!(
+            "<span class=\"nodata\" title=\"{}\">no data</span>",
+            escape(title)
+        );
+    };
+    let start = now
+        .checked_sub(CHART_SPAN)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let span = CHART_SPAN.as_secs_f64();
+    let mut points: Vec<(f64, f64)> = series
+        .iter()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(t, v)| {
+            let age = t.duration_since(start).unwrap_or_default().as_secs_f64();
+            let x = (age / span * WIDTH).clamp(0.0, WIDTH);
+            // A flat series is drawn across the middle.
+            let y = if max > min {
+                2.0 + (HEIGHT - 4.0) * (1.0 - (v - min) / (max - min))
+            } else {
+                HEIGHT / 2.0
+            };
+            (x, y)
+        })
+        .collect();
+    if let [(x, y)] = points[..] {
+        // One minute of data: a short stroke, since a one-point polyline draws nothing.
+        points.insert(0, ((x - 2.0).max(0.0), y));
+    }
+    let points = points
+        .iter()
+        .map(|(x, y)| format!("{x:.1},{y:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (low, high) = (escape(&label(min)), escape(&label(max)));
+    format!(
+        "<svg class=\"spark\" width=\"120\" height=\"28\" viewBox=\"0 0 120 28\" role=\"img\" \
+         aria-label=\"{title}: {low} to {high}\"><title>{title}</title>\
+         <polyline fill=\"none\" stroke=\"#1a73e8\" stroke-width=\"1.5\" points=\"{points}\"/>\
+         </svg><span class=\"range\">{low} – {high}</span>",
+        title = escape(title),
+    )
 }
 
 fn resize_section(html: &mut String, groups: &[GroupStatus], recent: &[DecisionRecord]) {
@@ -346,6 +656,8 @@ pub(crate) mod tests {
             in_flight: None,
             last_decision: Some((&dry_run_record().stored.decision).into()),
             skips: vec![SkipNote::from(&warming)],
+            ladder: Vec::new(),
+            rules: Vec::new(),
         }
     }
 
@@ -372,12 +684,16 @@ pub(crate) mod tests {
 
     #[test]
     fn a_dry_run_reads_not_sent_and_a_warm_up_until_when_in_both_zones() {
-        let html = render(
-            &[],
-            &[warming_group()],
-            &[dry_run_record()],
-            Duration::from_secs(20),
-        );
+        let html = render(&Page {
+            vms: Vec::new(),
+            groups: vec![warming_group()],
+            recent: vec![dry_run_record()],
+            stale_after: Duration::from_secs(20),
+            now: SystemTime::UNIX_EPOCH,
+            charts: BTreeMap::new(),
+            rule_values: BTreeMap::new(),
+            token_required: false,
+        });
         assert!(html.contains("dry run: not sent"), "{html}");
         assert!(!html.contains("accepted"), "{html}");
         assert!(
@@ -394,6 +710,40 @@ pub(crate) mod tests {
             html.contains("web-1 up M→L at 2026-12-04 19:02 CET (18:02 UTC) (dry run: not sent)"),
             "{html}"
         );
+    }
+
+    #[test]
+    fn a_sparkline_draws_the_hour_and_labels_its_range() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        let series: Series = [(3600, 0.2), (1800, 0.5), (60, 0.9)]
+            .iter()
+            .map(|(ago, v)| (now - Duration::from_secs(*ago), *v))
+            .collect();
+        let svg = sparkline(&series, now, "web-1 CPU", |v| format!("{:.0} %", v * 100.0));
+        assert!(svg.starts_with("<svg"), "{svg}");
+        // Oldest at the left edge, the highest value at the top, the lowest at the bottom.
+        assert!(
+            svg.contains("points=\"0.0,26.0 60.0,15.7 118.0,2.0\""),
+            "{svg}"
+        );
+        assert!(svg.contains("20 % – 90 %"), "{svg}");
+        // One point still draws a visible stroke.
+        let one = sparkline(&series[2..], now, "x", |v| v.to_string());
+        assert!(one.contains("points=\"116.0,14.0 118.0,14.0\""), "{one}");
+    }
+
+    #[test]
+    fn an_empty_sparkline_says_no_data_and_titles_are_escaped() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        let html = sparkline(&[], now, "<b>&", |v| v.to_string());
+        assert_eq!(
+            html,
+            "<span class=\"nodata\" title=\"&lt;b&gt;&amp;\">no data</span>"
+        );
+        let svg = sparkline(&[(now, 1.0)], now, "a\"<x>", |_| "<1>".into());
+        assert!(svg.contains("<title>a&quot;&lt;x&gt;</title>"), "{svg}");
+        assert!(svg.contains("&lt;1&gt; – &lt;1&gt;"), "{svg}");
+        assert!(!svg.contains("<x>"), "{svg}");
     }
 
     #[test]
