@@ -15,6 +15,7 @@
 //! (each update is a few field assignments), so poisoned locks are simply entered.
 
 mod report;
+mod totals;
 pub mod view;
 mod window;
 
@@ -27,6 +28,7 @@ pub use report::{
     PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind, SourceReport,
     StatusClasses, VmSize,
 };
+pub use totals::{CpuSeconds, DiskTotals, MAX_TRACKED, NetTotals, RequestTotals, Totals};
 pub use view::FleetView;
 pub use window::{
     BUCKET_MINUTES, METRIC_COUNT, Metric, MetricValues, RAW_CAP, RAW_RETENTION, TimeRange, Windows,
@@ -116,6 +118,8 @@ pub struct Vm {
     streams: u32,
     runs: VecDeque<RunState>,
     counters: ReportCounters,
+    /// Counters integrated from the applied reports.
+    totals: Totals,
     windows: Windows,
 }
 
@@ -136,6 +140,7 @@ impl Vm {
             streams: 0,
             runs: VecDeque::new(),
             counters: ReportCounters::default(),
+            totals: Totals::default(),
             windows: Windows::default(),
         }
     }
@@ -265,6 +270,7 @@ impl Vm {
             mean_5m: self.means(Duration::from_secs(300), now),
             streams: self.streams,
             counters: self.counters,
+            totals: self.totals.clone(),
         }
     }
 }
@@ -302,6 +308,8 @@ pub struct VmSummary {
     pub streams: u32,
     /// Report counters.
     pub counters: ReportCounters,
+    /// Counters integrated from the applied reports.
+    pub totals: Totals,
 }
 
 /// Why a Hello was refused.
@@ -400,6 +408,8 @@ impl Session {
         if report.size.is_some() {
             vm.size = report.size;
         }
+        let vcpus = vm.size.map(|s| s.vcpus);
+        vm.totals.add(&report, vcpus);
         vm.last_report_at = Some(now);
         vm.latest = Some(report);
         Applied { outcome, ack }
@@ -796,6 +806,62 @@ mod tests {
             dropped: 0,
             sources: vec![],
         }
+    }
+
+    /// A report whose eth0 received `seq` × 100 bytes/s over its 5 s.
+    fn net_report(seq: u64, t: SystemTime) -> Report {
+        Report {
+            net: vec![NetInterface {
+                name: "eth0".into(),
+                rx_bytes_per_second: seq as f64 * 100.0,
+                tx_bytes_per_second: 0.0,
+                rx_packets_per_second: 0.0,
+                tx_packets_per_second: 0.0,
+                rx_errors: 0,
+                tx_errors: 0,
+            }],
+            ..report(seq, t, 0.5)
+        }
+    }
+
+    #[test]
+    fn a_replayed_minute_adds_what_the_vm_did_and_the_next_run_continues() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let received = |fleet: &Fleet| {
+            let vms = fleet.snapshot(t0());
+            let vm = vms.iter().find(|v| v.id == "web-1").unwrap();
+            (vm.totals.net["eth0"].rx_bytes, vm.totals.cpu.unwrap().user)
+        };
+        let at = |seq: u64| t0() + Duration::from_secs(5 * seq);
+        let live = fleet.hello(&hello("web-1", 1), t0()).unwrap();
+        for seq in 1..=6 {
+            live.apply(net_report(seq, at(seq)), at(seq));
+        }
+        drop(live);
+        let before_outage = received(&fleet).0;
+        assert_eq!(
+            before_outage,
+            (1..=6).map(|s| s as f64 * 500.0).sum::<f64>()
+        );
+
+        // A minute (seq 7..=18) buffered by the agent while the collector was away,
+        // replayed on reconnect from an older point: 5 and 6 arrive again.
+        let replay = fleet.hello(&hello("web-1", 1), at(30)).unwrap();
+        assert_eq!(replay.watermark(), 6);
+        for seq in 5..=18 {
+            replay.apply(net_report(seq, at(seq)), at(30));
+        }
+        let (after, cpu_user) = received(&fleet);
+        let minute: f64 = (7..=18).map(|s| s as f64 * 500.0).sum();
+        assert_eq!(after - before_outage, minute);
+        // 18 reports × 0.5 user × 5 s × 2 vCPUs.
+        assert_eq!(cpu_user, 18.0 * 5.0);
+        drop(replay);
+
+        // A restarted agent (a new run, seq from 1) continues the same counter.
+        let next = fleet.hello(&hello("web-1", 2), at(31)).unwrap();
+        next.apply(net_report(1, at(31)), at(31));
+        assert_eq!(received(&fleet).0, after + 500.0);
     }
 
     #[test]
