@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 pub use report::{
-    CpuShares, DiskIo, Filesystem, Hello, Latency, LoadAverage, MAX_SOURCES, Memory, NetInterface,
-    PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind, SourceReport,
-    StatusClasses, VmSize,
+    AgentHealth, CpuShares, DiskIo, Filesystem, Hello, Latency, LoadAverage, MAX_SOURCES, Memory,
+    NetInterface, PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind,
+    SourceReport, StatusClasses, VmSize,
 };
 pub use totals::{CpuSeconds, DiskTotals, MAX_TRACKED, NetTotals, RequestTotals, Totals};
 pub use view::FleetView;
@@ -89,6 +89,8 @@ pub struct ReportCounters {
     pub dropped_by_agent: u64,
     /// The sequence number of the last applied report (0 = none).
     pub last_seq: u64,
+    /// Agent reconnects (the reports' `agent_reconnects`), summed over agent runs.
+    pub agent_reconnects: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,9 @@ pub struct Vm {
     counters: ReportCounters,
     /// Counters integrated from the applied reports.
     totals: Totals,
+    /// The agent run and reconnect count of the last applied report, so that a
+    /// run's cumulative count adds only its growth.
+    reconnects_seen: Option<(RunKey, u64)>,
     windows: Windows,
 }
 
@@ -141,6 +146,7 @@ impl Vm {
             runs: VecDeque::new(),
             counters: ReportCounters::default(),
             totals: Totals::default(),
+            reconnects_seen: None,
             windows: Windows::default(),
         }
     }
@@ -410,6 +416,20 @@ impl Session {
         }
         let vcpus = vm.size.map(|s| s.vcpus);
         vm.totals.add(&report, vcpus);
+        let reconnects = report.agent.reconnects;
+        let grown = match &vm.reconnects_seen {
+            Some((run, seen)) if *run == self.run => reconnects.saturating_sub(*seen),
+            _ => reconnects,
+        };
+        vm.counters.agent_reconnects = vm.counters.agent_reconnects.saturating_add(grown);
+        if grown > 0
+            || vm
+                .reconnects_seen
+                .as_ref()
+                .is_none_or(|(run, _)| *run != self.run)
+        {
+            vm.reconnects_seen = Some((self.run.clone(), reconnects));
+        }
         vm.last_report_at = Some(now);
         vm.latest = Some(report);
         Applied { outcome, ack }
@@ -804,6 +824,7 @@ mod tests {
             disks: vec![],
             filesystems: vec![],
             dropped: 0,
+            agent: Default::default(),
             sources: vec![],
         }
     }
@@ -822,6 +843,35 @@ mod tests {
             }],
             ..report(seq, t, 0.5)
         }
+    }
+
+    #[test]
+    fn agent_reconnects_add_their_growth_per_run() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let with = |seq: u64, reconnects: u64| Report {
+            agent: AgentHealth {
+                buffered: 1,
+                reconnects,
+            },
+            ..report(seq, t0(), 0.5)
+        };
+        let total = |fleet: &Fleet| {
+            fleet
+                .with_vm("web-1", |v| v.counters().agent_reconnects)
+                .unwrap()
+        };
+        let s = fleet.hello(&hello("web-1", 1), t0()).unwrap();
+        s.apply(with(1, 0), t0());
+        s.apply(with(2, 3), t0());
+        // An older count (a report buffered before the last reconnect) adds nothing.
+        s.apply(with(3, 2), t0());
+        s.apply(with(4, 3), t0());
+        assert_eq!(total(&fleet), 3);
+        drop(s);
+        // A restarted agent counts from 0 again: its whole count is new.
+        let s = fleet.hello(&hello("web-1", 2), t0()).unwrap();
+        s.apply(with(1, 2), t0());
+        assert_eq!(total(&fleet), 5);
     }
 
     #[test]
@@ -961,7 +1011,8 @@ mod tests {
                 duplicates: 2,
                 lost: 3,
                 dropped_by_agent: 0,
-                last_seq: 8
+                last_seq: 8,
+                agent_reconnects: 0,
             }
         );
         drop(session);

@@ -216,6 +216,7 @@ mod tests {
             }],
             filesystems: vec![],
             dropped: 0,
+            agent: Default::default(),
             sources: vec![
                 SourceReport {
                     name: "log".into(),

@@ -157,6 +157,10 @@ mod tests {
                         available_bytes: 4 << 30,
                     }],
                     dropped: 0,
+                    agent: crate::fleet::AgentHealth {
+                        buffered: 4 - seq,
+                        reconnects: 1,
+                    },
                     sources: if i == 0 { web_sources() } else { vec![] },
                 };
                 session.apply(report, now);
@@ -278,6 +282,8 @@ mod tests {
             "rally_vm_requests_total{vm=\"web-1\",group=\"web\",source=\"fpm\",status_class=\"unknown\"} 750",
             "rally_vm_filesystem_avail_bytes{vm=\"web-1\",group=\"web\",mountpoint=\"/\",fstype=\"ext4\"} 4294967296",
             "rally_build_info{version=\"",
+            "rally_vm_agent_buffered_reports{vm=\"web-1\",group=\"web\"} 1",
+            "rally_vm_agent_reconnects_total{vm=\"web-1\",group=\"web\"} 1",
             "process_resident_memory_bytes ",
             "process_start_time_seconds ",
         ] {
