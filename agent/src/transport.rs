@@ -78,6 +78,8 @@ pub struct Link {
     buffer: Mutex<Buffer>,
     /// The highest sequence number sent on the current stream.
     sent: AtomicU64,
+    /// Streams tried after a failed one since the agent started (sent in reports).
+    reconnects: AtomicU64,
 }
 
 impl Link {
@@ -87,6 +89,7 @@ impl Link {
             address,
             buffer: Mutex::new(Buffer::new(capacity)),
             sent: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
         }
     }
 
@@ -177,6 +180,7 @@ pub async fn maintain(link: Arc<Link>, shared: Arc<Shared>, seqs: watch::Receive
             tracing::debug!(collector = %link.address, %error, retry_in = ?delay, "stream to collector failed");
         }
         tokio::time::sleep(delay).await;
+        link.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -336,10 +340,16 @@ fn outbound(
                 // Mark the latest sequence seen *before* looking, so a report added after
                 // the look wakes `changed` below.
                 seqs.borrow_and_update();
-                let next = link
-                    .buffer()
-                    .next_after(cursor)
-                    .map(|e| (e.seq, wire::report_message(e)));
+                let next = {
+                    let buffer = link.buffer();
+                    let health = wire::LinkHealth {
+                        buffered: buffer.len() as u64,
+                        reconnects: link.reconnects.load(Ordering::Relaxed),
+                    };
+                    buffer
+                        .next_after(cursor)
+                        .map(|e| (e.seq, wire::report_message(e, health)))
+                };
                 match next {
                     Some((seq, Ok(message))) => {
                         cursor = seq;

@@ -54,10 +54,25 @@ pub fn encode_report(seq: u64, sample: &Sample) -> Bytes {
     Bytes::from(report(seq, sample).encode_to_vec())
 }
 
-/// A buffered report as the message to send, with its drop count filled in.
-pub fn report_message(entry: &Entry) -> Result<pb::AgentMessage, prost::DecodeError> {
+/// The agent's link to one collector at sending time (the report's health fields).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkHealth {
+    /// Reports in the buffer, the one being sent included.
+    pub buffered: u64,
+    /// Streams tried after a failed one since the agent started.
+    pub reconnects: u64,
+}
+
+/// A buffered report as the message to send, with its drop count and the link's
+/// health filled in.
+pub fn report_message(
+    entry: &Entry,
+    health: LinkHealth,
+) -> Result<pb::AgentMessage, prost::DecodeError> {
     let mut report = pb::Report::decode(entry.report.clone())?;
     report.dropped = entry.dropped_before;
+    report.agent_buffered = health.buffered;
+    report.agent_reconnects = health.reconnects;
     Ok(pb::AgentMessage {
         kind: Some(pb::agent_message::Kind::Report(report)),
     })
@@ -128,6 +143,9 @@ pub fn report(seq: u64, s: &Sample) -> pb::Report {
             .collect(),
         dropped: 0,
         sources: s.sources.iter().map(source_report).collect(),
+        // Filled at sending, as `dropped` is: they describe the link, not the sample.
+        agent_buffered: 0,
+        agent_reconnects: 0,
     }
 }
 
@@ -299,11 +317,21 @@ mod tests {
             dropped_before: 3,
             report: encode_report(7, &sample()),
         };
-        let Some(pb::agent_message::Kind::Report(r)) = report_message(&entry).unwrap().kind else {
+        let Some(pb::agent_message::Kind::Report(r)) = report_message(
+            &entry,
+            LinkHealth {
+                buffered: 7,
+                reconnects: 2,
+            },
+        )
+        .unwrap()
+        .kind
+        else {
             panic!("not a report");
         };
         assert_eq!(r.seq, 7);
         assert_eq!(r.dropped, 3);
+        assert_eq!((r.agent_buffered, r.agent_reconnects), (7, 2));
         assert_eq!(r.interval_ms, 5000);
         assert_eq!(
             r.size,
@@ -394,6 +422,6 @@ mod tests {
             dropped_before: 0,
             report: Bytes::from_static(&[0xff, 0xff, 0xff]),
         };
-        assert!(report_message(&entry).is_err());
+        assert!(report_message(&entry, LinkHealth::default()).is_err());
     }
 }

@@ -195,6 +195,7 @@ fn live_fleet(n: usize, now: std::time::SystemTime, history: Duration) -> LiveFl
                 disks: vec![],
                 filesystems: vec![],
                 dropped: 0,
+                agent: Default::default(),
                 sources: vec![],
             };
             session.apply(report, t);

@@ -15,6 +15,7 @@
 //! (each update is a few field assignments), so poisoned locks are simply entered.
 
 mod report;
+mod totals;
 pub mod view;
 mod window;
 
@@ -23,10 +24,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 pub use report::{
-    CpuShares, DiskIo, Filesystem, Hello, Latency, LoadAverage, MAX_SOURCES, Memory, NetInterface,
-    PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind, SourceReport,
-    StatusClasses, VmSize,
+    AgentHealth, CpuShares, DiskIo, Filesystem, Hello, Latency, LoadAverage, MAX_SOURCES, Memory,
+    NetInterface, PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind,
+    SourceReport, StatusClasses, VmSize,
 };
+pub use totals::{CpuSeconds, DiskTotals, MAX_TRACKED, NetTotals, RequestTotals, Totals};
 pub use view::FleetView;
 pub use window::{
     BUCKET_MINUTES, METRIC_COUNT, Metric, MetricValues, RAW_CAP, RAW_RETENTION, TimeRange, Windows,
@@ -87,6 +89,8 @@ pub struct ReportCounters {
     pub dropped_by_agent: u64,
     /// The sequence number of the last applied report (0 = none).
     pub last_seq: u64,
+    /// Agent reconnects (the reports' `agent_reconnects`), summed over agent runs.
+    pub agent_reconnects: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +120,11 @@ pub struct Vm {
     streams: u32,
     runs: VecDeque<RunState>,
     counters: ReportCounters,
+    /// Counters integrated from the applied reports.
+    totals: Totals,
+    /// The agent run and reconnect count of the last applied report, so that a
+    /// run's cumulative count adds only its growth.
+    reconnects_seen: Option<(RunKey, u64)>,
     windows: Windows,
 }
 
@@ -136,6 +145,8 @@ impl Vm {
             streams: 0,
             runs: VecDeque::new(),
             counters: ReportCounters::default(),
+            totals: Totals::default(),
+            reconnects_seen: None,
             windows: Windows::default(),
         }
     }
@@ -265,6 +276,7 @@ impl Vm {
             mean_5m: self.means(Duration::from_secs(300), now),
             streams: self.streams,
             counters: self.counters,
+            totals: self.totals.clone(),
         }
     }
 }
@@ -302,6 +314,8 @@ pub struct VmSummary {
     pub streams: u32,
     /// Report counters.
     pub counters: ReportCounters,
+    /// Counters integrated from the applied reports.
+    pub totals: Totals,
 }
 
 /// Why a Hello was refused.
@@ -399,6 +413,22 @@ impl Session {
         vm.windows.push(t, &MetricValues::of(&report));
         if report.size.is_some() {
             vm.size = report.size;
+        }
+        let vcpus = vm.size.map(|s| s.vcpus);
+        vm.totals.add(&report, vcpus);
+        let reconnects = report.agent.reconnects;
+        let grown = match &vm.reconnects_seen {
+            Some((run, seen)) if *run == self.run => reconnects.saturating_sub(*seen),
+            _ => reconnects,
+        };
+        vm.counters.agent_reconnects = vm.counters.agent_reconnects.saturating_add(grown);
+        if grown > 0
+            || vm
+                .reconnects_seen
+                .as_ref()
+                .is_none_or(|(run, _)| *run != self.run)
+        {
+            vm.reconnects_seen = Some((self.run.clone(), reconnects));
         }
         vm.last_report_at = Some(now);
         vm.latest = Some(report);
@@ -794,8 +824,94 @@ mod tests {
             disks: vec![],
             filesystems: vec![],
             dropped: 0,
+            agent: Default::default(),
             sources: vec![],
         }
+    }
+
+    /// A report whose eth0 received `seq` × 100 bytes/s over its 5 s.
+    fn net_report(seq: u64, t: SystemTime) -> Report {
+        Report {
+            net: vec![NetInterface {
+                name: "eth0".into(),
+                rx_bytes_per_second: seq as f64 * 100.0,
+                tx_bytes_per_second: 0.0,
+                rx_packets_per_second: 0.0,
+                tx_packets_per_second: 0.0,
+                rx_errors: 0,
+                tx_errors: 0,
+            }],
+            ..report(seq, t, 0.5)
+        }
+    }
+
+    #[test]
+    fn agent_reconnects_add_their_growth_per_run() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let with = |seq: u64, reconnects: u64| Report {
+            agent: AgentHealth {
+                buffered: 1,
+                reconnects,
+            },
+            ..report(seq, t0(), 0.5)
+        };
+        let total = |fleet: &Fleet| {
+            fleet
+                .with_vm("web-1", |v| v.counters().agent_reconnects)
+                .unwrap()
+        };
+        let s = fleet.hello(&hello("web-1", 1), t0()).unwrap();
+        s.apply(with(1, 0), t0());
+        s.apply(with(2, 3), t0());
+        // An older count (a report buffered before the last reconnect) adds nothing.
+        s.apply(with(3, 2), t0());
+        s.apply(with(4, 3), t0());
+        assert_eq!(total(&fleet), 3);
+        drop(s);
+        // A restarted agent counts from 0 again: its whole count is new.
+        let s = fleet.hello(&hello("web-1", 2), t0()).unwrap();
+        s.apply(with(1, 2), t0());
+        assert_eq!(total(&fleet), 5);
+    }
+
+    #[test]
+    fn a_replayed_minute_adds_what_the_vm_did_and_the_next_run_continues() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        let received = |fleet: &Fleet| {
+            let vms = fleet.snapshot(t0());
+            let vm = vms.iter().find(|v| v.id == "web-1").unwrap();
+            (vm.totals.net["eth0"].rx_bytes, vm.totals.cpu.unwrap().user)
+        };
+        let at = |seq: u64| t0() + Duration::from_secs(5 * seq);
+        let live = fleet.hello(&hello("web-1", 1), t0()).unwrap();
+        for seq in 1..=6 {
+            live.apply(net_report(seq, at(seq)), at(seq));
+        }
+        drop(live);
+        let before_outage = received(&fleet).0;
+        assert_eq!(
+            before_outage,
+            (1..=6).map(|s| s as f64 * 500.0).sum::<f64>()
+        );
+
+        // A minute (seq 7..=18) buffered by the agent while the collector was away,
+        // replayed on reconnect from an older point: 5 and 6 arrive again.
+        let replay = fleet.hello(&hello("web-1", 1), at(30)).unwrap();
+        assert_eq!(replay.watermark(), 6);
+        for seq in 5..=18 {
+            replay.apply(net_report(seq, at(seq)), at(30));
+        }
+        let (after, cpu_user) = received(&fleet);
+        let minute: f64 = (7..=18).map(|s| s as f64 * 500.0).sum();
+        assert_eq!(after - before_outage, minute);
+        // 18 reports × 0.5 user × 5 s × 2 vCPUs.
+        assert_eq!(cpu_user, 18.0 * 5.0);
+        drop(replay);
+
+        // A restarted agent (a new run, seq from 1) continues the same counter.
+        let next = fleet.hello(&hello("web-1", 2), at(31)).unwrap();
+        next.apply(net_report(1, at(31)), at(31));
+        assert_eq!(received(&fleet).0, after + 500.0);
     }
 
     #[test]
@@ -895,7 +1011,8 @@ mod tests {
                 duplicates: 2,
                 lost: 3,
                 dropped_by_agent: 0,
-                last_seq: 8
+                last_seq: 8,
+                agent_reconnects: 0,
             }
         );
         drop(session);

@@ -196,6 +196,17 @@ pub struct Report {
     pub dropped: u64,
     /// Web-server request sources, at most [`MAX_SOURCES`], names unique.
     pub sources: Vec<SourceReport>,
+    /// The agent's own health when it sent the report.
+    pub agent: AgentHealth,
+}
+
+/// The agent's link to this collector, as a report carries it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AgentHealth {
+    /// Reports in its buffer (not acknowledged, this one included) at sending.
+    pub buffered: u64,
+    /// Streams tried after a failed one since the agent run started.
+    pub reconnects: u64,
 }
 
 /// The most sources one report may carry (each is a label value on `/metrics`).
@@ -477,6 +488,7 @@ mod tests {
             disks: vec![],
             filesystems: vec![],
             dropped: 0,
+            agent: Default::default(),
             sources,
         }
     }

@@ -339,6 +339,7 @@ pub(crate) mod fixtures {
                 disks: vec![],
                 filesystems: vec![],
                 dropped: 0,
+                agent: Default::default(),
                 sources,
             };
             self.session.apply(report, t);

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 use rally_proto::v1;
 
 use crate::fleet::{
-    CpuShares, DiskIo, Filesystem, Hello, Latency, LoadAverage, MAX_SOURCES, Memory, NetInterface,
-    PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind, SourceReport,
-    StatusClasses, VmSize,
+    AgentHealth, CpuShares, DiskIo, Filesystem, Hello, Latency, LoadAverage, MAX_SOURCES, Memory,
+    NetInterface, PhpFpm, Pressure, PressureLine, PressureResource, Report, RunKey, SourceKind,
+    SourceReport, StatusClasses, VmSize,
 };
 use crate::vm_id::validate_id;
 
@@ -470,6 +470,10 @@ pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
             })
         })?,
         dropped: msg.dropped,
+        agent: AgentHealth {
+            buffered: msg.agent_buffered,
+            reconnects: msg.agent_reconnects,
+        },
         sources: sources(msg.sources)?,
     })
 }

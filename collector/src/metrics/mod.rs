@@ -9,12 +9,15 @@
 //!
 //! - `encoder`: the text format writer.
 //! - `vm`: per-VM families; `requests`: the web servers'; `collector`: the ingest
-//!   edge's; `resize`: the resize engine's.
+//!   edge's; `resize`: the resize engine's; `totals`: counters integrated from the
+//!   reports and filesystem space; `process`: build info and the collector process.
 
 mod collector;
 mod encoder;
+mod process;
 mod requests;
 mod resize;
+mod totals;
 mod vm;
 
 use std::time::SystemTime;
@@ -34,9 +37,12 @@ pub fn render(fleet: &Fleet, stats: &IngestStats, engine: &EngineStats, now: Sys
     let mut e = Exposition::default();
     vm::vm_metrics(&mut e, &vms);
     requests::request_metrics(&mut e, &vms);
+    totals::filesystem_gauges(&mut e, &vms);
     vm::report_counters(&mut e, &vms);
+    totals::integrated_counters(&mut e, &vms);
     collector::collector_metrics(&mut e, stats, vms.len());
     resize::resize_metrics(&mut e, engine);
+    process::process_metrics(&mut e, &process::ProcessStats::read());
     e.out
 }
 
@@ -101,6 +107,8 @@ mod tests {
                     size: hello.size,
                     cpu: Some(CpuShares {
                         utilization: 0.25 * (i + 1) as f64,
+                        user: 0.2,
+                        idle: 0.79,
                         steal: 0.01,
                         ..Default::default()
                     }),
@@ -127,10 +135,32 @@ mod tests {
                         }),
                         io: None,
                     }),
-                    net: vec![],
-                    disks: vec![],
-                    filesystems: vec![],
+                    net: vec![crate::fleet::NetInterface {
+                        name: "eth0".into(),
+                        rx_bytes_per_second: 1000.0,
+                        tx_bytes_per_second: 500.0,
+                        rx_packets_per_second: 10.0,
+                        tx_packets_per_second: 5.0,
+                        rx_errors: 1,
+                        tx_errors: 0,
+                    }],
+                    disks: vec![crate::fleet::DiskIo {
+                        name: "vda".into(),
+                        read_bytes_per_second: 4096.0,
+                        write_bytes_per_second: 8192.0,
+                        busy_ratio: 0.1,
+                    }],
+                    filesystems: vec![crate::fleet::Filesystem {
+                        mount_point: "/".into(),
+                        fs_type: "ext4".into(),
+                        total_bytes: 10 << 30,
+                        available_bytes: 4 << 30,
+                    }],
                     dropped: 0,
+                    agent: crate::fleet::AgentHealth {
+                        buffered: 4 - seq,
+                        reconnects: 1,
+                    },
                     sources: if i == 0 { web_sources() } else { vec![] },
                 };
                 session.apply(report, now);
@@ -239,6 +269,28 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+        // Counters integrated over three 5 s reports.
+        for needle in [
+            "rally_vm_network_receive_bytes_total{vm=\"web-1\",group=\"web\",device=\"eth0\"} 15000",
+            "rally_vm_network_transmit_packets_total{vm=\"web-1\",group=\"web\",device=\"eth0\"} 75",
+            "rally_vm_network_receive_errors_total{vm=\"web-1\",group=\"web\",device=\"eth0\"} 3",
+            "rally_vm_disk_written_bytes_total{vm=\"db-1\",group=\"db\",device=\"vda\"} 122880",
+            "rally_vm_disk_io_time_seconds_total{vm=\"db-1\",group=\"db\",device=\"vda\"} 1.5",
+            // 0.2 × 5 s × 2 vCPUs × 3 reports.
+            "rally_vm_cpu_seconds_total{vm=\"web-1\",group=\"web\",mode=\"user\"} 6",
+            "rally_vm_requests_total{vm=\"web-1\",group=\"web\",source=\"shop-log\",status_class=\"5xx\"} 30",
+            "rally_vm_requests_total{vm=\"web-1\",group=\"web\",source=\"fpm\",status_class=\"unknown\"} 750",
+            "rally_vm_filesystem_avail_bytes{vm=\"web-1\",group=\"web\",mountpoint=\"/\",fstype=\"ext4\"} 4294967296",
+            "rally_build_info{version=\"",
+            "rally_vm_agent_buffered_reports{vm=\"web-1\",group=\"web\"} 1",
+            "rally_vm_agent_reconnects_total{vm=\"web-1\",group=\"web\"} 1",
+            "process_resident_memory_bytes ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        // A source that is down counts nothing.
+        assert!(!text.contains("source=\"nginx\",status_class"));
         // A VM without sources has no request figures (absent, not 0).
         assert!(!text.contains("rally_vm_requests_per_second{vm=\"db-1\""));
 

@@ -286,4 +286,18 @@ pub(super) fn report_counters(e: &mut Exposition, vms: &[VmSummary]) {
         "Reports the agent says it dropped from its full buffer.",
         |vm| Some(vm.counters.dropped_by_agent),
     );
+    e.per_vm(
+        vms,
+        "rally_vm_agent_reconnects_total",
+        Counter,
+        "Times the VM's agent tried a new stream to this collector after a failed one.",
+        |vm| Some(vm.counters.agent_reconnects),
+    );
+    e.per_vm(
+        vms,
+        "rally_vm_agent_buffered_reports",
+        Kind::Gauge,
+        "Reports in the agent's buffer for this collector when it sent its last report.",
+        |vm| vm.latest.as_ref().map(|r| r.agent.buffered),
+    );
 }
