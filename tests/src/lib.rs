@@ -10,6 +10,7 @@
 //!   network of the test's own (network namespaces joined by a veth pair), and test
 //!   hosts linked to this machine (for what must come from a non-loopback address).
 //! - [`packages`]: the `.deb`s `scripts/package` built.
+//! - [`prometheus`]: a real Prometheus server scraping one job.
 //! - [`process`]: a child process that is killed when dropped, with its log on disk.
 //! - [`rally`]: starts a collector or an agent from a config written by the test.
 //! - [`tool`]: requires an external program (promtool, nginx, ...): a missing one is
@@ -25,6 +26,7 @@ pub mod debian_root;
 pub mod nspawn;
 pub mod packages;
 pub mod process;
+pub mod prometheus;
 pub mod rally;
 pub mod raw;
 pub mod tool;

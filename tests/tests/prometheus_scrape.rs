@@ -1,16 +1,14 @@
 //! A real Prometheus server scrapes the collector without errors and stores the
 //! contract's series.
 
-use rally_tests::process::Process;
+use rally_tests::eventually;
+use rally_tests::prometheus::Prometheus;
 use rally_tests::rally::{Agent, Collector};
-use rally_tests::{eventually, free_port, tool};
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_collector_without_errors() {
-    let prometheus = tool::require("prometheus", "prometheus");
     let dir = tempfile::tempdir().unwrap();
     let collector = Collector::start(
         dir.path(),
@@ -19,25 +17,14 @@ async fn prometheus_scrapes_the_collector_without_errors() {
     .await;
     let _agent = Agent::start(dir.path(), "web-1", &[collector.grpc_url()], "500ms", "");
 
-    let port = free_port();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: rally\n    static_configs:\n      - targets: ['{}']\n",
+    let prometheus = Prometheus::start(
+        dir.path(),
+        &format!(
+            "    static_configs:\n      - targets: ['{}']\n",
             collector.http
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(prometheus);
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
-    let server = Process::spawn("prometheus", cmd, &dir.path().join("prometheus.log"));
-    let api = format!("http://127.0.0.1:{port}/api/v1");
+    );
+    let (server, api) = (&prometheus.process, prometheus.api.clone());
 
     let get = |url: String| async move {
         let resp = reqwest::get(url).await.ok()?;

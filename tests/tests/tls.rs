@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use rally_tests::nspawn::Netns;
 use rally_tests::process::Process;
+use rally_tests::prometheus::Prometheus;
 use rally_tests::rally::Agent;
-use rally_tests::{bin, eventually, free_port, tool};
+use rally_tests::{bin, eventually, free_port};
 
 /// Runs `rally-collector pki <args> --dir <dir>` and expects success.
 fn pki(dir: &Path, args: &[&str]) {
@@ -523,7 +524,6 @@ async fn a_token_in_clear_is_accepted_from_loopback_and_refused_from_the_network
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_metrics_over_https() {
-    let prometheus = tool::require("prometheus", "prometheus");
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(&dir.path().join("pki"), &["localhost"], &[]);
     let extra = format!(
@@ -539,26 +539,15 @@ async fn prometheus_scrapes_metrics_over_https() {
             .is_err()
     );
 
-    let port = free_port();
-    let config = dir.path().join("prometheus.yml");
     let target = collector.http.trim_start_matches("https://");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: rally\n    scheme: https\n    tls_config:\n      ca_file: {}\n    static_configs:\n      - targets: ['{target}']\n",
+    let prometheus = Prometheus::start(
+        dir.path(),
+        &format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {}\n    static_configs:\n      - targets: ['{target}']\n",
             ca.display()
         ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(prometheus);
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"));
-    let server = Process::spawn("prometheus", cmd, &dir.path().join("prometheus.log"));
-    let api = format!("http://127.0.0.1:{port}/api/v1");
+    );
+    let (server, api) = (&prometheus.process, prometheus.api.clone());
     let get = |url: String| async move {
         reqwest::get(url)
             .await
