@@ -218,3 +218,104 @@ mod tests {
         assert_eq!(b.dropped_total(), 2);
     }
 }
+
+/// Properties of the buffer under any sequence of pushes, acknowledgements and capacity
+/// changes, checked against a plain list of what was pushed and not acknowledged.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Push the next report, `gap` sequence numbers after the previous one.
+        Push { gap: u64 },
+        /// Acknowledge up to `back` before the last pushed sequence number.
+        Ack { back: u64 },
+        /// A reloaded `buffer_reports`.
+        SetCapacity(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (1..4u64).prop_map(|gap| Op::Push { gap }),
+            2 => (0..12u64).prop_map(|back| Op::Ack { back }),
+            1 => (0..10usize).prop_map(Op::SetCapacity),
+        ]
+    }
+
+    /// The buffer as a fresh stream replays it: (seq, dropped_before, report).
+    fn replay(b: &Buffer) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        while let Some(e) = b.next_after(cursor) {
+            out.push(e.clone());
+            cursor = e.seq;
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn the_buffer_keeps_the_newest_unacknowledged_reports_in_order(
+            capacity in 0..8usize,
+            ops in proptest::collection::vec(op(), 0..200),
+        ) {
+            let mut b = Buffer::new(capacity);
+            let mut capacity = capacity.max(1);
+            // What was pushed and neither acknowledged nor dropped, oldest first.
+            let mut model: Vec<u64> = Vec::new();
+            let mut last_seq = 0;
+            let mut pushed = 0u64;
+            let mut acked = 0u64;
+            // Drops carried by reports the collector acknowledged: it has seen them.
+            let mut drops_delivered = 0u64;
+            for op in ops {
+                match op {
+                    Op::Push { gap } => {
+                        last_seq += gap;
+                        let full = model.len() >= capacity;
+                        let dropped = b.push(last_seq, Bytes::from(last_seq.to_le_bytes().to_vec()));
+                        prop_assert_eq!(dropped, full, "a push drops exactly when full");
+                        if full {
+                            model.remove(0);
+                        }
+                        model.push(last_seq);
+                        pushed += 1;
+                    }
+                    Op::Ack { back } => {
+                        let seq = last_seq.saturating_sub(back);
+                        let before = replay(&b);
+                        let gone: Vec<&Entry> = before.iter().filter(|e| e.seq <= seq).collect();
+                        drops_delivered += gone.iter().map(|e| e.dropped_before).sum::<u64>();
+                        let n = b.ack(seq);
+                        prop_assert_eq!(n, gone.len(), "ack removes every report up to its seq");
+                        model.retain(|s| *s > seq);
+                        acked += n as u64;
+                    }
+                    Op::SetCapacity(c) => {
+                        capacity = c.max(1);
+                        let excess = model.len().saturating_sub(capacity);
+                        prop_assert_eq!(b.set_capacity(c), excess);
+                        model.drain(..excess);
+                    }
+                }
+                let now = replay(&b);
+                prop_assert!(b.len() <= capacity, "{} reports in a buffer of {}", b.len(), capacity);
+                prop_assert_eq!(b.len(), now.len());
+                prop_assert_eq!(b.is_empty(), now.is_empty());
+                let seqs: Vec<u64> = now.iter().map(|e| e.seq).collect();
+                prop_assert_eq!(&seqs, &model, "the newest unacknowledged reports, in order");
+                prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence numbers rise");
+                for e in &now {
+                    prop_assert_eq!(&e.report[..], &e.seq.to_le_bytes()[..], "each report stays with its seq");
+                }
+                // Every report pushed is buffered, acknowledged or counted as dropped...
+                prop_assert_eq!(pushed, b.len() as u64 + acked + b.dropped_total());
+                // ...and every drop rides on a report the collector saw or will see.
+                let carried: u64 = now.iter().map(|e| e.dropped_before).sum();
+                prop_assert_eq!(drops_delivered + carried, b.dropped_total());
+            }
+        }
+    }
+}
