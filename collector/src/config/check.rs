@@ -160,7 +160,9 @@ impl Config {
             let mut prev = (0u32, 0u64);
             for rung in &mut policy.ladder {
                 if rung.oktawave_type.is_some() && rung.vcpus == 0 && rung.memory_bytes == 0 {
-                    (rung.vcpus, rung.memory_bytes) = (prev.0 + 1, prev.1 + (1 << 30));
+                    // Saturating: a rung before may be as large as its type allows.
+                    (rung.vcpus, rung.memory_bytes) =
+                        (prev.0.saturating_add(1), prev.1.saturating_add(1 << 30));
                 }
                 prev = (rung.vcpus, rung.memory_bytes);
             }

@@ -479,3 +479,43 @@ fn unreadable_file_names_the_path() {
         "{err}"
     );
 }
+
+/// A crash of the `collector_config` fuzz target (`fuzz/regressions/collector_config/`):
+/// an Oktawave rung after a rung of `u32::MAX` vCPUs (or `u64::MAX` bytes) overflowed
+/// its stand-in size.
+#[test]
+fn an_oktawave_rung_after_the_largest_size_does_not_overflow() {
+    let source = |memory_bytes: u64| {
+        format!(
+            r#"
+[[groups]]
+name = "web"
+vms = ["web-1"]
+ladder = [
+  {{ name = "M", vcpus = 4294967295, memory_bytes = {memory_bytes} }},
+  {{ name = "L", oktawave_type = 1048 }},
+]
+
+[actuator]
+kind = "oktawave"
+data_center = "pl1"
+client_id = "rally"
+client_secret_file = "/nonexistent/oktawave-client-secret"
+username = "ops@shop.example"
+password_file = "/nonexistent/oktawave-password"
+[actuator.instances]
+web-1 = 123456
+"#
+        )
+    };
+    // The ladder passes its check; the missing secret file is what is refused.
+    let (_, key, message) = invalid_parts(parse(&source(1 << 30)).unwrap_err());
+    assert_eq!(
+        key.as_deref(),
+        Some("actuator.client_secret_file"),
+        "{message}"
+    );
+    // Nothing can be larger than the largest size: the ladder does not grow.
+    let (_, key, message) = invalid_parts(parse(&source(u64::MAX)).unwrap_err());
+    assert_eq!(key.as_deref(), Some("groups[0].ladder"), "{message}");
+}
