@@ -6,6 +6,7 @@
 //! - [`bin`]: finds the built `rally-agent` / `rally-collector` binaries.
 //! - [`command`]: runs an external command to completion, bounded in time.
 //! - [`debian_root`]: a clean Debian 12 root from a cached `debootstrap` tarball.
+//! - [`fuzz`]: one function per fuzz target, shared by `fuzz/` and the corpus replay.
 //! - [`nspawn`]: Debian roots booted with systemd as PID 1 (`systemd-nspawn`) on a
 //!   network of the test's own (network namespaces joined by a veth pair), and test
 //!   hosts linked to this machine (for what must come from a non-loopback address).
@@ -23,6 +24,7 @@
 pub mod bin;
 pub mod command;
 pub mod debian_root;
+pub mod fuzz;
 pub mod nspawn;
 pub mod packages;
 pub mod process;

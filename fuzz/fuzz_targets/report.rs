@@ -1,0 +1,7 @@
+//! Fuzz target `report`: see `rally_tests::fuzz::report`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    // A refused input is fine; a panic or a broken invariant is the finding.
+    let _ = rally_tests::fuzz::report(data);
+});
