@@ -29,6 +29,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, Invalid};
+use crate::sample::filesystem::TypeFilter;
 use crate::sample::{Sample, Sampler};
 use crate::source::Sources;
 use crate::tick::Ticker;
@@ -98,7 +99,7 @@ pub async fn run_live(
     }
     let links = Mutex::new(streams.links());
 
-    let sampler = Sampler::new(&current.root);
+    let sampler = sampler(&current);
     let sources = sources(&current)?;
     let sampling = sample_forever(sampler, sources, &links, &shared, seqs, interval_rx, ready);
     tokio::pin!(sampling, shutdown);
@@ -163,6 +164,11 @@ fn reload(current: Config, mut new: Config, shared: &Shared, streams: &mut Strea
     if new.sources != current.sources {
         restart_needed("sources");
         new.sources.clone_from(&current.sources);
+    }
+    if new.filesystem_exclude_types != current.filesystem_exclude_types {
+        restart_needed("filesystem_exclude_types");
+        new.filesystem_exclude_types
+            .clone_from(&current.filesystem_exclude_types);
     }
     if new.interval != current.interval {
         shared.interval.send_replace(new.interval);
@@ -346,11 +352,18 @@ fn sources(config: &Config) -> Result<Sources, Error> {
     Ok(Sources::new(&config.sources)?)
 }
 
+/// The sampler of a configuration: its root and filesystem filter.
+fn sampler(config: &Config) -> Sampler {
+    Sampler::new(&config.root).with_filesystem_filter(TypeFilter::excluding(
+        config.filesystem_exclude_types.iter().cloned(),
+    ))
+}
+
 /// Two readings `pause` apart and the second as one sample, sources included (for
 /// `rally-agent sample`).
 pub async fn sample_once(config: &Config, pause: Duration) -> Result<Sample, Error> {
     config.validate()?;
-    let mut sampler = Sampler::new(&config.root);
+    let mut sampler = sampler(config);
     let mut sources = sources(config)?;
     sampler.sample();
     sources.sample().await;

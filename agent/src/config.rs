@@ -54,6 +54,9 @@ pub struct Config {
     pub root: PathBuf,
     /// Web-server request sources (`[[sources]]`), read at every sample.
     pub sources: Vec<SourceConfig>,
+    /// Filesystem types not measured (an entry ending in `*` is a prefix); the default
+    /// skips pseudo, in-memory and network filesystems.
+    pub filesystem_exclude_types: Vec<String>,
 }
 
 impl Default for Config {
@@ -68,6 +71,10 @@ impl Default for Config {
             labels: BTreeMap::new(),
             root: PathBuf::from("/"),
             sources: Vec::new(),
+            filesystem_exclude_types: crate::sample::filesystem::DEFAULT_EXCLUDED_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
         }
     }
 }

@@ -96,6 +96,28 @@ async fn two_agents_appear_in_api_and_metrics() {
             .unwrap()
             .as_secs_f64();
         assert!((now - ts).abs() < 60.0, "last report {ts} vs now {now}");
+
+        // The root filesystem as `stat -f /` sees it (statvfs, like df): size and inodes
+        // do not move while the test runs; free space may, so only its range is checked.
+        let root = [("vm", id), ("mountpoint", "/")];
+        let size = sample(&metrics, "rally_vm_filesystem_size_bytes", &root).expect("fs size");
+        let files = sample(&metrics, "rally_vm_filesystem_files", &root).expect("fs inodes");
+        let free = sample(&metrics, "rally_vm_filesystem_free_bytes", &root).expect("fs free");
+        let avail = sample(&metrics, "rally_vm_filesystem_avail_bytes", &root).expect("fs avail");
+        let stat = Command::new("stat")
+            .args(["-f", "-c", "%b %S %c", "/"])
+            .output()
+            .unwrap();
+        let stat: Vec<f64> = String::from_utf8_lossy(&stat.stdout)
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect();
+        assert_eq!(size, stat[0] * stat[1], "{id}: / size vs stat -f");
+        assert_eq!(files, stat[2], "{id}: / inodes vs stat -f");
+        assert!(
+            avail <= free && free <= size,
+            "{id}: avail {avail} free {free} size {size}"
+        );
     }
     assert!(sample(&metrics, "rally_collector_reports_total", &[]).expect("reports") >= 4.0);
 

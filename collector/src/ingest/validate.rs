@@ -456,13 +456,33 @@ pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
                 read_bytes_per_second: rate("read_bytes_per_second", d.read_bytes_per_second)?,
                 write_bytes_per_second: rate("write_bytes_per_second", d.write_bytes_per_second)?,
                 busy_ratio: bounded(&format!("{field}.busy_ratio"), d.busy_ratio, 1.0)?,
+                reads_per_second: d
+                    .reads_per_second
+                    .map(|v| rate("reads_per_second", v))
+                    .transpose()?,
+                writes_per_second: d
+                    .writes_per_second
+                    .map(|v| rate("writes_per_second", v))
+                    .transpose()?,
                 name: d.name,
             })
         })?,
         filesystems: devices("report.filesystems", msg.filesystems, |field, f| {
             text(&format!("{field}.mount_point"), &f.mount_point, 4096, true)?;
             text(&format!("{field}.fs_type"), &f.fs_type, 64, false)?;
+            text(&format!("{field}.device"), &f.device, 4096, false)?;
+            let at_most = |name: &str, v: Option<u64>, max: Option<u64>| match (v, max) {
+                (Some(v), Some(max)) if v > max => Err(invalid(
+                    format!("{field}.{name}"),
+                    format!("{v} is more than the {max} in all"),
+                )),
+                _ => Ok(v),
+            };
             Ok(Filesystem {
+                free_bytes: at_most("free_bytes", f.free_bytes, Some(f.total_bytes))?,
+                files_free: at_most("files_free", f.files_free, f.files)?,
+                files: f.files,
+                device: f.device,
                 mount_point: f.mount_point,
                 fs_type: f.fs_type,
                 total_bytes: f.total_bytes,
@@ -787,6 +807,39 @@ mod tests {
                     r.disks = vec![v1::DiskIo {
                         name: "vda".into(),
                         busy_ratio: 2.0,
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "report.disks[0].reads_per_second",
+                Box::new(|r| {
+                    r.disks = vec![v1::DiskIo {
+                        name: "vda".into(),
+                        reads_per_second: Some(f64::NAN),
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "report.filesystems[0].free_bytes",
+                Box::new(|r| {
+                    r.filesystems = vec![v1::Filesystem {
+                        mount_point: "/".into(),
+                        total_bytes: 100,
+                        free_bytes: Some(101),
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "report.filesystems[0].files_free",
+                Box::new(|r| {
+                    r.filesystems = vec![v1::Filesystem {
+                        mount_point: "/".into(),
+                        total_bytes: 100,
+                        files: Some(10),
+                        files_free: Some(11),
                         ..Default::default()
                     }]
                 }),
