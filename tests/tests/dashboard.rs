@@ -89,7 +89,7 @@ fn substitute(expr: &str) -> String {
 /// Series names an expression reads, recorded ones (`group:rally_vm_up:sum`) included.
 fn series_names(expr: &str) -> BTreeSet<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|t| t.starts_with("rally_") || (t.contains(":rally_") && t.contains(':')))
+        .filter(|t| t.starts_with("rally_") || t.contains(":rally_"))
         .map(str::to_owned)
         .collect()
 }
