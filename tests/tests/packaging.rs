@@ -176,6 +176,32 @@ fn packages_ship_units_conffiles_and_a_man_page_per_subcommand() {
             "{package}: the shipped conffile differs from packaging/{short}/{short}.toml: rebuild with scripts/package"
         );
 
+        if package == "rally-collector" {
+            // The Prometheus rules and the Grafana dashboard, as packaging/ has them.
+            for (installed, source) in [
+                (
+                    "usr/share/rally/rally.rules.yml",
+                    "packaging/prometheus/rally.rules.yml",
+                ),
+                (
+                    "usr/share/rally/grafana/rally.json",
+                    "packaging/grafana/rally.json",
+                ),
+                (
+                    "usr/share/doc/rally-collector/prometheus.md",
+                    "docs/prometheus.md",
+                ),
+            ] {
+                let shipped = fs::read(dir.path().join(installed))
+                    .unwrap_or_else(|e| panic!("{package} does not ship /{installed}: {e}"));
+                assert_eq!(
+                    shipped,
+                    fs::read(workspace_root().join(source)).unwrap(),
+                    "{package}: /{installed} differs from {source}: rebuild with scripts/package"
+                );
+            }
+        }
+
         let control = tempfile::tempdir().unwrap();
         run_ok(
             Command::new("dpkg-deb")
