@@ -220,21 +220,22 @@ async fn collector_restart_loses_no_report() {
         let second = after
             .get(key)
             .unwrap_or_else(|| panic!("{key:?} missing after restart"));
+        // Each process applies each report once, in order.
+        for seqs in [first, second] {
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "{key:?}: out of order or twice in one process: {seqs:?}"
+            );
+        }
+        // Nothing lost: together they are the run from seq 1 without a gap.
         let mut all: Vec<u64> = first.iter().chain(second).copied().collect();
-        let count = all.len();
         all.sort_unstable();
         all.dedup();
-        assert_eq!(
-            all.len(),
-            count,
-            "{key:?}: a report was counted twice: {first:?} + {second:?}"
-        );
         assert_eq!(all[0], 1, "{key:?}: the run starts at seq 1");
         let expected: Vec<u64> = (1..=*all.last().unwrap()).collect();
         assert_eq!(all, expected, "{key:?}: a gap: {first:?} + {second:?}");
-        assert!(
-            second.first().copied() == Some(*first.last().unwrap() + 1),
-            "{key:?}: the restarted collector continues where the first stopped"
-        );
+        // Across the SIGKILL the restarted collector may apply again the killed one's
+        // last reports, applied but not yet acknowledged (docs/protocol.md, "Delivery");
+        // tests/tests/faults_restart.rs accounts for them under 50 agents.
     }
 }
