@@ -54,6 +54,8 @@ pub struct Config {
     pub root: PathBuf,
     /// Web-server request sources (`[[sources]]`), read at every sample.
     pub sources: Vec<SourceConfig>,
+    /// The Unix socket `rally-agent status` asks; `""`: none.
+    pub status_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             labels: BTreeMap::new(),
             root: PathBuf::from("/"),
             sources: Vec::new(),
+            status_socket: PathBuf::from(crate::status::DEFAULT_SOCKET),
         }
     }
 }
