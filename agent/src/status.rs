@@ -285,9 +285,12 @@ pub fn query(path: &Path) -> Result<AgentStatus, QueryError> {
     serde_json::from_slice(&body).map_err(|e| answer(e.to_string()))
 }
 
-/// A duration in words: "45 s", "3 min 5 s", "2 h 10 min", "3 d 4 h".
+/// A duration in words: "200 ms", "45 s", "3 min 5 s", "2 h 10 min", "3 d 4 h".
 fn span(seconds: f64) -> String {
-    let s = seconds.max(0.0) as u64;
+    if seconds < 1.0 {
+        return format!("{:.0} ms", seconds.max(0.0) * 1000.0);
+    }
+    let s = seconds as u64;
     match s {
         0..60 => format!("{s} s"),
         60..3600 => format!("{} min {} s", s / 60, s % 60),

@@ -186,11 +186,13 @@ fn vm_state(vm: &Value) -> Cell {
     } else {
         String::new()
     };
+    // A configured member the collector never heard from has no report age.
+    let reported = !vm["last_report_age_seconds"].is_null();
     match vm["fresh"].as_bool() {
         Some(true) if offline.is_empty() => Cell::toned("up", Tone::Good),
         Some(true) => Cell::toned(format!("up{offline}"), Tone::Warn),
-        Some(false) => Cell::toned(format!("stale{offline}"), Tone::Bad),
-        None => Cell::toned("never reported", Tone::Bad),
+        Some(false) if reported => Cell::toned(format!("stale{offline}"), Tone::Bad),
+        _ => Cell::toned("never reported", Tone::Bad),
     }
 }
 
@@ -221,7 +223,7 @@ pub fn format_vms(vms: &Value, paint: &Paint) -> String {
         })
         .collect();
     if rows.is_empty() {
-        return "no VMs have reported\n".to_owned();
+        return "no VMs\n".to_owned();
     }
     table(
         &[
@@ -324,9 +326,9 @@ pub fn format_status(groups: &Value, vms: &Value, paint: &Paint) -> String {
         let _ = writeln!(
             out,
             "\ngroup {}: {}{}",
-            paint.paint(name, None),
+            name,
             paint.paint(&state.text, state.tone),
-            if g["dry_run"] == true {
+            if g["dry_run"] == true && g["resizes"] == true {
                 ", dry-run"
             } else {
                 ""
@@ -598,7 +600,7 @@ mod tests {
         assert!(out.starts_with("fleet: 0 VMs, "), "{out}");
         assert_eq!(
             format_vms(&json!({"vms": []}), &Paint::new(false)),
-            "no VMs have reported\n"
+            "no VMs\n"
         );
     }
 }
