@@ -57,6 +57,8 @@ pub struct Config {
     /// Filesystem types not measured (an entry ending in `*` is a prefix); the default
     /// skips pseudo, in-memory and network filesystems.
     pub filesystem_exclude_types: Vec<String>,
+    /// The Unix socket `rally-agent status` asks; `""`: none.
+    pub status_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
                 .iter()
                 .map(|t| (*t).to_owned())
                 .collect(),
+            status_socket: PathBuf::from(crate::status::DEFAULT_SOCKET),
         }
     }
 }

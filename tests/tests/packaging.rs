@@ -22,8 +22,11 @@ use std::process::Command;
 
 /// The two packages and their subcommands (one man page each).
 const PACKAGES: [(&str, &[&str]); 2] = [
-    ("rally-agent", &["run", "check-config", "sample"]),
-    ("rally-collector", &["run", "check-config", "demo"]),
+    ("rally-agent", &["run", "check-config", "sample", "status"]),
+    (
+        "rally-collector",
+        &["run", "check-config", "demo", "status", "vms"],
+    ),
 ];
 
 /// Unpacks a package's files into `dir` (`dpkg-deb -x`).

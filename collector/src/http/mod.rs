@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::extract::connect_info::Connected;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -67,8 +67,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/api/v1/vms", get(vms))
-        .route("/api/v1/vms/{vm}", get(vm))
+        .route("/api/v1/vms", get(api::vms))
+        .route("/api/v1/vms/{vm}", get(api::vm))
         .with_state(state)
 }
 
@@ -246,20 +246,6 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-async fn vms(State(state): State<HttpState>) -> axum::Json<api::VmList> {
-    let vms = state.fleet.snapshot(state.clock.now());
-    axum::Json(api::VmList {
-        vms: vms.iter().map(api::VmJson::from).collect(),
-    })
-}
-
-async fn vm(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
-    match state.fleet.summary(&id, state.clock.now()) {
-        Some(vm) => axum::Json(api::VmJson::from(&vm)).into_response(),
-        None => (StatusCode::NOT_FOUND, format!("no VM {id:?}\n")).into_response(),
     }
 }
 

@@ -9,7 +9,8 @@
 //!
 //! - `encoder`: the text format writer.
 //! - `vm`: per-VM families; `requests`: the web servers'; `collector`: the ingest
-//!   edge's; `resize`: the resize engine's; `totals`: counters integrated from the
+//!   edge's; `resize`: the resize engine's; `rules`: each member's rung and rule
+//!   readings; `totals`: counters integrated from the
 //!   reports and filesystem space; `process`: build info and the collector process.
 
 mod collector;
@@ -17,6 +18,7 @@ mod encoder;
 mod process;
 mod requests;
 mod resize;
+mod rules;
 mod totals;
 mod vm;
 
@@ -42,6 +44,7 @@ pub fn render(fleet: &Fleet, stats: &IngestStats, engine: &EngineStats, now: Sys
     totals::integrated_counters(&mut e, &vms);
     collector::collector_metrics(&mut e, stats, vms.len());
     resize::resize_metrics(&mut e, engine);
+    rules::rule_metrics(&mut e, engine, fleet, now);
     process::process_metrics(&mut e, &process::ProcessStats::read());
     e.out
 }
