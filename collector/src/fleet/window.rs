@@ -585,6 +585,26 @@ impl Windows {
             .collect()
     }
 
+    /// A chart of `metric` over `range`: the 1-minute means of the minutes before the
+    /// raw ring's oldest sample, then the raw samples. A VM that just appeared has a
+    /// line after two reports instead of one dot per minute; oldest first.
+    pub fn chart(&self, metric: Metric, range: TimeRange) -> Vec<(SystemTime, f64)> {
+        let Some(raw_start) = self.raw.front().map(|s| time_of(s.t)) else {
+            return self.minute_means(metric, range);
+        };
+        let mut points: Vec<_> = self
+            .minute_means(metric, range)
+            .into_iter()
+            .filter(|(start, _)| *start + Duration::from_secs(60) <= raw_start)
+            .collect();
+        let recent = TimeRange {
+            start: range.start.max(raw_start - Duration::from_nanos(1)),
+            end: range.end,
+        };
+        points.extend(self.samples(metric, recent));
+        points
+    }
+
     /// The `q`-quantile (0..=1, nearest rank) of the per-minute means of `metric` in
     /// `range`, e.g. the p95 of 1-minute CPU over 24 h.
     pub fn quantile_of_minute_means(
@@ -767,6 +787,39 @@ mod tests {
         // Of the first day only its last minute is left.
         assert_eq!(w.minute_means(Metric::CpuUtilization, first_day).len(), 2);
         assert!(!w.covers(Metric::CpuUtilization, first_day, Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn a_chart_is_minute_means_then_the_raw_samples() {
+        // Two samples only: already a line, not a dot.
+        let mut young = Windows::default();
+        fill(&mut young, 5, 10, 5, |_| 0.3);
+        let hour = TimeRange::last(Duration::from_secs(3600), at(10));
+        assert_eq!(
+            young.chart(Metric::CpuUtilization, hour),
+            vec![(at(5), 0.3), (at(10), 0.3)]
+        );
+
+        // An hour every 10 s: minute means while the raw ring no longer holds the
+        // samples, then every raw sample, in time order, none twice.
+        let mut w = Windows::default();
+        fill(&mut w, 10, 3600, 10, |s| (s / 60) as f64 / 100.0);
+        let hour = TimeRange::last(Duration::from_secs(3600), at(3600));
+        let chart = w.chart(Metric::CpuUtilization, hour);
+        let raw: Vec<_> = w
+            .samples(
+                Metric::CpuUtilization,
+                TimeRange::last(Duration::from_secs(600), at(3600)),
+            )
+            .collect();
+        assert!(chart.ends_with(&raw), "the raw samples close the chart");
+        assert!(chart.windows(2).all(|p| p[0].0 < p[1].0), "{chart:?}");
+        let minutes = chart.len() - raw.len();
+        assert!(
+            minutes >= 40,
+            "most of the hour from minute means: {minutes}"
+        );
+        assert!((chart[7].1 - 0.07).abs() < 1e-6);
     }
 
     #[test]

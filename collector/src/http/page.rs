@@ -75,9 +75,9 @@ pub async fn handler(State(state): State<HttpState>) -> Html<String> {
     let mut charts = BTreeMap::new();
     for vm in &vms {
         let series = state.fleet.with_vm(&vm.id, |v| VmCharts {
-            cpu: v.windows().minute_means(Metric::CpuUtilization, range),
-            memory: v.windows().minute_means(Metric::MemoryUsedRatio, range),
-            requests: v.windows().minute_means(Metric::RequestsPerSecond, range),
+            cpu: v.windows().chart(Metric::CpuUtilization, range),
+            memory: v.windows().chart(Metric::MemoryUsedRatio, range),
+            requests: v.windows().chart(Metric::RequestsPerSecond, range),
         });
         charts.insert(vm.id.clone(), series.unwrap_or_default());
     }
