@@ -13,15 +13,19 @@
 //! (only the added and removed ones connect or disconnect). `labels`, `token_file` and
 //! `[tls]` travel at the start of a stream, so a change re-opens every stream, with the same
 //! run id and buffers: nothing is lost or counted twice. `vm_id` and `root` make the
-//! agent's identity; changing them needs a restart, so the running values stay and a
-//! warning says so.
+//! agent's identity; changing them (or `status_socket`) needs a restart, so the running
+//! values stay and a warning says so.
+//!
+//! The status socket ([`crate::status`]) is one more future of the run: it costs
+//! nothing until someone connects, and then reads what the streams recorded.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -29,8 +33,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, Invalid};
+use crate::sample::filesystem::TypeFilter;
 use crate::sample::{Sample, Sampler};
 use crate::source::Sources;
+use crate::status::{self, AgentStatus};
 use crate::tick::Ticker;
 use crate::transport::{self, Link, Shared, TokenError};
 use crate::wire::{self, Identity};
@@ -72,6 +78,7 @@ pub async fn run_live(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> Result<(), Error> {
+    let started = SystemTime::now();
     let mut current = config.borrow_and_update().clone();
     check(&current)?;
     let identity = identity(&current)?;
@@ -90,6 +97,7 @@ pub async fn run_live(
         tls: Mutex::new(current.tls.clone()),
         interval,
         size: Mutex::new(None),
+        last_sample_ms: AtomicU64::new(0),
     });
     let (seqs, seqs_rx) = watch::channel(0u64);
     let mut streams = Streams::new(Arc::clone(&shared), seqs_rx);
@@ -98,15 +106,20 @@ pub async fn run_live(
     }
     let links = Mutex::new(streams.links());
 
-    let sampler = Sampler::new(&current.root);
+    let sampler = sampler(&current);
     let sources = sources(&current)?;
     let sampling = sample_forever(sampler, sources, &links, &shared, seqs, interval_rx, ready);
-    tokio::pin!(sampling, shutdown);
+    let answering = status::serve(status::bind(&current.status_socket), || {
+        agent_status(&shared, &links, started)
+    });
+    tokio::pin!(sampling, shutdown, answering);
     let mut reloads_open = true;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             () = &mut sampling => break,
+            // Never ends: it answers `rally-agent status` for the whole run.
+            () = &mut answering => {}
             // A stream task ends only when a reload stopped it; nothing to do.
             Some(()) = streams.tasks.next() => {}
             changed = config.changed(), if reloads_open => {
@@ -127,6 +140,31 @@ pub async fn run_live(
     }
     tracing::info!("rally-agent stopping");
     Ok(())
+}
+
+/// What `rally-agent status` is told: read from what the sampler and the streams
+/// recorded, only when asked.
+fn agent_status(
+    shared: &Shared,
+    links: &Mutex<Vec<Arc<Link>>>,
+    started: SystemTime,
+) -> AgentStatus {
+    let links = links.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    AgentStatus {
+        vm_id: shared
+            .identity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .vm_id
+            .clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        started_at_seconds: status::unix_ms(started) as f64 / 1000.0,
+        now_seconds: status::unix_ms(SystemTime::now()) as f64 / 1000.0,
+        interval_seconds: shared.interval.borrow().as_secs_f64(),
+        last_sample_at_seconds: status::seconds(shared.last_sample_ms.load(Ordering::Relaxed)),
+        collectors: links.iter().map(|link| link.status()).collect(),
+    }
 }
 
 /// What must hold before a configuration is used: valid values, a readable token.
@@ -158,11 +196,20 @@ fn reload(current: Config, mut new: Config, shared: &Shared, streams: &mut Strea
         restart_needed("root");
         new.root.clone_from(&current.root);
     }
+    if new.status_socket != current.status_socket {
+        restart_needed("status_socket");
+        new.status_socket.clone_from(&current.status_socket);
+    }
     // Sources hold open log files and counters; swapping them live would lose the
     // interval in progress, so a change waits for a restart like the identity.
     if new.sources != current.sources {
         restart_needed("sources");
         new.sources.clone_from(&current.sources);
+    }
+    if new.filesystem_exclude_types != current.filesystem_exclude_types {
+        restart_needed("filesystem_exclude_types");
+        new.filesystem_exclude_types
+            .clone_from(&current.filesystem_exclude_types);
     }
     if new.interval != current.interval {
         shared.interval.send_replace(new.interval);
@@ -302,6 +349,9 @@ async fn sample_forever(
         sample.sources = sources.sample().await;
         seq += 1;
         *shared.size.lock().unwrap_or_else(PoisonError::into_inner) = sample.size;
+        shared
+            .last_sample_ms
+            .store(status::unix_ms(SystemTime::now()), Ordering::Relaxed);
         let report = wire::encode_report(seq, &sample);
         let links = links.lock().unwrap_or_else(PoisonError::into_inner).clone();
         for link in &links {
@@ -346,11 +396,18 @@ fn sources(config: &Config) -> Result<Sources, Error> {
     Ok(Sources::new(&config.sources)?)
 }
 
+/// The sampler of a configuration: its root and filesystem filter.
+fn sampler(config: &Config) -> Sampler {
+    Sampler::new(&config.root).with_filesystem_filter(TypeFilter::excluding(
+        config.filesystem_exclude_types.iter().cloned(),
+    ))
+}
+
 /// Two readings `pause` apart and the second as one sample, sources included (for
 /// `rally-agent sample`).
 pub async fn sample_once(config: &Config, pause: Duration) -> Result<Sample, Error> {
     config.validate()?;
-    let mut sampler = Sampler::new(&config.root);
+    let mut sampler = sampler(config);
     let mut sources = sources(config)?;
     sampler.sample();
     sources.sample().await;

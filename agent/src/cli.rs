@@ -1,6 +1,7 @@
-//! The command line: `rally-agent [--config PATH] [run|check-config|sample]`.
+//! The command line: `rally-agent [--config PATH] [run|check-config|sample|status]`.
 //!
-//! `--config` is global: every subcommand reads the configuration file.
+//! `--config` is global: every subcommand reads the configuration file (`status` for
+//! where the running agent's `status_socket` is).
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +24,7 @@ pub struct Cli {
 }
 
 /// The subcommands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Sample and stream to the collectors until SIGTERM or SIGINT (the default).
     Run,
@@ -31,12 +32,22 @@ pub enum Command {
     CheckConfig,
     /// Take two readings one second apart and print one sample as JSON.
     Sample,
+    /// Ask the running agent whether it reaches its collectors: connected or not, last
+    /// acknowledgement, reports buffered (non-zero when no agent answers).
+    Status {
+        /// Print the agent's JSON answer instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The socket to ask [default: `status_socket` of the configuration].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
 }
 
 impl Cli {
     /// The subcommand, `run` when none is given.
     pub fn subcommand(&self) -> Command {
-        self.command.unwrap_or(Command::Run)
+        self.command.clone().unwrap_or(Command::Run)
     }
 
     /// The configuration file to read, and whether the user named it (a named file must
@@ -85,6 +96,36 @@ mod tests {
                 .subcommand(),
             Command::Sample
         );
+    }
+
+    #[test]
+    fn status_takes_json_and_a_socket() {
+        let cli = Cli::try_parse_from(["rally-agent", "status"]).unwrap();
+        assert_eq!(
+            cli.subcommand(),
+            Command::Status {
+                json: false,
+                socket: None
+            }
+        );
+        let cli = Cli::try_parse_from([
+            "rally-agent",
+            "-c",
+            "/tmp/a.toml",
+            "status",
+            "--json",
+            "--socket",
+            "/tmp/s.sock",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.subcommand(),
+            Command::Status {
+                json: true,
+                socket: Some(PathBuf::from("/tmp/s.sock"))
+            }
+        );
+        assert_eq!(cli.config_path(), (Path::new("/tmp/a.toml"), true));
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub struct Config {
     pub root: PathBuf,
     /// Web-server request sources (`[[sources]]`), read at every sample.
     pub sources: Vec<SourceConfig>,
+    /// Filesystem types not measured (an entry ending in `*` is a prefix); the default
+    /// skips pseudo, in-memory and network filesystems.
+    pub filesystem_exclude_types: Vec<String>,
+    /// The Unix socket `rally-agent status` asks; `""`: none.
+    pub status_socket: PathBuf,
 }
 
 impl Default for Config {
@@ -68,6 +73,11 @@ impl Default for Config {
             labels: BTreeMap::new(),
             root: PathBuf::from("/"),
             sources: Vec::new(),
+            filesystem_exclude_types: crate::sample::filesystem::DEFAULT_EXCLUDED_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+            status_socket: PathBuf::from(crate::status::DEFAULT_SOCKET),
         }
     }
 }

@@ -21,6 +21,8 @@
 //! - [`transport`]: one stream per collector: `Hello`, replay, follow, reconnect.
 //! - [`tls`]: the `[tls]` files for `https://` collectors, and TLS failures explained.
 //! - [`wire`]: the transport edge, domain samples to `rally.v1` messages.
+//! - [`status`]: `rally-agent status`: the running agent's answer on its Unix socket
+//!   (connected collectors, buffered reports, last acknowledgements) and the client.
 //! - [`agent`]: one run: identity, the sampling loop, the stream tasks ([`run`]).
 //! - [`config`]: `agent.toml` ([`Config`], [`load_config`]).
 //! - [`cli`]: the command line ([`Cli`]), shared with the man page generator.
@@ -35,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod sample;
 pub mod source;
+pub mod status;
 pub mod tick;
 pub mod tls;
 pub mod transport;

@@ -52,6 +52,25 @@ fn execute(cli: &Cli) -> anyhow::Result<()> {
                 serde_json::to_string_pretty(&sample).context("encoding the sample as JSON")?;
             print(&format!("{json}\n"))
         }
+        Command::Status { json, socket } => {
+            let path = match socket {
+                Some(path) => path,
+                None => load(cli)?.status_socket,
+            };
+            if path.as_os_str().is_empty() {
+                anyhow::bail!(
+                    "status_socket is \"\" in the configuration: this agent answers no status"
+                );
+            }
+            let status = rally_agent::status::query(&path)?;
+            if json {
+                let json =
+                    serde_json::to_string_pretty(&status).context("encoding the status as JSON")?;
+                print(&format!("{json}\n"))
+            } else {
+                print(&rally_agent::status::format(&status))
+            }
+        }
         Command::Run => {
             let config = load(cli)?;
             // One thread: the agent does microseconds of work every few seconds, and

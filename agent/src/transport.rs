@@ -33,6 +33,7 @@ use crate::backoff::{Backoff, BackoffPolicy};
 use crate::buffer::Buffer;
 use crate::config::{MAX_INTERVAL, MIN_INTERVAL, TlsConfig};
 use crate::sample::VmSize;
+use crate::status::{CollectorStatus, LinkState};
 use crate::tls::{self, ClientTls, TlsError};
 use crate::wire::{self, Identity};
 
@@ -68,6 +69,9 @@ pub struct Shared {
     pub interval: watch::Sender<Duration>,
     /// The size from the latest sample, for `Hello`.
     pub size: Mutex<Option<VmSize>>,
+    /// When the latest sample was taken (Unix milliseconds, 0: none yet), for
+    /// `rally-agent status`.
+    pub last_sample_ms: AtomicU64,
 }
 
 /// One collector: its address and its buffer of un-acknowledged reports.
@@ -80,6 +84,8 @@ pub struct Link {
     sent: AtomicU64,
     /// Streams tried after a failed one since the agent started (sent in reports).
     reconnects: AtomicU64,
+    /// Open or not, the latest acknowledgement and failure, for `rally-agent status`.
+    state: LinkState,
 }
 
 impl Link {
@@ -90,6 +96,18 @@ impl Link {
             buffer: Mutex::new(Buffer::new(capacity)),
             sent: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            state: LinkState::default(),
+        }
+    }
+
+    /// This collector as `rally-agent status` shows it.
+    pub fn status(&self) -> CollectorStatus {
+        let buffer = self.buffer();
+        CollectorStatus {
+            buffered: buffer.len() as u64,
+            dropped_total: buffer.dropped_total(),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            ..self.state.collector(&self.address)
         }
     }
 
@@ -159,6 +177,7 @@ pub async fn maintain(link: Arc<Link>, shared: Arc<Shared>, seqs: watch::Receive
         let mut healthy = false;
         let Err(error) =
             stream_once(&link, &shared, seqs.clone(), &mut backoff, &mut healthy).await;
+        link.state.failed(&error);
         if healthy {
             // The stream worked (it got acknowledgements): this is a new outage.
             failures = 0;
@@ -255,6 +274,7 @@ async fn stream_once(
         })?
         .into_inner();
     tracing::info!(collector = %link.address, buffered = link.buffer().len(), "stream to collector open");
+    link.state.opened();
 
     let mut acked = 0u64;
     let mut watch = AckWatch::default();
@@ -272,6 +292,7 @@ async fn stream_once(
                         // collector claims.
                         let seq = ack.seq.min(link.sent.load(Ordering::Relaxed));
                         link.buffer().ack(seq);
+                        link.state.acked(seq);
                         acked = acked.max(seq);
                         backoff.reset();
                         *healthy = true;

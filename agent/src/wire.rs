@@ -129,6 +129,8 @@ pub fn report(seq: u64, s: &Sample) -> pb::Report {
                 read_bytes_per_second: d.read_bytes_per_second,
                 write_bytes_per_second: d.write_bytes_per_second,
                 busy_ratio: d.busy_ratio,
+                reads_per_second: Some(d.reads_per_second),
+                writes_per_second: Some(d.writes_per_second),
             })
             .collect(),
         filesystems: s
@@ -139,6 +141,10 @@ pub fn report(seq: u64, s: &Sample) -> pb::Report {
                 fs_type: f.fs_type.clone(),
                 total_bytes: f.total_bytes,
                 available_bytes: f.available_bytes,
+                free_bytes: Some(f.free_bytes),
+                files: Some(f.files),
+                files_free: Some(f.files_free),
+                device: f.device.clone(),
             })
             .collect(),
         dropped: 0,

@@ -1,10 +1,12 @@
 //! The command line: `rally-collector [--config PATH] [run|check-config]`, `demo`, and
-//! the operator subcommands that call a running collector's API: `pause`, `resume`,
-//! `resize`, `decisions`, `groups`; and `pki`, which makes the TLS certificates.
+//! the operator subcommands that call a running collector's API: `status`, `vms`,
+//! `pause`, `resume`, `resize`, `decisions`, `groups`; and `pki`, which makes the TLS
+//! certificates.
 //!
 //! `--config` is offered only where a configuration file is read: `run` (the default
 //! subcommand) and `check-config`, before or after the subcommand's name.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -77,6 +79,26 @@ pub enum Command {
     /// certificate, one client certificate per VM (keys 0600, certificates 0644).
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Show the fleet and every group: members with their rung, CPU and memory, rule
+    /// values and timers, paused or circuit open, the resize in flight, the last
+    /// decision, why members wait.
+    Status {
+        /// Print the API's JSON (`groups` and `vms`) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Where the collector's API is.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List every VM: group, rung, freshness, size, CPU, memory, requests, agent.
+    Vms {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Where the collector's API is.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Show every group's resize state (paused, circuit, in flight, last decision).
     Groups {
         /// Print the API's JSON instead of one line per group.
@@ -157,6 +179,16 @@ pub struct ApiArgs {
     /// A file holding the API bearer token (the collector's `[api] token_file`).
     #[arg(long, value_name = "PATH", env = "RALLY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// For an `https://` URL: trust only the CA certificates in this PEM file (the
+    /// `ca.pem` of `rally-collector pki`) instead of the system's roots.
+    #[arg(long, value_name = "PATH", env = "RALLY_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Whether text for people gets colours: only when stdout is a terminal, and never
+/// when `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
+pub fn colour_wanted(stdout_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stdout_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// Options of `decisions`.
@@ -294,6 +326,8 @@ impl Command {
             Command::Resize { .. } => "resize",
             Command::Decisions(_) => "decisions",
             Command::Groups { .. } => "groups",
+            Command::Status { .. } => "status",
+            Command::Vms { .. } => "vms",
             Command::Pki(_) => "pki",
         }
     }
@@ -370,6 +404,8 @@ mod tests {
             &["resize", "web-1", "L"],
             &["decisions"],
             &["groups"],
+            &["status"],
+            &["vms"],
         ] {
             let after = [&["rally-collector"][..], sub, &["--config", "/x.toml"]].concat();
             assert!(Cli::try_parse_from(&after).is_err(), "{after:?} accepted");
@@ -465,6 +501,46 @@ mod tests {
             "2026-01-01T12:00:00+00:00"
         );
         assert!(time_arg("yesterday-ish", now).is_err());
+    }
+
+    #[test]
+    fn status_and_vms_take_the_api_options_and_a_ca_file() {
+        let cli = Cli::try_parse_from([
+            "rally-collector",
+            "status",
+            "--url",
+            "https://collector.example.org:9471",
+            "--ca-file",
+            "/etc/rally/pki/ca.pem",
+        ])
+        .unwrap();
+        let Command::Status { json, api } = cli.subcommand() else {
+            panic!("not status")
+        };
+        assert!(!json);
+        assert_eq!(api.url, "https://collector.example.org:9471");
+        assert_eq!(api.ca_file, Some(PathBuf::from("/etc/rally/pki/ca.pem")));
+        let cli = Cli::try_parse_from(["rally-collector", "vms", "--json"]).unwrap();
+        let Command::Vms { json, api } = cli.subcommand() else {
+            panic!("not vms")
+        };
+        assert!(json);
+        assert_eq!(api.ca_file, None);
+        let cli = Cli::try_parse_from(["rally-collector", "pause", "web", "--ca-file", "/ca.pem"])
+            .unwrap();
+        let Command::Pause { api, .. } = cli.subcommand() else {
+            panic!("not pause")
+        };
+        assert_eq!(api.ca_file, Some(PathBuf::from("/ca.pem")));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colour_wanted(false, None));
+        assert!(!colour_wanted(false, Some(OsStr::new(""))));
     }
 
     #[test]

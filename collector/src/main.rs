@@ -64,16 +64,28 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         | Command::Resume { .. }
         | Command::Resize { .. }
         | Command::Decisions(_)
-        | Command::Groups { .. }) => runtime()?.block_on(operate(operator)),
+        | Command::Groups { .. }
+        | Command::Status { .. }
+        | Command::Vms { .. }) => runtime()?.block_on(operate(operator)),
     }
 }
 
 /// The subcommands that call a running collector's API.
 async fn operate(command: Command) -> anyhow::Result<()> {
+    use rally_collector::cli::colour_wanted;
     use rally_collector::cli::time_arg;
+    use rally_collector::client::fleet::{Paint, format_status, format_vms};
     use rally_collector::client::{Client, format_decisions, format_groups};
+    use std::io::IsTerminal;
     let client = |api: &rally_collector::cli::ApiArgs| {
-        Client::new(&api.url, api.token_file.as_deref()).context("preparing the API client")
+        Client::new(&api.url, api.token_file.as_deref(), api.ca_file.as_deref())
+            .context("preparing the API client")
+    };
+    let paint = || {
+        Paint::new(colour_wanted(
+            std::io::stdout().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
     };
     match command {
         Command::Pause { group, api } => {
@@ -143,6 +155,28 @@ async fn operate(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", format_groups(&v));
+            }
+        }
+        Command::Status { json, api } => {
+            let client = client(&api)?;
+            let groups = client
+                .groups()
+                .await
+                .context("status: reading the groups")?;
+            let vms = client.vms().await.context("status: reading the VMs")?;
+            if json {
+                let both = serde_json::json!({ "groups": groups["groups"], "vms": vms["vms"] });
+                println!("{}", serde_json::to_string_pretty(&both)?);
+            } else {
+                print!("{}", format_status(&groups, &vms, &paint()));
+            }
+        }
+        Command::Vms { json, api } => {
+            let v = client(&api)?.vms().await.context("vms")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", format_vms(&v, &paint()));
             }
         }
         Command::Run(_) | Command::CheckConfig(_) | Command::Demo(_) | Command::Pki(_) => {

@@ -3,13 +3,17 @@
 //! as its window of un-acknowledged reports allows, reads the acks and records how
 //! long each report waited for one.
 //!
-//! Unlike the real agent it never reconnects: a stream that fails is counted as an
-//! error and the agent stops, so a run's figures are about one set of streams.
+//! By default it never reconnects: a stream that fails is counted as an error and the
+//! agent stops, so a run's figures are about one set of streams. With `--reconnect`
+//! it reopens the stream as the real agent does (`rally_agent::backoff`, the same VM
+//! and run, on a new connection), sends its un-acknowledged reports again and goes on.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rally_agent::backoff::{Backoff, BackoffPolicy};
+use rally_agent::wire::Identity;
 use rally_proto::v1 as pb;
 use rally_proto::v1::ingest_client::IngestClient;
 use rand::rngs::SmallRng;
@@ -18,10 +22,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::report;
-use crate::stats::Stats;
+use crate::stats::{Reconnect, Stats};
 
 /// Messages queued between an agent and its HTTP/2 stream. Small: in a flood,
 /// back-pressure must reach the agent rather than pile up here.
@@ -53,6 +57,8 @@ pub struct Plan {
     pub open_timeout: Duration,
     /// How long to wait for the outstanding acks after the run.
     pub drain: Duration,
+    /// Reopen a lost stream after the agent's backoff instead of stopping.
+    pub reconnect: bool,
 }
 
 /// What one agent shares with the run.
@@ -66,14 +72,19 @@ pub struct Shared {
     pub phase: watch::Receiver<Phase>,
     /// Bounds how many streams are being opened at once.
     pub opening: Arc<Semaphore>,
+    /// The collector, for the connections of reopened streams.
+    pub endpoint: Endpoint,
 }
 
 /// Runs simulated agent `index` on `channel` until the run stops.
 pub async fn run(index: usize, channel: Channel, shared: Shared) {
     let stats = Arc::clone(&shared.stats);
-    let opened = open(index, channel, &shared).await;
+    let mut rng = SmallRng::from_os_rng();
+    // Kept across reconnections: a reopened stream is the same agent run.
+    let identity = report::identity(&shared.plan.vm_prefix, index, &mut rng);
+    let opened = open(&identity, channel, &shared).await;
     Stats::add(&stats.settled, 1);
-    let Some((tx, inbound, rng)) = opened else {
+    let Some((tx, inbound)) = opened else {
         return;
     };
     Stats::add(&stats.opened, 1);
@@ -88,8 +99,19 @@ pub async fn run(index: usize, channel: Channel, shared: Shared) {
         outstanding: VecDeque::with_capacity(shared.plan.window),
         latencies: Vec::with_capacity(LATENCY_BATCH),
     };
-    if let Err(kind) = agent.follow(shared.phase).await {
-        stats.error(kind);
+    loop {
+        let Err(kind) = agent.follow(shared.phase.clone()).await else {
+            break;
+        };
+        let stopping = *shared.phase.borrow() == Phase::Stopping;
+        if !shared.plan.reconnect || stopping {
+            stats.error(kind);
+            break;
+        }
+        Stats::add(&stats.lost_streams, 1);
+        if !agent.reconnect(&identity, &shared).await {
+            break;
+        }
     }
     agent.flush();
     Stats::add(&stats.unacked, agent.outstanding.len() as u64);
@@ -98,12 +120,11 @@ pub async fn run(index: usize, channel: Channel, shared: Shared) {
 type Opened = (
     mpsc::Sender<pb::AgentMessage>,
     Streaming<pb::CollectorMessage>,
-    SmallRng,
 );
 
-/// Opens the stream: `Hello` is queued first, then the call waits for the
-/// collector's response headers, which it sends once it accepted the `Hello`.
-async fn open(index: usize, channel: Channel, shared: &Shared) -> Option<Opened> {
+/// Opens the first stream before the run starts, a bounded number of agents at a
+/// time (`Shared::opening`).
+async fn open(identity: &Identity, channel: Channel, shared: &Shared) -> Option<Opened> {
     let stats = &shared.stats;
     let mut phase = shared.phase.clone();
     let _permit = tokio::select! {
@@ -113,30 +134,35 @@ async fn open(index: usize, channel: Channel, shared: &Shared) -> Option<Opened>
             return None;
         }
     };
-    let mut rng = SmallRng::from_os_rng();
-    let identity = report::identity(&shared.plan.vm_prefix, index, &mut rng);
-    // A flooding agent announces the shortest interval the collector accepts.
-    let interval = shared.plan.period.unwrap_or(Duration::from_secs(1));
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tx.try_send(report::hello(&identity, interval)).ok()?;
-    let mut client = IngestClient::new(channel);
-    let call = client.stream(ReceiverStream::new(rx));
-    let inbound = match tokio::time::timeout(shared.plan.open_timeout, call).await {
-        Err(_) => {
-            stats.error("open: timeout");
+    let opened = match open_stream(identity, channel, &shared.plan).await {
+        Ok(opened) => opened,
+        Err(kind) => {
+            stats.error(kind);
             return None;
         }
-        Ok(Err(status)) => {
-            stats.error(format!("open: {:?}", status.code()));
-            return None;
-        }
-        Ok(Ok(response)) => response.into_inner(),
     };
     if *phase.borrow() != Phase::Opening {
         stats.error("not open when the run started");
         return None;
     }
-    Some((tx, inbound, rng))
+    Some(opened)
+}
+
+/// Opens a stream: `Hello` is queued first, then the call waits for the collector's
+/// response headers, which it sends once it accepted the `Hello`.
+async fn open_stream(identity: &Identity, channel: Channel, plan: &Plan) -> Result<Opened, String> {
+    // A flooding agent announces the shortest interval the collector accepts.
+    let interval = plan.period.unwrap_or(Duration::from_secs(1));
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tx.try_send(report::hello(identity, interval))
+        .map_err(|_| "open: queue".to_owned())?;
+    let mut client = IngestClient::new(channel);
+    let call = client.stream(ReceiverStream::new(rx));
+    match tokio::time::timeout(plan.open_timeout, call).await {
+        Err(_) => Err("open: timeout".to_owned()),
+        Ok(Err(status)) => Err(format!("open: {:?}", status.code())),
+        Ok(Ok(response)) => Ok((tx, response.into_inner())),
+    }
 }
 
 struct Agent<'a> {
@@ -153,6 +179,51 @@ struct Agent<'a> {
 }
 
 impl Agent<'_> {
+    /// Reopens the lost stream after the agent's backoff, on a connection of its own,
+    /// and sends the un-acknowledged reports again; false when the run stopped first.
+    async fn reconnect(&mut self, identity: &Identity, shared: &Shared) -> bool {
+        let lost = Instant::now();
+        let mut backoff = Backoff::new(BackoffPolicy::GRPC, SmallRng::from_rng(&mut self.rng));
+        let mut phase = shared.phase.clone();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = phase.wait_for(|p| *p == Phase::Stopping) => return false,
+            }
+            Stats::add(&self.stats.reconnect_attempts, 1);
+            let channel = shared.endpoint.connect_lazy();
+            let Ok((tx, inbound)) = open_stream(identity, channel, self.plan).await else {
+                continue;
+            };
+            self.stats.reconnected(Reconnect {
+                at: std::time::SystemTime::now(),
+                after: lost.elapsed(),
+            });
+            self.tx = tx;
+            self.inbound = inbound;
+            if self.resend().await.is_ok() {
+                return true;
+            }
+            Stats::add(&self.stats.lost_streams, 1);
+        }
+    }
+
+    /// Sends every un-acknowledged report again, in order (their latency counts from
+    /// now: the wait before is the outage's, not the collector's).
+    async fn resend(&mut self) -> Result<(), ()> {
+        let period = self.plan.period.unwrap_or(Duration::from_secs(1));
+        let now = Instant::now();
+        for (seq, sent) in &mut self.outstanding {
+            self.tx
+                .send(report::report(*seq, period, &mut self.rng))
+                .await
+                .map_err(|_| ())?;
+            *sent = now;
+            Stats::add(&self.stats.resent, 1);
+        }
+        Ok(())
+    }
+
     /// Waits for the run, sends reports until it stops, then waits for the acks.
     async fn follow(&mut self, mut phase: watch::Receiver<Phase>) -> Result<(), String> {
         loop {

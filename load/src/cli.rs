@@ -68,6 +68,14 @@ pub struct Cli {
     /// How long to wait after the run for outstanding acks.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+    /// Reopen a lost stream as the real agent does: the same VM and run, after gRPC's
+    /// connection backoff (1 s, then × 1.6 with ±20 % jitter, at most 120 s), on a new
+    /// connection, sending its un-acknowledged reports again first. A simulated agent
+    /// sends no new report while its stream is down. The summary then tells when the
+    /// streams came back and how far apart. Without it a lost stream is an error and
+    /// its agent stops.
+    #[arg(long)]
+    pub reconnect: bool,
 }
 
 impl Cli {
@@ -114,6 +122,16 @@ impl Cli {
     pub fn connections(&self) -> usize {
         self.agents.div_ceil(self.streams_per_connection)
     }
+
+    /// Sockets open at once at most: with `--reconnect` every reopened stream has a
+    /// connection of its own while the shared ones may still be open.
+    pub fn sockets(&self) -> usize {
+        if self.reconnect {
+            self.connections() + self.agents
+        } else {
+            self.connections()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +149,21 @@ mod tests {
         let cli = parse(&["--agents", "33", "--streams-per-connection", "16"]).unwrap();
         assert_eq!(cli.connections(), 3);
         assert_eq!(parse(&["--agents", "5"]).unwrap().connections(), 5);
+    }
+
+    #[test]
+    fn reconnecting_agents_need_a_socket_each_on_top() {
+        let cli = parse(&["--agents", "32", "--streams-per-connection", "16"]).unwrap();
+        assert_eq!(cli.sockets(), 2);
+        let cli = parse(&[
+            "--agents",
+            "32",
+            "--streams-per-connection",
+            "16",
+            "--reconnect",
+        ])
+        .unwrap();
+        assert_eq!(cli.sockets(), 34);
     }
 
     #[test]

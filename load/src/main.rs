@@ -4,6 +4,8 @@
 //! and then reports filled as the real agent fills them, at a fixed rate or as fast
 //! as acknowledgements allow, and measures the time from each report to the ack that
 //! covers it. Agents share HTTP/2 connections `--streams-per-connection` at a time.
+//! With `--reconnect` a lost stream is reopened after the real agent's backoff, and
+//! the summary tells how the reconnections spread out.
 //! At the end it prints reports/s, ack latency percentiles, errors, and the
 //! collector's CPU and memory over the run.
 //!
@@ -51,7 +53,7 @@ const SPARE_FDS: u64 = 64;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.check()?;
-    raise_fd_limit(cli.connections() as u64 + SPARE_FDS)?;
+    raise_fd_limit(cli.sockets() as u64 + SPARE_FDS)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,6 +98,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Summary> {
         window: cli.window,
         open_timeout: cli.open_timeout,
         drain: cli.drain,
+        reconnect: cli.reconnect,
     });
     let endpoint = Endpoint::from_shared(cli.collector.clone())
         .context("--collector is not a URL")?
@@ -107,6 +110,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Summary> {
         stats: Arc::clone(&stats),
         phase: phase_rx,
         opening: Arc::new(Semaphore::new(OPENING_AT_ONCE)),
+        endpoint: endpoint.clone(),
     };
 
     let opening_started = Instant::now();

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -30,7 +30,14 @@ pub struct Stats {
     pub acked: AtomicU64,
     /// Reports still un-acknowledged when their agent stopped waiting.
     pub unacked: AtomicU64,
+    /// Streams lost and to be reopened (`--reconnect`).
+    pub lost_streams: AtomicU64,
+    /// Attempts to reopen a lost stream, successful or not.
+    pub reconnect_attempts: AtomicU64,
+    /// Un-acknowledged reports sent again on a reopened stream.
+    pub resent: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    reconnects: Mutex<Vec<Reconnect>>,
     latencies: Vec<Mutex<Histogram<u64>>>,
 }
 
@@ -47,7 +54,11 @@ impl Stats {
             acks: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             unacked: AtomicU64::new(0),
+            lost_streams: AtomicU64::new(0),
+            reconnect_attempts: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
+            reconnects: Mutex::new(Vec::new()),
             latencies,
         })
     }
@@ -65,6 +76,22 @@ impl Stats {
     /// Errors so far, by kind.
     pub fn errors(&self) -> BTreeMap<String, u64> {
         self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records a reopened stream.
+    pub fn reconnected(&self, reconnect: Reconnect) {
+        self.reconnects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(reconnect);
+    }
+
+    /// Every reopened stream so far.
+    pub fn reconnects(&self) -> Vec<Reconnect> {
+        self.reconnects
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -102,6 +129,15 @@ impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// One lost stream opened again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reconnect {
+    /// When the stream was open again (the collector accepted its `Hello`).
+    pub at: SystemTime,
+    /// How long after the stream was lost.
+    pub after: Duration,
 }
 
 /// Ack latency percentiles, in milliseconds.

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::cli::Cli;
 use crate::report;
-use crate::stats::{Latency, Stats};
+use crate::stats::{Latency, Reconnect, Stats};
 use crate::usage::{Reading, Usage};
 
 /// What a run measured.
@@ -46,6 +46,8 @@ pub struct Summary {
     pub ack_latency: Latency,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Lost streams and how they came back (`--reconnect`).
+    pub reconnects: Option<Reconnects>,
     /// The collector's CPU and memory over the run (with `--collector-pid`).
     pub collector: Option<Usage>,
     /// This generator's own CPU and memory over the run.
@@ -85,8 +87,84 @@ impl Summary {
             reports_unacked: Stats::get(&stats.unacked),
             ack_latency: stats.latency(),
             errors: stats.errors(),
+            reconnects: cli.reconnect.then(|| Reconnects::new(stats)),
             collector: collector.map(|(before, after)| Usage::between(before, after)),
             generator: Usage::between(generator.0, generator.1),
+        }
+    }
+}
+
+/// Lost streams reopened with `--reconnect`, and how the reopenings spread out in
+/// time: a fleet that lost its collector at once should not come back at once.
+#[derive(Debug, Serialize)]
+pub struct Reconnects {
+    /// Streams lost while the run went on.
+    pub streams_lost: u64,
+    /// Attempts to reopen one, successful or not.
+    pub attempts: u64,
+    /// Streams reopened.
+    pub reopened: u64,
+    /// Un-acknowledged reports sent again on reopened streams.
+    pub reports_resent: u64,
+    /// When each stream was reopened, seconds after the first one: p10, p50, p90, max.
+    pub spread_seconds: Percentiles,
+    /// How long each stream was down, in seconds.
+    pub down_seconds: Percentiles,
+    /// When each stream was reopened, Unix time in seconds, in order.
+    pub reopened_at_unix_seconds: Vec<f64>,
+}
+
+/// p10, p50, p90 and the maximum of some figures (0 when there are none).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// 10th percentile.
+    pub p10: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Of `values`, nearest-rank.
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len().max(1));
+            values.get(rank - 1).copied().unwrap_or(0.0)
+        };
+        Self {
+            p10: at(0.1),
+            p50: at(0.5),
+            p90: at(0.9),
+            max: values.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
+impl Reconnects {
+    fn new(stats: &Stats) -> Self {
+        let reconnects = stats.reconnects();
+        let unix = |r: &Reconnect| {
+            r.at.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        let mut at: Vec<f64> = reconnects.iter().map(unix).collect();
+        at.sort_by(f64::total_cmp);
+        let first = at.first().copied().unwrap_or(0.0);
+        Self {
+            streams_lost: Stats::get(&stats.lost_streams),
+            attempts: Stats::get(&stats.reconnect_attempts),
+            reopened: reconnects.len() as u64,
+            reports_resent: Stats::get(&stats.resent),
+            spread_seconds: Percentiles::of(at.iter().map(|t| t - first).collect()),
+            down_seconds: Percentiles::of(
+                reconnects.iter().map(|r| r.after.as_secs_f64()).collect(),
+            ),
+            reopened_at_unix_seconds: at,
         }
     }
 }
@@ -145,9 +223,44 @@ impl fmt::Display for Summary {
         for (kind, n) in &self.errors {
             writeln!(f, "errors     {n} × {kind}")?;
         }
+        if let Some(r) = &self.reconnects {
+            writeln!(
+                f,
+                "reconnect  {} streams lost, {} reopened after {} attempts, {} reports sent again",
+                r.streams_lost, r.reopened, r.attempts, r.reports_resent
+            )?;
+            let (s, d) = (&r.spread_seconds, &r.down_seconds);
+            writeln!(
+                f,
+                "reconnect  spread after the first: p10 {:.2} s, p50 {:.2} s, p90 {:.2} s, max {:.2} s; down p50 {:.2} s, max {:.2} s",
+                s.p10, s.p50, s.p90, s.max, d.p50, d.max
+            )?;
+        }
         if let Some(c) = &self.collector {
             usage(f, "collector", c)?;
         }
         usage(f, "generator", &self.generator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank_and_zero_when_empty() {
+        let p = Percentiles::of((1..=100).map(f64::from).rev().collect());
+        assert_eq!(
+            p,
+            Percentiles {
+                p10: 10.0,
+                p50: 50.0,
+                p90: 90.0,
+                max: 100.0
+            }
+        );
+        let none = Percentiles::of(Vec::new());
+        assert_eq!(none.max, 0.0);
+        assert_eq!(none.p50, 0.0);
     }
 }

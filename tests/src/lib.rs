@@ -7,11 +7,15 @@
 //! - [`command`]: runs an external command to completion, bounded in time.
 //! - [`debian_root`]: a clean Debian 12 root from a cached `debootstrap` tarball.
 //! - [`fuzz`]: one function per fuzz target, shared by `fuzz/` and the corpus replay.
+//! - [`ledger`]: what a collector says it applied (its accept log lines, its
+//!   `/metrics` samples), for the tests that account for every report.
 //! - [`nspawn`]: Debian roots booted with systemd as PID 1 (`systemd-nspawn`) on a
 //!   network of the test's own (network namespaces joined by a veth pair), and test
 //!   hosts linked to this machine (for what must come from a non-loopback address).
 //! - [`packages`]: the `.deb`s `scripts/package` built.
 //! - [`prometheus`]: a real Prometheus server scraping one job.
+//! - [`proxy`]: a TCP proxy that delays, resets, stalls or cuts connections (a bad
+//!   network, as this kernel has no netem), listening on loopback or in a namespace.
 //! - [`process`]: a child process that is killed when dropped, with its log on disk.
 //! - [`rally`]: starts a collector or an agent from a config written by the test.
 //! - [`tool`]: requires an external program (promtool, nginx, ...): a missing one is
@@ -25,10 +29,12 @@ pub mod bin;
 pub mod command;
 pub mod debian_root;
 pub mod fuzz;
+pub mod ledger;
 pub mod nspawn;
 pub mod packages;
 pub mod process;
 pub mod prometheus;
+pub mod proxy;
 pub mod rally;
 pub mod raw;
 pub mod tool;

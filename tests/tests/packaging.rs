@@ -22,8 +22,11 @@ use std::process::Command;
 
 /// The two packages and their subcommands (one man page each).
 const PACKAGES: [(&str, &[&str]); 2] = [
-    ("rally-agent", &["run", "check-config", "sample"]),
-    ("rally-collector", &["run", "check-config", "demo"]),
+    ("rally-agent", &["run", "check-config", "sample", "status"]),
+    (
+        "rally-collector",
+        &["run", "check-config", "demo", "status", "vms"],
+    ),
 ];
 
 /// Unpacks a package's files into `dir` (`dpkg-deb -x`).
@@ -175,6 +178,32 @@ fn packages_ship_units_conffiles_and_a_man_page_per_subcommand() {
                 .unwrap(),
             "{package}: the shipped conffile differs from packaging/{short}/{short}.toml: rebuild with scripts/package"
         );
+
+        if package == "rally-collector" {
+            // The Prometheus rules and the Grafana dashboard, as packaging/ has them.
+            for (installed, source) in [
+                (
+                    "usr/share/rally/rally.rules.yml",
+                    "packaging/prometheus/rally.rules.yml",
+                ),
+                (
+                    "usr/share/rally/grafana/rally.json",
+                    "packaging/grafana/rally.json",
+                ),
+                (
+                    "usr/share/doc/rally-collector/prometheus.md",
+                    "docs/prometheus.md",
+                ),
+            ] {
+                let shipped = fs::read(dir.path().join(installed))
+                    .unwrap_or_else(|e| panic!("{package} does not ship /{installed}: {e}"));
+                assert_eq!(
+                    shipped,
+                    fs::read(workspace_root().join(source)).unwrap(),
+                    "{package}: /{installed} differs from {source}: rebuild with scripts/package"
+                );
+            }
+        }
 
         let control = tempfile::tempdir().unwrap();
         run_ok(

@@ -96,6 +96,28 @@ async fn two_agents_appear_in_api_and_metrics() {
             .unwrap()
             .as_secs_f64();
         assert!((now - ts).abs() < 60.0, "last report {ts} vs now {now}");
+
+        // The root filesystem as `stat -f /` sees it (statvfs, like df): size and inodes
+        // do not move while the test runs; free space may, so only its range is checked.
+        let root = [("vm", id), ("mountpoint", "/")];
+        let size = sample(&metrics, "rally_vm_filesystem_size_bytes", &root).expect("fs size");
+        let files = sample(&metrics, "rally_vm_filesystem_files", &root).expect("fs inodes");
+        let free = sample(&metrics, "rally_vm_filesystem_free_bytes", &root).expect("fs free");
+        let avail = sample(&metrics, "rally_vm_filesystem_avail_bytes", &root).expect("fs avail");
+        let stat = Command::new("stat")
+            .args(["-f", "-c", "%b %S %c", "/"])
+            .output()
+            .unwrap();
+        let stat: Vec<f64> = String::from_utf8_lossy(&stat.stdout)
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect();
+        assert_eq!(size, stat[0] * stat[1], "{id}: / size vs stat -f");
+        assert_eq!(files, stat[2], "{id}: / inodes vs stat -f");
+        assert!(
+            avail <= free && free <= size,
+            "{id}: avail {avail} free {free} size {size}"
+        );
     }
     assert!(sample(&metrics, "rally_collector_reports_total", &[]).expect("reports") >= 4.0);
 
@@ -198,21 +220,22 @@ async fn collector_restart_loses_no_report() {
         let second = after
             .get(key)
             .unwrap_or_else(|| panic!("{key:?} missing after restart"));
+        // Each process applies each report once, in order.
+        for seqs in [first, second] {
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "{key:?}: out of order or twice in one process: {seqs:?}"
+            );
+        }
+        // Nothing lost: together they are the run from seq 1 without a gap.
         let mut all: Vec<u64> = first.iter().chain(second).copied().collect();
-        let count = all.len();
         all.sort_unstable();
         all.dedup();
-        assert_eq!(
-            all.len(),
-            count,
-            "{key:?}: a report was counted twice: {first:?} + {second:?}"
-        );
         assert_eq!(all[0], 1, "{key:?}: the run starts at seq 1");
         let expected: Vec<u64> = (1..=*all.last().unwrap()).collect();
         assert_eq!(all, expected, "{key:?}: a gap: {first:?} + {second:?}");
-        assert!(
-            second.first().copied() == Some(*first.last().unwrap() + 1),
-            "{key:?}: the restarted collector continues where the first stopped"
-        );
+        // Across the SIGKILL the restarted collector may apply again the killed one's
+        // last reports, applied but not yet acknowledged (docs/protocol.md, "Delivery");
+        // tests/tests/faults_restart.rs accounts for them under 50 agents.
     }
 }

@@ -6,7 +6,8 @@
 //! Checked there: both units become `active (running)` through `Type=notify`; the
 //! agent reaches the collector on the other host; `systemctl reload
 //! rally-collector` applies a new configuration without dropping the agent's
-//! stream; a SIGKILLed collector is restarted by systemd (`Restart=on-failure`) and
+//! stream; `rally-agent status` reaches the agent on its socket in the unit's runtime
+//! directory; a SIGKILLed collector is restarted by systemd (`Restart=on-failure`) and
 //! the agent reconnects; the hardening leaves both daemons working (no permission
 //! error in their journals).
 //!
@@ -262,6 +263,15 @@ fn packaged_units_run_reload_and_restart_under_systemd_across_two_hosts() {
         connected[0].contains(&format!("peer={AGENT_HOST}:")),
         "the stream comes from the agent host's address: {}",
         connected[0]
+    );
+    // `rally-agent status` reaches the sandboxed agent on its socket in the unit's
+    // RuntimeDirectory, and hears it is connected.
+    let status = agent_host.run(&["rally-agent", "status"]);
+    assert!(
+        status.contains(&format!(
+            "collector http://{COLLECTOR_HOST}:9470: connected for "
+        )),
+        "{status}"
     );
     // The collector writes its state where the sandbox lets it.
     collector_host.run(&["test", "-s", "/var/lib/rally/collector.sqlite3"]);

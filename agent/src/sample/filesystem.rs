@@ -1,103 +1,178 @@
-//! Space on real (non-virtual) mounted filesystems, through `sysinfo::Disks`.
+//! Space and inodes of the real mounted filesystems: the mount table from
+//! `/proc/mounts` (through `procfs`), then one `statvfs` per mount kept.
 //!
-//! sysinfo reads the mount table and calls `statvfs`, which needs no parsing of ours;
-//! it already skips pseudo filesystems (proc, sysfs, cgroup, tmpfs, ...) and network
-//! ones whose `statvfs` could hang (NFS, CIFS). What is left is filtered once more
-//! here for the virtual types it lets through. It reads the host's own mount table, so
-//! this signal ignores the configured root.
+//! Which types are skipped is configurable (`filesystem_exclude_types`); the default
+//! list holds the pseudo and in-memory types (proc, sysfs, cgroup, tmpfs, ...) and the
+//! network ones, whose `statvfs` can hang on a lost server. It reads the host's own
+//! mount table, so this signal ignores the configured root.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sysinfo::{DiskRefreshKind, Disks};
 
 use super::SampleError;
 
-/// Filesystem types that hold no data of the VM's own disks.
-const VIRTUAL_TYPES: [&str; 18] = [
+/// Filesystem types skipped unless configured otherwise: no data of the VM's own
+/// disks, or (network filesystems) a `statvfs` that may block the sampling loop. An
+/// entry ending in `*` matches every type with that prefix.
+pub const DEFAULT_EXCLUDED_TYPES: [&str; 31] = [
     "autofs",
     "binfmt_misc",
     "bpf",
+    "cgroup*",
     "configfs",
     "debugfs",
     "devpts",
     "devtmpfs",
     "efivarfs",
+    "fuse.*",
     "fusectl",
+    "hugetlbfs",
+    "mqueue",
     "nsfs",
     "overlay",
     "proc",
+    "pstore",
     "ramfs",
+    "rpc_pipefs",
     "securityfs",
     "squashfs",
     "sysfs",
     "tmpfs",
     "tracefs",
+    // Network filesystems.
+    "9p",
+    "ceph",
+    "cifs",
+    "glusterfs",
+    "nfs*",
+    "smb3",
+    "smbfs",
 ];
 
-/// Space on one mounted filesystem.
+/// Space and inodes of one mounted filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FilesystemSpace {
     /// Where it is mounted.
     pub mount_point: String,
     /// Its type (e.g. `ext4`).
     pub fs_type: String,
+    /// What is mounted (e.g. `/dev/vda1`).
+    pub device: String,
     /// Size, in bytes.
     pub total_bytes: u64,
     /// Space an unprivileged user can still use, in bytes.
     pub available_bytes: u64,
+    /// Free space, including the blocks reserved for root, in bytes.
+    pub free_bytes: u64,
+    /// Inodes in all (0 where the filesystem has no fixed count, as btrfs).
+    pub files: u64,
+    /// Free inodes.
+    pub files_free: u64,
 }
 
-/// Whether a filesystem type stores real data (not a pseudo or in-memory filesystem).
-pub fn is_real(fs_type: &str) -> bool {
-    !(VIRTUAL_TYPES.contains(&fs_type)
-        || fs_type.starts_with("cgroup")
-        || fs_type.starts_with("fuse."))
+/// Which filesystem types are skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeFilter {
+    excluded: Vec<String>,
 }
 
-/// Keeps the real filesystems of a mount table, one per mount point (the last mounted
-/// one, which hides the others), skipping empty ones; sorted by mount point.
-pub fn select(mounts: impl IntoIterator<Item = FilesystemSpace>) -> Vec<FilesystemSpace> {
+impl Default for TypeFilter {
+    fn default() -> Self {
+        Self::excluding(DEFAULT_EXCLUDED_TYPES.iter().map(|t| (*t).to_owned()))
+    }
+}
+
+impl TypeFilter {
+    /// Skips these types (an entry ending in `*` is a prefix).
+    pub fn excluding(types: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            excluded: types.into_iter().collect(),
+        }
+    }
+
+    /// Whether a filesystem of this type is measured.
+    pub fn keeps(&self, fs_type: &str) -> bool {
+        !self.excluded.iter().any(|e| match e.strip_suffix('*') {
+            Some(prefix) => fs_type.starts_with(prefix),
+            None => fs_type == e,
+        })
+    }
+}
+
+/// One line of the mount table, as much of it as the sampler needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// What is mounted.
+    pub device: String,
+    /// Where.
+    pub mount_point: String,
+    /// The filesystem type.
+    pub fs_type: String,
+}
+
+/// The mounts to measure: kept types, one per mount point (the last mounted one, which
+/// hides the others); sorted by mount point.
+pub fn select(mounts: impl IntoIterator<Item = Mount>, filter: &TypeFilter) -> Vec<Mount> {
     let mut by_mount_point = BTreeMap::new();
-    for fs in mounts {
-        if is_real(&fs.fs_type) && fs.total_bytes > 0 {
-            by_mount_point.insert(fs.mount_point.clone(), fs);
+    for m in mounts {
+        if filter.keeps(&m.fs_type) {
+            by_mount_point.insert(m.mount_point.clone(), m);
         }
     }
     by_mount_point.into_values().collect()
 }
 
-/// Reads filesystem space; keeps sysinfo's list between samples.
-#[derive(Default)]
+/// Space and inodes from a `statvfs` answer; `None` for an empty filesystem.
+fn measure(mount: Mount, st: &rustix::fs::StatVfs) -> Option<FilesystemSpace> {
+    let block = st.f_frsize.max(1);
+    let total_bytes = st.f_blocks.saturating_mul(block);
+    (total_bytes > 0).then(|| FilesystemSpace {
+        mount_point: mount.mount_point,
+        fs_type: mount.fs_type,
+        device: mount.device,
+        total_bytes,
+        available_bytes: st.f_bavail.saturating_mul(block),
+        free_bytes: st.f_bfree.saturating_mul(block),
+        files: st.f_files,
+        files_free: st.f_ffree,
+    })
+}
+
+/// Reads filesystem space and inodes.
+#[derive(Debug, Default)]
 pub struct FilesystemSampler {
-    /// Created on first use, and again after a failure.
-    disks: Option<Disks>,
+    filter: TypeFilter,
 }
 
 impl FilesystemSampler {
-    /// A sampler whose list is filled by the first `sample`.
+    /// A sampler skipping the default types.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The real filesystems mounted now.
+    /// A sampler skipping the given types.
+    pub fn with_filter(filter: TypeFilter) -> Self {
+        Self { filter }
+    }
+
+    /// The kept filesystems mounted now. A mount whose `statvfs` fails (unmounted
+    /// meanwhile, or not readable by the agent) is left out, not an error.
     pub fn sample(&mut self) -> Result<Vec<FilesystemSpace>, SampleError> {
-        let disks = match &mut self.disks {
-            Some(disks) => disks,
-            None => {
-                let disks =
-                    Disks::new().map_err(|e| SampleError::format("mounts", e.to_string()))?;
-                self.disks.insert(disks)
-            }
-        };
-        // Only sizes: no device kind (sysfs walks) and no I/O counters (disk.rs has them).
-        disks.refresh_specifics(true, DiskRefreshKind::nothing().with_storage());
-        Ok(select(disks.iter().map(|d| FilesystemSpace {
-            mount_point: d.mount_point().to_string_lossy().into_owned(),
-            fs_type: d.file_system().to_string_lossy().into_owned(),
-            total_bytes: d.total_space(),
-            available_bytes: d.available_space(),
-        })))
+        let table =
+            procfs::mounts().map_err(|e| SampleError::format("/proc/mounts", e.to_string()))?;
+        let mounts = table.into_iter().map(|m| Mount {
+            device: m.fs_spec,
+            mount_point: m.fs_file,
+            fs_type: m.fs_vfstype,
+        });
+        Ok(select(mounts, &self.filter)
+            .into_iter()
+            .filter_map(|m| {
+                let st = rustix::fs::statvfs(m.mount_point.as_str()).ok()?;
+                measure(m, &st)
+            })
+            .collect())
     }
 }
 
@@ -105,49 +180,76 @@ impl FilesystemSampler {
 mod tests {
     use super::*;
 
-    fn fs(mount_point: &str, fs_type: &str, total: u64) -> FilesystemSpace {
-        FilesystemSpace {
+    fn mount(mount_point: &str, fs_type: &str) -> Mount {
+        Mount {
+            device: format!("dev-{mount_point}"),
             mount_point: mount_point.into(),
             fs_type: fs_type.into(),
-            total_bytes: total,
-            available_bytes: total / 2,
         }
+    }
+
+    fn mount_points(v: &[Mount]) -> Vec<&str> {
+        v.iter().map(|m| m.mount_point.as_str()).collect()
     }
 
     #[test]
     fn keeps_real_filesystems_sorted() {
-        let v = select([
-            fs("/var", "xfs", 10),
-            fs("/", "ext4", 100),
-            fs("/dev/shm", "tmpfs", 50),
-            fs("/var/lib/docker/overlay2/x/merged", "overlay", 100),
-            fs("/sys/fs/cgroup/unified", "cgroup2", 1),
-            fs("/var/lib/lxcfs", "fuse.lxcfs", 1),
-            fs("/snap/core/1", "squashfs", 1),
-            fs("/boot/efi", "vfat", 5),
-        ]);
-        let mounts: Vec<&str> = v.iter().map(|f| f.mount_point.as_str()).collect();
-        assert_eq!(mounts, vec!["/", "/boot/efi", "/var"]);
+        let v = select(
+            [
+                mount("/var", "xfs"),
+                mount("/", "ext4"),
+                mount("/dev/shm", "tmpfs"),
+                mount("/var/lib/docker/overlay2/x/merged", "overlay"),
+                mount("/sys/fs/cgroup/unified", "cgroup2"),
+                mount("/var/lib/lxcfs", "fuse.lxcfs"),
+                mount("/snap/core/1", "squashfs"),
+                mount("/mnt/share", "nfs4"),
+                mount("/boot/efi", "vfat"),
+            ],
+            &TypeFilter::default(),
+        );
+        assert_eq!(mount_points(&v), vec!["/", "/boot/efi", "/var"]);
     }
 
     #[test]
-    fn the_last_mount_on_a_mount_point_wins_and_empty_ones_are_skipped() {
-        let v = select([
-            fs("/data", "ext4", 10),
-            fs("/data", "xfs", 20),
-            fs("/empty", "ext4", 0),
-        ]);
-        assert_eq!(v, vec![fs("/data", "xfs", 20)]);
+    fn the_exclusions_are_configurable() {
+        let filter = TypeFilter::excluding(["vfat".to_owned(), "ext*".to_owned()]);
+        let v = select(
+            [
+                mount("/", "ext4"),
+                mount("/boot/efi", "vfat"),
+                mount("/mnt/share", "nfs4"),
+                mount("/run", "tmpfs"),
+            ],
+            &filter,
+        );
+        assert_eq!(mount_points(&v), vec!["/mnt/share", "/run"]);
     }
 
     #[test]
-    fn the_root_filesystem_of_this_machine_is_seen() {
+    fn the_last_mount_on_a_mount_point_wins() {
+        let v = select(
+            [mount("/data", "ext4"), mount("/data", "xfs")],
+            &TypeFilter::default(),
+        );
+        assert_eq!(v, vec![mount("/data", "xfs")]);
+    }
+
+    #[test]
+    fn the_root_filesystem_of_this_machine_is_measured_like_df() {
         let v = FilesystemSampler::new().sample().unwrap();
         let root = v
             .iter()
             .find(|f| f.mount_point == "/")
             .expect("/ is mounted");
-        assert!(root.total_bytes > 0 && root.available_bytes <= root.total_bytes);
-        assert!(v.iter().all(|f| is_real(&f.fs_type)));
+        assert!(root.total_bytes > 0);
+        assert!(root.available_bytes <= root.free_bytes && root.free_bytes <= root.total_bytes);
+        assert!(root.files_free <= root.files);
+        assert!(!root.device.is_empty());
+        let filter = TypeFilter::default();
+        assert!(v.iter().all(|f| filter.keeps(&f.fs_type)));
+        // The same figures as statvfs(3) gives `df`.
+        let st = rustix::fs::statvfs("/").unwrap();
+        assert_eq!(root.total_bytes, st.f_blocks * st.f_frsize);
     }
 }

@@ -300,6 +300,12 @@ impl Sampler {
         }
     }
 
+    /// The same sampler, measuring only the filesystems `filter` keeps.
+    pub fn with_filesystem_filter(mut self, filter: filesystem::TypeFilter) -> Self {
+        self.filesystems = filesystem::FilesystemSampler::with_filter(filter);
+        self
+    }
+
     /// Takes one sample. Shares and rates cover the time since the previous call; the
     /// first call only primes the counters, so its sample has none.
     pub fn sample(&mut self) -> Sample {

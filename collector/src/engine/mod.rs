@@ -58,8 +58,8 @@ pub use handle::EngineHandle;
 use handle::{Order, with_store};
 pub use stats::{EngineStats, RequestLabels};
 pub use status::{
-    DecisionBrief, DecisionRecord, GroupStatus, InFlight, RuleHeld, RuleStatus, SkipNote, outcome,
-    outcome_text, skip_kind,
+    DecisionBrief, DecisionRecord, GroupStatus, InFlight, MemberNow, RuleHeld, RuleReading,
+    RuleStatus, SkipNote, members_now, outcome, outcome_text, skip_kind,
 };
 
 use crate::request::{Verdict, verify_window};

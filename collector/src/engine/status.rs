@@ -8,7 +8,7 @@ use crate::request::Attempt;
 use crate::store::{StoredDecision, Verification};
 use rally_policy::decision::{Decision, Direction, PauseReason, Skip, SkipReason};
 use rally_policy::ladder::Size;
-use rally_policy::{GroupState, Metric, Policy, Rung, Timestamp, Window};
+use rally_policy::{GroupState, Ladder, Metric, MetricView, Policy, Rung, Timestamp, Window};
 
 /// A resize waiting for verification, as shown by the API and the status page.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -216,6 +216,97 @@ pub fn policy_status(policy: Option<&Policy>, state: &GroupState) -> (Vec<Rung>,
         })
         .collect();
     (policy.ladder.rungs().to_vec(), rules)
+}
+
+/// One member of a group as it reads now: its rung and what each of the group's rules
+/// reads on it. The status page, `/api/v1/vms`, `/api/v1/groups` and `/metrics` all show
+/// these figures, computed by [`members_now`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberNow {
+    /// The VM.
+    pub vm: String,
+    /// The rung its reported size matches (`None`: no size reported yet, or no rung fits).
+    pub rung: Option<String>,
+    /// That rung's position on the ladder, 0 being the smallest.
+    pub rung_index: Option<usize>,
+    /// Each of the group's rules, in the order of its `[[groups.rules]]`.
+    pub rules: Vec<RuleReading>,
+}
+
+/// One rule on one member, now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleReading {
+    /// The rule's position in the group's `[[groups.rules]]`, 0 being the first.
+    pub rule: usize,
+    /// The metric watched.
+    pub metric: Metric,
+    /// The span read (`last`, `1m`, `5m`).
+    pub window: Window,
+    /// `>=` or `<=`: how the value compares to the threshold when the rule holds.
+    pub comparison: &'static str,
+    /// Value at which the rule starts holding.
+    pub threshold: f64,
+    /// How long it must hold before it fires, seconds.
+    pub for_seconds: u64,
+    /// What the rule reads now, as the engine reads it (a window counts only when
+    /// complete); `None`: the metric is absent.
+    pub value: Option<f64>,
+    /// Seconds the rule has held without interruption (`None`: not holding).
+    pub held_seconds: Option<f64>,
+    /// The rule fired and has not cleared yet.
+    pub firing: bool,
+}
+
+/// Each member of `group` at `now`: the rung its size reported through `view` matches,
+/// and every rule's value, threshold and time held.
+pub fn members_now(group: &GroupStatus, view: &impl MetricView, now: Timestamp) -> Vec<MemberNow> {
+    let ladder = Ladder::new(group.ladder.clone(), None, None).ok();
+    group
+        .members
+        .iter()
+        .map(|vm| {
+            let rung_index = ladder.as_ref().and_then(|ladder| {
+                let size = view.reported_size(vm)?;
+                ladder.locate(size.vcpus, size.memory_total_bytes)
+            });
+            let rules = group
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, rule)| {
+                    let value = match rule.window.duration() {
+                        None => view.latest(vm, rule.metric).map(|o| o.value),
+                        Some(d) => view
+                            .mean(vm, rule.metric, d)
+                            .filter(|s| s.complete)
+                            .map(|s| s.value),
+                    };
+                    let held = rule.held.iter().find(|h| &h.vm == vm);
+                    RuleReading {
+                        rule: i,
+                        metric: rule.metric,
+                        window: rule.window,
+                        comparison: rule.comparison,
+                        threshold: rule.threshold,
+                        for_seconds: rule.for_seconds,
+                        value,
+                        held_seconds: held
+                            .and_then(|h| h.since)
+                            .map(|since| (now - since).num_milliseconds().max(0) as f64 / 1000.0),
+                        firing: held.is_some_and(|h| h.firing),
+                    }
+                })
+                .collect();
+            MemberNow {
+                vm: vm.clone(),
+                rung: rung_index
+                    .and_then(|i| group.ladder.get(i))
+                    .map(|r| r.name.clone()),
+                rung_index,
+                rules,
+            }
+        })
+        .collect()
 }
 
 /// A decision with everything recorded about it (the `/api/v1/decisions` rows).

@@ -150,6 +150,10 @@ pub struct DiskIo {
     pub write_bytes_per_second: f64,
     /// Share of the interval the device was busy (0..1).
     pub busy_ratio: f64,
+    /// Reads completed per second (`None` from agents that do not count them).
+    pub reads_per_second: Option<f64>,
+    /// Writes completed per second (`None` from agents that do not count them).
+    pub writes_per_second: Option<f64>,
 }
 
 /// Space on one filesystem.
@@ -163,6 +167,14 @@ pub struct Filesystem {
     pub total_bytes: u64,
     /// Bytes available to unprivileged users.
     pub available_bytes: u64,
+    /// What is mounted (empty from older agents).
+    pub device: String,
+    /// Free bytes, root's reserve included (`None` from older agents).
+    pub free_bytes: Option<u64>,
+    /// Inodes in all (`None` from older agents).
+    pub files: Option<u64>,
+    /// Free inodes (`None` from older agents).
+    pub files_free: Option<u64>,
 }
 
 /// One checked sample of a VM.

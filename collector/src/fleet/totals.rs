@@ -41,6 +41,10 @@ pub struct DiskTotals {
     pub written_bytes: f64,
     /// Seconds the device was busy.
     pub io_seconds: f64,
+    /// Reads completed.
+    pub reads: f64,
+    /// Writes completed.
+    pub writes: f64,
 }
 
 /// CPU seconds by mode, all vCPUs together.
@@ -133,6 +137,8 @@ impl Totals {
                 add(&mut t.read_bytes, d.read_bytes_per_second * secs);
                 add(&mut t.written_bytes, d.write_bytes_per_second * secs);
                 add(&mut t.io_seconds, d.busy_ratio * secs);
+                add(&mut t.reads, d.reads_per_second.unwrap_or(0.0) * secs);
+                add(&mut t.writes, d.writes_per_second.unwrap_or(0.0) * secs);
             }
         }
         if let (Some(cpu), Some(vcpus)) = (&report.cpu, vcpus) {
@@ -213,6 +219,8 @@ mod tests {
                 read_bytes_per_second: 4096.0,
                 write_bytes_per_second: f64::NAN,
                 busy_ratio: 0.2,
+                reads_per_second: Some(3.0),
+                writes_per_second: None,
             }],
             filesystems: vec![],
             dropped: 0,
@@ -268,6 +276,9 @@ mod tests {
         // A NaN rate adds nothing: the counter never falls or poisons.
         assert_eq!(vda.written_bytes, 0.0);
         assert!((vda.io_seconds - 2.0).abs() < 1e-9);
+        assert_eq!(vda.reads, 30.0);
+        // An older agent sends no write count: nothing is added, nothing is invented.
+        assert_eq!(vda.writes, 0.0);
         let cpu = t.cpu.unwrap();
         // 0.5 share × 5 s × 2 vCPUs × 2 reports.
         assert_eq!(cpu.user, 10.0);

@@ -1,9 +1,17 @@
-//! Time windows of one VM's metrics: the raw recent samples (≥ 5 min) and 1-minute
-//! buckets (24 h), both bounded rings, and the queries the policy engine asks of them.
+//! Time windows of one VM's metrics: the raw recent samples (≥ 5 min) and 24 h of
+//! 1-minute means, and the queries the policy engine asks of them.
 //!
 //! Every query takes a [`TimeRange`] `(start, end]`. A range the raw ring still holds
 //! in full is answered from the raw samples (exact); an older or longer one from the
-//! 1-minute buckets that overlap it (whole minutes).
+//! 1-minute means that overlap it (whole minutes).
+//!
+//! # Memory
+//!
+//! What a VM costs is mostly its history, so it is kept compact: only the metrics a
+//! policy reads have one ([`Metric::history`]), each in a ring of [`BUCKET_MINUTES`]
+//! slots allocated once, at its first value, two bytes a minute for a ratio and four
+//! for other figures. The raw ring grows by an eighth at a time, so it settles just
+//! above what the agent's interval fills in [`RAW_RETENTION`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
@@ -203,44 +211,242 @@ impl TimeRange {
     }
 }
 
+/// How a metric's 1-minute means are kept for 24 h (see [`Metric::history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    /// A ratio in 0..1, as a `u16` in steps of 1/60 000 (2 bytes a minute). Values
+    /// with up to four decimals come back exactly.
+    Ratio,
+    /// A figure of any size (requests per second, seconds, a queue length), as an
+    /// `f32` (4 bytes a minute).
+    Magnitude,
+}
+
+impl Metric {
+    /// How this metric's 1-minute means are kept for 24 h, or `None` when only its
+    /// raw samples are (ranges beyond [`RAW_RETENTION`] then have no value). The
+    /// metrics with a history are exactly those a policy reads (the status page's
+    /// charts are among them): they are the ones read over hours.
+    pub fn history(self) -> Option<History> {
+        match self {
+            Metric::CpuUtilization
+            | Metric::MemoryUsedRatio
+            | Metric::PsiCpuSomeAvg10
+            | Metric::PsiMemorySomeAvg10
+            | Metric::ServerErrorRatio => Some(History::Ratio),
+            Metric::RequestsPerSecond
+            | Metric::RequestsPerSecondPerVcpu
+            | Metric::LatencyP95Seconds
+            | Metric::PhpFpmListenQueue => Some(History::Magnitude),
+            Metric::CpuSteal
+            | Metric::CpuIowait
+            | Metric::MemoryAvailableBytes
+            | Metric::MemoryUsedBytes
+            | Metric::PsiIoSomeAvg10 => None,
+        }
+    }
+}
+
+/// Steps of one in a [`History::Ratio`] minute.
+const RATIO_STEPS: f64 = 60_000.0;
+/// A minute without a value in a [`History::Ratio`] ring.
+const RATIO_ABSENT: u16 = u16::MAX;
+
+/// One metric's 1-minute means over [`BUCKET_MINUTES`], in a ring allocated once, at
+/// the metric's first value (a VM without web sources never pays for their rings).
+/// Minute `m` lives in slot `m mod BUCKET_MINUTES`.
+#[derive(Debug, Clone)]
+enum Ring {
+    Ratio(Box<[u16]>),
+    /// NaN marks a minute without a value.
+    Magnitude(Box<[f32]>),
+}
+
+const RING_LEN: usize = BUCKET_MINUTES as usize;
+
+fn slot(minute: i64) -> usize {
+    minute.rem_euclid(BUCKET_MINUTES) as usize
+}
+
+impl Ring {
+    fn new(kind: History) -> Self {
+        match kind {
+            History::Ratio => Ring::Ratio(vec![RATIO_ABSENT; RING_LEN].into_boxed_slice()),
+            History::Magnitude => Ring::Magnitude(vec![f32::NAN; RING_LEN].into_boxed_slice()),
+        }
+    }
+
+    fn get(&self, minute: i64) -> Option<f64> {
+        match self {
+            Ring::Ratio(slots) => match slots[slot(minute)] {
+                RATIO_ABSENT => None,
+                steps => Some(f64::from(steps) / RATIO_STEPS),
+            },
+            Ring::Magnitude(slots) => {
+                let v = slots[slot(minute)];
+                (!v.is_nan()).then_some(f64::from(v))
+            }
+        }
+    }
+
+    fn set(&mut self, minute: i64, value: Option<f64>) {
+        match self {
+            Ring::Ratio(slots) => {
+                slots[slot(minute)] = value.map_or(RATIO_ABSENT, |v| {
+                    // In range by validation; the clamp keeps the sentinel out of reach.
+                    (v.clamp(0.0, 1.0) * RATIO_STEPS).round() as u16
+                });
+            }
+            Ring::Magnitude(slots) => slots[slot(minute)] = value.map_or(f32::NAN, |v| v as f32),
+        }
+    }
+
+    /// The ring's heap bytes.
+    fn bytes(&self) -> usize {
+        match self {
+            Ring::Ratio(slots) => std::mem::size_of_val::<[u16]>(slots),
+            Ring::Magnitude(slots) => std::mem::size_of_val::<[f32]>(slots),
+        }
+    }
+}
+
+/// The metrics with a history, in [`Metric::ALL`] order, and their count.
+const HISTORY_METRICS: [Metric; 9] = [
+    Metric::CpuUtilization,
+    Metric::MemoryUsedRatio,
+    Metric::PsiCpuSomeAvg10,
+    Metric::PsiMemorySomeAvg10,
+    Metric::RequestsPerSecond,
+    Metric::RequestsPerSecondPerVcpu,
+    Metric::ServerErrorRatio,
+    Metric::LatencyP95Seconds,
+    Metric::PhpFpmListenQueue,
+];
+
+/// Where `metric`'s history is in [`HISTORY_METRICS`].
+fn history_index(metric: Metric) -> Option<usize> {
+    HISTORY_METRICS.iter().position(|m| *m == metric)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct RawSample {
-    t: SystemTime,
+    /// Nanoseconds since the Unix epoch (exact, half the size of a `SystemTime`).
+    t: u64,
     /// NaN marks an absent value: half the size of `Option<f64>`.
     values: [f64; METRIC_COUNT],
 }
 
-/// Sum, count and max of one metric in one minute. f32 is plenty for means of at most
-/// a few hundred samples and halves the 24 h history (~170 KB per VM).
+fn nanos_of(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn time_of(nanos: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+/// Sum and count of one metric in the current minute, in full precision.
 #[derive(Debug, Clone, Copy, Default)]
-struct Aggregate {
-    sum: f32,
-    max: f32,
+struct Running {
+    sum: f64,
     count: u32,
 }
 
-impl Aggregate {
-    fn add(&mut self, value: f64) {
-        let value = value as f32;
-        self.max = if self.count == 0 {
-            value
-        } else {
-            self.max.max(value)
-        };
-        self.sum += value;
-        self.count += 1;
-    }
-
+impl Running {
     fn mean(&self) -> Option<f64> {
-        (self.count > 0).then(|| f64::from(self.sum) / f64::from(self.count))
+        (self.count > 0).then(|| self.sum / f64::from(self.count))
     }
 }
 
-#[derive(Debug, Clone)]
-struct Bucket {
-    /// Minutes since the Unix epoch.
-    minute: i64,
-    aggregates: [Aggregate; METRIC_COUNT],
+/// The 1-minute means of the metrics with a history: finished minutes in one ring per
+/// metric, the current minute as running sums.
+#[derive(Debug, Clone, Default)]
+struct Minutes {
+    /// The current minute (minutes since the Unix epoch); `None` before any sample.
+    current: Option<i64>,
+    /// The first minute with a sample: nothing before it was ever held.
+    first: i64,
+    running: [Running; HISTORY_METRICS.len()],
+    rings: [Option<Ring>; HISTORY_METRICS.len()],
+}
+
+impl Minutes {
+    /// Adds `values` sampled in `minute` (never before the current one).
+    fn push(&mut self, minute: i64, values: &MetricValues) {
+        match self.current {
+            None => {
+                self.current = Some(minute);
+                self.first = minute;
+            }
+            Some(current) if minute > current => {
+                self.finish(current);
+                // Minutes skipped without a sample must not show what their slots held
+                // a day ago.
+                let skipped = (minute - current - 1).min(BUCKET_MINUTES);
+                for ring in self.rings.iter_mut().flatten() {
+                    for m in current + 1..=current + skipped {
+                        ring.set(m, None);
+                    }
+                }
+                self.current = Some(minute);
+            }
+            Some(_) => {}
+        }
+        for (running, metric) in self.running.iter_mut().zip(HISTORY_METRICS) {
+            if let Some(v) = values.get(metric) {
+                running.sum += v;
+                running.count += 1;
+            }
+        }
+    }
+
+    /// Moves the current minute's means into the rings.
+    fn finish(&mut self, minute: i64) {
+        for ((running, ring), metric) in self
+            .running
+            .iter_mut()
+            .zip(self.rings.iter_mut())
+            .zip(HISTORY_METRICS)
+        {
+            let mean = running.mean();
+            if mean.is_some()
+                && ring.is_none()
+                && let Some(kind) = metric.history()
+            {
+                *ring = Some(Ring::new(kind));
+            }
+            if let Some(ring) = ring {
+                ring.set(minute, mean);
+            }
+            *running = Running::default();
+        }
+    }
+
+    /// The oldest minute still held.
+    fn oldest(&self) -> Option<i64> {
+        self.current
+            .map(|current| (current - BUCKET_MINUTES + 1).max(self.first))
+    }
+
+    /// The mean of history metric `index` in `minute`, if held and sampled.
+    fn mean(&self, index: usize, minute: i64) -> Option<f64> {
+        let current = self.current?;
+        if minute == current {
+            return self.running[index].mean();
+        }
+        if minute > current || minute < self.oldest()? {
+            return None;
+        }
+        self.rings[index].as_ref()?.get(minute)
+    }
+
+    /// Minutes held, the current one included.
+    fn len(&self) -> usize {
+        match (self.current, self.oldest()) {
+            (Some(current), Some(oldest)) => (current - oldest + 1) as usize,
+            _ => 0,
+        }
+    }
 }
 
 /// One VM's windows. Samples must arrive in time order; [`Windows::push`] clamps them
@@ -251,9 +457,7 @@ pub struct Windows {
     /// The newest evicted raw sample's time: the ring holds every sample after it.
     /// `None` while nothing has been evicted (the ring holds the whole history).
     raw_horizon: Option<SystemTime>,
-    buckets: VecDeque<Bucket>,
-    /// The newest evicted bucket's minute (the buckets hold every later minute).
-    bucket_horizon: Option<i64>,
+    minutes: Minutes,
 }
 
 fn minute_of(t: SystemTime) -> i64 {
@@ -272,7 +476,7 @@ impl Windows {
     /// to it (the rings stay ordered); the caller clamps `t` to its clock.
     pub fn push(&mut self, t: SystemTime, values: &MetricValues) {
         let t = match self.raw.back() {
-            Some(last) if last.t > t => last.t,
+            Some(last) if time_of(last.t) > t => time_of(last.t),
             _ => t,
         };
         let mut raw = [f64::NAN; METRIC_COUNT];
@@ -281,39 +485,27 @@ impl Windows {
                 *slot = v;
             }
         }
-        self.raw.push_back(RawSample { t, values: raw });
-        let oldest_kept = t
-            .checked_sub(RAW_RETENTION)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        if self.raw.len() == self.raw.capacity() {
+            // Grow by an eighth rather than double: the ring settles a little above
+            // what the agent's interval fills in RAW_RETENTION, not up to twice that.
+            self.raw.reserve_exact(self.raw.len() / 8 + 4);
+        }
+        self.raw.push_back(RawSample {
+            t: nanos_of(t),
+            values: raw,
+        });
+        let oldest_kept = nanos_of(
+            t.checked_sub(RAW_RETENTION)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
         while let Some(first) = self.raw.front() {
             if first.t > oldest_kept && self.raw.len() <= RAW_CAP {
                 break;
             }
-            self.raw_horizon = Some(first.t);
+            self.raw_horizon = Some(time_of(first.t));
             self.raw.pop_front();
         }
-
-        let minute = minute_of(t);
-        if self.buckets.back().is_none_or(|b| b.minute < minute) {
-            self.buckets.push_back(Bucket {
-                minute,
-                aggregates: [Aggregate::default(); METRIC_COUNT],
-            });
-        }
-        if let Some(bucket) = self.buckets.back_mut() {
-            for (aggregate, value) in bucket.aggregates.iter_mut().zip(values.0) {
-                if let Some(v) = value {
-                    aggregate.add(v);
-                }
-            }
-        }
-        while let Some(first) = self.buckets.front() {
-            if first.minute > minute - BUCKET_MINUTES {
-                break;
-            }
-            self.bucket_horizon = Some(first.minute);
-            self.buckets.pop_front();
-        }
+        self.minutes.push(minute_of(t), values);
     }
 
     /// Whether the raw ring holds every sample of `range`.
@@ -332,18 +524,19 @@ impl Windows {
         let holds = self.raw_holds(&range);
         self.raw
             .iter()
-            .filter(move |s| holds && range.contains(s.t) && !s.values[i].is_nan())
-            .map(move |s| (s.t, s.values[i]))
+            .map(|s| (time_of(s.t), s))
+            .filter(move |(t, s)| holds && range.contains(*t) && !s.values[i].is_nan())
+            .map(move |(t, s)| (t, s.values[i]))
     }
 
-    fn buckets_in(&self, range: TimeRange) -> impl Iterator<Item = &Bucket> + '_ {
-        let first = minute_of(range.start);
-        self.buckets
-            .iter()
-            .filter(move |b| b.minute >= first && minute_start(b.minute) <= range.end)
+    /// The minutes that overlap `range` (whole minutes, the current one included).
+    fn minutes_in(range: TimeRange) -> std::ops::RangeInclusive<i64> {
+        minute_of(range.start)..=minute_of(range.end)
     }
 
-    /// The mean of `metric` over `range`, or `None` without a sample.
+    /// The mean of `metric` over `range`, or `None` without a sample. A range the raw
+    /// ring no longer holds gets the mean of the 1-minute means that overlap it
+    /// (metrics with a [`Metric::history`] only).
     pub fn mean(&self, metric: Metric, range: TimeRange) -> Option<f64> {
         if self.raw_holds(&range) {
             let (sum, count) = self
@@ -351,35 +544,65 @@ impl Windows {
                 .fold((0.0, 0u64), |(s, c), (_, v)| (s + v, c + 1));
             return (count > 0).then(|| sum / count as f64);
         }
-        let i = metric.index();
-        let (sum, count) = self.buckets_in(range).fold((0.0f64, 0u64), |(s, c), b| {
-            (
-                s + f64::from(b.aggregates[i].sum),
-                c + u64::from(b.aggregates[i].count),
-            )
-        });
+        let (sum, count) = self
+            .minute_means(metric, range)
+            .into_iter()
+            .fold((0.0, 0u64), |(s, c), (_, v)| (s + v, c + 1));
         (count > 0).then(|| sum / count as f64)
     }
 
-    /// The largest sample of `metric` in `range`, or `None` without a sample.
+    /// The largest sample of `metric` in `range`, or `None` without a sample. A range
+    /// the raw ring no longer holds gets the largest 1-minute mean that overlaps it.
     pub fn max(&self, metric: Metric, range: TimeRange) -> Option<f64> {
         if self.raw_holds(&range) {
             return self.samples(metric, range).map(|(_, v)| v).reduce(f64::max);
         }
-        let i = metric.index();
-        self.buckets_in(range)
-            .filter(|b| b.aggregates[i].count > 0)
-            .map(|b| f64::from(b.aggregates[i].max))
+        self.minute_means(metric, range)
+            .into_iter()
+            .map(|(_, v)| v)
             .reduce(f64::max)
     }
 
     /// The per-minute means of `metric` for the minutes that overlap `range` and have a
-    /// sample: `(start of the minute, mean)`, oldest first.
+    /// sample: `(start of the minute, mean)`, oldest first. Empty for a metric without
+    /// a [`Metric::history`].
     pub fn minute_means(&self, metric: Metric, range: TimeRange) -> Vec<(SystemTime, f64)> {
-        let i = metric.index();
-        self.buckets_in(range)
-            .filter_map(|b| b.aggregates[i].mean().map(|m| (minute_start(b.minute), m)))
+        let Some(index) = history_index(metric) else {
+            return Vec::new();
+        };
+        let (Some(oldest), Some(current)) = (self.minutes.oldest(), self.minutes.current) else {
+            return Vec::new();
+        };
+        let wanted = Self::minutes_in(range);
+        let from = (*wanted.start()).max(oldest);
+        let to = (*wanted.end()).min(current);
+        (from..=to)
+            .filter_map(|m| {
+                self.minutes
+                    .mean(index, m)
+                    .map(|mean| (minute_start(m), mean))
+            })
             .collect()
+    }
+
+    /// A chart of `metric` over `range`: the 1-minute means of the minutes before the
+    /// raw ring's oldest sample, then the raw samples. A VM that just appeared has a
+    /// line after two reports instead of one dot per minute; oldest first.
+    pub fn chart(&self, metric: Metric, range: TimeRange) -> Vec<(SystemTime, f64)> {
+        let Some(raw_start) = self.raw.front().map(|s| time_of(s.t)) else {
+            return self.minute_means(metric, range);
+        };
+        let mut points: Vec<_> = self
+            .minute_means(metric, range)
+            .into_iter()
+            .filter(|(start, _)| *start + Duration::from_secs(60) <= raw_start)
+            .collect();
+        let recent = TimeRange {
+            start: range.start.max(raw_start - Duration::from_nanos(1)),
+            end: range.end,
+        };
+        points.extend(self.samples(metric, recent));
+        points
     }
 
     /// The `q`-quantile (0..=1, nearest rank) of the per-minute means of `metric` in
@@ -406,7 +629,8 @@ impl Windows {
     /// Whether `metric` was reported throughout `range`: no stretch without it longer
     /// than `max_gap` (from the range's start to its end). Ranges the raw ring holds
     /// are checked sample by sample; longer ones minute by minute (every minute from
-    /// the range's start to `end − max_gap` has a sample).
+    /// the range's start to `end − max_gap` has a sample), for metrics with a
+    /// [`Metric::history`] only.
     pub fn covers(&self, metric: Metric, range: TimeRange, max_gap: Duration) -> bool {
         if range.end <= range.start {
             return false;
@@ -424,39 +648,40 @@ impl Windows {
             }
             return previous > range.start && gap_ok(previous, range.end);
         }
-        let first = minute_of(range.start);
-        if self.bucket_horizon.is_some_and(|h| first <= h) {
+        let Some(index) = history_index(metric) else {
             return false;
-        }
+        };
+        let first = minute_of(range.start);
         let last = minute_of(range.end.checked_sub(max_gap).unwrap_or(range.start)).max(first);
-        let i = metric.index();
-        let mut expected = first;
-        for bucket in self
-            .buckets
-            .iter()
-            .filter(|b| b.minute >= first && b.minute <= last)
-        {
-            if bucket.minute != expected || bucket.aggregates[i].count == 0 {
-                return false;
-            }
-            expected += 1;
-        }
-        expected == last + 1
+        (first..=last).all(|m| self.minutes.mean(index, m).is_some())
     }
 
     /// The newest sample's time.
     pub fn last_sample_at(&self) -> Option<SystemTime> {
-        self.raw.back().map(|s| s.t)
+        self.raw.back().map(|s| time_of(s.t))
     }
 
-    /// How many raw samples and buckets are held (for tests and bounds).
+    /// How many raw samples and minutes are held (for tests and bounds).
     pub fn len(&self) -> (usize, usize) {
-        (self.raw.len(), self.buckets.len())
+        (self.raw.len(), self.minutes.len())
     }
 
     /// Whether nothing has been recorded.
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty()
+    }
+
+    /// The bytes the windows hold on the heap (the raw ring's capacity and the
+    /// history rings), for the memory figures of `benches/history.rs`.
+    pub fn heap_bytes(&self) -> usize {
+        self.raw.capacity() * std::mem::size_of::<RawSample>()
+            + self
+                .minutes
+                .rings
+                .iter()
+                .flatten()
+                .map(Ring::bytes)
+                .sum::<usize>()
     }
 }
 
@@ -562,6 +787,39 @@ mod tests {
         // Of the first day only its last minute is left.
         assert_eq!(w.minute_means(Metric::CpuUtilization, first_day).len(), 2);
         assert!(!w.covers(Metric::CpuUtilization, first_day, Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn a_chart_is_minute_means_then_the_raw_samples() {
+        // Two samples only: already a line, not a dot.
+        let mut young = Windows::default();
+        fill(&mut young, 5, 10, 5, |_| 0.3);
+        let hour = TimeRange::last(Duration::from_secs(3600), at(10));
+        assert_eq!(
+            young.chart(Metric::CpuUtilization, hour),
+            vec![(at(5), 0.3), (at(10), 0.3)]
+        );
+
+        // An hour every 10 s: minute means while the raw ring no longer holds the
+        // samples, then every raw sample, in time order, none twice.
+        let mut w = Windows::default();
+        fill(&mut w, 10, 3600, 10, |s| (s / 60) as f64 / 100.0);
+        let hour = TimeRange::last(Duration::from_secs(3600), at(3600));
+        let chart = w.chart(Metric::CpuUtilization, hour);
+        let raw: Vec<_> = w
+            .samples(
+                Metric::CpuUtilization,
+                TimeRange::last(Duration::from_secs(600), at(3600)),
+            )
+            .collect();
+        assert!(chart.ends_with(&raw), "the raw samples close the chart");
+        assert!(chart.windows(2).all(|p| p[0].0 < p[1].0), "{chart:?}");
+        let minutes = chart.len() - raw.len();
+        assert!(
+            minutes >= 40,
+            "most of the hour from minute means: {minutes}"
+        );
+        assert!((chart[7].1 - 0.07).abs() < 1e-6);
     }
 
     #[test]
@@ -676,6 +934,93 @@ mod tests {
             TimeRange::last(Duration::from_secs(60), at(100)),
         );
         assert!((m.unwrap() - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn only_the_metrics_a_policy_reads_keep_a_history_and_only_once_reported() {
+        for metric in Metric::ALL {
+            assert_eq!(
+                metric.history().is_some(),
+                history_index(metric).is_some(),
+                "{metric:?}"
+            );
+        }
+        let day = TimeRange::last(Duration::from_secs(86_400), at(86_400));
+        let mut w = Windows::default();
+        let mut values = cpu(0.25);
+        values.set(Metric::CpuSteal, Some(0.01));
+        let mut s = 5;
+        while s <= 86_400 {
+            w.push(at(s), &values);
+            s += 5;
+        }
+        assert_eq!(w.minute_means(Metric::CpuUtilization, day).len(), 1441);
+        assert_eq!(w.mean(Metric::CpuUtilization, day), Some(0.25));
+        // Steal is read over minutes only: it has no history.
+        assert!(w.minute_means(Metric::CpuSteal, day).is_empty());
+        assert_eq!(w.mean(Metric::CpuSteal, day), None);
+        assert!(!w.covers(Metric::CpuSteal, day, Duration::from_secs(20)));
+        // One ratio ring (2 bytes a minute) and a raw ring just above 6 min of 5 s.
+        let (raw, _) = w.len();
+        let raw_bytes = w.heap_bytes() - RING_LEN * 2;
+        assert!(
+            raw_bytes <= (raw + raw / 8 + 4) * std::mem::size_of::<RawSample>(),
+            "{raw_bytes} bytes for {raw} samples"
+        );
+    }
+
+    #[test]
+    fn ratios_keep_four_decimals_and_magnitudes_six_digits() {
+        let mut w = Windows::default();
+        let mut values = MetricValues::default();
+        for (minute, (ratio, rate)) in [(0.1234, 1234.5678), (0.98765, 0.0123456)]
+            .into_iter()
+            .enumerate()
+        {
+            values.set(Metric::MemoryUsedRatio, Some(ratio));
+            values.set(Metric::RequestsPerSecond, Some(rate));
+            w.push(at(60 * minute as u64 + 1), &values);
+        }
+        // Both minutes finished, read back from the rings.
+        w.push(at(150), &MetricValues::default());
+        let range = TimeRange::last(Duration::from_secs(3600), at(150));
+        let ratios = w.minute_means(Metric::MemoryUsedRatio, range);
+        assert_eq!(ratios[0].1, 0.1234);
+        assert!(
+            (ratios[1].1 - 0.98765).abs() <= 0.5 / 60_000.0,
+            "{ratios:?}"
+        );
+        let rates = w.minute_means(Metric::RequestsPerSecond, range);
+        assert!((rates[0].1 / 1234.5678 - 1.0).abs() < 1e-6, "{rates:?}");
+        assert!((rates[1].1 / 0.0123456 - 1.0).abs() < 1e-6, "{rates:?}");
+    }
+
+    #[test]
+    fn a_day_old_minute_never_shows_through_a_gap() {
+        let mut w = Windows::default();
+        fill(&mut w, 5, 600, 5, |_| 0.9);
+        // Silent for a day: the slots of minutes 0..=10 come round again, empty.
+        let back = 86_400 + 1200;
+        fill(&mut w, back, back + 120, 5, |_| 0.1);
+        let day = TimeRange::last(Duration::from_secs(86_400), at(back + 120));
+        let means = w.minute_means(Metric::CpuUtilization, day);
+        assert_eq!(means.len(), 3, "{means:?}");
+        assert!(means.iter().all(|(_, m)| *m == 0.1), "{means:?}");
+        assert_eq!(
+            w.max(Metric::CpuUtilization, day),
+            Some(0.1),
+            "no 0.9 from a day ago"
+        );
+        // A gap of an hour within the day leaves its minutes empty.
+        let mut gap = Windows::default();
+        fill(&mut gap, 5, 600, 5, |_| 0.9);
+        fill(&mut gap, 4200, 4300, 5, |_| 0.1);
+        let hours = TimeRange::last(Duration::from_secs(4300), at(4300));
+        assert_eq!(
+            gap.minute_means(Metric::CpuUtilization, hours).len(),
+            11 + 2
+        );
+        assert!(!gap.covers(Metric::CpuUtilization, hours, Duration::from_secs(20)));
     }
 
     #[test]

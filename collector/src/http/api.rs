@@ -1,15 +1,96 @@
-//! `/api/v1/vms`: the fleet as JSON. Field names are a contract for scripts: add,
-//! never rename.
+//! `/api/v1/vms` and `/api/v1/vms/{vm}`: the fleet as JSON, each VM with its rung, its
+//! group's rules as they read on it and its web-server sources; and the rows of
+//! `/api/v1/groups`. Field names are a contract for scripts: add, never rename.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::HttpState;
 use crate::clock::unix_seconds;
+use crate::engine::{GroupStatus, MemberNow, RuleReading, members_now};
 use crate::fleet::{
-    CpuShares, DiskIo, Filesystem, MetricValues, NetInterface, Pressure, ReportCounters, VmSize,
-    VmSummary,
+    CpuShares, DiskIo, Filesystem, FleetView, Latency, MetricValues, NetInterface, PhpFpm,
+    Pressure, ReportCounters, SourceKind, SourceReport, StatusClasses, VmSize, VmSummary,
 };
+use rally_policy::Timestamp;
+
+/// `GET /api/v1/vms`: every VM the fleet holds.
+pub async fn vms(State(state): State<HttpState>) -> axum::Json<VmList> {
+    let now = state.clock.now();
+    let vms = state.fleet.snapshot(now);
+    let members = members_by_vm(&state, now);
+    axum::Json(VmList {
+        vms: vms
+            .iter()
+            .map(|vm| VmJson::new(vm, members.get(&vm.id)))
+            .collect(),
+    })
+}
+
+/// `GET /api/v1/vms/{vm}`: one VM, 404 when the fleet does not hold it.
+pub async fn vm(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+    let now = state.clock.now();
+    match state.fleet.summary(&id, now) {
+        Some(vm) => {
+            let members = members_by_vm(&state, now);
+            axum::Json(VmJson::new(&vm, members.get(&vm.id))).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, format!("no VM {id:?}\n")).into_response(),
+    }
+}
+
+/// Every group member's rung and rule readings at `now`, by VM id.
+fn members_by_vm(state: &HttpState, now: SystemTime) -> BTreeMap<String, MemberNow> {
+    let view = FleetView::new(&state.fleet, now);
+    state
+        .engine
+        .stats()
+        .groups()
+        .iter()
+        .flat_map(|g| members_now(g, &view, Timestamp::from(now)))
+        .map(|m| (m.vm.clone(), m))
+        .collect()
+}
+
+/// Every group with its members as they read at `now` (the `/api/v1/groups` rows).
+pub fn groups_now(state: &HttpState, now: SystemTime) -> Vec<GroupJson> {
+    let view = FleetView::new(&state.fleet, now);
+    state
+        .engine
+        .stats()
+        .groups()
+        .into_iter()
+        .map(|status| GroupJson {
+            vms: members_now(&status, &view, Timestamp::from(now)),
+            status,
+        })
+        .collect()
+}
+
+/// One group of `GET /api/v1/groups`: its status and its members now.
+#[derive(Debug, Serialize)]
+pub struct GroupJson {
+    /// The engine's status of the group.
+    #[serde(flatten)]
+    pub status: GroupStatus,
+    /// Each member's rung and what each rule reads on it, in `members` order.
+    pub vms: Vec<MemberNow>,
+}
+
+impl From<GroupStatus> for GroupJson {
+    /// A group whose members have no readings (none reported).
+    fn from(status: GroupStatus) -> Self {
+        Self {
+            vms: Vec::new(),
+            status,
+        }
+    }
+}
 
 /// `GET /api/v1/vms`.
 #[derive(Debug, Serialize)]
@@ -49,6 +130,63 @@ pub struct VmJson {
     pub avg_5m: MetricValues,
     /// Report counters since the collector started.
     pub reports: ReportCounters,
+    /// The rung of its group's ladder its size matches (`null`: not on the ladder, no
+    /// size yet, or a group without a ladder).
+    pub rung: Option<String>,
+    /// That rung's position, 0 being the smallest.
+    pub rung_index: Option<usize>,
+    /// Its group's rules as they read on it now: value, threshold, time held.
+    pub rules: Vec<RuleReading>,
+    /// Its web-server sources in the latest report, with their last figures.
+    pub sources: Vec<SourceJson>,
+}
+
+/// One web-server source of the latest report.
+#[derive(Debug, Serialize)]
+pub struct SourceJson {
+    /// Its configured name.
+    pub name: String,
+    /// What it reads (`nginx`, `apache`, `php_fpm`, `access_log`, `prometheus`).
+    pub kind: SourceKind,
+    /// The source that already counts this one's requests, if any.
+    pub counted_by: Option<String>,
+    /// Whether the agent could read it this time.
+    pub up: bool,
+    /// Failed readings since the agent started.
+    pub down_total: u64,
+    /// The interval the figures cover, seconds.
+    pub interval_seconds: f64,
+    /// Requests during the interval.
+    pub requests: u64,
+    /// Requests per second (`null`: no rate this time).
+    pub requests_per_second: Option<f64>,
+    /// Requests by status class (access logs).
+    pub statuses: Option<StatusClasses>,
+    /// Latency quantiles, seconds (access logs with a request time).
+    pub latency: Option<Latency>,
+    /// Connections or workers busy now.
+    pub busy: Option<u64>,
+    /// php-fpm pool figures.
+    pub php_fpm: Option<PhpFpm>,
+}
+
+impl From<&SourceReport> for SourceJson {
+    fn from(s: &SourceReport) -> Self {
+        Self {
+            name: s.name.clone(),
+            kind: s.kind,
+            counted_by: s.counted_by.clone(),
+            up: s.up,
+            down_total: s.down_total,
+            interval_seconds: s.interval.as_secs_f64(),
+            requests: s.requests,
+            requests_per_second: s.requests_per_second,
+            statuses: s.statuses,
+            latency: s.latency,
+            busy: s.busy,
+            php_fpm: s.php_fpm,
+        }
+    }
 }
 
 /// The latest report, flattened for scripts.
@@ -94,8 +232,9 @@ pub struct LatestJson {
     pub filesystems: Vec<Filesystem>,
 }
 
-impl From<&VmSummary> for VmJson {
-    fn from(vm: &VmSummary) -> Self {
+impl VmJson {
+    /// `vm` with its rung and rule readings (`member`: `None` outside resized groups).
+    pub fn new(vm: &VmSummary, member: Option<&MemberNow>) -> Self {
         let latest = vm.latest.as_ref().map(|r| LatestJson {
             seq: r.seq,
             timestamp_seconds: unix_seconds(r.timestamp),
@@ -132,6 +271,14 @@ impl From<&VmSummary> for VmJson {
             avg_1m: vm.mean_1m,
             avg_5m: vm.mean_5m,
             reports: vm.counters,
+            rung: member.and_then(|m| m.rung.clone()),
+            rung_index: member.and_then(|m| m.rung_index),
+            rules: member.map(|m| m.rules.clone()).unwrap_or_default(),
+            sources: vm
+                .latest
+                .as_ref()
+                .map(|r| r.sources.iter().map(SourceJson::from).collect())
+                .unwrap_or_default(),
         }
     }
 }

@@ -138,14 +138,14 @@ fn check_token(
 /// `GET /api/v1/groups`.
 #[derive(Debug, Serialize)]
 pub struct GroupList {
-    /// Every configured group.
-    pub groups: Vec<GroupStatus>,
+    /// Every configured group, with its members' rungs and rule readings.
+    pub groups: Vec<super::api::GroupJson>,
 }
 
 /// `GET /api/v1/groups`: every group's state.
 pub async fn groups(State(state): State<HttpState>) -> Json<GroupList> {
     Json(GroupList {
-        groups: state.engine.stats().groups(),
+        groups: super::api::groups_now(&state, state.clock.now()),
     })
 }
 
@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn a_group_names_its_zone_and_a_warm_up_its_end() {
         let json = serde_json::to_value(GroupList {
-            groups: vec![warming_group()],
+            groups: vec![warming_group().into()],
         })
         .unwrap();
         let g = &json["groups"][0];

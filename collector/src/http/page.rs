@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime};
 use axum::extract::State;
 use axum::response::Html;
 use chrono_tz::Tz;
-use rally_policy::{Ladder, MetricView, Timestamp};
+use rally_policy::{Ladder, Timestamp};
 
 use super::HttpState;
-use crate::engine::{DecisionRecord, GroupStatus, outcome_text};
+use crate::engine::{DecisionRecord, GroupStatus, members_now, outcome_text};
 use crate::fleet::{FleetView, Metric, TimeRange, VmSummary};
 
 /// How far back the sparklines reach.
@@ -75,27 +75,19 @@ pub async fn handler(State(state): State<HttpState>) -> Html<String> {
     let mut charts = BTreeMap::new();
     for vm in &vms {
         let series = state.fleet.with_vm(&vm.id, |v| VmCharts {
-            cpu: v.windows().minute_means(Metric::CpuUtilization, range),
-            memory: v.windows().minute_means(Metric::MemoryUsedRatio, range),
-            requests: v.windows().minute_means(Metric::RequestsPerSecond, range),
+            cpu: v.windows().chart(Metric::CpuUtilization, range),
+            memory: v.windows().chart(Metric::MemoryUsedRatio, range),
+            requests: v.windows().chart(Metric::RequestsPerSecond, range),
         });
         charts.insert(vm.id.clone(), series.unwrap_or_default());
     }
     let view = FleetView::new(&state.fleet, now);
     let mut rule_values = BTreeMap::new();
     for g in &groups {
-        for (i, rule) in g.rules.iter().enumerate() {
-            for vm in vms.iter().filter(|v| v.group == g.group) {
-                // The value the rule reads, as the engine reads it (complete windows only).
-                let value = match rule.window.duration() {
-                    None => view.latest(&vm.id, rule.metric).map(|o| o.value),
-                    Some(d) => view
-                        .mean(&vm.id, rule.metric, d)
-                        .filter(|s| s.complete)
-                        .map(|s| s.value),
-                };
-                if let Some(value) = value {
-                    rule_values.insert((g.group.clone(), i, vm.id.clone()), value);
+        for member in members_now(g, &view, Timestamp::from(now)) {
+            for r in member.rules {
+                if let Some(value) = r.value {
+                    rule_values.insert((g.group.clone(), r.rule, member.vm.clone()), value);
                 }
             }
         }

@@ -1,8 +1,13 @@
 //! Checks every field of an agent's message and converts it into the fleet's types.
 //! Anything the rest of the collector relies on (ratios in 0..1, finite numbers,
 //! bounded strings and lists) is guaranteed here, so nothing past the edge re-checks.
+//!
+//! A valid message costs no allocation beyond the converted values: a field's path
+//! (`report.cores[3].steal`) is a chain of borrowed [`Field`]s on the stack, written
+//! out only when a check fails.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use rally_proto::v1;
@@ -41,81 +46,106 @@ pub struct Invalid {
     pub problem: String,
 }
 
-fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.into(),
-        problem: problem.into(),
+/// The path of the field being checked, built on the stack as the checks descend and
+/// rendered (by `Display`) only into an [`Invalid`].
+#[derive(Debug, Clone, Copy)]
+enum Field<'a> {
+    /// A top-level path such as `report.cpu`.
+    Root(&'static str),
+    /// `parent.name`.
+    Member(&'a Field<'a>, &'static str),
+    /// `parent[index]`.
+    Index(&'a Field<'a>, usize),
+    /// `parent["key"]` (a map entry, the key quoted as Rust's `Debug` does).
+    Key(&'a Field<'a>, &'a str),
+}
+
+impl<'a> Field<'a> {
+    /// The member `name` of this field.
+    fn at(&'a self, name: &'static str) -> Field<'a> {
+        Field::Member(self, name)
+    }
+
+    /// The element `index` of this list.
+    fn index(&'a self, index: usize) -> Field<'a> {
+        Field::Index(self, index)
+    }
+
+    /// A refusal of this field.
+    fn invalid(&self, problem: impl Into<String>) -> Invalid {
+        Invalid {
+            field: self.to_string(),
+            problem: problem.into(),
+        }
     }
 }
 
-fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Invalid> {
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Root(path) => f.write_str(path),
+            Field::Member(parent, name) => write!(f, "{parent}.{name}"),
+            Field::Index(parent, i) => write!(f, "{parent}[{i}]"),
+            Field::Key(parent, key) => write!(f, "{parent}[{key:?}]"),
+        }
+    }
+}
+
+fn text(field: &Field, value: &str, max: usize, required: bool) -> Result<(), Invalid> {
     if required && value.is_empty() {
-        return Err(invalid(field, "must not be empty"));
+        return Err(field.invalid("must not be empty"));
     }
     if value.len() > max {
-        return Err(invalid(
-            field,
-            format!("{} bytes long, at most {max} allowed", value.len()),
-        ));
+        return Err(field.invalid(format!("{} bytes long, at most {max} allowed", value.len())));
     }
     if value.chars().any(char::is_control) {
-        return Err(invalid(field, "contains control characters"));
+        return Err(field.invalid("contains control characters"));
     }
     Ok(())
 }
 
-fn finite_non_negative(field: &str, value: f64) -> Result<f64, Invalid> {
+fn finite_non_negative(field: &Field, value: f64) -> Result<f64, Invalid> {
     if !value.is_finite() || value < 0.0 {
-        return Err(invalid(
-            field,
-            format!("{value} is not a finite number ≥ 0"),
-        ));
+        return Err(field.invalid(format!("{value} is not a finite number ≥ 0")));
     }
     Ok(value)
 }
 
 /// A value in `0..=max` (within [`EPSILON`]), clamped into the range.
-fn bounded(field: &str, value: f64, max: f64) -> Result<f64, Invalid> {
+fn bounded(field: &Field, value: f64, max: f64) -> Result<f64, Invalid> {
     if !value.is_finite() || value < -EPSILON || value > max + EPSILON {
-        return Err(invalid(field, format!("{value} is outside 0..{max}")));
+        return Err(field.invalid(format!("{value} is outside 0..{max}")));
     }
     Ok(value.clamp(0.0, max))
 }
 
-fn size(field: &str, size: Option<v1::VmSize>) -> Result<Option<VmSize>, Invalid> {
+fn size(field: &Field, size: Option<v1::VmSize>) -> Result<Option<VmSize>, Invalid> {
     let Some(size) = size else { return Ok(None) };
     if size.vcpus == 0 || size.vcpus > MAX_VCPUS {
-        return Err(invalid(
-            format!("{field}.vcpus"),
-            format!("{} is outside 1..={MAX_VCPUS}", size.vcpus),
-        ));
+        return Err(field
+            .at("vcpus")
+            .invalid(format!("{} is outside 1..={MAX_VCPUS}", size.vcpus)));
     }
     if size.memory_bytes == 0 {
-        return Err(invalid(
-            format!("{field}.memory_bytes"),
-            "must be more than 0",
-        ));
+        return Err(field.at("memory_bytes").invalid("must be more than 0"));
     }
     if size.offline_cpus > MAX_VCPUS {
-        return Err(invalid(
-            format!("{field}.offline_cpus"),
-            format!("{} is more than {MAX_VCPUS}", size.offline_cpus),
-        ));
+        return Err(field
+            .at("offline_cpus")
+            .invalid(format!("{} is more than {MAX_VCPUS}", size.offline_cpus)));
     }
     // Offline memory as bytes; a product that overflows is nonsense from the agent.
     let offline_memory_bytes = u64::from(size.offline_memory_blocks)
         .checked_mul(size.memory_block_bytes)
         .ok_or_else(|| {
-            invalid(
-                format!("{field}.offline_memory_blocks"),
-                "times memory_block_bytes overflows",
-            )
+            field
+                .at("offline_memory_blocks")
+                .invalid("times memory_block_bytes overflows")
         })?;
     if size.offline_memory_blocks > 0 && size.memory_block_bytes == 0 {
-        return Err(invalid(
-            format!("{field}.memory_block_bytes"),
-            "must be set when offline_memory_blocks is",
-        ));
+        return Err(field
+            .at("memory_block_bytes")
+            .invalid("must be set when offline_memory_blocks is"));
     }
     Ok(Some(VmSize {
         vcpus: size.vcpus,
@@ -125,28 +155,30 @@ fn size(field: &str, size: Option<v1::VmSize>) -> Result<Option<VmSize>, Invalid
     }))
 }
 
-fn interval(field: &str, ms: u32) -> Result<Duration, Invalid> {
+fn interval(field: &Field, ms: u32) -> Result<Duration, Invalid> {
     if u64::from(ms) > MAX_INTERVAL_MS {
-        return Err(invalid(field, format!("{ms} ms is longer than a day")));
+        return Err(field.invalid(format!("{ms} ms is longer than a day")));
     }
     Ok(Duration::from_millis(u64::from(ms)))
 }
 
 /// Checks a `Hello`.
 pub fn hello(msg: v1::Hello) -> Result<Hello, Invalid> {
-    validate_id(&msg.vm_id).map_err(|why| invalid("hello.vm_id", why))?;
-    text("hello.hostname", &msg.hostname, MAX_TEXT, false)?;
-    text("hello.agent_version", &msg.agent_version, 64, false)?;
-    text("hello.boot_id", &msg.boot_id, 64, true)?;
+    let root = Field::Root("hello");
+    validate_id(&msg.vm_id).map_err(|why| root.at("vm_id").invalid(why))?;
+    text(&root.at("hostname"), &msg.hostname, MAX_TEXT, false)?;
+    text(&root.at("agent_version"), &msg.agent_version, 64, false)?;
+    text(&root.at("boot_id"), &msg.boot_id, 64, true)?;
+    let labels_field = root.at("labels");
     if msg.labels.len() > MAX_LABELS {
-        return Err(invalid(
-            "hello.labels",
-            format!("{} labels, at most {MAX_LABELS} allowed", msg.labels.len()),
-        ));
+        return Err(labels_field.invalid(format!(
+            "{} labels, at most {MAX_LABELS} allowed",
+            msg.labels.len()
+        )));
     }
     let mut labels = BTreeMap::new();
     for (key, value) in msg.labels {
-        let field = format!("hello.labels[{key:?}]");
+        let field = Field::Key(&labels_field, &key);
         let valid_key = !key.is_empty()
             && key.len() <= 128
             && key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
@@ -154,8 +186,7 @@ pub fn hello(msg: v1::Hello) -> Result<Hello, Invalid> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !valid_key {
-            return Err(invalid(
-                field,
+            return Err(field.invalid(
                 "a label name is 1..=128 characters of A-Z a-z 0-9 _ . - starting with a letter or _",
             ));
         }
@@ -164,7 +195,7 @@ pub fn hello(msg: v1::Hello) -> Result<Hello, Invalid> {
     }
     let interval = match msg.interval_ms {
         0 => None,
-        ms => Some(interval("hello.interval_ms", ms)?),
+        ms => Some(interval(&root.at("interval_ms"), ms)?),
     };
     Ok(Hello {
         vm_id: msg.vm_id,
@@ -175,13 +206,13 @@ pub fn hello(msg: v1::Hello) -> Result<Hello, Invalid> {
             run_id: msg.run_id,
         },
         labels,
-        size: size("hello.size", msg.size)?,
+        size: size(&root.at("size"), msg.size)?,
         interval,
     })
 }
 
-fn cpu(field: &str, c: v1::CpuTimes) -> Result<CpuShares, Invalid> {
-    let share = |name: &str, v: f64| bounded(&format!("{field}.{name}"), v, 1.0);
+fn cpu(field: &Field, c: v1::CpuTimes) -> Result<CpuShares, Invalid> {
+    let share = |name: &'static str, v: f64| bounded(&field.at(name), v, 1.0);
     Ok(CpuShares {
         id: c.id,
         user: share("user", c.user)?,
@@ -197,106 +228,103 @@ fn cpu(field: &str, c: v1::CpuTimes) -> Result<CpuShares, Invalid> {
 }
 
 fn pressure_line(
-    field: &str,
+    field: &Field,
     line: Option<v1::PressureLine>,
 ) -> Result<Option<PressureLine>, Invalid> {
     let Some(line) = line else { return Ok(None) };
     Ok(Some(PressureLine {
-        avg10: bounded(&format!("{field}.avg10"), line.avg10, 100.0)?,
-        avg60: bounded(&format!("{field}.avg60"), line.avg60, 100.0)?,
-        avg300: bounded(&format!("{field}.avg300"), line.avg300, 100.0)?,
+        avg10: bounded(&field.at("avg10"), line.avg10, 100.0)?,
+        avg60: bounded(&field.at("avg60"), line.avg60, 100.0)?,
+        avg300: bounded(&field.at("avg300"), line.avg300, 100.0)?,
         total_us: line.total_us,
     }))
 }
 
 fn pressure_resource(
-    field: &str,
+    field: &Field,
     resource: Option<v1::PressureResource>,
 ) -> Result<Option<PressureResource>, Invalid> {
     let Some(resource) = resource else {
         return Ok(None);
     };
     Ok(Some(PressureResource {
-        some: pressure_line(&format!("{field}.some"), resource.some)?,
-        full: pressure_line(&format!("{field}.full"), resource.full)?,
+        some: pressure_line(&field.at("some"), resource.some)?,
+        full: pressure_line(&field.at("full"), resource.full)?,
     }))
 }
 
 fn devices<T, U>(
-    field: &str,
+    field: &Field,
     items: Vec<T>,
-    convert: impl Fn(&str, T) -> Result<U, Invalid>,
+    convert: impl Fn(&Field, T) -> Result<U, Invalid>,
 ) -> Result<Vec<U>, Invalid> {
     if items.len() > MAX_DEVICES {
-        return Err(invalid(
-            field,
-            format!("{} entries, at most {MAX_DEVICES} allowed", items.len()),
-        ));
+        return Err(field.invalid(format!(
+            "{} entries, at most {MAX_DEVICES} allowed",
+            items.len()
+        )));
     }
     items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| convert(&format!("{field}[{i}]"), item))
+        .map(|(i, item)| convert(&field.index(i), item))
         .collect()
 }
 
 /// Checks the web-server sources of a report: bounded, names unique and label-safe,
 /// figures finite and non-negative, quantiles in order.
-fn sources(items: Vec<v1::SourceReport>) -> Result<Vec<SourceReport>, Invalid> {
+fn sources(field: &Field, items: Vec<v1::SourceReport>) -> Result<Vec<SourceReport>, Invalid> {
     if items.len() > MAX_SOURCES {
-        return Err(invalid(
-            "report.sources",
-            format!("{} sources, at most {MAX_SOURCES} allowed", items.len()),
-        ));
+        return Err(field.invalid(format!(
+            "{} sources, at most {MAX_SOURCES} allowed",
+            items.len()
+        )));
     }
     let mut out: Vec<SourceReport> = Vec::with_capacity(items.len());
     for (i, s) in items.into_iter().enumerate() {
-        let field = format!("report.sources[{i}]");
+        let field = field.index(i);
         let valid_name = !s.name.is_empty()
             && s.name.len() <= 64
             && s.name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !valid_name {
-            return Err(invalid(
-                format!("{field}.name"),
-                "a source name is 1..=64 characters of a-z 0-9 _ -",
-            ));
+            return Err(field
+                .at("name")
+                .invalid("a source name is 1..=64 characters of a-z 0-9 _ -"));
         }
         if out.iter().any(|o| o.name == s.name) {
-            return Err(invalid(
-                format!("{field}.name"),
-                format!("`{}` appears twice", s.name),
-            ));
+            return Err(field
+                .at("name")
+                .invalid(format!("`{}` appears twice", s.name)));
         }
         let kind = SourceKind::ALL
             .into_iter()
             .find(|k| k.name() == s.kind)
             .ok_or_else(|| {
-                invalid(
-                    format!("{field}.kind"),
-                    format!("unknown source kind {:?}", s.kind),
-                )
+                field
+                    .at("kind")
+                    .invalid(format!("unknown source kind {:?}", s.kind))
             })?;
-        text(&format!("{field}.error"), &s.error, 1024, false)?;
+        text(&field.at("error"), &s.error, 1024, false)?;
         let rate = s
             .requests_per_second
-            .map(|r| finite_non_negative(&format!("{field}.requests_per_second"), r))
+            .map(|r| finite_non_negative(&field.at("requests_per_second"), r))
             .transpose()?;
         let latency = match s.latency {
             None => None,
             Some(l) => {
-                let q = |name: &str, v| finite_non_negative(&format!("{field}.latency.{name}"), v);
+                let latency_field = field.at("latency");
+                let q = |name: &'static str, v| finite_non_negative(&latency_field.at(name), v);
                 let (p50, p95, p99) = (
                     q("p50_seconds", l.p50_seconds)?,
                     q("p95_seconds", l.p95_seconds)?,
                     q("p99_seconds", l.p99_seconds)?,
                 );
                 if !(p50 <= p95 && p95 <= p99) {
-                    return Err(invalid(
-                        format!("{field}.latency"),
-                        format!("quantiles out of order: p50 {p50}, p95 {p95}, p99 {p99}"),
-                    ));
+                    return Err(latency_field.invalid(format!(
+                        "quantiles out of order: p50 {p50}, p95 {p95}, p99 {p99}"
+                    )));
                 }
                 Some(Latency {
                     count: l.count,
@@ -318,7 +346,7 @@ fn sources(items: Vec<v1::SourceReport>) -> Result<Vec<SourceReport>, Invalid> {
             // A source that is down carries no figures, whatever the message says.
             up: s.up,
             down_total: s.down_total,
-            interval: interval(&format!("{field}.interval_ms"), s.interval_ms)?,
+            interval: interval(&field.at("interval_ms"), s.interval_ms)?,
             requests: if s.up { s.requests } else { 0 },
             requests_per_second: rate.filter(|_| s.up && s.interval_ms > 0),
             statuses: s.statuses.filter(|_| s.up).map(|c| StatusClasses {
@@ -346,12 +374,9 @@ fn sources(items: Vec<v1::SourceReport>) -> Result<Vec<SourceReport>, Invalid> {
                 .iter()
                 .any(|c| &c.name == counter && c.name != s.name && c.counted_by.is_none());
             if !counts_for_itself {
-                return Err(invalid(
-                    format!("report.sources[{i}].counted_by"),
-                    format!(
-                        "`{counter}` is not another source of the report that counts for itself"
-                    ),
-                ));
+                return Err(field.index(i).at("counted_by").invalid(format!(
+                    "`{counter}` is not another source of the report that counts for itself"
+                )));
             }
         }
     }
@@ -360,42 +385,38 @@ fn sources(items: Vec<v1::SourceReport>) -> Result<Vec<SourceReport>, Invalid> {
 
 /// Checks a `Report`.
 pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
+    let root = Field::Root("report");
     if msg.seq == 0 {
-        return Err(invalid("report.seq", "must be more than 0"));
+        return Err(root.at("seq").invalid("must be more than 0"));
     }
     if msg.timestamp_ms <= 0 {
-        return Err(invalid(
-            "report.timestamp_ms",
-            format!("{} is not after 1970", msg.timestamp_ms),
-        ));
+        return Err(root
+            .at("timestamp_ms")
+            .invalid(format!("{} is not after 1970", msg.timestamp_ms)));
     }
     let timestamp = SystemTime::UNIX_EPOCH + Duration::from_millis(msg.timestamp_ms.unsigned_abs());
+    let cores_field = root.at("cores");
     if msg.cores.len() > MAX_CORES {
-        return Err(invalid(
-            "report.cores",
-            format!("{} cores, at most {MAX_CORES} allowed", msg.cores.len()),
-        ));
+        return Err(cores_field.invalid(format!(
+            "{} cores, at most {MAX_CORES} allowed",
+            msg.cores.len()
+        )));
     }
     let memory = match msg.memory {
         None => None,
         Some(m) => {
+            let memory_field = root.at("memory");
             if m.available_bytes > m.total_bytes {
-                return Err(invalid(
-                    "report.memory.available_bytes",
-                    format!(
-                        "{} is more than total_bytes {}",
-                        m.available_bytes, m.total_bytes
-                    ),
-                ));
+                return Err(memory_field.at("available_bytes").invalid(format!(
+                    "{} is more than total_bytes {}",
+                    m.available_bytes, m.total_bytes
+                )));
             }
             if m.swap_free_bytes > m.swap_total_bytes {
-                return Err(invalid(
-                    "report.memory.swap_free_bytes",
-                    format!(
-                        "{} is more than swap_total_bytes {}",
-                        m.swap_free_bytes, m.swap_total_bytes
-                    ),
-                ));
+                return Err(memory_field.at("swap_free_bytes").invalid(format!(
+                    "{} is more than swap_total_bytes {}",
+                    m.swap_free_bytes, m.swap_total_bytes
+                )));
             }
             Some(Memory {
                 total_bytes: m.total_bytes,
@@ -407,38 +428,44 @@ pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
     };
     let load = match msg.load {
         None => None,
-        Some(l) => Some(LoadAverage {
-            one: finite_non_negative("report.load.one", l.one)?,
-            five: finite_non_negative("report.load.five", l.five)?,
-            fifteen: finite_non_negative("report.load.fifteen", l.fifteen)?,
-        }),
+        Some(l) => {
+            let load_field = root.at("load");
+            Some(LoadAverage {
+                one: finite_non_negative(&load_field.at("one"), l.one)?,
+                five: finite_non_negative(&load_field.at("five"), l.five)?,
+                fifteen: finite_non_negative(&load_field.at("fifteen"), l.fifteen)?,
+            })
+        }
     };
     let pressure = match msg.pressure {
         None => None,
-        Some(p) => Some(Pressure {
-            cpu: pressure_resource("report.pressure.cpu", p.cpu)?,
-            memory: pressure_resource("report.pressure.memory", p.memory)?,
-            io: pressure_resource("report.pressure.io", p.io)?,
-        }),
+        Some(p) => {
+            let pressure_field = root.at("pressure");
+            Some(Pressure {
+                cpu: pressure_resource(&pressure_field.at("cpu"), p.cpu)?,
+                memory: pressure_resource(&pressure_field.at("memory"), p.memory)?,
+                io: pressure_resource(&pressure_field.at("io"), p.io)?,
+            })
+        }
     };
     Ok(Report {
         seq: msg.seq,
         timestamp,
-        interval: interval("report.interval_ms", msg.interval_ms)?,
-        size: size("report.size", msg.size)?,
-        cpu: msg.cpu.map(|c| cpu("report.cpu", c)).transpose()?,
+        interval: interval(&root.at("interval_ms"), msg.interval_ms)?,
+        size: size(&root.at("size"), msg.size)?,
+        cpu: msg.cpu.map(|c| cpu(&root.at("cpu"), c)).transpose()?,
         cores: msg
             .cores
             .into_iter()
             .enumerate()
-            .map(|(i, c)| cpu(&format!("report.cores[{i}]"), c))
+            .map(|(i, c)| cpu(&cores_field.index(i), c))
             .collect::<Result<_, _>>()?,
         load,
         memory,
         pressure,
-        net: devices("report.net", msg.net, |field, n| {
-            text(&format!("{field}.name"), &n.name, 64, true)?;
-            let rate = |name: &str, v| finite_non_negative(&format!("{field}.{name}"), v);
+        net: devices(&root.at("net"), msg.net, |field, n| {
+            text(&field.at("name"), &n.name, 64, true)?;
+            let rate = |name: &'static str, v| finite_non_negative(&field.at(name), v);
             Ok(NetInterface {
                 rx_bytes_per_second: rate("rx_bytes_per_second", n.rx_bytes_per_second)?,
                 tx_bytes_per_second: rate("tx_bytes_per_second", n.tx_bytes_per_second)?,
@@ -449,20 +476,39 @@ pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
                 name: n.name,
             })
         })?,
-        disks: devices("report.disks", msg.disks, |field, d| {
-            text(&format!("{field}.name"), &d.name, 64, true)?;
-            let rate = |name: &str, v| finite_non_negative(&format!("{field}.{name}"), v);
+        disks: devices(&root.at("disks"), msg.disks, |field, d| {
+            text(&field.at("name"), &d.name, 64, true)?;
+            let rate = |name: &'static str, v| finite_non_negative(&field.at(name), v);
             Ok(DiskIo {
                 read_bytes_per_second: rate("read_bytes_per_second", d.read_bytes_per_second)?,
                 write_bytes_per_second: rate("write_bytes_per_second", d.write_bytes_per_second)?,
-                busy_ratio: bounded(&format!("{field}.busy_ratio"), d.busy_ratio, 1.0)?,
+                busy_ratio: bounded(&field.at("busy_ratio"), d.busy_ratio, 1.0)?,
+                reads_per_second: d
+                    .reads_per_second
+                    .map(|v| rate("reads_per_second", v))
+                    .transpose()?,
+                writes_per_second: d
+                    .writes_per_second
+                    .map(|v| rate("writes_per_second", v))
+                    .transpose()?,
                 name: d.name,
             })
         })?,
-        filesystems: devices("report.filesystems", msg.filesystems, |field, f| {
-            text(&format!("{field}.mount_point"), &f.mount_point, 4096, true)?;
-            text(&format!("{field}.fs_type"), &f.fs_type, 64, false)?;
+        filesystems: devices(&root.at("filesystems"), msg.filesystems, |field, f| {
+            text(&field.at("mount_point"), &f.mount_point, 4096, true)?;
+            text(&field.at("fs_type"), &f.fs_type, 64, false)?;
+            text(&field.at("device"), &f.device, 4096, false)?;
+            let at_most = |name: &'static str, v: Option<u64>, max: Option<u64>| match (v, max) {
+                (Some(v), Some(max)) if v > max => Err(field
+                    .at(name)
+                    .invalid(format!("{v} is more than the {max} in all"))),
+                _ => Ok(v),
+            };
             Ok(Filesystem {
+                free_bytes: at_most("free_bytes", f.free_bytes, Some(f.total_bytes))?,
+                files_free: at_most("files_free", f.files_free, f.files)?,
+                files: f.files,
+                device: f.device,
                 mount_point: f.mount_point,
                 fs_type: f.fs_type,
                 total_bytes: f.total_bytes,
@@ -474,7 +520,7 @@ pub fn report(msg: v1::Report) -> Result<Report, Invalid> {
             buffered: msg.agent_buffered,
             reconnects: msg.agent_reconnects,
         },
-        sources: sources(msg.sources)?,
+        sources: sources(&root.at("sources"), msg.sources)?,
     })
 }
 
@@ -787,6 +833,39 @@ mod tests {
                     r.disks = vec![v1::DiskIo {
                         name: "vda".into(),
                         busy_ratio: 2.0,
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "report.disks[0].reads_per_second",
+                Box::new(|r| {
+                    r.disks = vec![v1::DiskIo {
+                        name: "vda".into(),
+                        reads_per_second: Some(f64::NAN),
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "report.filesystems[0].free_bytes",
+                Box::new(|r| {
+                    r.filesystems = vec![v1::Filesystem {
+                        mount_point: "/".into(),
+                        total_bytes: 100,
+                        free_bytes: Some(101),
+                        ..Default::default()
+                    }]
+                }),
+            ),
+            (
+                "report.filesystems[0].files_free",
+                Box::new(|r| {
+                    r.filesystems = vec![v1::Filesystem {
+                        mount_point: "/".into(),
+                        total_bytes: 100,
+                        files: Some(10),
+                        files_free: Some(11),
                         ..Default::default()
                     }]
                 }),

@@ -9,7 +9,8 @@
 //!
 //! - `encoder`: the text format writer.
 //! - `vm`: per-VM families; `requests`: the web servers'; `collector`: the ingest
-//!   edge's; `resize`: the resize engine's; `totals`: counters integrated from the
+//!   edge's; `resize`: the resize engine's; `rules`: each member's rung and rule
+//!   readings; `totals`: counters integrated from the
 //!   reports and filesystem space; `process`: build info and the collector process.
 
 mod collector;
@@ -17,6 +18,7 @@ mod encoder;
 mod process;
 mod requests;
 mod resize;
+mod rules;
 mod totals;
 mod vm;
 
@@ -42,6 +44,7 @@ pub fn render(fleet: &Fleet, stats: &IngestStats, engine: &EngineStats, now: Sys
     totals::integrated_counters(&mut e, &vms);
     collector::collector_metrics(&mut e, stats, vms.len());
     resize::resize_metrics(&mut e, engine);
+    rules::rule_metrics(&mut e, engine, fleet, now);
     process::process_metrics(&mut e, &process::ProcessStats::read());
     e.out
 }
@@ -149,13 +152,32 @@ mod tests {
                         read_bytes_per_second: 4096.0,
                         write_bytes_per_second: 8192.0,
                         busy_ratio: 0.1,
+                        reads_per_second: Some(2.0),
+                        writes_per_second: Some(4.0),
                     }],
-                    filesystems: vec![crate::fleet::Filesystem {
-                        mount_point: "/".into(),
-                        fs_type: "ext4".into(),
-                        total_bytes: 10 << 30,
-                        available_bytes: 4 << 30,
-                    }],
+                    filesystems: vec![
+                        crate::fleet::Filesystem {
+                            mount_point: "/".into(),
+                            fs_type: "ext4".into(),
+                            total_bytes: 10 << 30,
+                            available_bytes: 4 << 30,
+                            device: "/dev/vda1".into(),
+                            free_bytes: Some(5 << 30),
+                            files: Some(655_360),
+                            files_free: Some(600_000),
+                        },
+                        // From an older agent: no free space, inodes or device.
+                        crate::fleet::Filesystem {
+                            mount_point: "/srv".into(),
+                            fs_type: "xfs".into(),
+                            total_bytes: 1 << 30,
+                            available_bytes: 1 << 29,
+                            device: String::new(),
+                            free_bytes: None,
+                            files: None,
+                            files_free: None,
+                        },
+                    ],
                     dropped: 0,
                     agent: crate::fleet::AgentHealth {
                         buffered: 4 - seq,
@@ -280,7 +302,13 @@ mod tests {
             "rally_vm_cpu_seconds_total{vm=\"web-1\",group=\"web\",mode=\"user\"} 6",
             "rally_vm_requests_total{vm=\"web-1\",group=\"web\",source=\"shop-log\",status_class=\"5xx\"} 30",
             "rally_vm_requests_total{vm=\"web-1\",group=\"web\",source=\"fpm\",status_class=\"unknown\"} 750",
-            "rally_vm_filesystem_avail_bytes{vm=\"web-1\",group=\"web\",mountpoint=\"/\",fstype=\"ext4\"} 4294967296",
+            "rally_vm_filesystem_avail_bytes{vm=\"web-1\",group=\"web\",device=\"/dev/vda1\",mountpoint=\"/\",fstype=\"ext4\"} 4294967296",
+            "rally_vm_filesystem_free_bytes{vm=\"web-1\",group=\"web\",device=\"/dev/vda1\",mountpoint=\"/\",fstype=\"ext4\"} 5368709120",
+            "rally_vm_filesystem_files_free{vm=\"web-1\",group=\"web\",device=\"/dev/vda1\",mountpoint=\"/\",fstype=\"ext4\"} 600000",
+            "rally_vm_filesystem_size_bytes{vm=\"web-1\",group=\"web\",device=\"\",mountpoint=\"/srv\",fstype=\"xfs\"} 1073741824",
+            // 2 and 4 per second × 5 s × 3 reports.
+            "rally_vm_disk_reads_completed_total{vm=\"db-1\",group=\"db\",device=\"vda\"} 30",
+            "rally_vm_disk_writes_completed_total{vm=\"db-1\",group=\"db\",device=\"vda\"} 60",
             "rally_build_info{version=\"",
             "rally_vm_agent_buffered_reports{vm=\"web-1\",group=\"web\"} 1",
             "rally_vm_agent_reconnects_total{vm=\"web-1\",group=\"web\"} 1",
@@ -293,6 +321,8 @@ mod tests {
         assert!(!text.contains("source=\"nginx\",status_class"));
         // A VM without sources has no request figures (absent, not 0).
         assert!(!text.contains("rally_vm_requests_per_second{vm=\"db-1\""));
+        // A figure an older agent does not send is absent, not 0.
+        assert!(!text.contains("rally_vm_filesystem_free_bytes{vm=\"web-1\",group=\"web\",device=\"\",mountpoint=\"/srv\""));
 
         // promtool must be installed: a missing promtool fails the test.
         let mut child = Command::new("promtool")

@@ -1,7 +1,7 @@
 //! Per-VM counters integrated from the report stream (network, disks, CPU seconds,
 //! requests) and the per-filesystem space gauges.
 
-use crate::fleet::{DiskTotals, NetTotals, VmSummary};
+use crate::fleet::{DiskTotals, Filesystem, NetTotals, VmSummary};
 
 use super::encoder::{Exposition, Kind};
 
@@ -75,7 +75,7 @@ pub(super) fn integrated_counters(e: &mut Exposition, vms: &[VmSummary]) {
     for (name, help, value) in net_families {
         per_entry(e, vms, name, help, "device", net, value);
     }
-    let disk_families: [Family<DiskTotals>; 3] = [
+    let disk_families: [Family<DiskTotals>; 5] = [
         (
             "rally_vm_disk_read_bytes_total",
             "Bytes read from the block device, integrated from the reported rates.",
@@ -90,6 +90,16 @@ pub(super) fn integrated_counters(e: &mut Exposition, vms: &[VmSummary]) {
             "rally_vm_disk_io_time_seconds_total",
             "Seconds the block device was busy, integrated from the reported busy share.",
             |t| t.io_seconds,
+        ),
+        (
+            "rally_vm_disk_reads_completed_total",
+            "Reads completed by the block device, integrated from the reported rates.",
+            |t| t.reads,
+        ),
+        (
+            "rally_vm_disk_writes_completed_total",
+            "Writes completed by the block device, integrated from the reported rates.",
+            |t| t.writes,
         ),
     ];
     for (name, help, value) in disk_families {
@@ -127,18 +137,35 @@ pub(super) fn integrated_counters(e: &mut Exposition, vms: &[VmSummary]) {
     }
 }
 
-/// Space of the filesystems in every VM's latest report.
+/// Space and inodes of the filesystems in every VM's latest report; a figure an older
+/// agent does not send is left out rather than shown as 0.
 pub(super) fn filesystem_gauges(e: &mut Exposition, vms: &[VmSummary]) {
-    let families: [Family<&crate::fleet::Filesystem>; 2] = [
+    type FsFamily = (&'static str, &'static str, fn(&Filesystem) -> Option<u64>);
+    let families: [FsFamily; 5] = [
         (
             "rally_vm_filesystem_size_bytes",
             "Size of the filesystem.",
-            |f| f.total_bytes as f64,
+            |f| Some(f.total_bytes),
         ),
         (
             "rally_vm_filesystem_avail_bytes",
             "Bytes of the filesystem available to unprivileged users.",
-            |f| f.available_bytes as f64,
+            |f| Some(f.available_bytes),
+        ),
+        (
+            "rally_vm_filesystem_free_bytes",
+            "Free bytes of the filesystem, the blocks reserved for root included.",
+            |f| f.free_bytes,
+        ),
+        (
+            "rally_vm_filesystem_files",
+            "Inodes of the filesystem in all.",
+            |f| f.files,
+        ),
+        (
+            "rally_vm_filesystem_files_free",
+            "Free inodes of the filesystem.",
+            |f| f.files_free,
         ),
     ];
     for (name, help, value) in families {
@@ -146,15 +173,17 @@ pub(super) fn filesystem_gauges(e: &mut Exposition, vms: &[VmSummary]) {
         for vm in vms {
             let Some(report) = &vm.latest else { continue };
             for fs in &report.filesystems {
+                let Some(v) = value(fs) else { continue };
                 e.sample(
                     name,
                     &[
                         ("vm", &vm.id),
                         ("group", &vm.group),
+                        ("device", &fs.device),
                         ("mountpoint", &fs.mount_point),
                         ("fstype", &fs.fs_type),
                     ],
-                    value(fs),
+                    v as f64,
                 );
             }
         }

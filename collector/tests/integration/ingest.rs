@@ -116,6 +116,7 @@ async fn bad_streams_are_rejected_and_counted_while_a_healthy_one_keeps_working(
             fs_type: "ext4".into(),
             total_bytes: 1 << 30,
             available_bytes: 1 << 29,
+            ..Default::default()
         })
         .collect();
     big.report(oversized).await;

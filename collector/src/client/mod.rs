@@ -1,8 +1,15 @@
-//! The HTTP API's client: what `rally-collector pause|resume|resize|decisions|groups`
-//! call. Answers are JSON; a 4xx/5xx carries `{"error": ..., "code": ...}`, which is
-//! returned as [`ClientError::Api`] so the CLI can print the collector's own words.
+//! The HTTP API's client: what `rally-collector pause|resume|resize|decisions|groups|
+//! status|vms` call. Answers are JSON; a 4xx/5xx carries `{"error": ..., "code": ...}`,
+//! which is returned as [`ClientError::Api`] so the CLI can print the collector's own
+//! words. An HTTPS API signed by a private CA (`rally-collector pki`) is trusted through
+//! `--ca-file`.
+//!
+//! This file formats decisions and groups one line each; `fleet` formats the fleet
+//! picture of `status` and the table of `vms`.
 
-use std::path::Path;
+pub mod fleet;
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono_tz::Tz;
@@ -21,6 +28,22 @@ pub enum ClientError {
     /// The token file could not be read.
     #[error(transparent)]
     Token(#[from] rally_daemon::secret::SecretError),
+    /// The `--ca-file` could not be read.
+    #[error("--ca-file {}: {source}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The `--ca-file` holds no PEM certificate that can be used.
+    #[error("--ca-file {}: no usable PEM certificate ({detail})", path.display())]
+    CaCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What the TLS library said.
+        detail: String,
+    },
     /// The collector could not be reached or answered garbage.
     #[error("calling {url}: {source}")]
     Http {
@@ -49,19 +72,29 @@ pub struct Client {
 
 impl Client {
     /// A client of the API at `base` (`http://127.0.0.1:9471`), with the bearer token
-    /// from `token_file` if given.
-    pub fn new(base: &str, token_file: Option<&Path>) -> Result<Self, ClientError> {
+    /// from `token_file` if given. With `ca_file`, an `https://` API is trusted when its
+    /// certificate chains to one of that file's certificates, and only then (the system's
+    /// roots are not consulted: a private CA is the point).
+    pub fn new(
+        base: &str,
+        token_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let token = token_file
             .map(|path| rally_daemon::secret::read("--token-file", path))
             .transpose()?
             .map(|token| token.expose().to_owned());
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
-            .map_err(|source| ClientError::Http {
-                url: base.to_owned(),
-                source,
-            })?;
+        let mut builder = reqwest::Client::builder().timeout(TIMEOUT);
+        if let Some(path) = ca_file {
+            builder = builder.tls_built_in_root_certs(false);
+            for certificate in ca_certificates(path)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build().map_err(|source| ClientError::Http {
+            url: base.to_owned(),
+            source,
+        })?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             token,
@@ -150,6 +183,84 @@ impl Client {
         self.call(reqwest::Method::GET, "/api/v1/groups", &[], None)
             .await
     }
+
+    /// `GET /api/v1/vms`.
+    pub async fn vms(&self) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/vms", &[], None)
+            .await
+    }
+}
+
+/// The certificates of a PEM file (a CA, or a bundle of them).
+fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let refuse = |detail: String| ClientError::CaCertificate {
+        path: path.to_owned(),
+        detail,
+    };
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| refuse(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(refuse("the file has no CERTIFICATE block".to_owned()));
+    }
+    Ok(certificates)
+}
+
+/// A group's resize state in a few words.
+fn group_state(g: &Value) -> &'static str {
+    if g["resizes"] != true {
+        "monitored only"
+    } else if g["circuit_open"] == true {
+        "CIRCUIT OPEN (resume to close)"
+    } else if g["paused"] == true {
+        "paused"
+    } else {
+        "active"
+    }
+}
+
+/// The resize in flight (an `in_flight` field), or "none".
+fn in_flight(f: &Value, tz: Tz) -> String {
+    match f {
+        Value::Null => "none".to_owned(),
+        f => format!(
+            "{} {} (until {})",
+            f["vm"].as_str().unwrap_or("?"),
+            f["direction"].as_str().unwrap_or("?"),
+            when(&f["deadline"], tz)
+        ),
+    }
+}
+
+/// A group's newest decision (a `last_decision` field), or "none".
+fn last_decision(d: &Value, tz: Tz) -> String {
+    match d {
+        Value::Null => "none".to_owned(),
+        d => format!(
+            "{} {} {}→{} at {}{}",
+            d["vm"].as_str().unwrap_or("?"),
+            d["direction"].as_str().unwrap_or("?"),
+            d["from"].as_str().unwrap_or("?"),
+            d["to"].as_str().unwrap_or("?"),
+            when(&d["created_at"], tz),
+            if d["dry_run"] == true {
+                " (dry run: not sent)"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+/// Why a VM got no decision (a `skips` row), with times in `tz` and UTC.
+fn skip_text(skip: &Value, tz: Tz) -> String {
+    // `detail` is missing from older collectors' answers: their words, in UTC.
+    serde_json::from_value::<SkipReason>(skip["detail"].clone())
+        .map(|r| r.describe(&|t| local_time(t, tz)))
+        .unwrap_or_else(|_| skip["reason"].as_str().unwrap_or("?").to_owned())
 }
 
 /// The time zone a row names (`timezone`), UTC if none.
@@ -208,40 +319,9 @@ pub fn format_groups(v: &Value) -> String {
     let mut out = String::new();
     for g in v["groups"].as_array().into_iter().flatten() {
         let tz = zone(&g["timezone"]);
-        let state = if g["resizes"] != true {
-            "monitored only".to_owned()
-        } else if g["circuit_open"] == true {
-            "CIRCUIT OPEN (resume to close)".to_owned()
-        } else if g["paused"] == true {
-            "paused".to_owned()
-        } else {
-            "active".to_owned()
-        };
-        let in_flight = match &g["in_flight"] {
-            Value::Null => "none".to_owned(),
-            f => format!(
-                "{} {} (until {})",
-                f["vm"].as_str().unwrap_or("?"),
-                f["direction"].as_str().unwrap_or("?"),
-                when(&f["deadline"], tz)
-            ),
-        };
-        let last = match &g["last_decision"] {
-            Value::Null => "none".to_owned(),
-            d => format!(
-                "{} {} {}→{} at {}{}",
-                d["vm"].as_str().unwrap_or("?"),
-                d["direction"].as_str().unwrap_or("?"),
-                d["from"].as_str().unwrap_or("?"),
-                d["to"].as_str().unwrap_or("?"),
-                when(&d["created_at"], tz),
-                if d["dry_run"] == true {
-                    " (dry run: not sent)"
-                } else {
-                    ""
-                }
-            ),
-        };
+        let state = group_state(g);
+        let in_flight = in_flight(&g["in_flight"], tz);
+        let last = last_decision(&g["last_decision"], tz);
         out.push_str(&format!(
             "{}: {}{}; in flight: {}; last decision: {}\n",
             g["group"].as_str().unwrap_or("?"),
@@ -255,10 +335,7 @@ pub fn format_groups(v: &Value) -> String {
             last
         ));
         for skip in g["skips"].as_array().into_iter().flatten() {
-            // `detail` is missing from older collectors' answers: their words, in UTC.
-            let reason = serde_json::from_value::<SkipReason>(skip["detail"].clone())
-                .map(|r| r.describe(&|t| local_time(t, tz)))
-                .unwrap_or_else(|_| skip["reason"].as_str().unwrap_or("?").to_owned());
+            let reason = skip_text(skip, tz);
             match skip["vm"].as_str() {
                 Some(vm) => out.push_str(&format!("  {vm}: {reason}\n")),
                 None => out.push_str(&format!("  {reason}\n")),
@@ -310,7 +387,7 @@ mod tests {
     #[test]
     fn a_group_shows_its_warm_up_and_last_decision_in_both_zones() {
         let groups = serde_json::to_value(GroupList {
-            groups: vec![warming_group()],
+            groups: vec![warming_group().into()],
         })
         .unwrap();
         let out = format_groups(&groups);
