@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! - [`bin`]: finds the built `rally-agent` / `rally-collector` binaries.
+//! - [`browser`]: headless Chromium driven over the DevTools Protocol (navigate,
+//!   read the DOM, click with the mouse, type, screenshot).
 //! - [`command`]: runs an external command to completion, bounded in time.
 //! - [`debian_root`]: a clean Debian 12 root from a cached `debootstrap` tarball.
 //! - [`fuzz`]: one function per fuzz target, shared by `fuzz/` and the corpus replay.
@@ -26,6 +28,7 @@
 //! - [`webhook`]: a real HTTP receiver of resize webhooks that checks signatures.
 
 pub mod bin;
+pub mod browser;
 pub mod command;
 pub mod debian_root;
 pub mod fuzz;

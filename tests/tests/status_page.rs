@@ -1,21 +1,29 @@
-//! The status page in a real browser: a collector with two real agents in a dry-run
-//! group with a ladder, the page rendered by headless Chromium (JavaScript never
-//! needed), its charts and ladder read from the DOM Chromium built, and a pause sent
-//! the way the page's own form sends it. Screenshots go to `target/test-artifacts/`.
+//! The status page in a real browser: a collector (with an API token) and two real
+//! agents in a dry-run group with a ladder; headless Chromium, driven over the DevTools
+//! Protocol, loads the page, whose VMs, charts and ladder are read from the DOM it
+//! built; then a mouse click on the token field, the token typed in and a click on
+//! the Pause button submit the page's own form, and the API shows the group paused.
+//! Screenshots (before and after the pause) go to `target/test-artifacts/`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use rally_tests::browser::Browser;
 use rally_tests::rally::{Agent, Collector};
-use rally_tests::{eventually, online_cpus, proc_mem_total_bytes, tool};
+use rally_tests::{eventually, online_cpus, proc_mem_total_bytes};
 use serde_json::Value;
 
 const VMS: [&str; 2] = ["page-a", "page-b"];
 
-fn config(vcpus: u32, mem: u64) -> String {
+/// The API token the pause needs, typed into the page by the test.
+const TOKEN: &str = "page-test-token-7f3a";
+
+fn config(vcpus: u32, mem: u64, token_file: &Path) -> String {
     format!(
         r#"
+[api]
+token_file = "{token_file}"
+
 [engine]
 tick = "250ms"
 
@@ -35,6 +43,7 @@ window = "last"
 threshold = 0.99
 for = "10m"
 "#,
+        token_file = token_file.display(),
         vcpus2 = vcpus * 2,
         mem2 = mem * 2,
     )
@@ -49,45 +58,6 @@ fn artifacts() -> PathBuf {
     let dir = target.join("test-artifacts");
     std::fs::create_dir_all(&dir).expect("create target/test-artifacts");
     dir
-}
-
-/// Runs headless Chromium on `url` with `args` (`--dump-dom`, `--screenshot=...`) and
-/// returns its standard output.
-fn chromium(profile: &Path, url: &str, args: &[String]) -> String {
-    let chromium = tool::require("chromium", "chromium");
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1280,1600",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn screenshot(profile: &Path, url: &str, name: &str) -> PathBuf {
-    let file = artifacts().join(name);
-    let _ = std::fs::remove_file(&file);
-    chromium(profile, url, &[format!("--screenshot={}", file.display())]);
-    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-    assert!(size > 10_000, "{} is {size} bytes", file.display());
-    file
 }
 
 /// The `points` of every `<polyline>` in `dom`.
@@ -137,12 +107,25 @@ async fn group(collector: &Collector) -> Value {
         .expect("group web in /api/v1/groups")
 }
 
+/// Saves a screenshot of the browser's page as `name` under `target/test-artifacts/`.
+async fn screenshot(browser: &mut Browser, name: &str) -> PathBuf {
+    let file = artifacts().join(name);
+    let _ = std::fs::remove_file(&file);
+    let size = browser.screenshot(&file).await;
+    assert!(size > 10_000, "{} is {size} bytes", file.display());
+    file
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn the_page_shows_charts_and_the_ladder_in_chromium_and_its_form_pauses_the_group() {
+async fn the_page_shows_charts_and_the_ladder_in_chromium_and_a_click_pauses_the_group() {
     let dir = tempfile::tempdir().unwrap();
-    let profile = dir.path().join("chromium-profile");
-    let collector =
-        Collector::start(dir.path(), &config(online_cpus(), proc_mem_total_bytes())).await;
+    let token_file = dir.path().join("api.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let collector = Collector::start(
+        dir.path(),
+        &config(online_cpus(), proc_mem_total_bytes(), &token_file),
+    )
+    .await;
     let _agents: Vec<Agent> = VMS
         .iter()
         .map(|vm| Agent::start(dir.path(), vm, &[collector.grpc_url()], "500ms", ""))
@@ -162,8 +145,9 @@ async fn the_page_shows_charts_and_the_ladder_in_chromium_and_its_form_pauses_th
     )
     .await;
 
-    let url = collector.url("/");
-    let dom = tokio::task::block_in_place(|| chromium(&profile, &url, &["--dump-dom".into()]));
+    let mut browser = Browser::launch(dir.path()).await;
+    browser.navigate(&collector.url("/")).await;
+    let dom = browser.dom().await;
     for vm in VMS {
         assert!(
             dom.contains(&format!("<td>{vm}</td>")),
@@ -184,30 +168,42 @@ async fn the_page_shows_charts_and_the_ladder_in_chromium_and_its_form_pauses_th
         "{dom}"
     );
     assert!(dom.contains("cpu_utilization last"), "the rule in:\n{dom}");
-    tokio::task::block_in_place(|| screenshot(&profile, &url, "status-page.png"));
+    screenshot(&mut browser, "status-page.png").await;
 
-    // Pause the way a browser submits the page's form: its method, action and fields
-    // (no token is configured and the test is a loopback peer: no field to fill).
+    // The pause form posts to the page's route with one field: the API token, which
+    // the page never holds (`[api] token_file` is set), so the user types it.
     let (method, action, inputs) = form(&dom, "/pause");
     assert_eq!(method, "post");
     assert_eq!(action, "/groups/web/pause");
-    assert!(inputs.is_empty(), "{inputs:?}");
+    assert_eq!(inputs, ["token"]);
     assert_eq!(group(&collector).await["paused"], false);
-    let answer = reqwest::Client::new()
-        .post(collector.url(action))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("")
-        .send()
-        .await
-        .expect("POST the pause form");
-    // The 303 leads back to the page.
-    assert!(answer.status().is_success(), "{}", answer.status());
-    assert_eq!(answer.url().path(), "/");
+
+    // Click the field, type the token, click the button: real mouse and keyboard
+    // input in Chromium, which submits the form and follows the 303 back to the page.
+    let field = format!("form[action=\"{action}\"] input[name=\"token\"]");
+    browser.click(&field).await;
+    assert_eq!(
+        browser.evaluate("document.activeElement.name").await,
+        "token",
+        "the click did not focus the token field"
+    );
+    browser.insert_text(TOKEN).await;
+    assert_eq!(
+        browser
+            .evaluate(&format!("document.querySelector('{field}').value"))
+            .await,
+        TOKEN
+    );
+    browser
+        .click(&format!("form[action=\"{action}\"] button"))
+        .await;
+    browser.wait_for_load().await;
+    assert_eq!(browser.evaluate("location.pathname").await, "/");
+
     let web = group(&collector).await;
     assert_eq!(web["paused"], true, "{web}");
     assert_eq!(web["paused_by"], "operator", "{web}");
-
-    let dom = tokio::task::block_in_place(|| chromium(&profile, &url, &["--dump-dom".into()]));
+    let dom = browser.dom().await;
     assert!(dom.contains("paused"), "{dom}");
-    tokio::task::block_in_place(|| screenshot(&profile, &url, "status-page-paused.png"));
+    screenshot(&mut browser, "status-page-paused.png").await;
 }
