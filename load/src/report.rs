@@ -3,7 +3,7 @@
 //! Reports are the agent's own domain [`Sample`] turned into `rally.v1` messages by
 //! [`rally_agent::wire`], so they have exactly the shape and size a real agent's
 //! have (a 2-vCPU Debian VM with a public and a private NIC, one disk and two
-//! filesystems: about 630 bytes encoded). Figures wander from report to report so the collector's windows
+//! filesystems: about 700 bytes encoded). Figures wander from report to report so the collector's windows
 //! see changing values, but always stay within what its validation accepts.
 
 use std::collections::BTreeMap;
@@ -196,13 +196,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reports_are_about_630_bytes_like_a_real_agents() {
+    fn reports_are_about_700_bytes_like_a_real_agents() {
         let mut rng = SmallRng::seed_from_u64(1);
         for seq in [1, 1_000, u64::from(u32::MAX)] {
             let len = report(seq, Duration::from_secs(1), &mut rng).encoded_len();
-            assert!((600..=680).contains(&len), "report {seq} is {len} bytes");
+            assert!((660..=740).contains(&len), "report {seq} is {len} bytes");
         }
-        assert!((600..=680).contains(&encoded_len()));
+        assert!((660..=740).contains(&encoded_len()));
     }
 
     #[test]
