@@ -136,12 +136,16 @@ async fn a_thousand_agents_come_back_spread_out_and_healthz_answers_throughout()
         "a stream reopened before the collector was started again"
     );
     // Each agent's first retry comes 1 s after the loss, the later ones 1.6× apart
-    // with ±20 % jitter: by the restart they are out of step, so they return over
-    // seconds. In step (no jitter) they would all return within one attempt's time.
+    // with ±20 % jitter each: the retry after an 8 s outage is the fourth, at
+    // 1 + 1.6 + 2.56 + 4.1 ≈ 9.3 s, and the four jitters add up to a standard
+    // deviation of about 0.6 s, so the middle 80 % of the fleet returns over about
+    // 1.5 s on an idle machine (more on a busy one, whose accepts queue). In step (no
+    // jitter) they would all return within the time to accept 1 000 connections, a
+    // tenth of that.
     let spread =
         r["spread_seconds"]["p90"].as_f64().unwrap() - r["spread_seconds"]["p10"].as_f64().unwrap();
     assert!(
-        spread >= 2.0,
+        spread >= 1.0,
         "the middle 80 % of the agents came back within {spread:.2} s: {r}"
     );
     // No quarter second holds even half the fleet (in step, all of it would be

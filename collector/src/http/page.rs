@@ -170,7 +170,7 @@ pub fn render(page: &Page) -> String {
          th,td{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:right;vertical-align:middle}\n\
          th:first-child,td:first-child,td.text{text-align:left}\n\
          .fresh{color:#176f2c;font-weight:600}.stale{color:#b3261e;font-weight:600}\n\
-         .spark{vertical-align:middle}.range,.nodata{color:#666;font-size:.8rem;margin-left:.3rem}\n\
+         .spark{vertical-align:middle}.range,.nodata{color:#666;font-size:.8rem;margin-left:.3rem;white-space:nowrap}.range{display:block}\n\
          ol.ladder{display:flex;gap:.5rem;list-style:none;padding:0;flex-wrap:wrap}\n\
          ol.ladder li{border:1px solid #bbb;border-radius:4px;padding:.3rem .6rem;min-width:6rem}\n\
          ol.ladder li.occupied{border-color:#1a73e8;background:#e8f0fe}\n\
