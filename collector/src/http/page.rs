@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use axum::extract::State;
 use axum::response::Html;
 use chrono_tz::Tz;
-use rally_policy::{Ladder, Timestamp};
+use rally_policy::Timestamp;
 
 use super::HttpState;
 use crate::engine::{DecisionRecord, GroupStatus, members_now, outcome_text};
@@ -51,6 +51,9 @@ pub struct Page {
     pub charts: BTreeMap<String, VmCharts>,
     /// Each rule's current value: (group, rule index, VM) → value.
     pub rule_values: BTreeMap<(String, usize, String), f64>,
+    /// Each member's rung on its group's ladder: (group, VM) → index; absent when its
+    /// size is unknown or matches no rung.
+    pub rungs: BTreeMap<(String, String), usize>,
     /// Whether pause/resume need the API token (`[api] token_file` is set).
     pub token_required: bool,
 }
@@ -83,8 +86,12 @@ pub async fn handler(State(state): State<HttpState>) -> Html<String> {
     }
     let view = FleetView::new(&state.fleet, now);
     let mut rule_values = BTreeMap::new();
+    let mut rungs = BTreeMap::new();
     for g in &groups {
         for member in members_now(g, &view, Timestamp::from(now)) {
+            if let Some(i) = member.rung_index {
+                rungs.insert((g.group.clone(), member.vm.clone()), i);
+            }
             for r in member.rules {
                 if let Some(value) = r.value {
                     rule_values.insert((g.group.clone(), r.rule, member.vm.clone()), value);
@@ -101,6 +108,7 @@ pub async fn handler(State(state): State<HttpState>) -> Html<String> {
         now,
         charts,
         rule_values,
+        rungs,
         token_required,
     }))
 }
@@ -215,7 +223,7 @@ fn group_section(
     );
     if let Some(g) = group.filter(|g| g.resizes) {
         order_forms(html, &g.group, page.token_required);
-        ladder(html, g, members);
+        ladder(html, g, members, &page.rungs);
     }
     html.push_str(
         "<table class=\"vms\">\n<thead><tr><th>VM</th><th>hostname</th><th>state</th>\
@@ -317,16 +325,18 @@ fn order_forms(html: &mut String, group: &str, token_required: bool) {
 }
 
 /// The ladder, smallest rung first, each with the members on it.
-fn ladder(html: &mut String, g: &GroupStatus, members: &[&VmSummary]) {
-    let Ok(ladder) = Ladder::new(g.ladder.clone(), None, None) else {
-        return;
-    };
+fn ladder(
+    html: &mut String,
+    g: &GroupStatus,
+    members: &[&VmSummary],
+    rungs: &BTreeMap<(String, String), usize>,
+) {
     let mut on: Vec<Vec<&str>> = vec![Vec::new(); g.ladder.len()];
     let mut off = Vec::new();
     for vm in members {
-        match vm.size.and_then(|s| ladder.locate(s.vcpus, s.memory_bytes)) {
-            Some(i) => on[i].push(&vm.id),
-            None => off.push(vm.id.as_str()),
+        match rungs.get(&(g.group.clone(), vm.id.clone())) {
+            Some(&i) if i < on.len() => on[i].push(&vm.id),
+            _ => off.push(vm.id.as_str()),
         }
     }
     html.push_str("<h3>Ladder</h3>\n<ol class=\"ladder\">\n");
@@ -684,6 +694,7 @@ pub(crate) mod tests {
             now: SystemTime::UNIX_EPOCH,
             charts: BTreeMap::new(),
             rule_values: BTreeMap::new(),
+            rungs: BTreeMap::new(),
             token_required: false,
         });
         assert!(html.contains("dry run: not sent"), "{html}");
