@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used)] // a panic is the test failure report
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -281,21 +280,7 @@ for = "1m"
 
 /// Passes `text` through `promtool check metrics` and expects no complaint.
 fn promtool_accepts(text: &str) {
-    let promtool = tool::require("promtool", "prometheus");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = tool::promtool_check_metrics(text);
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
         "promtool check metrics:\n{}{}",

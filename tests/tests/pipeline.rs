@@ -1,38 +1,21 @@
 //! The whole path: real agents sample this machine and stream to a real collector,
 //! which serves the fleet on `/api/v1/vms` and `/metrics`.
 
+use rally_tests::ledger::{accepted, sample};
 use rally_tests::rally::{Agent, Collector};
 use rally_tests::{eventually, proc_mem_total_bytes, tool};
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn vm<'a>(vms: &'a Value, id: &str) -> Option<&'a Value> {
     vms["vms"].as_array()?.iter().find(|v| v["vm"] == id)
 }
 
-/// The value of the sample of `metric` whose labels include every `label="value"`.
-fn sample(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(metric)?;
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            return None;
-        }
-        let (label_part, value) = match rest.split_once('}') {
-            Some((l, v)) => (l, v),
-            None => ("", rest),
-        };
-        labels
-            .iter()
-            .all(|(k, v)| label_part.contains(&format!("{k}=\"{v}\"")))
-            .then(|| value.split_whitespace().next()?.parse().ok())?
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn two_agents_appear_in_api_and_metrics() {
-    let promtool = tool::require("promtool", "prometheus");
+    // Fails before anything starts when promtool is missing.
+    tool::require("promtool", "prometheus");
     let dir = tempfile::tempdir().unwrap();
     let collector = Collector::start(
         dir.path(),
@@ -122,46 +105,13 @@ async fn two_agents_appear_in_api_and_metrics() {
     assert!(sample(&metrics, "rally_collector_reports_total", &[]).expect("reports") >= 4.0);
 
     // The scrape is valid Prometheus exposition for Prometheus' own checker.
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(metrics.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = tool::promtool_check_metrics(&metrics);
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}\n--- scrape ---\n{metrics}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// `report accepted` lines of a collector log: (vm, run) → seqs in order.
-fn accepted(log: &str) -> BTreeMap<(String, String), Vec<u64>> {
-    let mut out: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
-    for line in log.lines().filter(|l| l.contains("report accepted")) {
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                .map(|v| v.trim_matches('"').to_owned())
-        };
-        let (Some(vm), Some(run), Some(seq)) = (field("vm"), field("run"), field("seq")) else {
-            panic!("unparseable accept line: {line}");
-        };
-        out.entry((vm, run))
-            .or_default()
-            .push(seq.parse().expect("seq is a number"));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
