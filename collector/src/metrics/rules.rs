@@ -4,11 +4,11 @@
 
 use std::time::SystemTime;
 
-use crate::engine::{EngineStats, members_now};
+use crate::engine::{EngineStats, RuleStatus, members_now};
 use crate::fleet::{Fleet, FleetView};
 use rally_policy::Timestamp;
 
-use super::encoder::{Exposition, Kind};
+use super::encoder::{Exposition, Kind, Value};
 
 /// The rung and rule families, one sample set per member of every resized group.
 pub(super) fn rule_metrics(
@@ -62,52 +62,39 @@ pub(super) fn rule_metrics(
         }
     }
 
-    e.family(
-        "rally_rule_threshold",
-        Gauge,
-        "The value at which a group's rule starts holding (in the unit of its metric).",
-    );
-    for (g, _) in &groups {
-        for (i, rule) in g.rules.iter().enumerate() {
-            let (index, metric, window) = (
-                i.to_string(),
-                rule.metric.to_string(),
-                rule.window.to_string(),
-            );
-            e.sample(
-                "rally_rule_threshold",
-                &[
-                    ("group", &g.group),
-                    ("rule", &index),
-                    ("metric", &metric),
-                    ("window", &window),
-                ],
-                rule.threshold,
-            );
-        }
-    }
-    e.family(
-        "rally_rule_for_seconds",
-        Gauge,
-        "How long a group's rule must hold before it fires.",
-    );
-    for (g, _) in &groups {
-        for (i, rule) in g.rules.iter().enumerate() {
-            let (index, metric, window) = (
-                i.to_string(),
-                rule.metric.to_string(),
-                rule.window.to_string(),
-            );
-            e.sample(
-                "rally_rule_for_seconds",
-                &[
-                    ("group", &g.group),
-                    ("rule", &index),
-                    ("metric", &metric),
-                    ("window", &window),
-                ],
-                rule.for_seconds,
-            );
+    type RuleFamily = (&'static str, &'static str, fn(&RuleStatus) -> Value);
+    let rule_families: [RuleFamily; 2] = [
+        (
+            "rally_rule_threshold",
+            "The value at which a group's rule starts holding (in the unit of its metric).",
+            |r| r.threshold.into(),
+        ),
+        (
+            "rally_rule_for_seconds",
+            "How long a group's rule must hold before it fires.",
+            |r| r.for_seconds.into(),
+        ),
+    ];
+    for (name, help, value) in rule_families {
+        e.family(name, Gauge, help);
+        for (g, _) in &groups {
+            for (i, rule) in g.rules.iter().enumerate() {
+                let (index, metric, window) = (
+                    i.to_string(),
+                    rule.metric.to_string(),
+                    rule.window.to_string(),
+                );
+                e.sample(
+                    name,
+                    &[
+                        ("group", &g.group),
+                        ("rule", &index),
+                        ("metric", &metric),
+                        ("window", &window),
+                    ],
+                    value(rule),
+                );
+            }
         }
     }
 
