@@ -394,6 +394,11 @@ pub struct PhpFpm {
     pub slow_requests: u64,
 }
 
+/// A duration as seconds, as the JSON API writes every duration.
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
 /// One web-server source's figures over its interval.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceReport {
@@ -408,7 +413,8 @@ pub struct SourceReport {
     pub up: bool,
     /// Failed readings since the agent started.
     pub down_total: u64,
-    /// The interval the figures cover.
+    /// The interval the figures cover (`interval_seconds` in JSON).
+    #[serde(rename = "interval_seconds", serialize_with = "as_seconds")]
     pub interval: Duration,
     /// Requests during the interval.
     pub requests: u64,

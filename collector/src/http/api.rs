@@ -14,8 +14,8 @@ use super::HttpState;
 use crate::clock::unix_seconds;
 use crate::engine::{GroupStatus, MemberNow, RuleReading, members_now};
 use crate::fleet::{
-    CpuShares, DiskIo, Filesystem, FleetView, Latency, MetricValues, NetInterface, PhpFpm,
-    Pressure, ReportCounters, SourceKind, SourceReport, StatusClasses, VmSize, VmSummary,
+    CpuShares, DiskIo, Filesystem, FleetView, MetricValues, NetInterface, Pressure, ReportCounters,
+    SourceReport, VmSize, VmSummary,
 };
 use rally_policy::Timestamp;
 
@@ -138,55 +138,7 @@ pub struct VmJson {
     /// Its group's rules as they read on it now: value, threshold, time held.
     pub rules: Vec<RuleReading>,
     /// Its web-server sources in the latest report, with their last figures.
-    pub sources: Vec<SourceJson>,
-}
-
-/// One web-server source of the latest report.
-#[derive(Debug, Serialize)]
-pub struct SourceJson {
-    /// Its configured name.
-    pub name: String,
-    /// What it reads (`nginx`, `apache`, `php_fpm`, `access_log`, `prometheus`).
-    pub kind: SourceKind,
-    /// The source that already counts this one's requests, if any.
-    pub counted_by: Option<String>,
-    /// Whether the agent could read it this time.
-    pub up: bool,
-    /// Failed readings since the agent started.
-    pub down_total: u64,
-    /// The interval the figures cover, seconds.
-    pub interval_seconds: f64,
-    /// Requests during the interval.
-    pub requests: u64,
-    /// Requests per second (`null`: no rate this time).
-    pub requests_per_second: Option<f64>,
-    /// Requests by status class (access logs).
-    pub statuses: Option<StatusClasses>,
-    /// Latency quantiles, seconds (access logs with a request time).
-    pub latency: Option<Latency>,
-    /// Connections or workers busy now.
-    pub busy: Option<u64>,
-    /// php-fpm pool figures.
-    pub php_fpm: Option<PhpFpm>,
-}
-
-impl From<&SourceReport> for SourceJson {
-    fn from(s: &SourceReport) -> Self {
-        Self {
-            name: s.name.clone(),
-            kind: s.kind,
-            counted_by: s.counted_by.clone(),
-            up: s.up,
-            down_total: s.down_total,
-            interval_seconds: s.interval.as_secs_f64(),
-            requests: s.requests,
-            requests_per_second: s.requests_per_second,
-            statuses: s.statuses,
-            latency: s.latency,
-            busy: s.busy,
-            php_fpm: s.php_fpm,
-        }
-    }
+    pub sources: Vec<SourceReport>,
 }
 
 /// The latest report, flattened for scripts.
@@ -277,7 +229,7 @@ impl VmJson {
             sources: vm
                 .latest
                 .as_ref()
-                .map(|r| r.sources.iter().map(SourceJson::from).collect())
+                .map(|r| r.sources.clone())
                 .unwrap_or_default(),
         }
     }
