@@ -131,6 +131,11 @@ for = "1m"
     assert_eq!(source["name"], "collector", "{vm}");
     assert_eq!(source["kind"], "prometheus", "{vm}");
     assert_eq!(source["up"], true, "{vm}");
+    // Durations in the API are seconds (docs/api.md), sources' included.
+    assert!(
+        source["interval_seconds"].as_f64().is_some_and(|s| s > 0.0),
+        "{vm}"
+    );
     let cpu_rule = &vm["rules"][0];
     assert_eq!(cpu_rule["metric"], "cpu_utilization", "{vm}");
     assert_eq!(cpu_rule["comparison"], ">=", "{vm}");
