@@ -184,8 +184,17 @@ async fn a_60s_partition_with_loss_loses_nothing_and_backs_off_with_jitter() {
     let failures_before = failures(&agent.log()).len();
     let seq_at_start = applied(&collector).last().copied().unwrap_or(0);
     proxy.cut();
-    // The reset reaches the agent before the drop rule is in place.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The reset must reach the agent before the drop rule is in place (else the open
+    // stream just hangs): wait until the agent has seen its stream fail.
+    eventually(
+        Duration::from_secs(10),
+        "the agent to see the proxy's reset",
+        || {
+            let seen = failures(&agent.log()).len() > failures_before;
+            async move { seen.then_some(()) }
+        },
+    )
+    .await;
     nft(
         &agent_net,
         &format!(
