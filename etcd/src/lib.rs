@@ -345,6 +345,32 @@ impl Write {
     }
 }
 
+/// A leader's term: its key in the election and the revision that created the key,
+/// which is the term's fencing token (a later term always has a higher one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Term {
+    /// The leader's key (`<election>/<lease id>`), deleted when its lease ends.
+    pub key: Vec<u8>,
+    /// The key's create revision: the fencing token.
+    pub token: u64,
+}
+
+impl Term {
+    /// The term of a campaign's answer.
+    pub fn of(leader: &LeaderKey) -> Self {
+        Self {
+            key: leader.key.clone(),
+            token: u64::try_from(leader.rev).unwrap_or_default(),
+        }
+    }
+
+    /// The comparison that holds while this term lasts: a transaction under it is
+    /// refused once the leader's key is gone.
+    pub fn holds(&self) -> Compare {
+        created_at(&self.key, i64::try_from(self.token).unwrap_or(i64::MAX))
+    }
+}
+
 /// Holds when `key` exists and was created at revision `revision`: a leader's key
 /// that still stands, so its term (the fencing token) has not ended.
 pub fn created_at(key: &[u8], revision: i64) -> Compare {

@@ -8,6 +8,8 @@
 //!   read the DOM, click with the mouse, type, screenshot).
 //! - [`command`]: runs an external command to completion, bounded in time.
 //! - [`debian_root`]: a clean Debian 12 root from a cached `debootstrap` tarball.
+//! - [`etcd`]: a cluster of real etcd members (on loopback, or wrapped in a network
+//!   namespace by the caller), stopped and restarted on their data.
 //! - [`fuzz`]: one function per fuzz target, shared by `fuzz/` and the corpus replay.
 //! - [`ledger`]: what a collector says it applied (its accept log lines, its
 //!   `/metrics` samples), for the tests that account for every report.
@@ -31,6 +33,7 @@ pub mod bin;
 pub mod browser;
 pub mod command;
 pub mod debian_root;
+pub mod etcd;
 pub mod fuzz;
 pub mod ledger;
 pub mod nspawn;
