@@ -1,31 +1,24 @@
-//! The embedded state store: SQLite (WAL) under the state directory.
+//! The embedded state store of a single collector: SQLite (WAL) under the state
+//! directory.
 //!
-//! It keeps decisions with their evidence, every actuation attempt and its outcome,
-//! verification results, and each group's pause, circuit-breaker and roll-stop flags.
-//! Cooldowns and daily/nightly caps are *counted from* the decisions table (there is no
-//! separate counter that could drift from it): [`Store::load_group`] rebuilds the
-//! engine's [`GroupState`] — history, in-flight resizes and flags — after a restart, and
-//! [`Store::unsent`] lists decisions that never got a final word from the actuator, to be
-//! sent again with the same `id`.
-//!
-//! Every call is synchronous and short (a few small statements). The engine loop calls
-//! the store from `tokio::task::spawn_blocking` or a dedicated thread, never directly on
-//! an async worker, and persists a decision *before* handing it to an actuator.
+//! Tables: `decisions` (one row per decision with its evidence and where it got to),
+//! `attempts` (every delivery attempt), `verifications`, `groups` (pause,
+//! circuit-breaker and roll-stop flags) and `actuator_tickets`; `schema_version` with
+//! [`MIGRATIONS`] keeps old files readable. Every call is a few small statements.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::request::{Attempt, AttemptResult, Verdict, verify_window};
+use super::{
+    DecisionFilter, FILE_NAME, HISTORY_MS, StoreError, StoredDecision, Verification, resize_record,
+};
+use crate::request::{Attempt, AttemptResult, Verdict};
 use rally_policy::Timestamp;
 use rally_policy::decision::{
     Baseline, Decision, Direction, Event, PauseReason, SizedRung, Trigger,
 };
-use rally_policy::ladder::Size;
-use rally_policy::state::{GroupState, Pause, ResizeRecord, ResizeStatus};
-
-/// File name of the database inside the state directory.
-pub const FILE_NAME: &str = "collector.sqlite3";
+use rally_policy::state::{GroupState, Pause};
 
 /// Schema migrations; entry `n` takes the schema from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -95,106 +88,9 @@ ALTER TABLE decisions ADD COLUMN accepted_at INTEGER;
 "#,
 ];
 
-/// How far back [`Store::load_group`] reads history (caps need at most a local day or a
-/// night; in-flight resizes are always read).
-const HISTORY_MS: i64 = 49 * 3600 * 1000;
-
-/// Errors of the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The state directory could not be created.
-    #[error("creating state directory {path}: {source}")]
-    Dir {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// SQLite failed.
-    #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A JSON column could not be (de)serialized.
-    #[error("state database JSON column: {0}")]
-    Json(#[from] serde_json::Error),
-    /// The database was written by a newer Rally.
-    #[error(
-        "state database schema version {found} is newer than this collector supports ({supported})"
-    )]
-    NewerSchema {
-        /// Version found.
-        found: i64,
-        /// Highest version known.
-        supported: i64,
-    },
-    /// A row holds a value this version cannot read.
-    #[error("state database row is not understood: {0}")]
-    Corrupt(String),
-}
-
-/// A decision as stored, with where it got to.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StoredDecision {
-    /// The decision.
-    pub decision: Decision,
-    /// The fencing token it was (or will be) sent with.
-    pub fencing_token: u64,
-    /// `in_flight`, `verified`, `failed` or `dry_run`.
-    pub status: String,
-    /// When the status last changed (verified or failed).
-    pub status_at: Option<Timestamp>,
-    /// The actuator's final word (`accepted`, `rejected`, `gave_up`), once there is one.
-    pub verdict: Option<String>,
-    /// Why the actuator refused or gave up.
-    pub verdict_reason: Option<String>,
-    /// When the actuator accepted the request: the verification window counts from here.
-    pub accepted_at: Option<Timestamp>,
-}
-
-impl StoredDecision {
-    /// When the resize fails unless verified: `verify_timeout` after the actuator
-    /// accepted it; until then the decision's own deadline, which the engine holds back
-    /// while the request is with the actuator.
-    pub fn verify_deadline(&self) -> Timestamp {
-        self.accepted_at
-            .map_or(self.decision.verify_deadline, |at| {
-                at + verify_window(&self.decision)
-            })
-    }
-}
-
-/// A verification result.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Verification {
-    /// When it was decided.
-    pub at: Timestamp,
-    /// Verified (true) or failed (false).
-    pub verified: bool,
-    /// Reported vCPUs, when verified.
-    pub vcpus: Option<u32>,
-    /// Reported MemTotal, when verified.
-    pub memory_total_bytes: Option<u64>,
-    /// Why it failed, or empty.
-    pub detail: String,
-}
-
-/// Which decisions to list; every field narrows the list.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DecisionFilter {
-    /// Only this group.
-    pub group: Option<String>,
-    /// Only this VM.
-    pub vm: Option<String>,
-    /// Only decided at or after this.
-    pub since: Option<Timestamp>,
-    /// Only decided before this.
-    pub until: Option<Timestamp>,
-    /// At most this many, newest first (default 100, at most 10 000).
-    pub limit: Option<u32>,
-}
-
-/// The SQLite state store.
+/// The SQLite state store: the default, for one collector.
 #[derive(Debug)]
-pub struct Store {
+pub struct SqliteStore {
     conn: Connection,
 }
 
@@ -320,7 +216,7 @@ fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database in `state_dir`, in WAL mode, migrated to
     /// the current schema.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
@@ -599,35 +495,7 @@ impl Store {
         ))?;
         let rows = stmt.query_map(params![name, ms(now) - HISTORY_MS], DecisionRow::read)?;
         for row in rows {
-            let s = row?.convert()?;
-            let d = &s.decision;
-            let status = match (s.status.as_str(), s.status_at) {
-                ("in_flight", _) => ResizeStatus::InFlight,
-                ("dry_run", _) => ResizeStatus::DryRun,
-                ("verified", Some(at)) => ResizeStatus::Verified { at },
-                ("failed", Some(at)) => ResizeStatus::Failed { at },
-                (other, _) => {
-                    return Err(StoreError::Corrupt(format!("status {other:?} of {}", d.id)));
-                }
-            };
-            state.resizes.push(ResizeRecord {
-                id: d.id.clone(),
-                vm: d.vm.clone(),
-                direction: d.direction,
-                trigger: d.trigger,
-                from: Size {
-                    vcpus: d.from.vcpus,
-                    memory_bytes: d.from.memory_bytes,
-                },
-                to: Size {
-                    vcpus: d.to.vcpus,
-                    memory_bytes: d.to.memory_bytes,
-                },
-                created_at: d.created_at,
-                deadline: s.verify_deadline(),
-                baseline: d.baseline,
-                status,
-            });
+            state.resizes.push(resize_record(&row?.convert()?)?);
         }
         Ok(state)
     }
@@ -734,6 +602,7 @@ mod tests {
     use crate::request::Verdict;
     use rally_policy::Metric;
     use rally_policy::decision::Evidence;
+    use rally_policy::state::ResizeStatus;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -781,7 +650,7 @@ mod tests {
     #[test]
     fn decisions_attempts_and_verifications_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let d = decision("d1", "web", "web-1", "2026-01-15T10:00:00Z", false);
         store.record_decision(&d, 42).unwrap();
@@ -876,7 +745,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = t("2026-01-15T10:10:00Z");
         {
-            let mut store = Store::open(dir.path()).unwrap();
+            let mut store = SqliteStore::open(dir.path()).unwrap();
             // Verified 5 minutes ago (cooldown), one in flight, one sent without a final word.
             store
                 .record_decision(
@@ -924,7 +793,7 @@ mod tests {
             };
             store.save_group("web", &flags).unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
         let state = store.load_group("web", now).unwrap();
         assert_eq!(
             state.pause,
@@ -961,7 +830,7 @@ mod tests {
     #[test]
     fn decisions_are_listed_by_group_vm_and_time() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
         for (id, group, vm, at) in [
             ("a", "web", "web-1", "2026-01-15T08:00:00Z"),
             ("b", "web", "web-2", "2026-01-15T09:00:00Z"),
@@ -1023,7 +892,7 @@ mod tests {
     #[test]
     fn the_store_uses_wal_and_refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
         let mode: String = store
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -1035,7 +904,7 @@ mod tests {
             .unwrap();
         drop(store);
         assert!(matches!(
-            Store::open(dir.path()),
+            SqliteStore::open(dir.path()),
             Err(StoreError::NewerSchema {
                 found: 99,
                 supported: 3
@@ -1068,7 +937,7 @@ mod tests {
             )
             .unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.schema_version().unwrap(), 3);
         let old = store.decision("old").unwrap().unwrap();
         assert_eq!(old.accepted_at, None);
@@ -1080,13 +949,13 @@ mod tests {
     fn a_ticket_is_kept_once_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let t: Timestamp = "2026-01-15T10:04:00Z".parse().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.ticket("d-1").unwrap(), None);
         store.record_ticket("d-1", "501", "9001", t).unwrap();
         // Recording again (a retried send) keeps the first ticket.
         store.record_ticket("d-1", "501", "9002", t).unwrap();
         drop(store);
-        let mut store = Store::open(dir.path()).unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(
             store.ticket("d-1").unwrap(),
             Some(("501".into(), "9001".into(), false))
