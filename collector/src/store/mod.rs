@@ -3,7 +3,7 @@
 //! flags, and the cloud tickets actuators follow.
 //!
 //! Two backends answer the same calls with the same results: [`SqliteStore`] (the
-//! default: an embedded SQLite file for one collector) and `EtcdStore` (highly
+//! default: an embedded SQLite file for one collector) and [`EtcdStore`] (highly
 //! available collectors: the state lives in etcd and only the leader writes it, fenced by
 //! its term). [`Store`] is either.
 //!
@@ -17,10 +17,12 @@
 //! `tokio::task::spawn_blocking` or a dedicated thread, never directly on an async
 //! worker, and persists a decision *before* handing it to an actuator.
 
+mod etcd;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
 
+pub use etcd::EtcdStore;
 pub use sqlite::SqliteStore;
 
 use crate::request::{Attempt, Verdict, verify_window};
@@ -200,6 +202,9 @@ fn resize_record(s: &StoredDecision) -> Result<ResizeRecord, StoreError> {
 pub enum Store {
     /// The embedded SQLite file.
     Sqlite(SqliteStore),
+    /// etcd, written by the leader only (boxed: the client is much larger than a
+    /// SQLite connection).
+    Etcd(Box<EtcdStore>),
 }
 
 /// Runs `$call` on whichever backend `$store` is.
@@ -207,6 +212,7 @@ macro_rules! delegate {
     ($store:expr, $s:ident => $call:expr) => {
         match $store {
             Store::Sqlite($s) => $call,
+            Store::Etcd($s) => $call,
         }
     };
 }
@@ -223,10 +229,22 @@ impl Store {
         SqliteStore::open_file(path).map(Self::Sqlite)
     }
 
+    /// The store in etcd under `prefix`, written under the term `term` holds (none while
+    /// this collector does not lead); its calls run on `runtime`.
+    pub fn etcd(
+        etcd: rally_etcd::Etcd,
+        prefix: &str,
+        term: tokio::sync::watch::Receiver<Option<rally_etcd::Term>>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self::Etcd(Box::new(EtcdStore::new(etcd, prefix, term, runtime)))
+    }
+
     /// The schema version in the SQLite file ([`StoreError::SqliteOnly`] in etcd).
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         match self {
             Self::Sqlite(s) => s.schema_version(),
+            Self::Etcd(_) => Err(StoreError::SqliteOnly("schema_version")),
         }
     }
 
