@@ -86,6 +86,10 @@ pub enum EtcdError {
     LeaseExpired(i64),
 }
 
+/// Keys per request of [`Etcd::get_prefix`]: a page of documents of a few kilobytes
+/// stays far below gRPC's 4 MiB default message limit.
+pub const PAGE: i64 = 256;
+
 /// A transaction's outcome: whether its comparisons held, and the header's revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnOutcome {
@@ -270,20 +274,43 @@ impl Etcd {
         Ok(r.kvs.into_iter().next())
     }
 
-    /// Every key under `prefix`, in key order.
+    /// Every key under `prefix`, in key order, as of one revision. Read in pages of
+    /// [`PAGE`] keys, so that a long range stays under gRPC's message size limit.
     pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<KeyValue>, EtcdError> {
-        let mut c = self.kv.clone();
-        let r = self
-            .within(
-                "Range",
-                c.range(RangeRequest {
-                    key: prefix.as_bytes().to_vec(),
-                    range_end: prefix_end(prefix.as_bytes()),
-                    ..RangeRequest::default()
-                }),
-            )
-            .await?;
-        Ok(r.kvs)
+        let range_end = prefix_end(prefix.as_bytes());
+        let mut key = prefix.as_bytes().to_vec();
+        // 0 for the first page: the latest revision, which the next pages are read at.
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        loop {
+            let mut c = self.kv.clone();
+            let r = self
+                .within(
+                    "Range",
+                    c.range(RangeRequest {
+                        key: key.clone(),
+                        range_end: range_end.clone(),
+                        limit: PAGE,
+                        revision,
+                        ..RangeRequest::default()
+                    }),
+                )
+                .await?;
+            if revision == 0 {
+                revision = r.header.map_or(0, |h| h.revision);
+            }
+            let Some(last) = r.kvs.last() else {
+                break;
+            };
+            // The next page starts right after the last key read.
+            key.clone_from(&last.key);
+            key.push(0);
+            kvs.extend(r.kvs);
+            if !r.more {
+                break;
+            }
+        }
+        Ok(kvs)
     }
 
     /// Applies `writes` if every comparison in `when` holds, atomically.

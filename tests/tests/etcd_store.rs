@@ -677,3 +677,39 @@ async fn decisions_older_than_30_days_are_pruned_unless_in_flight() {
     assert_eq!(ticket, None);
     assert_eq!(stuck.map(|s| s.status), Some("in_flight".to_owned()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_longer_than_a_page_is_read_whole() {
+    let (_dir, _cluster, etcd) = etcd().await;
+    let (_lease, _key, term) = campaign(&etcd).await;
+    let token = term.token;
+    let (mut store, _tx) = etcd_store(&etcd, Some(term));
+    let n = usize::try_from(rally_etcd::PAGE).unwrap() + 44;
+    let (listed, default) = blocking(move || {
+        let start = t("2026-01-15T00:00:00Z");
+        for i in 0..n {
+            let at = start + Duration::from_secs(u64::try_from(i).unwrap());
+            let mut d = decision(
+                &format!("d{i:04}"),
+                "web",
+                "web-1",
+                "2026-01-15T00:00:00Z",
+                true,
+            );
+            d.created_at = at;
+            store.record_decision(&d, token).unwrap();
+        }
+        let all = DecisionFilter {
+            limit: Some(10_000),
+            ..DecisionFilter::default()
+        };
+        (
+            ids(store.decisions(&all).unwrap()),
+            store.decisions(&DecisionFilter::default()).unwrap().len(),
+        )
+    })
+    .await;
+    assert_eq!(listed.len(), n);
+    assert_eq!(listed[0], format!("d{:04}", n - 1), "newest first");
+    assert_eq!(default, 100);
+}
