@@ -8,17 +8,71 @@ use std::sync::Arc;
 use crate::actuator::oktawave::GroupLadder;
 use crate::actuator::{Actuator, ActuatorConfig, ActuatorError, LogActuator, Oktawave};
 use crate::config::Config;
-use crate::store::Store;
+use crate::ha::Ha;
+use crate::store::{Store, StoreError};
+
+/// Where the decision state lives: SQLite in `[state] dir`, or etcd under the leader's
+/// term with `[ha]`. The engine and the Oktawave ticket store open it alike.
+#[derive(Debug, Clone)]
+pub(crate) enum StateSource {
+    /// The SQLite file in this directory.
+    Sqlite(std::path::PathBuf),
+    /// etcd, under this collector's term.
+    Etcd {
+        /// The client.
+        etcd: Box<rally_etcd::Etcd>,
+        /// The election state whose term guards every write.
+        ha: Arc<Ha>,
+    },
+}
+
+impl StateSource {
+    /// The source `config` asks for (`elected`: the election state and its client).
+    pub(crate) fn of(config: &Config, elected: Option<&(Arc<Ha>, rally_etcd::Etcd)>) -> Self {
+        match elected {
+            None => Self::Sqlite(config.state.dir.clone()),
+            Some((ha, etcd)) => Self::Etcd {
+                etcd: Box::new(etcd.clone()),
+                ha: Arc::clone(ha),
+            },
+        }
+    }
+
+    /// Opens a store on the source. Must be called inside a tokio runtime (the etcd
+    /// store runs its calls on it, from the blocking threads the engine uses).
+    pub(crate) fn open(&self) -> Result<Store, StoreError> {
+        match self {
+            Self::Sqlite(dir) => Store::open(dir),
+            Self::Etcd { etcd, ha } => Ok(Store::etcd(
+                etcd.as_ref().clone(),
+                &ha.prefix(),
+                ha.subscribe(),
+                tokio::runtime::Handle::current(),
+            )),
+        }
+    }
+}
 
 /// Builds the configured actuator (the log actuator without one). For Oktawave this
 /// asks the API for its instance types and resolves every group's ladder in `config`
 /// to them (refusing to start on an unknown type), and opens the ticket store in the
 /// state directory.
 pub async fn start_actuator(config: &mut Config) -> Result<Arc<dyn Actuator>, ActuatorError> {
+    let source = StateSource::Sqlite(config.state.dir.clone());
+    start_actuator_on(config, &source).await
+}
+
+/// [`start_actuator`] with the ticket store on the decision state's `source` (etcd with
+/// `[ha]`, so that a new leader follows the old one's tickets).
+pub(crate) async fn start_actuator_on(
+    config: &mut Config,
+    source: &StateSource,
+) -> Result<Arc<dyn Actuator>, ActuatorError> {
     Ok(match &config.actuator {
         None => Arc::new(LogActuator),
         Some(ActuatorConfig::Oktawave(c)) => {
-            let store = Store::open(&config.state.dir)
+            let store = source
+                .open()
                 .map_err(|e| ActuatorError::Oktawave(format!("ticket store: {e}")))?;
             let mut oktawave = Oktawave::new(c.clone())?.with_store(store);
             let mut ladders: Vec<GroupLadder<'_>> = config

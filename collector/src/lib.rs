@@ -30,7 +30,10 @@
 //!   view + clock → resize decisions with their evidence. No I/O.
 //! - [`actuator`]: sends a resize request: Oktawave's API, signed webhook, command, or
 //!   log only.
-//! - [`store`]: the embedded SQLite state (decisions, attempts, cooldowns, flags).
+//! - [`store`]: the decision state (decisions, attempts, cooldowns, flags): embedded
+//!   SQLite, or etcd under the leader's term with `[ha]`.
+//! - [`ha`]: with `[ha]`, the election through etcd: who leads, the term's fencing
+//!   token, refused work of ended terms.
 //! - `assembly`: start-up wiring (the actuator with its ticket store and resolved
 //!   ladders, the API token), used at start and on reload; [`start_actuator`].
 //! - [`engine`]: the resize loop: tick (or a report, through [`wake`]) → evaluate →
@@ -74,6 +77,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod fleet;
+pub mod ha;
 pub mod http;
 pub mod ingest;
 pub mod listener;
@@ -85,6 +89,8 @@ pub mod tls;
 pub mod vm_id;
 pub mod wake;
 
+pub use crate::assembly::start_actuator;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -92,19 +98,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use rally_etcd::Etcd;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use crate::assembly::start_actuator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, IngestConfig};
 use crate::engine::{Engine, EngineHandle};
 use crate::fleet::{Fleet, FleetSettings};
+use crate::ha::{Ha, Leadership};
 use crate::ingest::auth::Authenticator;
 use crate::ingest::{IngestService, IngestStats};
 use crate::listener::{Connections, Listener};
-use crate::store::Store;
 use crate::tls::{Acceptor, Handshakes, ServerTls};
 
 /// How long open streams and HTTP requests get to finish after shutdown begins.
@@ -160,6 +166,9 @@ pub enum Error {
     /// A file of `[tls]` cannot be used.
     #[error("TLS")]
     Tls(#[from] tls::TlsError),
+    /// The `[ha]` etcd client could not be built.
+    #[error("ha.etcd")]
+    Etcd(#[from] rally_etcd::EtcdError),
 }
 
 /// A collector with both listeners bound, ready to [`serve`](Collector::serve).
@@ -177,6 +186,10 @@ pub struct Collector {
     engine: Engine,
     engine_handle: EngineHandle,
     api_token: Option<Arc<str>>,
+    /// With `[ha]`: the election's state and the etcd client it campaigns with.
+    elected: Option<(Arc<Ha>, Etcd)>,
+    /// Where the decision state lives (a reload opens the ticket store there again).
+    state: assembly::StateSource,
 }
 
 /// Makes sure the state directory exists and is writable.
@@ -199,7 +212,21 @@ impl Collector {
 
     /// [`bind`](Collector::bind), with freshness and windows on `clock`.
     pub async fn bind_with_clock(mut config: Config, clock: Arc<dyn Clock>) -> Result<Self, Error> {
-        check_state_dir(&config.state.dir)?;
+        let elected = match &config.ha {
+            None => {
+                check_state_dir(&config.state.dir)?;
+                None
+            }
+            Some(ha) => {
+                let etcd = Etcd::new(&ha.etcd, ha.etcd_timeout)?;
+                let https = config.tls.as_ref().is_some_and(|t| t.http);
+                let url = ha.advertise(&config.listen, https);
+                Some((Arc::new(Ha::new(ha, url)), etcd))
+            }
+        };
+        let leadership = elected.as_ref().map_or(Leadership::Single, |(ha, _)| {
+            Leadership::Elected(Arc::clone(ha))
+        });
         let auth = Authenticator::from_config(&config.auth).map_err(Error::Auth)?;
         let tls = config
             .tls
@@ -214,8 +241,9 @@ impl Collector {
         let grpc = bind("gRPC", config.listen.grpc).await?;
         let http = bind("HTTP", config.listen.http).await?;
         let fleet = Arc::new(Fleet::new(FleetSettings::from_config(&config)));
-        let store = Store::open(&config.state.dir)?;
-        let actuator = assembly::start_actuator(&mut config).await?;
+        let state = assembly::StateSource::of(&config, elected.as_ref());
+        let store = state.open()?;
+        let actuator = assembly::start_actuator_on(&mut config, &state).await?;
         let api_token = assembly::api_token(&config)?;
         warn_if_exposed(&config);
         for g in &config.groups {
@@ -231,6 +259,7 @@ impl Collector {
             Arc::clone(&clock),
             store,
             actuator,
+            leadership,
         );
         Ok(Self {
             config,
@@ -245,6 +274,8 @@ impl Collector {
             engine,
             engine_handle,
             api_token,
+            elected,
+            state,
         })
     }
 
@@ -353,6 +384,9 @@ impl Collector {
             ready: Arc::clone(&self.ready),
             engine: self.engine_handle.clone(),
             api_token: api_token_rx,
+            leadership: self.elected.as_ref().map_or(Leadership::Single, |(ha, _)| {
+                Leadership::Elected(Arc::clone(ha))
+            }),
         });
         // The HTTP listener keeps a spare descriptor so /healthz answers when agents'
         // connections have taken all the others.
@@ -382,6 +416,11 @@ impl Collector {
         let mut engine = self.engine;
         engine.restore().await?;
         let engine = tokio::spawn(engine.run(stopped(stop_rx.clone())));
+        // With `[ha]`: campaign; on shutdown the task resigns, so another collector
+        // leads at once instead of after the lease's TTL.
+        let election = self
+            .elected
+            .map(|(ha, etcd)| tokio::spawn(ha.run(etcd, stopped(stop_rx.clone()))));
 
         let forget = {
             let fleet = Arc::clone(&self.fleet);
@@ -406,6 +445,7 @@ impl Collector {
                 api_token: api_token_tx,
                 grpc_tls: grpc_acceptor,
                 http_tls: http_acceptor,
+                state: self.state.clone(),
             };
             let mut running = self.config.clone();
             tokio::spawn(async move {
@@ -447,8 +487,12 @@ impl Collector {
                 }
             }
         };
-        forget.abort();
         engine.abort();
+        if let Some(election) = election {
+            // Resigning is one call to etcd, bounded by `ha.etcd_timeout`.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, election).await;
+        }
+        forget.abort();
         reloads.abort();
         result
     }
@@ -462,6 +506,7 @@ struct Live {
     api_token: watch::Sender<Option<Arc<str>>>,
     grpc_tls: Option<Acceptor>,
     http_tls: Option<Acceptor>,
+    state: assembly::StateSource,
 }
 
 /// A listener's server, whichever transport it was built on.
@@ -478,7 +523,7 @@ impl Live {
         };
         // The same path as at start: Oktawave resolves the ladders against its API again,
         // and a reload it cannot complete keeps the running configuration.
-        let actuator = match assembly::start_actuator(&mut new).await {
+        let actuator = match assembly::start_actuator_on(&mut new, &self.state).await {
             Ok(actuator) => actuator,
             Err(error) => return rejected(running, &format!("actuator: {error}")),
         };
@@ -555,6 +600,10 @@ fn keep_restart_only(running: &Config, new: &mut Config) {
     if new.engine != running.engine {
         restart("engine");
         new.engine = running.engine.clone();
+    }
+    if new.ha != running.ha {
+        restart("ha");
+        new.ha = running.ha.clone();
     }
     let shape = |tls: &Option<config::TlsConfig>| tls.as_ref().map(|t| t.http);
     if shape(&new.tls) != shape(&running.tls) {

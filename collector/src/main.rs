@@ -74,7 +74,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 async fn operate(command: Command) -> anyhow::Result<()> {
     use rally_collector::cli::colour_wanted;
     use rally_collector::cli::time_arg;
-    use rally_collector::client::fleet::{Paint, format_status, format_vms};
+    use rally_collector::client::fleet::{Paint, format_leader, format_status, format_vms};
     use rally_collector::client::{Client, format_decisions, format_groups};
     use std::io::IsTerminal;
     let client = |api: &rally_collector::cli::ApiArgs| {
@@ -164,10 +164,12 @@ async fn operate(command: Command) -> anyhow::Result<()> {
                 .await
                 .context("status: reading the groups")?;
             let vms = client.vms().await.context("status: reading the VMs")?;
+            let leader = client.leader().await.context("status: reading who leads")?;
             if json {
-                let both = serde_json::json!({ "groups": groups["groups"], "vms": vms["vms"] });
-                println!("{}", serde_json::to_string_pretty(&both)?);
+                let all = serde_json::json!({ "groups": groups["groups"], "vms": vms["vms"], "leader": leader });
+                println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
+                print!("{}", format_leader(&leader));
                 print!("{}", format_status(&groups, &vms, &paint()));
             }
         }

@@ -92,6 +92,13 @@ const SECTIONS: &[Section] = &[
         "[tls]\ncert_file = \"/etc/rally/pki/server.pem\"\nkey_file = \"/etc/rally/pki/server.key\"\n@\n",
         "tls",
     ),
+    section(
+        Collector,
+        "ha.",
+        "",
+        "[ha]\netcd = [\"http://10.0.0.11:2379\"]\n@\n",
+        "ha",
+    ),
     section(Collector, "api.", "", "[api]\n@\n", "api"),
     section(Collector, "engine.", "", "[engine]\n@\n", "engine"),
     section(

@@ -4,7 +4,8 @@
 //!
 //! Headers: `Content-Type: application/json`, `Idempotency-Key: <id>` (the same on every
 //! retry), `X-Rally-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>`,
-//! `X-Rally-Attempt: <n>`.
+//! `X-Rally-Attempt: <n>`, `X-Rally-Fencing-Token: <token>` (the body's
+//! `fencing_token`: the leader's term with `[ha]`, 0 without).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -124,6 +125,7 @@ impl Webhook {
             .header("Idempotency-Key", &request.id)
             .header("X-Rally-Signature", sig)
             .header("X-Rally-Attempt", number.to_string())
+            .header("X-Rally-Fencing-Token", request.fencing_token.to_string())
             .body(body.to_vec())
             .send()
             .await;
@@ -265,6 +267,14 @@ mod tests {
                         };
                         if header("x-rally-signature") != signature(SECRET.as_bytes(), &body) {
                             return StatusCode::UNAUTHORIZED;
+                        }
+                        // The header repeats the body's token, for receivers that
+                        // fence before they parse.
+                        let token = serde_json::from_slice::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|v| v["fencing_token"].as_u64());
+                        if token.map(|t| t.to_string()) != Some(header("x-rally-fencing-token")) {
+                            return StatusCode::BAD_REQUEST;
                         }
                         let n = {
                             let mut seen = seen.lock().unwrap();

@@ -300,6 +300,35 @@ fn rule_row(vm: &str, r: &Value) -> Vec<Cell> {
     ]
 }
 
+/// The first line of `rally-collector status` with `[ha]`: who this collector is in
+/// the election and who leads (empty without `[ha]`).
+pub fn format_leader(leader: &Value) -> String {
+    if leader["ha"] != true {
+        return String::new();
+    }
+    let name = leader["name"].as_str().unwrap_or("?");
+    let lease = if leader["lease_healthy"] == true {
+        "lease healthy"
+    } else {
+        "lease NOT renewed"
+    };
+    let token = leader["fencing_token"].as_u64().unwrap_or_default();
+    match leader["role"].as_str() {
+        Some("leader") => format!("collector {name}: leader (fencing token {token}, {lease})\n"),
+        role => {
+            let l = &leader["leader"];
+            let who = match l["name"].as_str() {
+                Some(n) => format!("{n} at {}", l["url"].as_str().unwrap_or("?")),
+                None => "none (actuation paused)".to_owned(),
+            };
+            format!(
+                "collector {name}: {}; leader: {who} (fencing token {token}, {lease})\n",
+                role.unwrap_or("?")
+            )
+        }
+    }
+}
+
 /// The picture of `status`: the fleet in one line, then each group (its state, the
 /// resize in flight, the last decision, its members' rungs, CPU and memory, its rules
 /// on each member, why members wait), then the VMs no group names.
@@ -588,6 +617,32 @@ mod tests {
         );
         assert!(out.contains("\nin no configured group:\n"), "{out}");
         assert!(out.contains("  cache-1  ungrouped  up"), "{out}");
+    }
+
+    #[test]
+    fn the_leader_line_says_who_leads_and_how_the_lease_stands() {
+        assert_eq!(format_leader(&json!({"ha": false, "role": "leader"})), "");
+        assert_eq!(
+            format_leader(
+                &json!({"ha": true, "name": "c1", "role": "leader", "lease_healthy": true,
+                "fencing_token": 42, "leader": {"name": "c1", "url": "http://a:9471", "token": 42}})
+            ),
+            "collector c1: leader (fencing token 42, lease healthy)\n"
+        );
+        assert_eq!(
+            format_leader(
+                &json!({"ha": true, "name": "c2", "role": "follower", "lease_healthy": true,
+                "fencing_token": 42, "leader": {"name": "c1", "url": "http://a:9471", "token": 42}})
+            ),
+            "collector c2: follower; leader: c1 at http://a:9471 (fencing token 42, lease healthy)\n"
+        );
+        assert_eq!(
+            format_leader(
+                &json!({"ha": true, "name": "c2", "role": "candidate", "lease_healthy": false,
+                "fencing_token": 42, "leader": null})
+            ),
+            "collector c2: candidate; leader: none (actuation paused) (fencing token 42, lease NOT renewed)\n"
+        );
     }
 
     #[test]

@@ -189,6 +189,12 @@ impl Client {
         self.call(reqwest::Method::GET, "/api/v1/vms", &[], None)
             .await
     }
+
+    /// `GET /api/v1/leader`.
+    pub async fn leader(&self) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, "/api/v1/leader", &[], None)
+            .await
+    }
 }
 
 /// The certificates of a PEM file (a CA, or a bundle of them).

@@ -28,7 +28,50 @@ impl Config {
         }
         self.check_engine()?;
         self.check_tls()?;
+        self.check_ha()?;
         self.check_auth()
+    }
+
+    /// Endpoints that are URLs, a TTL etcd accepts, a deadline shorter than the TTL
+    /// (so a leader notices its lost lease before another collector takes over).
+    fn check_ha(&self) -> Result<(), Invalid> {
+        let Some(ha) = &self.ha else { return Ok(()) };
+        if ha.etcd.is_empty() {
+            return Err(Invalid::new(
+                "ha.etcd",
+                "list at least one etcd member's URL",
+            ));
+        }
+        for (i, url) in ha.etcd.iter().enumerate() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Invalid::new(
+                    format!("ha.etcd[{i}]"),
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if ha.lease_ttl < std::time::Duration::from_secs(2) || ha.lease_ttl.subsec_nanos() != 0 {
+            return Err(Invalid::new(
+                "ha.lease_ttl",
+                "must be whole seconds, at least 2s (etcd's lease granularity)",
+            ));
+        }
+        if ha.etcd_timeout.is_zero() || ha.etcd_timeout * 2 > ha.lease_ttl {
+            return Err(Invalid::new(
+                "ha.etcd_timeout",
+                "must be more than 0s and at most half of ha.lease_ttl",
+            ));
+        }
+        if !ha.prefix.starts_with('/') || ha.prefix.ends_with('/') {
+            return Err(Invalid::new(
+                "ha.prefix",
+                "must start with / and not end with one (e.g. /rally)",
+            ));
+        }
+        if ha.name.as_deref().is_some_and(str::is_empty) {
+            return Err(Invalid::new("ha.name", "must not be empty"));
+        }
+        Ok(())
     }
 
     /// The certificate, its key and the client CA: readable, matching, not expired.

@@ -7,7 +7,8 @@
 //! checks in [`Config::from_toml`] (a VM in two groups, an unreadable token file);
 //! [`rally_daemon::config_file`] locates them, as it does for the agent.
 //!
-//! - `sections`: `[listen]`, `[ingest]`, `[state]`, `[auth]`, `[tls]`, `[api]`, `[engine]`.
+//! - `sections`: `[listen]`, `[ingest]`, `[state]`, `[auth]`, `[tls]`, `[api]`, `[engine]`,
+//!   `[ha]`.
 //! - `check`: what serde cannot check (ranges, cross-key rules, readable secrets).
 //! - `[[groups]]` are [`GroupPolicy`]s, `[actuator]` is an [`ActuatorConfig`].
 
@@ -26,8 +27,8 @@ use rally_policy::GroupPolicy;
 
 pub use rally_daemon::config_file::ConfigError;
 pub use sections::{
-    ApiConfig, AuthConfig, AuthMode, EngineConfig, IngestConfig, ListenConfig, StateConfig,
-    TlsConfig, TokenConfig, UnknownVms,
+    ApiConfig, AuthConfig, AuthMode, EngineConfig, HaConfig, IngestConfig, ListenConfig,
+    StateConfig, TlsConfig, TokenConfig, UnknownVms,
 };
 
 /// Where the collector reads its configuration unless `--config` says otherwise.
@@ -70,6 +71,10 @@ pub struct Config {
     /// `[engine]`: the resize engine's tick and bounds.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// `[ha]`: leader election and decision state in etcd; unset, one collector with
+    /// its state in SQLite.
+    #[serde(default)]
+    pub ha: Option<HaConfig>,
 }
 
 fn default_dry_run() -> bool {
@@ -89,6 +94,7 @@ impl Default for Config {
             actuator: None,
             api: ApiConfig::default(),
             engine: EngineConfig::default(),
+            ha: None,
         }
     }
 }

@@ -296,3 +296,65 @@ pub struct TokenConfig {
     /// stays out of the config file.
     pub file: PathBuf,
 }
+
+/// `[ha]`: several collectors, one leader, elected through etcd. With this section the
+/// collector campaigns in etcd's election service; only the leader evaluates policy and
+/// actuates, every collector ingests and serves `/metrics` and the API, and the decision
+/// state lives in etcd instead of `[state] dir`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// The etcd members' client URLs (`http://host:2379`); every call goes to one that
+    /// answers.
+    pub etcd: Vec<String>,
+    /// This collector's name in the election; unset, the host name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// This collector's HTTP URL, which followers give API callers as the leader's;
+    /// unset, `http://<listen.http>` (set it when that address is `0.0.0.0`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The lease's time to live: a leader that cannot renew it for this long stops
+    /// actuating, and another collector takes over after it.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Every call to etcd gives up after this long (the campaign itself waits).
+    #[serde(default = "default_etcd_timeout", with = "humantime_serde")]
+    pub etcd_timeout: Duration,
+    /// The prefix of Rally's keys in etcd: the election is `<prefix>/leader`, the
+    /// decision state `<prefix>/state/`. Collectors of one fleet share it.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_etcd_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_prefix() -> String {
+    "/rally".to_owned()
+}
+
+impl HaConfig {
+    /// The name this collector campaigns under.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+
+    /// The URL followers point API callers to when this collector leads.
+    pub fn advertise(&self, listen: &ListenConfig, tls: bool) -> String {
+        self.advertise.clone().unwrap_or_else(|| {
+            let scheme = if tls { "https" } else { "http" };
+            format!("{scheme}://{}", listen.http)
+        })
+    }
+}

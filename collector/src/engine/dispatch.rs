@@ -5,11 +5,12 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{Semaphore, mpsc};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::actuator::{Actuator, LogActuator};
 use crate::clock::Clock;
 use crate::fleet::view::timestamp;
+use crate::ha::{Fence, Leadership};
 use crate::request::{Attempt, AttemptLog, ResizeRequest, Verdict, verify_window};
 use crate::store::Store;
 use rally_policy::Timestamp;
@@ -48,6 +49,8 @@ pub(super) struct Dispatcher {
     pub(super) actuator: Arc<std::sync::RwLock<Arc<dyn Actuator>>>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) store: Arc<Mutex<Store>>,
+    /// Requests of a term that ended are not sent.
+    pub(super) leadership: Leadership,
 }
 
 /// The dispatcher: takes jobs from the bounded queue and runs each on its own task, at
@@ -61,6 +64,14 @@ pub(super) async fn dispatch(
     let permits = Arc::new(Semaphore::new(concurrency));
     let log: Arc<dyn Actuator> = Arc::new(LogActuator);
     while let Some(job) = jobs.recv().await {
+        if !shared.leadership.still_leads(job.fencing_token) {
+            // The new leader sends it again, under its own token, if it still stands.
+            shared
+                .leadership
+                .count_fenced(Fence::Dispatch, job.fencing_token);
+            warn!(id = %job.decision.id, token = job.fencing_token, "fenced: not sending a request of an ended term");
+            continue;
+        }
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return;
         };

@@ -53,6 +53,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::fleet::view::timestamp;
 use crate::fleet::{Fleet, FleetView};
+use crate::ha::{Fence, Leadership, SINGLE_TOKEN, Standing};
 use dispatch::{Delivered, Dispatcher, Job, dispatch};
 pub use handle::EngineHandle;
 use handle::{Order, with_store};
@@ -69,8 +70,6 @@ use rally_policy::decision::{Decision, Event, PauseReason, Skip};
 use rally_policy::state::{GroupState, ResizeStatus};
 use rally_policy::{Group, GroupPolicy, ManualError, Policy, Timestamp, evaluate, manual_resize};
 
-/// Without high availability there is one collector and no leader election: token 0.
-pub const FENCING_TOKEN: u64 = 0;
 /// Orders from the HTTP API waiting for the engine, at most.
 const ORDER_QUEUE: usize = 64;
 /// The shortest time between two evaluations of one group prompted by reports: the
@@ -109,6 +108,12 @@ pub enum OrderError {
     /// The engine is not running (shutting down).
     #[error("the resize engine is not running")]
     Stopped,
+    /// Another collector leads: only the leader decides.
+    #[error("this collector does not lead; send it to the leader{}", .leader.as_ref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    NotLeader {
+        /// The leader's URL, when one is known.
+        leader: Option<String>,
+    },
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -192,6 +197,10 @@ pub struct Engine {
     wake: Arc<Wake>,
     /// VM id → index in `groups`.
     group_of: HashMap<String, usize>,
+    /// Whether this collector decides now, and under which term.
+    leadership: Leadership,
+    /// The term whose decision state the groups hold (loaded when it began).
+    restored_for: Option<u64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -205,7 +214,8 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// Builds the engine for `config`'s groups and starts its dispatcher task, which
-    /// sends non-dry-run requests through `actuator` and dry-run ones to the log.
+    /// sends non-dry-run requests through `actuator` and dry-run ones to the log. It
+    /// decides only while `leadership` says this collector leads.
     /// Must be called inside a tokio runtime.
     pub fn new(
         config: &Config,
@@ -213,6 +223,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         store: Store,
         actuator: Arc<dyn Actuator>,
+        leadership: Leadership,
     ) -> (Self, EngineHandle) {
         let groups = config
             .groups
@@ -233,6 +244,7 @@ impl Engine {
                 actuator: Arc::clone(&actuator),
                 clock: Arc::clone(&clock),
                 store: Arc::clone(&store),
+                leadership: leadership.clone(),
             },
             config.engine.concurrency,
         ));
@@ -251,6 +263,8 @@ impl Engine {
             orders: orders_rx,
             wake: Arc::new(Wake::default()),
             group_of: HashMap::new(),
+            leadership,
+            restored_for: None,
         };
         engine.index_members();
         for g in &engine.groups {
@@ -283,9 +297,95 @@ impl Engine {
     }
 
     /// Loads every group's state from the store (flags, history, resizes in flight)
-    /// and queues the decisions the actuator never answered, with their ids.
+    /// and queues the decisions the actuator never answered, with their ids. An elected
+    /// collector does this when its term begins instead (the previous leader's state).
     pub async fn restore(&mut self) -> Result<(), EngineError> {
+        match self.leadership {
+            Leadership::Single => self.restore_as(SINGLE_TOKEN).await,
+            Leadership::Elected(_) => Ok(()),
+        }
+    }
+
+    /// [`restore`](Self::restore) for the term `token`: the decisions still unanswered
+    /// go out again under it (same id), since this leader now answers for them.
+    async fn restore_as(&mut self, token: u64) -> Result<(), EngineError> {
         let now = self.now();
+        let unsent = self.load_states(now, true).await?;
+        for g in &self.groups {
+            if let Some(r) = g.state.in_flight() {
+                info!(group = %g.name, vm = %r.vm, id = %r.id, "resuming verification of a resize in flight");
+            }
+        }
+        for (s, last_attempt) in unsent {
+            let d = &s.decision;
+            let Some(i) = self.groups.iter().position(|g| g.name == d.group) else {
+                warn!(id = %d.id, group = %d.group, "an unsent decision's group is no longer configured; not sending it");
+                continue;
+            };
+            if d.verify_deadline <= now {
+                // Its evidence is older than a whole verification window: stale.
+                warn!(id = %d.id, vm = %d.vm, "an unsent decision is older than its verification window; not sending it");
+                self.stale(i, &d.id, now).await;
+                continue;
+            }
+            info!(id = %d.id, vm = %d.vm, attempts = last_attempt, "sending again a decision the actuator never answered (same id)");
+            self.queue(d.clone(), token, last_attempt + 1);
+        }
+        self.restored_for = Some(token);
+        self.flush();
+        Ok(())
+    }
+
+    /// The term this engine may decide under now, with its state loaded; `None` when
+    /// another collector leads, the term is past its trusted end, or the state could
+    /// not be loaded (then no decision is made: deciding without the in-flight resizes
+    /// and cooldowns could resize twice).
+    async fn decide_as(&mut self) -> Option<u64> {
+        let token = match self.leadership.standing() {
+            Standing::Leading(term) => term.token,
+            Standing::Expired(term) => {
+                if self.restored_for.is_some() {
+                    warn!(
+                        token = term.token,
+                        "fenced: this collector's term is past its trusted end (lease not renewed); not deciding"
+                    );
+                }
+                self.leadership.count_fenced(Fence::Lease, term.token);
+                self.restored_for = None;
+                return None;
+            }
+            Standing::NotLeading => {
+                self.restored_for = None;
+                return None;
+            }
+        };
+        if self.restored_for != Some(token) {
+            info!(
+                token,
+                "term began: loading the decision state, then resuming unanswered requests and verifications"
+            );
+            self.backlog.clear();
+            self.unanswered.clear();
+            for g in &mut self.groups {
+                g.state = GroupState::default();
+                g.last_decision = None;
+            }
+            if let Err(e) = self.restore_as(token).await {
+                error!(token, error = %e, "cannot load the decision state; not deciding until it loads");
+                return None;
+            }
+        }
+        Some(token)
+    }
+
+    /// Loads every group's state and last decision from the store into the groups (and
+    /// the status the API shows); with `unsent`, also the decisions the actuator never
+    /// answered, with their last attempt's number.
+    async fn load_states(
+        &mut self,
+        now: Timestamp,
+        unsent: bool,
+    ) -> Result<Vec<(crate::store::StoredDecision, u32)>, EngineError> {
         let names: Vec<String> = self.groups.iter().map(|g| g.name.clone()).collect();
         let (states, unsent) = with_store(&self.store, move |store| {
             let mut states = Vec::new();
@@ -301,39 +401,31 @@ impl Engine {
                     .next();
                 states.push((state, last));
             }
-            let mut unsent = Vec::new();
-            for s in store.unsent()? {
-                let last = store.last_attempt(&s.decision.id)?;
-                unsent.push((s, last));
+            let mut found = Vec::new();
+            if unsent {
+                for s in store.unsent()? {
+                    let last = store.last_attempt(&s.decision.id)?;
+                    found.push((s, last));
+                }
             }
-            Ok((states, unsent))
+            Ok((states, found))
         })
         .await?;
         for (g, (state, last)) in self.groups.iter_mut().zip(states) {
-            if let Some(r) = state.in_flight() {
-                info!(group = %g.name, vm = %r.vm, id = %r.id, "resuming verification of a resize in flight");
-            }
             g.state = state;
             g.last_decision = last.map(|s| DecisionBrief::from(&s.decision));
             self.stats.set_group(g.status());
         }
-        for (s, last_attempt) in unsent {
-            let d = &s.decision;
-            let Some(i) = self.groups.iter().position(|g| g.name == d.group) else {
-                warn!(id = %d.id, group = %d.group, "an unsent decision's group is no longer configured; not sending it");
-                continue;
-            };
-            if d.verify_deadline <= now {
-                // Its evidence is older than a whole verification window: stale.
-                warn!(id = %d.id, vm = %d.vm, "an unsent decision is older than its verification window; not sending it");
-                self.stale(i, &d.id, now).await;
-                continue;
-            }
-            info!(id = %d.id, vm = %d.vm, attempts = last_attempt, "sending again a decision the actuator never answered (same id)");
-            self.queue(d.clone(), s.fencing_token, last_attempt + 1);
+        Ok(unsent)
+    }
+
+    /// A follower shows the leader's decision state (flags, resize in flight, last
+    /// decision) on its page and API: read again from etcd on every tick.
+    async fn follow(&mut self) {
+        let now = self.now();
+        if let Err(e) = self.load_states(now, false).await {
+            debug!(error = %e, "follower: cannot read the leader's decision state");
         }
-        self.flush();
-        Ok(())
     }
 
     /// Fails the resize of a decision found unsent after a restart and too old to send.
@@ -414,6 +506,11 @@ impl Engine {
     /// Evaluates every group once at the clock's `now`: persists decisions and events,
     /// then queues the decisions for the actuator.
     pub async fn tick(&mut self) {
+        if matches!(self.leadership, Leadership::Elected(_))
+            && !matches!(self.leadership.standing(), Standing::Leading(_))
+        {
+            self.follow().await;
+        }
         self.evaluate(|_| true).await;
     }
 
@@ -445,6 +542,15 @@ impl Engine {
 
     /// Evaluates the groups `pick` selects, at the clock's `now`.
     async fn evaluate(&mut self, pick: impl Fn(&GroupRuntime) -> bool) {
+        let Some(token) = self.decide_as().await else {
+            // A follower: the leader decides; forget the prompts.
+            let started = Instant::now();
+            for g in self.groups.iter_mut().filter(|g| pick(g)) {
+                g.reported = false;
+                g.evaluated_at = Some(started);
+            }
+            return;
+        };
         let now_sys = self.clock.now();
         let now = timestamp(now_sys);
         let started = Instant::now();
@@ -475,7 +581,7 @@ impl Engine {
             }
         }
         for (i, decisions, events) in work {
-            self.commit(i, decisions, events).await;
+            self.commit(i, decisions, events, token).await;
         }
         for i in picked {
             self.stats.set_group(self.groups[i].status());
@@ -483,10 +589,11 @@ impl Engine {
         self.flush();
     }
 
-    /// Persists a group's new decisions and events with its flags, then queues the
-    /// decisions. If the store fails, the decisions are forgotten (not sent) so that a
-    /// later tick decides again.
-    async fn commit(&mut self, i: usize, decisions: Vec<Decision>, events: Vec<Event>) {
+    /// Persists a group's new decisions and events with its flags under term `token`,
+    /// then queues the decisions. If the store fails, or refuses the term (fenced), the
+    /// decisions are forgotten (not sent) so that a later tick, or the new leader,
+    /// decides again.
+    async fn commit(&mut self, i: usize, decisions: Vec<Decision>, events: Vec<Event>, token: u64) {
         let g = &mut self.groups[i];
         let name = g.name.clone();
         for e in &events {
@@ -504,7 +611,7 @@ impl Engine {
         let to_store = decisions.clone();
         let result = with_store(&self.store, move |store| {
             for d in &to_store {
-                store.record_decision(d, FENCING_TOKEN)?;
+                store.record_decision(d, token)?;
             }
             store.record_events(&events)?;
             store.save_group(&name, &state)
@@ -512,7 +619,13 @@ impl Engine {
         .await;
         let g = &mut self.groups[i];
         if let Err(e) = result {
-            error!(group = %g.name, error = %e, "could not persist decisions; none is sent");
+            if matches!(&e, EngineError::Store(s) if s.is_fenced()) {
+                self.leadership.count_fenced(Fence::Commit, token);
+                warn!(group = %g.name, token, decisions = decisions.len(), error = %e, "fenced: etcd refused a decision of an ended term; none is sent");
+                self.restored_for = None;
+            } else {
+                error!(group = %g.name, error = %e, "could not persist decisions; none is sent");
+            }
             let ids: Vec<&str> = decisions.iter().map(|d| d.id.as_str()).collect();
             g.state.resizes.retain(|r| !ids.contains(&r.id.as_str()));
             return;
@@ -524,7 +637,7 @@ impl Engine {
                 reason = %d.reason, "resize decided"
             );
             self.groups[i].last_decision = Some(DecisionBrief::from(&d));
-            self.queue(d, FENCING_TOKEN, 1);
+            self.queue(d, token, 1);
         }
     }
 
@@ -672,6 +785,7 @@ impl Engine {
         group: &str,
         change: impl FnOnce(&mut GroupState),
     ) -> Result<GroupStatus, OrderError> {
+        self.leading_order().await?;
         let g = self
             .groups
             .iter_mut()
@@ -701,7 +815,16 @@ impl Engine {
         Ok(status)
     }
 
+    /// The term an operator's order is carried out under: only the leader changes the
+    /// decision state; a follower points to it.
+    async fn leading_order(&mut self) -> Result<u64, OrderError> {
+        self.decide_as().await.ok_or_else(|| OrderError::NotLeader {
+            leader: self.leadership.leader_url(),
+        })
+    }
+
     async fn manual(&mut self, vm: &str, rung: &str) -> Result<Decision, OrderError> {
+        let token = self.leading_order().await?;
         let now_sys = self.clock.now();
         let now = timestamp(now_sys);
         let i = self
@@ -724,7 +847,8 @@ impl Engine {
             let view = FleetView::new(&self.fleet, now_sys);
             manual_resize(&group, &view, &mut g.state, vm, rung, now)?
         };
-        self.commit(i, vec![decision.clone()], Vec::new()).await;
+        self.commit(i, vec![decision.clone()], Vec::new(), token)
+            .await;
         let g = &self.groups[i];
         if !g.state.resizes.iter().any(|r| r.id == decision.id) {
             return Err(OrderError::Store(

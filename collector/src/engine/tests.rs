@@ -234,6 +234,7 @@ impl Sim {
             Arc::new(self.clock.clone()),
             Store::open(self.state.path()).unwrap(),
             actuator,
+            crate::ha::Leadership::Single,
         )
     }
 

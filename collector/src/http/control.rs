@@ -28,6 +28,9 @@ pub struct ApiError {
     pub error: String,
     /// A stable code for scripts (`unknown_group`, `roll_in_progress`, ...).
     pub code: &'static str,
+    /// With `not_leader`: the leading collector's URL, where to send the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
     #[serde(skip)]
     status: StatusCode,
 }
@@ -37,6 +40,7 @@ impl ApiError {
         Self {
             error: error.into(),
             code,
+            leader: None,
             status,
         }
     }
@@ -66,8 +70,13 @@ impl From<OrderError> for ApiError {
             },
             OrderError::Store(_) => (S::INTERNAL_SERVER_ERROR, "store"),
             OrderError::Stopped => (S::SERVICE_UNAVAILABLE, "stopped"),
+            OrderError::NotLeader { .. } => (S::SERVICE_UNAVAILABLE, "not_leader"),
         };
-        ApiError::new(status, code, e.to_string())
+        let mut answer = ApiError::new(status, code, e.to_string());
+        if let OrderError::NotLeader { leader } = e {
+            answer.leader = leader;
+        }
+        answer
     }
 }
 
@@ -393,6 +402,7 @@ mod tests {
             Arc::new(SystemClock),
             crate::store::Store::open(dir).unwrap(),
             Arc::new(crate::actuator::LogActuator),
+            crate::ha::Leadership::Single,
         );
         HttpState {
             fleet,
@@ -401,6 +411,7 @@ mod tests {
             ready: Arc::default(),
             engine: handle,
             api_token: tokio::sync::watch::channel(token.map(Arc::from)).1,
+            leadership: crate::ha::Leadership::Single,
         }
     }
 

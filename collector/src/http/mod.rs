@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 use crate::clock::Clock;
 use crate::engine::EngineHandle;
 use crate::fleet::Fleet;
+use crate::ha::Leadership;
 use crate::ingest::IngestStats;
 use crate::listener::{Listener, ListenerStats};
 use crate::metrics;
@@ -45,6 +46,8 @@ pub struct HttpState {
     /// The bearer token the mutating endpoints require (`[api] token_file`); without
     /// one they are accepted from loopback only. A reload replaces it.
     pub api_token: tokio::sync::watch::Receiver<Option<Arc<str>>>,
+    /// Who leads (always this collector without `[ha]`).
+    pub leadership: Leadership,
 }
 
 /// The router of the HTTP listener.
@@ -67,6 +70,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/leader", get(leader))
         .route("/api/v1/vms", get(api::vms))
         .route("/api/v1/vms/{vm}", get(api::vm))
         .with_state(state)
@@ -175,9 +179,10 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     let fleet = Arc::clone(&state.fleet);
     let stats = Arc::clone(&state.stats);
     let engine = Arc::clone(state.engine.stats());
+    let leadership = state.leadership.clone();
     let now = state.clock.now();
     let rendered = tokio::task::spawn_blocking(move || {
-        let text = metrics::render(&fleet, &stats, &engine, now);
+        let text = metrics::render(&fleet, &stats, &engine, &leadership, now);
         if gzip {
             compress(text.as_bytes())
         } else {
@@ -241,11 +246,47 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
+/// 200 once the listeners are up (a follower is ready too: it ingests and serves);
+/// with `[ha]` the body also says who leads and how this collector's lease stands.
+async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
+    let mut body = if state.ready.load(Ordering::Acquire) {
+        "ready\n".to_owned()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        "not ready\n".to_owned()
+    };
+    if let Some(ha) = state.leadership.ha() {
+        let s = ha.status();
+        let leader = s.leader.as_ref().map_or_else(
+            || "none".to_owned(),
+            |l| format!("{} {} (fencing token {})", l.name, l.url, l.token),
+        );
+        let role = serde_json::to_value(s.role)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        body.push_str(&format!(
+            "role: {role}\nleader: {leader}\nlease: {}\n",
+            if s.lease_healthy {
+                "healthy"
+            } else {
+                "not renewed"
+            }
+        ));
+    }
+    let status = if body.starts_with("ready") {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body)
+}
+
+/// `GET /api/v1/leader`: this collector's part in the election (`{"ha": false}` without
+/// `[ha]`: it alone decides).
+async fn leader(State(state): State<HttpState>) -> Response {
+    match state.leadership.ha() {
+        Some(ha) => axum::Json(ha.status()).into_response(),
+        None => axum::Json(serde_json::json!({ "ha": false, "role": "leader" })).into_response(),
     }
 }
 
@@ -266,6 +307,7 @@ mod tests {
             Arc::new(SystemClock),
             crate::store::Store::open(dir).unwrap(),
             Arc::new(crate::actuator::LogActuator),
+            crate::ha::Leadership::Single,
         );
         HttpState {
             fleet,
@@ -274,6 +316,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
             engine: handle,
             api_token: tokio::sync::watch::channel(None).1,
+            leadership: Leadership::Single,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Page {
     pub rungs: BTreeMap<(String, String), usize>,
     /// Whether pause/resume need the API token (`[api] token_file` is set).
     pub token_required: bool,
+    /// With `[ha]`: this collector's part in the election.
+    pub ha: Option<crate::ha::HaStatus>,
 }
 
 /// `GET /`: reads the fleet and the engine and renders [`render`].
@@ -110,6 +112,7 @@ pub async fn handler(State(state): State<HttpState>) -> Html<String> {
         rule_values,
         rungs,
         token_required,
+        ha: state.leadership.ha().map(|ha| ha.status()),
     }))
 }
 
@@ -194,6 +197,9 @@ pub fn render(page: &Page) -> String {
         vms.len(),
         page.stale_after.as_secs()
     );
+    if let Some(ha) = &page.ha {
+        leader_line(&mut html, ha);
+    }
     if vms.is_empty() {
         html.push_str("<p>No VM has reported yet.</p>\n");
     }
@@ -207,6 +213,39 @@ pub fn render(page: &Page) -> String {
     resize_section(&mut html, &page.groups, &page.recent);
     html.push_str("</body>\n</html>\n");
     html
+}
+
+/// Who decides: this collector, or the leader it follows (with a link to its page).
+fn leader_line(html: &mut String, ha: &crate::ha::HaStatus) {
+    let lease = if ha.lease_healthy {
+        "lease healthy"
+    } else {
+        "<span class=\"stale\">lease not renewed</span>"
+    };
+    let token = ha.fencing_token;
+    let me = escape(&ha.name);
+    match (&ha.role, &ha.leader) {
+        (crate::ha::Role::Leader, _) => {
+            let _ = writeln!(
+                html,
+                "<p id=\"leader\">This collector ({me}) <strong>leads</strong>: it decides and actuates (fencing token {token}, {lease}).</p>"
+            );
+        }
+        (_, Some(l)) => {
+            let _ = writeln!(
+                html,
+                "<p id=\"leader\">This collector ({me}) follows; <a href=\"{}\">{}</a> leads and decides (fencing token {token}, {lease}).</p>",
+                escape(&l.url),
+                escape(&l.name)
+            );
+        }
+        (_, None) => {
+            let _ = writeln!(
+                html,
+                "<p id=\"leader\" class=\"stale\">No collector leads: actuation is paused until etcd elects one (this collector: {me}, {lease}).</p>"
+            );
+        }
+    }
 }
 
 fn group_section(
@@ -685,6 +724,55 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_page_says_who_leads_and_links_to_the_leader() {
+        use crate::ha::{HaStatus, LeaderInfo, Role};
+        let page = |role, leader: Option<LeaderInfo>, lease_healthy| {
+            render(&Page {
+                vms: Vec::new(),
+                groups: Vec::new(),
+                recent: Vec::new(),
+                stale_after: Duration::from_secs(20),
+                now: SystemTime::UNIX_EPOCH,
+                charts: BTreeMap::new(),
+                rule_values: BTreeMap::new(),
+                rungs: BTreeMap::new(),
+                token_required: false,
+                ha: Some(HaStatus {
+                    ha: true,
+                    name: "c2".into(),
+                    role,
+                    leader,
+                    lease_healthy,
+                    fencing_token: 42,
+                    fenced: 0,
+                    terms: 1,
+                }),
+            })
+        };
+        let c1 = LeaderInfo {
+            name: "c1".into(),
+            url: "http://10.0.0.1:9471".into(),
+            token: 42,
+        };
+        let follower = page(Role::Follower, Some(c1), true);
+        assert!(
+            follower.contains("This collector (c2) follows; <a href=\"http://10.0.0.1:9471\">c1</a> leads and decides (fencing token 42, lease healthy)"),
+            "{follower}"
+        );
+        let leader = page(Role::Leader, None, true);
+        assert!(
+            leader.contains("This collector (c2) <strong>leads</strong>"),
+            "{leader}"
+        );
+        let nobody = page(Role::Candidate, None, false);
+        assert!(
+            nobody.contains("No collector leads: actuation is paused"),
+            "{nobody}"
+        );
+        assert!(nobody.contains("lease not renewed"), "{nobody}");
+    }
+
+    #[test]
     fn a_dry_run_reads_not_sent_and_a_warm_up_until_when_in_both_zones() {
         let html = render(&Page {
             vms: Vec::new(),
@@ -696,6 +784,7 @@ pub(crate) mod tests {
             rule_values: BTreeMap::new(),
             rungs: BTreeMap::new(),
             token_required: false,
+            ha: None,
         });
         assert!(html.contains("dry run: not sent"), "{html}");
         assert!(!html.contains("accepted"), "{html}");

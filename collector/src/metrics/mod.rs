@@ -15,6 +15,7 @@
 
 mod collector;
 mod encoder;
+mod ha;
 mod process;
 mod requests;
 mod resize;
@@ -26,6 +27,7 @@ use std::time::SystemTime;
 
 use crate::engine::EngineStats;
 use crate::fleet::Fleet;
+use crate::ha::Leadership;
 use crate::ingest::IngestStats;
 
 use encoder::Exposition;
@@ -33,8 +35,15 @@ use encoder::Exposition;
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders every metric at `now`, with the resize engine's counters from `engine`.
-pub fn render(fleet: &Fleet, stats: &IngestStats, engine: &EngineStats, now: SystemTime) -> String {
+/// Renders every metric at `now`, with the resize engine's counters from `engine` and
+/// who leads from `leadership`.
+pub fn render(
+    fleet: &Fleet,
+    stats: &IngestStats,
+    engine: &EngineStats,
+    leadership: &Leadership,
+    now: SystemTime,
+) -> String {
     let vms = fleet.snapshot(now);
     let mut e = Exposition::default();
     vm::vm_metrics(&mut e, &vms);
@@ -44,6 +53,7 @@ pub fn render(fleet: &Fleet, stats: &IngestStats, engine: &EngineStats, now: Sys
     totals::integrated_counters(&mut e, &vms);
     collector::collector_metrics(&mut e, stats, vms.len());
     resize::resize_metrics(&mut e, engine);
+    ha::ha_metrics(&mut e, leadership);
     rules::rule_metrics(&mut e, engine, fleet, now);
     process::process_metrics(&mut e, &process::ProcessStats::read());
     e.out
@@ -254,7 +264,13 @@ mod tests {
 
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let (fleet, stats) = busy_fleet(now);
-        let text = render(&fleet, &stats, &EngineStats::default(), now);
+        let text = render(
+            &fleet,
+            &stats,
+            &EngineStats::default(),
+            &Leadership::Single,
+            now,
+        );
         // The contract's names are all there.
         for needle in [
             "rally_vm_up{vm=\"web-1\",group=\"web\"} 1",
