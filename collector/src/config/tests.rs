@@ -407,6 +407,17 @@ fn shipped_examples_are_valid_when_uncommented() {
         Some(token.path())
     );
 
+    // The [ha] example: its keys are the defaults but for the members, name and URL.
+    let ha = SHIPPED.find("#[ha]").map(|i| &SHIPPED[i..]).unwrap();
+    let ha = parse(&uncomment(&ha[..ha.find("\n\n").unwrap()]))
+        .unwrap()
+        .ha
+        .unwrap();
+    assert_eq!(ha.etcd.len(), 3);
+    assert_eq!(ha.name.as_deref(), Some("collector-a"));
+    assert_eq!(ha.lease_ttl, std::time::Duration::from_secs(10));
+    assert_eq!(ha.prefix, "/rally");
+
     // The [tls] example, with files `pki` made.
     let pki = tempfile::tempdir().unwrap();
     crate::pki::create_ca(pki.path(), "Rally CA", 10, false).unwrap();
@@ -518,4 +529,51 @@ web-1 = 123456
     // Nothing can be larger than the largest size: the ladder does not grow.
     let (_, key, message) = invalid_parts(parse(&source(u64::MAX)).unwrap_err());
     assert_eq!(key.as_deref(), Some("groups[0].ladder"), "{message}");
+}
+
+#[test]
+fn ha_keys_are_checked_and_located() {
+    let ok = parse("[ha]\netcd = [\"http://10.0.0.11:2379\"]\n").unwrap();
+    let ha = ok.ha.unwrap();
+    assert_eq!(
+        (ha.lease_ttl, ha.etcd_timeout, ha.prefix.as_str()),
+        (Duration::from_secs(10), Duration::from_secs(2), "/rally")
+    );
+    for (source, key, words) in [
+        ("etcd = []", "ha.etcd", "at least one"),
+        ("etcd = [\"10.0.0.11:2379\"]", "ha.etcd[0]", "not an http"),
+        (
+            "etcd = [\"http://a:2379\"]\nlease_ttl = \"1s\"",
+            "ha.lease_ttl",
+            "at least 2s",
+        ),
+        (
+            "etcd = [\"http://a:2379\"]\nlease_ttl = \"2500ms\"",
+            "ha.lease_ttl",
+            "whole seconds",
+        ),
+        (
+            "etcd = [\"http://a:2379\"]\nlease_ttl = \"3s\"\netcd_timeout = \"2s\"",
+            "ha.etcd_timeout",
+            "half of ha.lease_ttl",
+        ),
+        (
+            "etcd = [\"http://a:2379\"]\nprefix = \"rally/\"",
+            "ha.prefix",
+            "start with /",
+        ),
+        (
+            "etcd = [\"http://a:2379\"]\nname = \"\"",
+            "ha.name",
+            "empty",
+        ),
+    ] {
+        let (line, found, message) =
+            invalid_parts(parse(&format!("[ha]\n{source}\n")).unwrap_err());
+        assert_eq!(found.as_deref(), Some(key), "{source}: {message}");
+        assert!(line.is_some(), "{source}: located");
+        assert!(message.contains(words), "{source}: {message}");
+    }
+    let unknown = parse("[ha]\netcd = [\"http://a:2379\"]\nttl = \"5s\"\n").unwrap_err();
+    assert!(unknown.to_string().contains("ttl"), "{unknown}");
 }
