@@ -277,6 +277,17 @@ impl Etcd {
     /// Every key under `prefix`, in key order, as of one revision. Read in pages of
     /// [`PAGE`] keys, so that a long range stays under gRPC's message size limit.
     pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<KeyValue>, EtcdError> {
+        Ok(self.get_prefix_since(prefix, 0).await?.0)
+    }
+
+    /// The keys under `prefix` changed at or after revision `min_mod_revision` (0: every
+    /// key), in key order, and the revision they were read at: a cache of the range
+    /// stays current by asking for what changed after the revision it last read.
+    pub async fn get_prefix_since(
+        &self,
+        prefix: &str,
+        min_mod_revision: i64,
+    ) -> Result<(Vec<KeyValue>, i64), EtcdError> {
         let range_end = prefix_end(prefix.as_bytes());
         let mut key = prefix.as_bytes().to_vec();
         // 0 for the first page: the latest revision, which the next pages are read at.
@@ -292,6 +303,7 @@ impl Etcd {
                         range_end: range_end.clone(),
                         limit: PAGE,
                         revision,
+                        min_mod_revision,
                         ..RangeRequest::default()
                     }),
                 )
@@ -310,7 +322,7 @@ impl Etcd {
                 break;
             }
         }
-        Ok(kvs)
+        Ok((kvs, revision))
     }
 
     /// Applies `writes` if every comparison in `when` holds, atomically.

@@ -575,6 +575,8 @@ async fn a_new_leader_resumes_what_the_old_one_left_in_flight() {
     let (mut a, _tx_a) = etcd_store(&etcd, Some(term_a));
     let mut a = blocking(move || {
         leave_work(&mut a, token_a);
+        // It lists the log, as its page and API do: its copy is now filled.
+        assert_eq!(a.decisions(&DecisionFilter::default()).unwrap().len(), 1);
         a
     })
     .await;
@@ -608,7 +610,7 @@ async fn a_new_leader_resumes_what_the_old_one_left_in_flight() {
     assert_eq!(ticket, Some(("501".into(), "9001".into(), false)));
 
     // The new leader carries on; the old one's late writes are refused.
-    let (resumed, paused, late) = blocking(move || {
+    let (resumed, paused, late, a) = blocking(move || {
         b.record_attempt(
             "d1",
             &attempt(2, "2026-01-15T10:02:00Z", AttemptResult::Logged),
@@ -623,12 +625,26 @@ async fn a_new_leader_resumes_what_the_old_one_left_in_flight() {
             },
             now,
         );
-        (b.decision("d1").unwrap().unwrap(), paused, late)
+        (b.decision("d1").unwrap().unwrap(), paused, late, a)
     })
     .await;
     assert_eq!(resumed.verdict.as_deref(), Some("accepted"));
     assert_eq!(paused, Some(PauseReason::Operator), "the flags carry over");
     assert!(matches!(late, Err(StoreError::Fenced { token }) if token == token_a));
+
+    // The old leader, now a follower, had read the log before: it sees the new
+    // leader's changes (its copy of the log follows etcd's revisions).
+    let seen = blocking(move || {
+        let listed = a.decisions(&DecisionFilter::default()).unwrap();
+        let d1 = listed.into_iter().find(|d| d.decision.id == "d1").unwrap();
+        (
+            d1.verdict,
+            a.unsent().unwrap().len(),
+            a.attempts("d1").unwrap().len(),
+        )
+    })
+    .await;
+    assert_eq!(seen, (Some("accepted".to_owned()), 0, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,8 @@ use rally_policy::decision::{Decision, Event, PauseReason, Skip};
 use rally_policy::state::{GroupState, ResizeStatus};
 use rally_policy::{Group, GroupPolicy, ManualError, Policy, Timestamp, evaluate, manual_resize};
 
+/// How often a follower reads the leader's decision state for its page and API.
+const FOLLOW_EVERY: Duration = Duration::from_secs(5);
 /// Orders from the HTTP API waiting for the engine, at most.
 const ORDER_QUEUE: usize = 64;
 /// The shortest time between two evaluations of one group prompted by reports: the
@@ -201,6 +203,8 @@ pub struct Engine {
     leadership: Leadership,
     /// The term whose decision state the groups hold (loaded when it began).
     restored_for: Option<u64>,
+    /// When a follower last read the leader's decision state.
+    followed_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -265,6 +269,7 @@ impl Engine {
             group_of: HashMap::new(),
             leadership,
             restored_for: None,
+            followed_at: None,
         };
         engine.index_members();
         for g in &engine.groups {
@@ -420,8 +425,16 @@ impl Engine {
     }
 
     /// A follower shows the leader's decision state (flags, resize in flight, last
-    /// decision) on its page and API: read again from etcd on every tick.
+    /// decision) on its page and API: read again from etcd every [`FOLLOW_EVERY`] (each
+    /// read lists the decision log).
     async fn follow(&mut self) {
+        if self
+            .followed_at
+            .is_some_and(|at| at.elapsed() < FOLLOW_EVERY)
+        {
+            return;
+        }
+        self.followed_at = Some(Instant::now());
         let now = self.now();
         if let Err(e) = self.load_states(now, false).await {
             debug!(error = %e, "follower: cannot read the leader's decision state");

@@ -46,6 +46,7 @@
 //! store on `spawn_blocking` threads); on a worker thread `block_on` panics.
 
 use std::collections::BTreeMap;
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -122,6 +123,7 @@ struct TicketDoc {
 }
 
 /// A document as read, with the revisions a write compares and orders by.
+#[derive(Debug, Clone)]
 struct Read<T> {
     value: T,
     create_revision: i64,
@@ -147,6 +149,17 @@ pub struct EtcdStore {
     term: watch::Receiver<Option<Term>>,
     runtime: Handle,
     last_prune: Option<Instant>,
+    /// The decision log as last read: every call asks etcd only for what changed since.
+    log: std::sync::Mutex<LogCache>,
+}
+
+/// A copy of `decisions/`: documents by key, as of `revision`, read whole at
+/// `full_at` and kept current with the changes since.
+#[derive(Debug, Default)]
+struct LogCache {
+    revision: i64,
+    full_at: Option<Instant>,
+    docs: BTreeMap<Vec<u8>, Read<DecisionDoc>>,
 }
 
 /// Holds while `key` is unchanged since it was read at `mod_revision` (0: while it does
@@ -193,6 +206,7 @@ impl EtcdStore {
             term,
             runtime,
             last_prune: None,
+            log: std::sync::Mutex::default(),
         }
     }
 
@@ -205,12 +219,48 @@ impl EtcdStore {
         kv.as_ref().map(Read::of).transpose()
     }
 
+    /// Every decision, ordered. Reads from etcd only the documents changed since the
+    /// last call (the log can hold a month of decisions, and the engine, the page and
+    /// the API list it often); deletions (another leader's pruning) show at the next
+    /// whole read, every [`PRUNE_EVERY`].
     fn all_decisions(&self) -> Result<Vec<Read<DecisionDoc>>, StoreError> {
         let prefix = format!("{}decisions/", self.root);
-        let kvs = self.runtime.block_on(self.etcd.get_prefix(&prefix))?;
-        let mut docs = kvs.iter().map(Read::of).collect::<Result<Vec<_>, _>>()?;
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.full_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            *log = LogCache::default();
+        }
+        let since = if log.full_at.is_some() {
+            log.revision + 1
+        } else {
+            0
+        };
+        let (kvs, revision) = self
+            .runtime
+            .block_on(self.etcd.get_prefix_since(&prefix, since))?;
+        if revision < log.revision {
+            // etcd was restored from an older snapshot: read everything again.
+            *log = LogCache::default();
+            drop(log);
+            return self.all_decisions();
+        }
+        if log.full_at.is_none() {
+            log.full_at = Some(Instant::now());
+        }
+        for kv in &kvs {
+            log.docs.insert(kv.key.clone(), Read::of(kv)?);
+        }
+        log.revision = revision;
+        let mut docs: Vec<Read<DecisionDoc>> = log.docs.values().cloned().collect();
         order(&mut docs);
         Ok(docs)
+    }
+
+    /// Forgets cached decisions this store deleted.
+    fn forget(&self, keys: &[String]) {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in keys {
+            log.docs.remove(key.as_bytes());
+        }
     }
 
     /// The term this collector leads in, or [`StoreError::NotLeader`].
@@ -373,6 +423,8 @@ impl EtcdStore {
                 })
                 .collect();
             self.write_all(term, &[], writes)?;
+            let keys: Vec<String> = batch.iter().map(|id| self.key("decisions", id)).collect();
+            self.forget(&keys);
         }
         Ok(())
     }
