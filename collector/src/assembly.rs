@@ -14,15 +14,17 @@ use crate::store::{Store, StoreError};
 /// Where the decision state lives: SQLite in `[state] dir`, or etcd under the leader's
 /// term with `[ha]`. The engine and the Oktawave ticket store open it alike.
 #[derive(Debug, Clone)]
-pub(crate) enum StateSource {
+pub enum StateSource {
     /// The SQLite file in this directory.
     Sqlite(std::path::PathBuf),
-    /// etcd, under this collector's term.
+    /// etcd, written under the term `term` holds.
     Etcd {
         /// The client.
         etcd: Box<rally_etcd::Etcd>,
-        /// The election state whose term guards every write.
-        ha: Arc<Ha>,
+        /// `ha.prefix`.
+        prefix: String,
+        /// The term this collector leads in (`None`: it does not).
+        term: tokio::sync::watch::Receiver<Option<rally_etcd::Term>>,
     },
 }
 
@@ -33,20 +35,21 @@ impl StateSource {
             None => Self::Sqlite(config.state.dir.clone()),
             Some((ha, etcd)) => Self::Etcd {
                 etcd: Box::new(etcd.clone()),
-                ha: Arc::clone(ha),
+                prefix: ha.prefix(),
+                term: ha.subscribe(),
             },
         }
     }
 
     /// Opens a store on the source. Must be called inside a tokio runtime (the etcd
     /// store runs its calls on it, from the blocking threads the engine uses).
-    pub(crate) fn open(&self) -> Result<Store, StoreError> {
+    pub fn open(&self) -> Result<Store, StoreError> {
         match self {
             Self::Sqlite(dir) => Store::open(dir),
-            Self::Etcd { etcd, ha } => Ok(Store::etcd(
+            Self::Etcd { etcd, prefix, term } => Ok(Store::etcd(
                 etcd.as_ref().clone(),
-                &ha.prefix(),
-                ha.subscribe(),
+                prefix,
+                term.clone(),
                 tokio::runtime::Handle::current(),
             )),
         }
@@ -64,7 +67,7 @@ pub async fn start_actuator(config: &mut Config) -> Result<Arc<dyn Actuator>, Ac
 
 /// [`start_actuator`] with the ticket store on the decision state's `source` (etcd with
 /// `[ha]`, so that a new leader follows the old one's tickets).
-pub(crate) async fn start_actuator_on(
+pub async fn start_actuator_on(
     config: &mut Config,
     source: &StateSource,
 ) -> Result<Arc<dyn Actuator>, ActuatorError> {

@@ -89,7 +89,7 @@ pub mod tls;
 pub mod vm_id;
 pub mod wake;
 
-pub use crate::assembly::start_actuator;
+pub use crate::assembly::{StateSource, start_actuator, start_actuator_on};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1112,3 +1112,73 @@ async fn end_to_end_figures_decision_to_ticket_and_report_to_verified() {
     assert_eq!(fake.with(|s| s.changes.len()), 1);
     collector.stop().await.unwrap();
 }
+
+/// With `[ha]` the ticket store is etcd's: the leader dies while Oktawave works on its
+/// change; the next leader, sending the unanswered decision again (same id), finds the
+/// ticket the old one recorded under its term and follows it: one change in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_follows_the_ticket_the_old_one_started() {
+    use rally_collector::StateSource;
+    use rally_etcd::Term;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, etcd) = support::etcd::EtcdServer::start(dir.path()).await;
+    let fake = Fake::new(&[(501, 2, 4096), (502, 2, 4096)]);
+    fake.with(|s| s.script = Some(Script::Hold));
+    let addr = fake.clone().serve().await;
+    let r = request("d-ha", "web-1", WAIT);
+    let source = |term: Term| StateSource::Etcd {
+        etcd: Box::new(etcd.clone()),
+        prefix: "/okt".into(),
+        term: tokio::sync::watch::channel(Some(term)).1,
+    };
+
+    let lease_a = etcd.grant(10).await.unwrap();
+    let term_a = Term::of(
+        &etcd
+            .campaign("/okt/leader", lease_a, Vec::new())
+            .await
+            .unwrap(),
+    );
+    let mut config = load(dir.path(), addr, GROUP);
+    let first = rally_collector::start_actuator_on(&mut config, &source(term_a))
+        .await
+        .unwrap();
+    let task = tokio::spawn({
+        let r = r.clone();
+        async move { send(&first, &r).await }
+    });
+    let t0 = Instant::now();
+    while etcd.get("/okt/state/tickets/d-ha").await.unwrap().is_none() {
+        assert!(t0.elapsed() < WAIT, "the leader records the ticket in etcd");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The leader dies; its lease ends; another collector is elected.
+    task.abort();
+    let _ = task.await;
+    etcd.revoke(lease_a).await.unwrap();
+    let lease_b = etcd.grant(10).await.unwrap();
+    let term_b = Term::of(
+        &etcd
+            .campaign("/okt/leader", lease_b, Vec::new())
+            .await
+            .unwrap(),
+    );
+
+    fake.with(|s| s.released = true);
+    let mut config = load(dir.path(), addr, GROUP);
+    let second = rally_collector::start_actuator_on(&mut config, &source(term_b))
+        .await
+        .unwrap();
+    let outcome = send(&second, &r).await;
+    assert_eq!(outcome.verdict, Verdict::Accepted, "{outcome:?}");
+    fake.with(|s| {
+        assert_eq!(s.changes.len(), 1, "no second change_type_ticket");
+        assert!(s.polls.iter().all(|&t| t == 9001), "{:?}", s.polls);
+        assert_eq!(
+            (s.instances[&501].cpu, s.instances[&501].ram_mb),
+            (4, 8192),
+            "resized once, to L"
+        );
+    });
+}

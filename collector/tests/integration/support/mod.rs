@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+pub mod etcd;
+
 /// Every wait in these tests is bounded: a hang is a failure, not a stuck CI job.
 pub const WAIT: Duration = Duration::from_secs(20);
 
