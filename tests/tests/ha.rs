@@ -20,7 +20,7 @@ use rally_tests::ledger::{sample, sum};
 use rally_tests::nspawn::{Bridge, Netns};
 use rally_tests::process::Process;
 use rally_tests::webhook::{Received, Webhook};
-use rally_tests::{bin, eventually, online_cpus, proc_mem_total_bytes, tool};
+use rally_tests::{bin, online_cpus, proc_mem_total_bytes, tool};
 use serde_json::Value;
 
 const SECRET: &str = "ha-webhook-secret";
@@ -216,7 +216,7 @@ impl Drop for Stress {
 struct Lab {
     stress: Option<Stress>,
     cut: Option<Cut>,
-    _agent: Process,
+    agent: Process,
     nodes: Vec<Node>,
     etcd: Cluster,
     hook: Webhook,
@@ -313,6 +313,7 @@ etcd = [{endpoints}]
 name = "{name}"
 advertise = "http://{address}:9471"
 lease_ttl = "{ttl}s"
+etcd_timeout = "1s"
 prefix = "/rally"
 
 [engine]
@@ -390,7 +391,7 @@ verify_timeout = "5m"
         let lab = Lab {
             stress: None,
             cut: None,
-            _agent: agent,
+            agent,
             nodes,
             etcd,
             hook,
@@ -404,7 +405,7 @@ verify_timeout = "5m"
         };
         // Every collector serves and has the agent's figures.
         for node in &lab.nodes {
-            eventually(
+            lab.until(
                 Duration::from_secs(30),
                 &format!("{}'s first CPU figure", node.name),
                 || async { node.cpu().await.map(|_| ()) },
@@ -414,10 +415,31 @@ verify_timeout = "5m"
         lab
     }
 
+    /// Polls `f` every 100 ms until it returns `Some`; after `timeout` fails with what
+    /// every collector logged and the receiver got.
+    async fn until<T, F, Fut>(&self, timeout: Duration, what: &str, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let started = Instant::now();
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.evidence()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until exactly one of `among` leads and the others name it; its index.
     async fn leader(&self, among: &[usize], timeout: Duration) -> usize {
         let what = format!("one leader among {among:?} on 10.99.{}.0/24", self.net);
-        eventually(timeout, &what, || async {
+        self.until(timeout, &what, || async {
             let mut views = Vec::new();
             for &i in among {
                 views.push((i, self.nodes[i].leader().await?));
@@ -456,7 +478,7 @@ verify_timeout = "5m"
     async fn load(&mut self, i: usize) -> Instant {
         self.stress = Some(Stress::start(self.dir.path()));
         let node = &self.nodes[i];
-        eventually(
+        self.until(
             Duration::from_secs(20),
             &format!("the load seen by {}", node.name),
             || async { node.cpu().await.filter(|u| *u >= 0.9).map(|_| ()) },
@@ -467,7 +489,7 @@ verify_timeout = "5m"
 
     /// The first request answered `status` class 2xx, waiting at most `timeout`.
     async fn accepted(&self, timeout: Duration) -> Received {
-        eventually(timeout, "an accepted resize request", || async {
+        self.until(timeout, "an accepted resize request", || async {
             self.hook
                 .received()
                 .into_iter()
@@ -478,7 +500,7 @@ verify_timeout = "5m"
 
     /// Every log and what the receiver got, for a failure's message.
     fn evidence(&self) -> String {
-        let mut out = String::new();
+        let mut out = format!("--- agent ---\n{}\n", tail(&self.agent.log(), 10));
         for node in &self.nodes {
             out += &format!("--- {} ---\n{}\n", node.name, tail(&node.log(), 40));
         }
@@ -652,12 +674,13 @@ async fn a_leader_stopped_past_its_lease_is_fenced_when_it_wakes_and_no_second_r
     let old = lab.leader(&[0, 1, 2], Duration::from_secs(20)).await;
     let old_token = lab.token(old).await;
     lab.load(old).await;
-    let first = eventually(
-        HOLD + Duration::from_secs(10),
-        "the first attempt",
-        || async { lab.hook.received().first().cloned() },
-    )
-    .await;
+    let first = lab
+        .until(
+            HOLD + Duration::from_secs(10),
+            "the first attempt",
+            || async { lab.hook.received().first().cloned() },
+        )
+        .await;
     lab.nodes[old].process().signal("STOP");
     let stopped = Instant::now();
     assert_eq!(first.status, 500);
@@ -672,26 +695,28 @@ async fn a_leader_stopped_past_its_lease_is_fenced_when_it_wakes_and_no_second_r
 
     lab.nodes[old].process().signal("CONT");
     let woke = Instant::now();
-    let fenced = eventually(
-        Duration::from_secs(10),
-        "the old leader's fenced count",
-        || async {
-            let text = lab.nodes[old].metrics().await?;
-            (family_value(&text, "rally_collector_fenced_total")? >= 1.0)
-                .then(|| samples(&text, "rally_collector_fenced_total"))
-        },
-    )
-    .await;
-    let view = eventually(
-        Duration::from_secs(10),
-        "the old leader a follower",
-        || async {
-            let v = lab.nodes[old].leader().await?;
-            (v["role"] == "follower" && v["leader"]["name"] == lab.nodes[new].name.as_str())
-                .then_some(v)
-        },
-    )
-    .await;
+    let fenced = lab
+        .until(
+            Duration::from_secs(10),
+            "the old leader to count its late work fenced (its own refusal: a receiver's 409 is the last line, not the fence)",
+            || async {
+                let text = lab.nodes[old].metrics().await?;
+                (family_value(&text, "rally_collector_fenced_total")? >= 1.0)
+                    .then(|| samples(&text, "rally_collector_fenced_total"))
+            },
+        )
+        .await;
+    let view = lab
+        .until(
+            Duration::from_secs(10),
+            "the old leader a follower",
+            || async {
+                let v = lab.nodes[old].leader().await?;
+                (v["role"] == "follower" && v["leader"]["name"] == lab.nodes[new].name.as_str())
+                    .then_some(v)
+            },
+        )
+        .await;
     let followed = woke.elapsed();
     tokio::time::sleep(HOLD + Duration::from_secs(2)).await;
     let (posts, accepted) = lab.assert_one_resize();
@@ -729,7 +754,7 @@ async fn a_leader_cut_off_from_etcd_stops_acting_and_rejoins_as_a_follower_when_
     let old = lab.leader(&[0, 1, 2], Duration::from_secs(20)).await;
     let old_token = lab.token(old).await;
     lab.load(old).await;
-    eventually(
+    lab.until(
         HOLD + Duration::from_secs(10),
         "the first attempt",
         || async { lab.hook.received().first().cloned() },
@@ -747,31 +772,33 @@ async fn a_leader_cut_off_from_etcd_stops_acting_and_rejoins_as_a_follower_when_
     let resized = lab.accepted(Duration::from_secs(20)).await;
     assert_eq!(resized.fencing_token, Some(new_token), "{}", lab.evidence());
     // Cut off, the old leader knows its lease is gone: it has stepped down and paused.
-    let paused = eventually(Duration::from_secs(10), "the old leader paused", || async {
-        let v = lab.nodes[old].leader().await?;
-        if v["role"] == "leader" || v["lease_healthy"] != false {
-            return None;
-        }
-        let text = lab.nodes[old].metrics().await?;
-        let pauses = sum(&text, "rally_collector_actuation_pauses_total", &[]);
-        (pauses >= 1.0 && sample(&text, "rally_collector_lease_healthy", &[]) == Some(0.0))
-            .then_some(text)
-    })
-    .await;
+    let paused = lab
+        .until(Duration::from_secs(10), "the old leader paused", || async {
+            let v = lab.nodes[old].leader().await?;
+            if v["role"] == "leader" || v["lease_healthy"] != false {
+                return None;
+            }
+            let text = lab.nodes[old].metrics().await?;
+            let pauses = sum(&text, "rally_collector_actuation_pauses_total", &[]);
+            (pauses >= 1.0 && sample(&text, "rally_collector_lease_healthy", &[]) == Some(0.0))
+                .then_some(text)
+        })
+        .await;
     let reasons = samples(&paused, "rally_collector_actuation_pauses_total");
     let healed = Instant::now();
     lab.cut = None;
-    let fenced = eventually(
-        Duration::from_secs(15),
-        "the old leader's fenced count",
-        || async {
-            let text = lab.nodes[old].metrics().await?;
-            (family_value(&text, "rally_collector_fenced_total")? >= 1.0)
-                .then(|| samples(&text, "rally_collector_fenced_total"))
-        },
-    )
-    .await;
-    eventually(
+    let fenced = lab
+        .until(
+            Duration::from_secs(15),
+            "the old leader to count its late work fenced (its own refusal: a receiver's 409 is the last line, not the fence)",
+            || async {
+                let text = lab.nodes[old].metrics().await?;
+                (family_value(&text, "rally_collector_fenced_total")? >= 1.0)
+                    .then(|| samples(&text, "rally_collector_fenced_total"))
+            },
+        )
+        .await;
+    lab.until(
         Duration::from_secs(15),
         "the old leader a healthy follower",
         || async {
@@ -836,7 +863,7 @@ async fn with_all_of_etcd_down_collectors_ingest_and_serve_but_pause_actuation_u
     // The load arrives while etcd is down: every collector ingests it.
     lab.stress = Some(Stress::start(lab.dir.path()));
     for node in &lab.nodes {
-        eventually(
+        lab.until(
             Duration::from_secs(20),
             &format!("the load seen by {} without etcd", node.name),
             || async { node.cpu().await.filter(|u| *u >= 0.9).map(|_| ()) },
@@ -844,13 +871,14 @@ async fn with_all_of_etcd_down_collectors_ingest_and_serve_but_pause_actuation_u
         .await;
     }
     // The old leader pauses, counted and logged, and nobody leads.
-    let text = eventually(Duration::from_secs(15), "actuation paused", || async {
-        let text = lab.nodes[old].metrics().await?;
-        (sum(&text, "rally_collector_actuation_pauses_total", &[]) > pauses_before
-            && sample(&text, "rally_collector_leader", &[]) == Some(0.0))
-        .then_some(text)
-    })
-    .await;
+    let text = lab
+        .until(Duration::from_secs(15), "actuation paused", || async {
+            let text = lab.nodes[old].metrics().await?;
+            (sum(&text, "rally_collector_actuation_pauses_total", &[]) > pauses_before
+                && sample(&text, "rally_collector_leader", &[]) == Some(0.0))
+            .then_some(text)
+        })
+        .await;
     let paused_after = down.elapsed();
     // Held well past `for`: still no resize, and every collector serves /metrics with
     // fresh figures.
