@@ -14,8 +14,9 @@
 //! - [`ledger`]: what a collector says it applied (its accept log lines, its
 //!   `/metrics` samples), for the tests that account for every report.
 //! - [`nspawn`]: Debian roots booted with systemd as PID 1 (`systemd-nspawn`) on a
-//!   network of the test's own (network namespaces joined by a veth pair), and test
-//!   hosts linked to this machine (for what must come from a non-loopback address).
+//!   network of the test's own (network namespaces joined by a veth pair, or many on
+//!   a bridge), and test hosts linked to this machine (for what must come from a
+//!   non-loopback address).
 //! - [`packages`]: the `.deb`s `scripts/package` built.
 //! - [`prometheus`]: a real Prometheus server scraping one job.
 //! - [`proxy`]: a TCP proxy that delays, resets, stalls or cuts connections (a bad
@@ -27,7 +28,8 @@
 //! - [`raw`]: a gRPC client that can send bytes the generated client never would.
 //! - [`web`]: real nginx, Apache and php-fpm on loopback with the test's own configs,
 //!   and a paced load generator.
-//! - [`webhook`]: a real HTTP receiver of resize webhooks that checks signatures.
+//! - [`webhook`]: a real HTTP receiver of resize webhooks that checks signatures and
+//!   refuses a fencing token lower than one it has seen.
 
 pub mod bin;
 pub mod browser;

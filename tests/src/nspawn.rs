@@ -107,6 +107,114 @@ impl Netns {
     }
 }
 
+/// A switch: a namespace holding a Linux bridge (`br0`) that joins any number of
+/// namespaces (and this machine) on one network, each through a veth pair of its own.
+/// Dropping it deletes the namespace, and with it every veth pair it holds.
+pub struct Bridge {
+    netns: Netns,
+    ports: std::sync::atomic::AtomicU32,
+    /// This machine's veth, once attached: deleted at once when dropped (the kernel
+    /// removes a deleted namespace's devices a while later).
+    host_veth: std::sync::Mutex<Option<String>>,
+}
+
+impl Bridge {
+    /// Creates the namespace `name` with the bridge `br0` up in it.
+    pub fn create(name: &str) -> Bridge {
+        let netns = Netns::create(name);
+        netns.ip(&["link", "add", "br0", "type", "bridge"]);
+        netns.ip(&["link", "set", "br0", "up"]);
+        Bridge {
+            netns,
+            ports: std::sync::atomic::AtomicU32::new(0),
+            host_veth: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The bridge's namespace.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// A new port of the bridge, up: the name of its veth in the bridge's namespace.
+    fn port(&self) -> String {
+        let n = self
+            .ports
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("p{n}")
+    }
+
+    /// Plugs `host` in: `eth0` there with `address` (CIDR, e.g. `10.99.0.11/24`), up.
+    pub fn attach(&self, host: &Netns, address: &str) {
+        let port = self.port();
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            "name",
+            &port,
+            "netns",
+            &self.netns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &host.name,
+        ]));
+        self.netns.ip(&["link", "set", &port, "master", "br0"]);
+        self.netns.ip(&["link", "set", &port, "up"]);
+        host.ip(&["addr", "add", address, "dev", "eth0"]);
+        host.ip(&["link", "set", "eth0", "up"]);
+    }
+
+    /// Plugs this machine in: `host_veth` here with `address` (CIDR), up, so that the
+    /// test reaches every namespace on the bridge and they reach its listeners.
+    pub fn attach_this_machine(&self, host_veth: &str, address: &str) {
+        let port = self.port();
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            "name",
+            host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.netns.name,
+        ]));
+        self.netns.ip(&["link", "set", &port, "master", "br0"]);
+        self.netns.ip(&["link", "set", &port, "up"]);
+        run_ok(Command::new("ip").args(["addr", "add", address, "dev", host_veth]));
+        run_ok(Command::new("ip").args(["link", "set", host_veth, "up"]));
+        *self
+            .host_veth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(host_veth.to_owned());
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let host_veth = self
+            .host_veth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(veth) = host_veth {
+            let deleted = Command::new("ip")
+                .args(["link", "del", &veth])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !deleted {
+                eprintln!("could not delete the veth {veth}");
+            }
+        }
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let deleted = Command::new("ip")
