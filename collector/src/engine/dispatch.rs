@@ -87,10 +87,26 @@ pub(super) async fn dispatch(
         };
         let (clock, store) = (Arc::clone(&shared.clock), Arc::clone(&shared.store));
         let outcomes = outcomes.clone();
+        let leadership = shared.leadership.clone();
         tokio::spawn(async move {
-            let delivered = deliver(job, actuator.as_ref(), clock.as_ref(), &store).await;
+            let (id, token) = (job.decision.id.clone(), job.fencing_token);
+            // The term may end while the actuator retries: its next attempt must not
+            // go out. Stopping the send drops the attempt under way, if any; a request
+            // already on the wire is what the receiver's own check is for.
+            let delivered = tokio::select! {
+                delivered = deliver(job, actuator.as_ref(), clock.as_ref(), &store) => Some(delivered),
+                () = leadership.term_ended(token) => None,
+            };
             drop(permit);
-            let _ = outcomes.send(delivered).await;
+            match delivered {
+                Some(delivered) => {
+                    let _ = outcomes.send(delivered).await;
+                }
+                None => {
+                    leadership.count_fenced(Fence::Dispatch, token);
+                    warn!(%id, token, "fenced: the term ended while the request was being sent; no further attempt");
+                }
+            }
         });
     }
 }

@@ -126,7 +126,20 @@ impl Ha {
         loop {
             tokio::time::sleep_until(next).await;
             let sent = Instant::now();
-            match etcd.keep_alive(lease).await {
+            // Never wait for etcd past the lease's trusted end: the term ends then. Past
+            // it already (this process was stopped), etcd still says which it was: the
+            // lease expired, or it lives on (the key stands, the term goes on).
+            let deadline = self
+                .trusted_until()
+                .filter(|until| sent < *until)
+                .unwrap_or(sent + etcd.timeout());
+            let Ok(answer) = tokio::time::timeout_at(deadline, etcd.keep_alive(lease)).await else {
+                self.etcd_error();
+                self.lease_unhealthy();
+                warn!("etcd: no renewal of the lease before its trusted end");
+                return Lost::EtcdUnreachable;
+            };
+            match answer {
                 Ok(_) => {
                     self.renewed(sent);
                     next = sent + every;

@@ -232,6 +232,31 @@ impl Ha {
         matches!(self.standing(), Standing::Leading(t) if t.token == token)
     }
 
+    /// Completes once work made under `token` may no longer go out: the term ended, or
+    /// it is past its trusted end (whichever this collector learns first; the election
+    /// task may still be waiting for etcd's answer).
+    pub async fn term_ended(&self, token: u64) {
+        let mut terms = self.term.subscribe();
+        loop {
+            let until = {
+                let inner = lock(&self.inner);
+                match (&inner.term, inner.trusted_until) {
+                    (Some(t), Some(until)) if t.token == token && Instant::now() < until => until,
+                    _ => return,
+                }
+            };
+            tokio::select! {
+                changed = terms.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                // A renewal may have moved the end since: look again.
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
     /// Counts work of an ended term refused at `stage`. An expired term found by the
     /// engine counts once, however many evaluations find it.
     pub fn count_fenced(&self, stage: Fence, token: u64) {
@@ -354,7 +379,10 @@ impl Ha {
         if let Some(l) = &leader {
             inner.last_token = inner.last_token.max(l.token);
         }
-        inner.role = if leader.is_some() {
+        // Its own key leading while it does not lead yet: its campaign is about to
+        // return (or an old lease of its own is ending): not a follower.
+        let follows = leader.as_ref().is_some_and(|l| l.name != self.name);
+        inner.role = if follows {
             Role::Follower
         } else {
             Role::Candidate
@@ -396,6 +424,15 @@ impl Leadership {
     pub fn count_fenced(&self, stage: Fence, token: u64) {
         if let Self::Elected(ha) = self {
             ha.count_fenced(stage, token);
+        }
+    }
+
+    /// Completes once work made under `token` may no longer go out (never for a
+    /// single collector).
+    pub async fn term_ended(&self, token: u64) {
+        match self {
+            Self::Single => std::future::pending().await,
+            Self::Elected(ha) => ha.term_ended(token).await,
         }
     }
 

@@ -40,7 +40,7 @@ pub(super) fn ha_metrics(e: &mut Exposition, leadership: &Leadership) {
     e.family(
         "rally_collector_fenced_total",
         Counter,
-        "Work of an ended term refused, by stage: lease (not decided), commit (etcd refused the decision), dispatch (not sent).",
+        "Work of an ended term refused, by stage: lease (not decided), commit (etcd refused the decision), dispatch (not sent, or no further attempt).",
     );
     for stage in Fence::ALL {
         e.sample(
