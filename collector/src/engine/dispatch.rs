@@ -94,8 +94,11 @@ pub(super) async fn dispatch(
             // go out. Stopping the send drops the attempt under way, if any; a request
             // already on the wire is what the receiver's own check is for.
             let delivered = tokio::select! {
-                delivered = deliver(job, actuator.as_ref(), clock.as_ref(), &store) => Some(delivered),
+                // An ended term wins over an attempt that is due at the same moment
+                // (a process woken from a stop finds both ready).
+                biased;
                 () = leadership.term_ended(token) => None,
+                delivered = deliver(job, actuator.as_ref(), clock.as_ref(), &store) => Some(delivered),
             };
             drop(permit);
             match delivered {
