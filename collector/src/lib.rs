@@ -169,6 +169,9 @@ pub enum Error {
     /// The `[ha]` etcd client could not be built.
     #[error("ha.etcd")]
     Etcd(#[from] rally_etcd::EtcdError),
+    /// A TLS file of `[ha]` cannot be read.
+    #[error("ha TLS")]
+    EtcdTls(#[source] config::HaTlsError),
 }
 
 /// A collector with both listeners bound, ready to [`serve`](Collector::serve).
@@ -218,7 +221,8 @@ impl Collector {
                 None
             }
             Some(ha) => {
-                let etcd = Etcd::new(&ha.etcd, ha.etcd_timeout)?;
+                let tls = ha.tls().map_err(Error::EtcdTls)?;
+                let etcd = Etcd::with_tls(&ha.etcd, ha.etcd_timeout, tls.as_ref())?;
                 let https = config.tls.as_ref().is_some_and(|t| t.http);
                 let url = ha.advertise(&config.listen, https);
                 Some((Arc::new(Ha::new(ha, url)), etcd))

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// etcd's generated API.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -84,6 +84,19 @@ pub enum EtcdError {
     /// The lease is gone (expired or revoked): its keys are deleted.
     #[error("etcd lease {0:x} has expired")]
     LeaseExpired(i64),
+    /// An `https://` endpoint without [`Tls`], or [`Tls`] for an `http://` one.
+    #[error("etcd endpoint {0:?}: https:// needs the CA (and http:// takes none)")]
+    Scheme(String),
+}
+
+/// TLS to etcd's client port: the CA that signed the members' certificates and, when
+/// they ask for one (`--client-cert-auth`), this client's certificate and key (PEM).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The CA certificates, PEM.
+    pub ca: Vec<u8>,
+    /// This client's certificate chain and private key, PEM.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Keys per request of [`Etcd::get_prefix`]: a page of documents of a few kilobytes
@@ -113,16 +126,44 @@ impl Etcd {
     /// A client for `endpoints` (`http://host:2379`, ...). Connects lazily: a cluster
     /// that is down now is not an error until a call is made.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, EtcdError> {
+        Self::with_tls(endpoints, timeout, None)
+    }
+
+    /// [`new`](Self::new) with `tls` for `https://` endpoints (every endpoint must
+    /// then be `https://`).
+    pub fn with_tls(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<&Tls>,
+    ) -> Result<Self, EtcdError> {
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoint);
         }
         let mut list = Vec::with_capacity(endpoints.len());
         for e in endpoints {
-            let endpoint = Endpoint::from_shared(e.clone())
-                .map_err(|source| EtcdError::Endpoint {
+            let endpoint =
+                Endpoint::from_shared(e.clone()).map_err(|source| EtcdError::Endpoint {
                     endpoint: e.clone(),
                     source,
-                })?
+                })?;
+            let endpoint = match (e.starts_with("https://"), tls) {
+                (true, Some(tls)) => {
+                    let mut config =
+                        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca));
+                    if let Some((cert, key)) = &tls.identity {
+                        config = config.identity(Identity::from_pem(cert, key));
+                    }
+                    endpoint
+                        .tls_config(config)
+                        .map_err(|source| EtcdError::Endpoint {
+                            endpoint: e.clone(),
+                            source,
+                        })?
+                }
+                (false, None) => endpoint,
+                _ => return Err(EtcdError::Scheme(e.clone())),
+            };
+            let endpoint = endpoint
                 .connect_timeout(timeout)
                 .tcp_nodelay(true)
                 // A member cut off without a FIN is noticed, and its calls fail over.

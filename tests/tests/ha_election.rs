@@ -187,3 +187,109 @@ async fn one_leads_the_follower_points_to_it_and_a_clean_stop_hands_over_at_once
     assert_eq!(groups["groups"][0]["paused"], false, "{groups}");
     drop(cluster);
 }
+
+/// Starts one etcd member serving clients over TLS with client certificates required,
+/// on a loopback port; returns its process and client URL.
+fn etcd_over_tls(
+    dir: &std::path::Path,
+    pki: &std::path::Path,
+) -> (rally_tests::process::Process, String) {
+    let etcd = rally_tests::tool::require("etcd", "etcd-server");
+    let (client, peer) = (rally_tests::free_port(), rally_tests::free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut cmd = std::process::Command::new(etcd);
+    cmd.args(["--name", "tls", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("tls={peer_url}")])
+        .arg("--cert-file")
+        .arg(pki.join("server.pem"))
+        .arg("--key-file")
+        .arg(pki.join("server.key"))
+        .arg("--trusted-ca-file")
+        .arg(pki.join("ca.pem"))
+        .arg("--client-cert-auth");
+    let process = rally_tests::process::Process::spawn("etcd", cmd, &dir.join("etcd.log"));
+    (process, url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_with_a_client_certificate_it_leads_and_without_one_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let collector = bin::path("rally-collector");
+    for args in [
+        vec!["pki", "ca"],
+        vec!["pki", "server", "--name", "127.0.0.1"],
+        vec!["pki", "client", "collector-a"],
+    ] {
+        let out = std::process::Command::new(&collector)
+            .args(&args)
+            .arg("--dir")
+            .arg(&pki)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_etcd, url) = etcd_over_tls(dir.path(), &pki);
+    let tls = |with_identity: bool| {
+        let mut t = format!("etcd_ca_file = \"{}\"\n", pki.join("ca.pem").display());
+        if with_identity {
+            t.push_str(&format!(
+                "etcd_cert_file = \"{}\"\netcd_key_file = \"{}\"\n",
+                pki.join("vms/collector-a.pem").display(),
+                pki.join("vms/collector-a.key").display()
+            ));
+        }
+        t
+    };
+    let with_tls = |name: &str, identity: bool| {
+        config(name, std::slice::from_ref(&url)).replace(
+            "prefix = \"/ha-election-test\"\n",
+            &format!("prefix = \"/ha-election-test\"\n{}", tls(identity)),
+        )
+    };
+    for (name, identity) in [("a", true), ("b", false)] {
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        assert!(with_tls(name, identity).contains("etcd_ca_file"));
+    }
+
+    let a = Collector::start(&dir.path().join("a"), &with_tls("a", true)).await;
+    eventually(Duration::from_secs(30), "a leads over TLS", || async {
+        (role(&a).await.as_deref() == Some("leader")).then_some(())
+    })
+    .await;
+    // Without a client certificate etcd refuses the handshake: b never learns who
+    // leads, counts the failures and says so.
+    let b = Collector::start(&dir.path().join("b"), &with_tls("b", false)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = json(&b, "/api/v1/leader").await;
+    assert_eq!(v["role"], "candidate", "{v}");
+    assert!(v["leader"].is_null(), "{v}");
+    let errors = metric(
+        &b.get("/metrics").await,
+        "rally_collector_etcd_errors_total",
+    );
+    assert!(errors.is_some_and(|e| e >= 1.0), "{errors:?}");
+    assert!(
+        b.logs().concat().contains("etcd: cannot campaign"),
+        "{:?}",
+        b.logs()
+    );
+}

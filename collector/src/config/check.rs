@@ -43,13 +43,30 @@ impl Config {
             ));
         }
         for (i, url) in ha.etcd.iter().enumerate() {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            let https = url.starts_with("https://");
+            if !(url.starts_with("http://") || https) {
                 return Err(Invalid::new(
                     format!("ha.etcd[{i}]"),
                     format!("{url:?} is not an http:// or https:// URL"),
                 ));
             }
+            if https != ha.etcd_ca_file.is_some() {
+                return Err(Invalid::new(
+                    format!("ha.etcd[{i}]"),
+                    if https {
+                        format!(
+                            "{url:?} is https://: set ha.etcd_ca_file to the CA of the members' certificates"
+                        )
+                    } else {
+                        format!(
+                            "{url:?} is http:// while ha.etcd_ca_file is set: use https:// for every member"
+                        )
+                    },
+                ));
+            }
         }
+        ha.tls()
+            .map_err(|e| Invalid::new(e.key, e.problem.clone()))?;
         if ha.lease_ttl < std::time::Duration::from_secs(2) || ha.lease_ttl.subsec_nanos() != 0 {
             return Err(Invalid::new(
                 "ha.lease_ttl",

@@ -27,8 +27,8 @@ use rally_policy::GroupPolicy;
 
 pub use rally_daemon::config_file::ConfigError;
 pub use sections::{
-    ApiConfig, AuthConfig, AuthMode, EngineConfig, HaConfig, IngestConfig, ListenConfig,
-    StateConfig, TlsConfig, TokenConfig, UnknownVms,
+    ApiConfig, AuthConfig, AuthMode, EngineConfig, HaConfig, HaTlsError, IngestConfig,
+    ListenConfig, StateConfig, TlsConfig, TokenConfig, UnknownVms,
 };
 
 /// Where the collector reads its configuration unless `--config` says otherwise.

@@ -325,6 +325,17 @@ pub struct HaConfig {
     /// decision state `<prefix>/state/`. Collectors of one fleet share it.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// The CA that signed the members' certificates (PEM): needed by `https://`
+    /// endpoints, refused with `http://` ones.
+    #[serde(default)]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// This collector's client certificate for etcd (PEM), for members started with
+    /// `--client-cert-auth`; with `etcd_key_file`.
+    #[serde(default)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// The private key of `etcd_cert_file` (PEM).
+    #[serde(default)]
+    pub etcd_key_file: Option<PathBuf>,
 }
 
 fn default_lease_ttl() -> Duration {
@@ -339,7 +350,55 @@ fn default_prefix() -> String {
     "/rally".to_owned()
 }
 
+/// Why `[ha]`'s TLS files cannot be used: the key and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct HaTlsError {
+    /// The key (`ha.etcd_ca_file`, ...).
+    pub key: &'static str,
+    /// What is wrong, with the path.
+    pub problem: String,
+}
+
 impl HaConfig {
+    /// The TLS material for etcd, read now (`None` for `http://` members).
+    pub fn tls(&self) -> Result<Option<rally_etcd::Tls>, HaTlsError> {
+        let Some(ca_file) = &self.etcd_ca_file else {
+            return Ok(None);
+        };
+        let ca = std::fs::read(ca_file).map_err(|e| HaTlsError {
+            key: "ha.etcd_ca_file",
+            problem: format!("{}: {e}", ca_file.display()),
+        })?;
+        let identity = match (&self.etcd_cert_file, &self.etcd_key_file) {
+            (Some(cert_file), Some(key_file)) => {
+                let cert = std::fs::read(cert_file).map_err(|e| HaTlsError {
+                    key: "ha.etcd_cert_file",
+                    problem: format!("{}: {e}", cert_file.display()),
+                })?;
+                let key = std::fs::read(key_file).map_err(|e| HaTlsError {
+                    key: "ha.etcd_key_file",
+                    problem: format!("{}: {e}", key_file.display()),
+                })?;
+                Some((cert, key))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(HaTlsError {
+                    key: "ha.etcd_key_file",
+                    problem: "ha.etcd_cert_file needs its key".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(HaTlsError {
+                    key: "ha.etcd_cert_file",
+                    problem: "ha.etcd_key_file needs its certificate".into(),
+                });
+            }
+        };
+        Ok(Some(rally_etcd::Tls { ca, identity }))
+    }
+
     /// The name this collector campaigns under.
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {

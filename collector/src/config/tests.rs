@@ -567,6 +567,26 @@ fn ha_keys_are_checked_and_located() {
             "ha.name",
             "empty",
         ),
+        (
+            "etcd = [\"https://a:2379\"]",
+            "ha.etcd[0]",
+            "set ha.etcd_ca_file",
+        ),
+        (
+            "etcd = [\"http://a:2379\"]\netcd_ca_file = \"/etc/hosts\"",
+            "ha.etcd[0]",
+            "use https://",
+        ),
+        (
+            "etcd = [\"https://a:2379\"]\netcd_ca_file = \"/nonexistent/ca.pem\"",
+            "ha.etcd_ca_file",
+            "/nonexistent/ca.pem",
+        ),
+        (
+            "etcd = [\"https://a:2379\"]\netcd_ca_file = \"/etc/hosts\"\netcd_cert_file = \"/etc/hosts\"",
+            "ha.etcd_key_file",
+            "needs its key",
+        ),
     ] {
         let (line, found, message) =
             invalid_parts(parse(&format!("[ha]\n{source}\n")).unwrap_err());
