@@ -7,7 +7,10 @@
 //! Prometheus that loads the shipped rules and scrapes a real collector fed by real
 //! agents with the documented scrape job: each must return data. The same server
 //! proves the rules evaluate without error and that a failed resize fires its alerts.
+//! The collector runs with `[ha]` on a real etcd member (it leads alone), so that it
+//! serves every family the rules read, the leadership ones included.
 
+use rally_tests::etcd::Cluster;
 use rally_tests::packages::workspace_root;
 use rally_tests::prometheus::{GLOBAL, Prometheus};
 use rally_tests::rally::{Agent, Collector};
@@ -233,7 +236,7 @@ fn documented_config() -> String {
 /// confirm (so it fails verification and, with `circuit_breaker = 1`, opens the
 /// circuit), `db` has a single rung and a rule that always holds (so it is at its max
 /// rung). Every rule holds at once: memory use is above 1 % on any machine.
-fn collector_config(dir: &Path, hook: &Webhook) -> String {
+fn collector_config(dir: &Path, hook: &Webhook, etcd: &[String]) -> String {
     let secret = dir.join("webhook.secret");
     std::fs::write(&secret, format!("{SECRET}\n")).expect("write the webhook secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
@@ -242,6 +245,12 @@ fn collector_config(dir: &Path, hook: &Webhook) -> String {
     let rule = "[[groups.rules]]\nmetric = \"memory_used_ratio\"\nwindow = \"last\"\nthreshold = 0.01\nfor = \"1s\"\n";
     format!(
         r#"
+[ha]
+etcd = ["{etcd}"]
+name = "dashboard"
+lease_ttl = "3s"
+etcd_timeout = "1s"
+
 [engine]
 tick = "250ms"
 
@@ -273,6 +282,7 @@ targets = []
 {rule}
 "#,
         url = hook.url(),
+        etcd = etcd.join("\", \""),
         secret = secret.display(),
         vcpus2 = vcpus * 2,
         mem2 = mem * 2,
@@ -504,7 +514,13 @@ async fn assert_rules_healthy_and_resize_alerts_fired(api: &Api, deadline: Insta
 async fn every_dashboard_query_returns_data_from_prometheus_set_up_as_documented() {
     let dir = tempfile::tempdir().unwrap();
     let hook = Webhook::start(SECRET, &[]).await;
-    let collector = Collector::start(dir.path(), &collector_config(dir.path(), &hook)).await;
+    std::fs::create_dir_all(dir.path().join("etcd")).unwrap();
+    let etcd = Cluster::local(&dir.path().join("etcd"), 1).await;
+    let collector = Collector::start(
+        dir.path(),
+        &collector_config(dir.path(), &hook, &etcd.endpoints()),
+    )
+    .await;
     assert_collector_serves_every_series_read(&collector).await;
     let (_web, web_log) = agent(dir.path(), "web-1", &collector);
     let (_db, db_log) = agent(dir.path(), "db-1", &collector);
