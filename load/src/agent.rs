@@ -27,9 +27,11 @@ use crate::codec::{self, Outgoing};
 use crate::report::{self, Reports};
 use crate::stats::{Reconnect, Stats};
 
-/// Messages queued between an agent and its HTTP/2 stream. Small: in a flood,
-/// back-pressure must reach the agent rather than pile up here.
-const QUEUE: usize = 8;
+/// Messages queued between an agent and its HTTP/2 stream. Every ready message goes
+/// out in one write (tonic encodes them into one buffer), so in a flood 32 (~22 KB)
+/// cost a third less CPU per report than 8; the window bounds what is in flight
+/// either way, and 128 gained nothing more.
+const QUEUE: usize = 32;
 /// Latencies are handed to the shared histogram in batches of this many.
 const LATENCY_BATCH: usize = 64;
 
