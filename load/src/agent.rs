@@ -98,7 +98,14 @@ pub async fn run(index: usize, channel: Channel, shared: Shared) {
         return;
     };
     Stats::add(&stats.opened, 1);
-    let reports = Reports::new(shared.plan.interval(), &mut rng);
+    // At a rate every report is a new sample, as a real agent's are; a flood sends
+    // one sample a few times rather than spend more on building it than the
+    // collector spends on taking it.
+    let renew_after = match shared.plan.period {
+        Some(_) => 1,
+        None => report::RENEW_AFTER,
+    };
+    let reports = Reports::new(shared.plan.interval(), renew_after, &mut rng);
     let mut agent = Agent {
         index,
         plan: &shared.plan,
@@ -278,7 +285,8 @@ impl Agent<'_> {
                     let permit = permit.map_err(|_| "request stream closed".to_owned())?;
                     self.seq += 1;
                     let now = Instant::now();
-                    permit.send(Outgoing::Report(self.reports.next(self.seq, now.into_std(), &mut self.rng)));
+                    let report = self.reports.next(self.seq, now.into_std(), &mut self.rng);
+                    permit.send(Outgoing::Report(report));
                     self.outstanding.push_back(now);
                     Stats::add(&self.stats.sent, 1);
                     due = false;

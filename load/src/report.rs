@@ -11,8 +11,9 @@
 //! agent therefore encodes a sample once ([`Body`]: every field but the sequence
 //! number and the timestamp) and sends it as [`Encoded`] reports, which write those
 //! two fields in front of the cached bytes: exactly the bytes `prost` gives for
-//! [`wire::report`] of the same sample, sequence number and time. [`Reports`] renews
-//! the sample every [`RENEW_AFTER`] reports or once per interval, whichever is first.
+//! [`wire::report`] of the same sample, sequence number and time. In a flood,
+//! [`Reports`] renews the sample every [`RENEW_AFTER`] reports or once per interval,
+//! whichever is first; at a rate, every report gets a fresh one.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -61,8 +62,7 @@ pub fn hello(identity: &Identity, interval: Duration) -> pb::AgentMessage {
     wire::hello(identity, Some(size()), interval)
 }
 
-/// Reports sent with one encoded sample at most, in a flood (at a rate, a report
-/// every interval gets a fresh sample).
+/// Reports sent with one encoded sample at most, in a flood.
 pub const RENEW_AFTER: u32 = 16;
 
 /// `AgentMessage.report`'s field number.
@@ -123,20 +123,23 @@ impl Encoded {
     }
 }
 
-/// The reports of one simulated agent: a fresh sample every `RENEW_AFTER` reports or
+/// The reports of one simulated agent: a fresh sample every `renew_after` reports or
 /// every `interval`, whichever comes first, stamped with the time of sending.
 pub struct Reports {
     interval: Duration,
+    renew_after: u32,
     body: Body,
     sampled: std::time::Instant,
     uses: u32,
 }
 
 impl Reports {
-    /// Reports of an agent announcing `interval`.
-    pub fn new(interval: Duration, rng: &mut SmallRng) -> Self {
+    /// Reports of an agent announcing `interval`, `renew_after` (at least 1) to a
+    /// sample.
+    pub fn new(interval: Duration, renew_after: u32, rng: &mut SmallRng) -> Self {
         Self {
             interval,
+            renew_after,
             body: Body::of(&sample(interval, rng)),
             sampled: std::time::Instant::now(),
             uses: 0,
@@ -145,7 +148,7 @@ impl Reports {
 
     /// Report `seq`, sent at `now`.
     pub fn next(&mut self, seq: u64, now: std::time::Instant, rng: &mut SmallRng) -> Encoded {
-        if self.uses >= RENEW_AFTER || now.duration_since(self.sampled) >= self.interval {
+        if self.uses >= self.renew_after || now.duration_since(self.sampled) >= self.interval {
             self.body = Body::of(&sample(self.interval, rng));
             self.sampled = now;
             self.uses = 0;
@@ -162,7 +165,7 @@ impl Reports {
 /// The encoded size of a typical report, in bytes.
 pub fn encoded_len() -> usize {
     let mut rng = SmallRng::seed_from_u64(0);
-    Reports::new(Duration::from_secs(1), &mut rng)
+    Reports::new(Duration::from_secs(1), 1, &mut rng)
         .next(1, std::time::Instant::now(), &mut rng)
         .encoded_len()
 }
@@ -309,7 +312,7 @@ mod tests {
     #[test]
     fn reports_are_about_700_bytes_like_a_real_agents() {
         let mut rng = SmallRng::seed_from_u64(1);
-        let mut reports = Reports::new(Duration::from_secs(1), &mut rng);
+        let mut reports = Reports::new(Duration::from_secs(1), 1, &mut rng);
         for seq in [1, 1_000, u64::from(u32::MAX)] {
             let len = reports
                 .next(seq, std::time::Instant::now(), &mut rng)
@@ -347,7 +350,7 @@ mod tests {
     fn reports_number_and_stamp_each_and_renew_their_sample() {
         let mut rng = SmallRng::seed_from_u64(5);
         let start = std::time::Instant::now();
-        let mut reports = Reports::new(Duration::from_secs(3600), &mut rng);
+        let mut reports = Reports::new(Duration::from_secs(3600), RENEW_AFTER, &mut rng);
         let decode = |e: &Encoded| {
             let mut bytes = Vec::new();
             e.encode(&mut bytes);
@@ -374,10 +377,15 @@ mod tests {
         );
         assert_ne!(figures(&all[RENEW_AFTER as usize]), first);
         // A new one too once an interval has passed.
-        let mut reports = Reports::new(Duration::from_millis(10), &mut rng);
+        let mut reports = Reports::new(Duration::from_millis(10), RENEW_AFTER, &mut rng);
         let now = std::time::Instant::now();
         let a = decode(&reports.next(1, now, &mut rng));
         let b = decode(&reports.next(2, now + Duration::from_millis(10), &mut rng));
+        assert_ne!(figures(&a), figures(&b));
+        // At a rate, one for each report.
+        let mut reports = Reports::new(Duration::from_secs(3600), 1, &mut rng);
+        let a = decode(&reports.next(1, now, &mut rng));
+        let b = decode(&reports.next(2, now, &mut rng));
         assert_ne!(figures(&a), figures(&b));
     }
 
