@@ -14,6 +14,7 @@
 //! - [`cli`]: the command line ([`cli::Cli`]) and its bounds.
 //! - [`agent`]: one simulated agent and the run's phases.
 //! - [`report`]: identities, `Hello` and reports, built with `rally_agent::wire`.
+//! - [`codec`]: the stream's gRPC codec, which sends reports from their cached encoding.
 //! - [`stats`]: shared counters and the latency histogram.
 //! - [`usage`]: CPU time and resident memory of a process from `/proc`.
 //! - [`summary`]: the figures of a run, as text or JSON.
@@ -23,6 +24,7 @@
 
 mod agent;
 mod cli;
+mod codec;
 mod report;
 mod stats;
 mod summary;

@@ -5,11 +5,22 @@
 //! have (a 2-vCPU Debian VM with a public and a private NIC, one disk and two
 //! filesystems: about 700 bytes encoded). Figures wander from report to report so the collector's windows
 //! see changing values, but always stay within what its validation accepts.
+//!
+//! A flood sends hundreds of reports a second per agent, so building and encoding
+//! each one would make the generator cost more than the collector it measures. An
+//! agent therefore encodes a sample once ([`Body`]: every field but the sequence
+//! number and the timestamp) and sends it as [`Encoded`] reports, which write those
+//! two fields in front of the cached bytes: exactly the bytes `prost` gives for
+//! [`wire::report`] of the same sample, sequence number and time. In a flood,
+//! [`Reports`] renews the sample every [`RENEW_AFTER`] reports or once per interval,
+//! whichever is first; at a rate, every report gets a fresh one.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::{BufMut, Bytes};
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, int64, uint64};
 use rally_agent::sample::{
     CoreShares, CpuShares, DiskRate, FilesystemSpace, Load, Memory, NetRate, Pressure,
     PressureLine, PressureResource, Sample, VmSize,
@@ -51,20 +62,112 @@ pub fn hello(identity: &Identity, interval: Duration) -> pb::AgentMessage {
     wire::hello(identity, Some(size()), interval)
 }
 
-/// Report `seq` of a simulated agent, as the message to send.
-pub fn report(seq: u64, interval: Duration, rng: &mut SmallRng) -> pb::AgentMessage {
-    pb::AgentMessage {
-        kind: Some(pb::agent_message::Kind::Report(wire::report(
+/// Reports sent with one encoded sample at most, in a flood.
+pub const RENEW_AFTER: u32 = 16;
+
+/// `AgentMessage.report`'s field number.
+const AGENT_MESSAGE_REPORT: u32 = 2;
+/// `Report.seq`'s field number.
+const REPORT_SEQ: u32 = 1;
+/// `Report.timestamp_ms`'s field number.
+const REPORT_TIMESTAMP: u32 = 2;
+
+/// A sample encoded as a `Report` without its sequence number and timestamp.
+#[derive(Debug, Clone)]
+pub struct Body(Bytes);
+
+impl Body {
+    /// Encodes `sample`'s report, but for the two fields written per report.
+    pub fn of(sample: &Sample) -> Self {
+        let mut report = wire::report(0, sample);
+        // proto3 leaves zero scalars out: these two are then the only fields missing.
+        report.seq = 0;
+        report.timestamp_ms = 0;
+        Self(Bytes::from(report.encode_to_vec()))
+    }
+}
+
+/// One report ready to send: an `AgentMessage` holding `body` with `seq` and
+/// `timestamp_ms` written in front of it (field order is free in protobuf, and these
+/// two come first in `prost`'s encoding too).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The report's sequence number.
+    pub seq: u64,
+    /// The sample's time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Every other field.
+    pub body: Body,
+}
+
+impl Encoded {
+    fn report_len(&self) -> usize {
+        uint64::encoded_len(REPORT_SEQ, &self.seq)
+            + int64::encoded_len(REPORT_TIMESTAMP, &self.timestamp_ms)
+            + self.body.0.len()
+    }
+
+    /// The encoded `AgentMessage`'s length.
+    pub fn encoded_len(&self) -> usize {
+        let report = self.report_len();
+        1 + encoded_len_varint(report as u64) + report
+    }
+
+    /// Writes the `AgentMessage` to `buf`.
+    pub fn encode(&self, buf: &mut impl BufMut) {
+        encode_key(AGENT_MESSAGE_REPORT, WireType::LengthDelimited, buf);
+        encode_varint(self.report_len() as u64, buf);
+        uint64::encode(REPORT_SEQ, &self.seq, buf);
+        int64::encode(REPORT_TIMESTAMP, &self.timestamp_ms, buf);
+        buf.put_slice(&self.body.0);
+    }
+}
+
+/// The reports of one simulated agent: a fresh sample every `renew_after` reports or
+/// every `interval`, whichever comes first, stamped with the time of sending.
+pub struct Reports {
+    interval: Duration,
+    renew_after: u32,
+    body: Body,
+    sampled: std::time::Instant,
+    uses: u32,
+}
+
+impl Reports {
+    /// Reports of an agent announcing `interval`, `renew_after` (at least 1) to a
+    /// sample.
+    pub fn new(interval: Duration, renew_after: u32, rng: &mut SmallRng) -> Self {
+        Self {
+            interval,
+            renew_after,
+            body: Body::of(&sample(interval, rng)),
+            sampled: std::time::Instant::now(),
+            uses: 0,
+        }
+    }
+
+    /// Report `seq`, sent at `now`.
+    pub fn next(&mut self, seq: u64, now: std::time::Instant, rng: &mut SmallRng) -> Encoded {
+        if self.uses >= self.renew_after || now.duration_since(self.sampled) >= self.interval {
+            self.body = Body::of(&sample(self.interval, rng));
+            self.sampled = now;
+            self.uses = 0;
+        }
+        self.uses += 1;
+        Encoded {
             seq,
-            &sample(interval, rng),
-        ))),
+            timestamp_ms: now_ms(),
+            body: self.body.clone(),
+        }
     }
 }
 
 /// The encoded size of a typical report, in bytes.
 pub fn encoded_len() -> usize {
     let mut rng = SmallRng::seed_from_u64(0);
-    report(1, Duration::from_secs(1), &mut rng).encoded_len()
+    Reports::new(Duration::from_secs(1), 1, &mut rng)
+        .next(1, std::time::Instant::now(), &mut rng)
+        .encoded_len()
 }
 
 fn size() -> VmSize {
@@ -102,15 +205,19 @@ fn pressure_line(rng: &mut SmallRng, total_us: u64) -> PressureLine {
     }
 }
 
+/// The wall clock in milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 fn sample(interval: Duration, rng: &mut SmallRng) -> Sample {
     let busy: f64 = rng.random_range(0.05..0.95);
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     let available = rng.random_range(MEMORY_BYTES / 8..MEMORY_BYTES / 2);
     let total_us = rng.random_range(1_000_000..1_000_000_000);
     Sample {
-        timestamp_ms: now_ms,
+        timestamp_ms: now_ms(),
         interval_ms: wire::millis(interval),
         size: Some(size()),
         cpu: Some(shares(busy)),
@@ -195,14 +302,91 @@ fn sample(interval: Duration, rng: &mut SmallRng) -> Sample {
 mod tests {
     use super::*;
 
+    /// What `prost` makes of `wire::report(seq, sample)`.
+    fn reference(seq: u64, sample: &Sample) -> pb::AgentMessage {
+        pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Report(wire::report(seq, sample))),
+        }
+    }
+
     #[test]
     fn reports_are_about_700_bytes_like_a_real_agents() {
         let mut rng = SmallRng::seed_from_u64(1);
+        let mut reports = Reports::new(Duration::from_secs(1), 1, &mut rng);
         for seq in [1, 1_000, u64::from(u32::MAX)] {
-            let len = report(seq, Duration::from_secs(1), &mut rng).encoded_len();
+            let len = reports
+                .next(seq, std::time::Instant::now(), &mut rng)
+                .encoded_len();
             assert!((660..=740).contains(&len), "report {seq} is {len} bytes");
         }
         assert!((660..=740).contains(&encoded_len()));
+    }
+
+    #[test]
+    fn an_encoded_report_is_what_wire_report_gives() {
+        let mut rng = SmallRng::seed_from_u64(4);
+        for seq in [1, 127, 128, 300_000, u64::MAX] {
+            let sample = sample(Duration::from_millis(700), &mut rng);
+            let encoded = Encoded {
+                seq,
+                timestamp_ms: sample.timestamp_ms,
+                body: Body::of(&sample),
+            };
+            let mut bytes = Vec::new();
+            encoded.encode(&mut bytes);
+            assert_eq!(bytes.len(), encoded.encoded_len(), "seq {seq}");
+            let expected = reference(seq, &sample);
+            assert_eq!(
+                pb::AgentMessage::decode(bytes.as_slice()).unwrap(),
+                expected,
+                "seq {seq}"
+            );
+            // prost writes fields in number order, so even the bytes are the same.
+            assert_eq!(bytes, expected.encode_to_vec(), "seq {seq}");
+        }
+    }
+
+    #[test]
+    fn reports_number_and_stamp_each_and_renew_their_sample() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        let start = std::time::Instant::now();
+        let mut reports = Reports::new(Duration::from_secs(3600), RENEW_AFTER, &mut rng);
+        let decode = |e: &Encoded| {
+            let mut bytes = Vec::new();
+            e.encode(&mut bytes);
+            match pb::AgentMessage::decode(bytes.as_slice()).unwrap().kind {
+                Some(pb::agent_message::Kind::Report(r)) => r,
+                other => panic!("not a report: {other:?}"),
+            }
+        };
+        let before = now_ms();
+        let all: Vec<pb::Report> = (1..=u64::from(RENEW_AFTER) + 1)
+            .map(|seq| decode(&reports.next(seq, start, &mut rng)))
+            .collect();
+        for (seq, r) in (1..).zip(&all) {
+            assert_eq!(r.seq, seq);
+            assert!(r.timestamp_ms >= before && r.timestamp_ms <= now_ms());
+        }
+        let figures = |r: &pb::Report| (r.cpu, r.memory, r.net.clone());
+        // One sample for RENEW_AFTER reports, then a new one.
+        let first = figures(&all[0]);
+        assert!(
+            all[..RENEW_AFTER as usize]
+                .iter()
+                .all(|r| figures(r) == first)
+        );
+        assert_ne!(figures(&all[RENEW_AFTER as usize]), first);
+        // A new one too once an interval has passed.
+        let mut reports = Reports::new(Duration::from_millis(10), RENEW_AFTER, &mut rng);
+        let now = std::time::Instant::now();
+        let a = decode(&reports.next(1, now, &mut rng));
+        let b = decode(&reports.next(2, now + Duration::from_millis(10), &mut rng));
+        assert_ne!(figures(&a), figures(&b));
+        // At a rate, one for each report.
+        let mut reports = Reports::new(Duration::from_secs(3600), 1, &mut rng);
+        let a = decode(&reports.next(1, now, &mut rng));
+        let b = decode(&reports.next(2, now, &mut rng));
+        assert_ne!(figures(&a), figures(&b));
     }
 
     #[test]
