@@ -155,6 +155,7 @@ struct Phase1 {
     exporter_cpu: Cpu,
     agent_rss: Memory,
     exporter_rss: Memory,
+    agent_mappings: Mappings,
     scrapes: u64,
 }
 
@@ -210,6 +211,11 @@ impl Phase1 {
             per(self.agent_cpu.switches, samples),
             per(self.exporter_cpu.switches, self.scrapes),
             1,
+        );
+        let m = &self.agent_mappings;
+        println!(
+            "  rally-agent's VmRSS by mapping (KiB): its own file {} (code {}), shared libraries {} (libc {}), anonymous {}; PSS {}",
+            m.exe_kib, m.exe_code_kib, m.libs_kib, m.libc_kib, m.anon_kib, m.pss_kib
         );
         println!(
             "  budget: CPU {a_sched:.3} ms/sample vs {BUDGET_CPU_MS} ms ({}); RSS {} KiB vs {BUDGET_RSS_KIB} KiB ({})",
@@ -285,12 +291,14 @@ fn phase1(
     let scrapes = scraper.count() - scrapes_before;
     let agent_rss = Memory::of(agent.id())?;
     let exporter_rss = Memory::of(exporter.child.id())?;
+    let agent_mappings = Mappings::of(agent.id())?;
     scraper.stop()?;
     Ok(Phase1 {
         agent_cpu,
         exporter_cpu,
         agent_rss,
         exporter_rss,
+        agent_mappings,
         scrapes,
     })
 }
@@ -444,6 +452,70 @@ impl Memory {
             hwm_kib: field("VmHWM:"),
             threads: field("Threads:"),
         })
+    }
+}
+
+/// Where a process's resident memory is, from `/proc/<pid>/smaps`: its own executable
+/// (file pages faulted in by the code it runs), shared libraries (shared with every
+/// process of the VM) and anonymous memory (heap, stacks, relocated data).
+#[derive(Debug, Clone, Copy, Default)]
+struct Mappings {
+    exe_kib: u64,
+    exe_code_kib: u64,
+    libs_kib: u64,
+    libc_kib: u64,
+    anon_kib: u64,
+    pss_kib: u64,
+}
+
+impl Mappings {
+    fn of(pid: u32) -> anyhow::Result<Self> {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).context("reading exe")?;
+        let exe = exe.to_string_lossy().into_owned();
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+            .context("reading /proc/<pid>/smaps")?;
+        let mut out = Self::default();
+        let mut add = |path: &str, executable: bool, rss: u64, anon: u64| {
+            // Pages of a file mapping the process wrote (relocated data) are
+            // anonymous: counted there, not with the file.
+            let file = rss.saturating_sub(anon);
+            out.anon_kib += anon;
+            if path == exe {
+                out.exe_kib += file;
+                if executable {
+                    out.exe_code_kib += file;
+                }
+            } else if path.starts_with('/') {
+                out.libs_kib += file;
+                if path.contains("/libc.so") {
+                    out.libc_kib += file;
+                }
+            }
+        };
+        // Each mapping starts with "start-end perms offset dev inode [path]", followed
+        // by "Key: value kB" lines.
+        let (mut path, mut executable, mut rss, mut anon, mut pss) = ("", false, 0, 0, 0);
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let Some(first) = words.next() else { continue };
+            if !first.ends_with(':') {
+                add(path, executable, rss, anon);
+                (rss, anon) = (0, 0);
+                executable = words.next().is_some_and(|perms| perms.contains('x'));
+                path = words.nth(3).unwrap_or("");
+                continue;
+            }
+            let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match first {
+                "Rss:" => rss = kib,
+                "Anonymous:" => anon = kib,
+                "Pss:" => pss += kib,
+                _ => {}
+            }
+        }
+        add(path, executable, rss, anon);
+        out.pss_kib = pss;
+        Ok(out)
     }
 }
 

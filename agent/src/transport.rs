@@ -20,14 +20,17 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream;
+use prost::bytes::{BufMut, Bytes};
 use rally_daemon::secret::{self, SecretError};
 use rally_proto::v1 as pb;
-use rally_proto::v1::ingest_client::IngestClient;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
+use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
+use tonic_prost::ProstDecoder;
 
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::buffer::Buffer;
@@ -257,8 +260,7 @@ async fn stream_once(
     }
 
     let presents_certificate = tls.as_ref().is_some_and(ClientTls::has_identity);
-    let mut inbound = IngestClient::new(channel)
-        .stream(request)
+    let mut inbound = open_stream(channel, request)
         .await
         .map_err(|status| match rpc_error(status) {
             // With TLS 1.3 the collector checks the agent's certificate after the
@@ -324,6 +326,57 @@ fn rpc_error(status: tonic::Status) -> StreamError {
     }
 }
 
+/// `rally.v1.Ingest/Stream`, as the generated `IngestClient::stream` calls it, but
+/// sending messages already encoded ([`wire::report_message`]): the agent's reports
+/// are encoded once, when sampled, and never decoded again.
+async fn open_stream(
+    channel: Channel,
+    mut request: tonic::Request<impl futures_util::Stream<Item = Bytes> + Send + 'static>,
+) -> Result<tonic::Response<tonic::Streaming<pb::CollectorMessage>>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new("rally.v1.Ingest", "Stream"));
+    let path = PathAndQuery::from_static("/rally.v1.Ingest/Stream");
+    grpc.streaming(request, path, EncodedCodec).await
+}
+
+/// Sends `AgentMessage`s encoded beforehand; decodes `CollectorMessage`s with prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedCodec;
+
+impl Codec for EncodedCodec {
+    type Encode = Bytes;
+    type Decode = pb::CollectorMessage;
+    type Encoder = EncodedEncoder;
+    type Decoder = ProstDecoder<pb::CollectorMessage>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder::default()
+    }
+}
+
+/// Copies an encoded message into the frame.
+#[derive(Debug, Clone, Copy, Default)]
+struct EncodedEncoder;
+
+impl Encoder for EncodedEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
 async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel, StreamError> {
     let mut endpoint = Endpoint::from_shared(address.to_owned()).map_err(StreamError::Address)?;
     if let Some(tls) = tls {
@@ -353,7 +406,7 @@ fn outbound(
     hello: pb::AgentMessage,
     link: Arc<Link>,
     seqs: watch::Receiver<u64>,
-) -> impl futures_util::Stream<Item = pb::AgentMessage> + Send + 'static {
+) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
     let reports = stream::unfold(
         (link, seqs, 0u64),
         |(link, mut seqs, mut cursor)| async move {
@@ -372,22 +425,17 @@ fn outbound(
                         .map(|e| (e.seq, wire::report_message(e, health)))
                 };
                 match next {
-                    Some((seq, Ok(message))) => {
+                    Some((seq, message)) => {
                         cursor = seq;
                         link.sent.fetch_max(seq, Ordering::Relaxed);
                         return Some((message, (link, seqs, cursor)));
-                    }
-                    Some((seq, Err(error))) => {
-                        // Only this agent writes the buffer, so this is a bug, not input.
-                        tracing::error!(collector = %link.address, seq, %error, "skipping an undecodable buffered report");
-                        cursor = seq;
                     }
                     None => seqs.changed().await.ok()?,
                 }
             }
         },
     );
-    stream::once(std::future::ready(hello)).chain(reports)
+    stream::once(std::future::ready(wire::encode_message(&hello))).chain(reports)
 }
 
 /// Applies a collector's `Settings` (0 = keep); out-of-range intervals are clamped.
@@ -519,13 +567,16 @@ mod tests {
         let hello = pb::AgentMessage {
             kind: Some(pb::agent_message::Kind::Hello(pb::Hello::default())),
         };
-        let mut out = Box::pin(outbound(hello, Arc::clone(&link), rx));
+        let mut out = Box::pin(
+            outbound(hello, Arc::clone(&link), rx)
+                .map(|bytes| prost::Message::decode(bytes).expect("a valid AgentMessage")),
+        );
         let seq_of = |m: Option<pb::AgentMessage>| match m.and_then(|m| m.kind) {
             Some(pb::agent_message::Kind::Report(r)) => r.seq,
             other => panic!("expected a report, got {other:?}"),
         };
         assert!(matches!(
-            out.next().await.and_then(|m| m.kind),
+            out.next().await.and_then(|m: pb::AgentMessage| m.kind),
             Some(pb::agent_message::Kind::Hello(_))
         ));
         assert_eq!(seq_of(out.next().await), 1);
