@@ -14,7 +14,9 @@
 //!
 //! Run: `cargo bench -p rally-collector --bench history`; `RALLY_BENCH_VMS` (default
 //! 2 000) and `RALLY_BENCH_INTERVAL_SECS` (default 5, the agent's default) change the
-//! fleet. `scripts/bench --only history` runs it.
+//! fleet; the histories kept are those of the shipped group defaults (a CPU rule, a
+//! memory target: the charted metrics), or every one with `RALLY_BENCH_HISTORIES=all`
+//! (PSI cpu and memory then have a ring too). `scripts/bench --only history` runs it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use rally_collector::config::UnknownVms;
 use rally_collector::fleet::{
-    Fleet, FleetSettings, Hello, Metric, RAW_RETENTION, RunKey, TimeRange, VmSize,
+    Fleet, FleetSettings, Hello, Histories, Metric, RAW_RETENTION, RunKey, TimeRange, VmSize,
 };
 use rally_collector::ingest::validate;
 use rally_proto::v1;
@@ -180,6 +182,11 @@ fn hello(vm: usize, interval: Duration) -> Hello {
 fn main() -> Result<()> {
     let vms = usize::try_from(env_or("RALLY_BENCH_VMS", 2_000)?)?;
     let interval = Duration::from_secs(env_or("RALLY_BENCH_INTERVAL_SECS", 5)?.max(1));
+    let histories = match std::env::var("RALLY_BENCH_HISTORIES").as_deref() {
+        Ok("all") => Histories::ALL,
+        Ok("charted") | Err(_) => Histories::CHARTED,
+        Ok(other) => anyhow::bail!("RALLY_BENCH_HISTORIES={other:?}: use all or charted"),
+    };
     let end = SystemTime::now();
     let start = end - DAY - RAW_RETENTION;
     let fleet = Fleet::new(FleetSettings {
@@ -188,6 +195,7 @@ fn main() -> Result<()> {
         unknown_vms: UnknownVms::Ungrouped,
         max_vms: vms,
         groups: Vec::new(),
+        histories,
     });
     let rss_before = rss_kib()?;
     let began = Instant::now();

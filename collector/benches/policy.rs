@@ -139,6 +139,7 @@ fn live_fleet(n: usize, now: std::time::SystemTime, history: Duration) -> LiveFl
         forget_after: Duration::from_secs(86_400),
         unknown_vms: UnknownVms::Ungrouped,
         max_vms: n + 1,
+        histories: Default::default(),
         groups: names
             .chunks(10)
             .enumerate()

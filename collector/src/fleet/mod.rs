@@ -20,6 +20,7 @@ pub mod view;
 mod window;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -31,8 +32,8 @@ pub use report::{
 pub use totals::{CpuSeconds, DiskTotals, MAX_TRACKED, NetTotals, RequestTotals, Totals};
 pub use view::FleetView;
 pub use window::{
-    BUCKET_MINUTES, History, METRIC_COUNT, Metric, MetricValues, RAW_CAP, RAW_RETENTION, TimeRange,
-    Windows,
+    BUCKET_MINUTES, Histories, History, METRIC_COUNT, Metric, MetricValues, RAW_CAP, RAW_RETENTION,
+    TimeRange, Windows,
 };
 
 use crate::config::{Config, UnknownVms};
@@ -58,6 +59,8 @@ pub struct FleetSettings {
     pub max_vms: usize,
     /// Configured groups, in config order: (name, member VM ids).
     pub groups: Vec<(String, Vec<String>)>,
+    /// The metrics whose 1-minute means are kept for 24 h.
+    pub histories: Histories,
 }
 
 impl FleetSettings {
@@ -73,6 +76,7 @@ impl FleetSettings {
                 .iter()
                 .map(|g| (g.name.clone(), g.vms.clone()))
                 .collect(),
+            histories: Histories::of_groups(&config.groups),
         }
     }
 }
@@ -366,6 +370,8 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Session {
     vm: Arc<Mutex<Vm>>,
+    /// The fleet's [`Histories`], shared so that a reload reaches open streams.
+    histories: Arc<AtomicU16>,
     run: RunKey,
     watermark: u64,
     stale_after: Duration,
@@ -411,7 +417,8 @@ impl Session {
         // Windows run on the agent's sample time (a replay lands where it belongs), but
         // never ahead of the collector's clock.
         let t = report.timestamp.min(now);
-        vm.windows.push(t, &MetricValues::of(&report));
+        let kept = Histories::from_bits(self.histories.load(Ordering::Relaxed));
+        vm.windows.record(t, &MetricValues::of(&report), kept);
         if report.size.is_some() {
             vm.size = report.size;
         }
@@ -454,6 +461,8 @@ impl Drop for Session {
 pub struct Fleet {
     /// The settings and group membership; replaced whole by a reload.
     rules: RwLock<Arc<Rules>>,
+    /// The settings' [`Histories`], which every [`Session`] reads at each report.
+    histories: Arc<AtomicU16>,
     vms: RwLock<HashMap<String, Arc<Mutex<Vm>>>>,
 }
 
@@ -482,6 +491,7 @@ impl Rules {
 impl Fleet {
     /// A fleet holding the configured VMs (without data yet).
     pub fn new(settings: FleetSettings) -> Self {
+        let histories = Arc::new(AtomicU16::new(settings.histories.bits()));
         let rules = Rules::new(settings);
         let vms = rules
             .configured
@@ -493,6 +503,7 @@ impl Fleet {
             .collect();
         Self {
             rules: RwLock::new(Arc::new(rules)),
+            histories,
             vms: RwLock::new(vms),
         }
     }
@@ -510,8 +521,11 @@ impl Fleet {
     /// (or `ungrouped`), newly named VMs are listed, and VMs that are no longer named
     /// and never reported are dropped. Streams, reports and windows are kept. A VM
     /// `unknown_vms = "reject"` would now refuse keeps its open stream; its next one is
-    /// refused.
+    /// refused. A metric the new settings add to [`FleetSettings::histories`] starts
+    /// its history then; one they leave out drops its history at its next minute.
     pub fn reconfigure(&self, settings: FleetSettings) {
+        self.histories
+            .store(settings.histories.bits(), Ordering::Relaxed);
         let rules = Arc::new(Rules::new(settings));
         let mut map = self.vms.write().unwrap_or_else(PoisonError::into_inner);
         map.retain(|id, vm| {
@@ -578,6 +592,7 @@ impl Fleet {
         };
         Ok(Session {
             vm,
+            histories: Arc::clone(&self.histories),
             run: hello.run.clone(),
             watermark,
             stale_after: self.stale_after(),
@@ -774,6 +789,7 @@ mod tests {
             unknown_vms,
             max_vms: 5,
             groups: vec![("web".into(), vec!["web-1".into(), "web-2".into()])],
+            histories: Histories::ALL,
         }
     }
 
@@ -1111,6 +1127,46 @@ mod tests {
         assert!(fleet.covers("web-1", Metric::CpuUtilization, range));
         assert!(!fleet.covers("web-1", Metric::PsiCpuSomeAvg10, range));
         assert_eq!(fleet.max("web-1", Metric::CpuUtilization, range), Some(0.6));
+    }
+
+    #[test]
+    fn a_reload_changes_the_histories_of_open_streams() {
+        let none = FleetSettings {
+            histories: Histories::from_bits(0),
+            ..settings(UnknownVms::Ungrouped)
+        };
+        let fleet = Fleet::new(none.clone());
+        let session = fleet.hello(&hello("web-1", 1), t0()).unwrap();
+        let at = |i: u64| t0() + Duration::from_secs(i * 5);
+        let heap = |fleet: &Fleet| {
+            fleet
+                .with_vm("web-1", |v| v.windows().heap_bytes())
+                .unwrap()
+        };
+        // 7.5 minutes: the raw ring is full (and stays so at 72 samples).
+        for i in 1..=90 {
+            session.apply(report(i, at(i), 0.5), at(i));
+        }
+        let without = heap(&fleet);
+        let range = TimeRange::last(Duration::from_secs(3600), at(90));
+        let p100 = |fleet: &Fleet| {
+            fleet.quantile_of_minute_means("web-1", Metric::CpuUtilization, range, 1.0)
+        };
+        assert_eq!(p100(&fleet), None);
+        fleet.reconfigure(settings(UnknownVms::Ungrouped));
+        for i in 91..=126 {
+            session.apply(report(i, at(i), 0.5), at(i));
+        }
+        // CPU and memory used ratio: two rings of two bytes a minute.
+        assert_eq!(heap(&fleet), without + 2 * 2 * BUCKET_MINUTES as usize);
+        let range = TimeRange::last(Duration::from_secs(3600), at(126));
+        assert_eq!(
+            fleet.quantile_of_minute_means("web-1", Metric::CpuUtilization, range, 1.0),
+            Some(0.5)
+        );
+        fleet.reconfigure(none);
+        session.apply(report(127, at(139), 0.5), at(139));
+        assert_eq!(heap(&fleet), without);
     }
 
     #[test]

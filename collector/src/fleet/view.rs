@@ -35,22 +35,22 @@ enum Source {
 }
 
 impl Source {
-    fn of(metric: PolicyMetric) -> Option<Self> {
+    fn of(metric: PolicyMetric) -> Self {
         match metric {
-            PolicyMetric::CpuUtilization => Some(Source::Direct(Metric::CpuUtilization)),
-            PolicyMetric::MemoryUsedRatio => Some(Source::Direct(Metric::MemoryUsedRatio)),
-            PolicyMetric::MemoryAvailableRatio => Some(Source::Complement(Metric::MemoryUsedRatio)),
-            PolicyMetric::PsiCpuSomeAvg10 => Some(Source::Direct(Metric::PsiCpuSomeAvg10)),
-            PolicyMetric::PsiMemorySomeAvg10 => Some(Source::Direct(Metric::PsiMemorySomeAvg10)),
+            PolicyMetric::CpuUtilization => Source::Direct(Metric::CpuUtilization),
+            PolicyMetric::MemoryUsedRatio => Source::Direct(Metric::MemoryUsedRatio),
+            PolicyMetric::MemoryAvailableRatio => Source::Complement(Metric::MemoryUsedRatio),
+            PolicyMetric::PsiCpuSomeAvg10 => Source::Direct(Metric::PsiCpuSomeAvg10),
+            PolicyMetric::PsiMemorySomeAvg10 => Source::Direct(Metric::PsiMemorySomeAvg10),
             // Absent for a VM without request sources (or whose sources all have no
             // rate): a rule on them then neither fires nor counts as low use.
             PolicyMetric::RequestsPerSecondPerVcpu => {
-                Some(Source::Direct(Metric::RequestsPerSecondPerVcpu))
+                Source::Direct(Metric::RequestsPerSecondPerVcpu)
             }
-            PolicyMetric::RequestsPerSecond => Some(Source::Direct(Metric::RequestsPerSecond)),
-            PolicyMetric::ServerErrorRatio => Some(Source::Direct(Metric::ServerErrorRatio)),
-            PolicyMetric::LatencyP95Seconds => Some(Source::Direct(Metric::LatencyP95Seconds)),
-            PolicyMetric::PhpFpmListenQueue => Some(Source::Direct(Metric::PhpFpmListenQueue)),
+            PolicyMetric::RequestsPerSecond => Source::Direct(Metric::RequestsPerSecond),
+            PolicyMetric::ServerErrorRatio => Source::Direct(Metric::ServerErrorRatio),
+            PolicyMetric::LatencyP95Seconds => Source::Direct(Metric::LatencyP95Seconds),
+            PolicyMetric::PhpFpmListenQueue => Source::Direct(Metric::PhpFpmListenQueue),
         }
     }
 
@@ -66,6 +66,11 @@ impl Source {
             Source::Complement(_) => 1.0 - v,
         }
     }
+}
+
+/// The window metric a policy metric is read from.
+pub fn window_metric(metric: PolicyMetric) -> Metric {
+    Source::of(metric).metric()
 }
 
 /// Converts the fleet's clock type to the engine's.
@@ -155,7 +160,7 @@ impl MetricView for FleetView<'_> {
     }
 
     fn latest(&self, vm: &str, metric: PolicyMetric) -> Option<Observation> {
-        let source = Source::of(metric)?;
+        let source = Source::of(metric);
         self.fleet
             .with_vm(vm, |v| {
                 let report = v.latest()?;
@@ -170,7 +175,7 @@ impl MetricView for FleetView<'_> {
     }
 
     fn mean(&self, vm: &str, metric: PolicyMetric, over: Duration) -> Option<WindowStat> {
-        let source = Source::of(metric)?;
+        let source = Source::of(metric);
         self.window(vm, source, over, |w, range| w.mean(source.metric(), range))
             .map(|(v, complete)| WindowStat {
                 value: source.map(v),
@@ -179,7 +184,7 @@ impl MetricView for FleetView<'_> {
     }
 
     fn max(&self, vm: &str, metric: PolicyMetric, over: Duration) -> Option<WindowStat> {
-        let source = Source::of(metric)?;
+        let source = Source::of(metric);
         let (means, complete) = self.minute_means(vm, source, over)?;
         let value = means.into_iter().reduce(f64::max)?;
         Some(WindowStat { value, complete })
@@ -191,7 +196,7 @@ impl MetricView for FleetView<'_> {
         metric: PolicyMetric,
         over: Duration,
     ) -> Option<WindowStat> {
-        let source = Source::of(metric)?;
+        let source = Source::of(metric);
         let (mut means, complete) = self.minute_means(vm, source, over)?;
         means.sort_by(f64::total_cmp);
         // Nearest rank, as the fleet's own quantile query.
@@ -201,7 +206,7 @@ impl MetricView for FleetView<'_> {
     }
 
     fn minute_series(&self, vm: &str, metric: PolicyMetric, over: Duration) -> Option<Series> {
-        let source = Source::of(metric)?;
+        let source = Source::of(metric);
         let (points, complete) = self.window(vm, source, over, |w, range| {
             let points: Vec<(Timestamp, f64)> = w
                 .minute_means(source.metric(), range)
@@ -227,7 +232,7 @@ pub(crate) mod fixtures {
 
     use crate::config::UnknownVms;
     use crate::fleet::{
-        CpuShares, Fleet, FleetSettings, Hello, Memory, Report, RunKey, Session, VmSize,
+        CpuShares, Fleet, FleetSettings, Hello, Histories, Memory, Report, RunKey, Session, VmSize,
     };
 
     /// A minute boundary.
@@ -246,6 +251,7 @@ pub(crate) mod fixtures {
                 .iter()
                 .map(|(g, vms)| (g.to_string(), vms.iter().map(|v| v.to_string()).collect()))
                 .collect(),
+            histories: Histories::ALL,
         })
     }
 
@@ -379,11 +385,10 @@ mod tests {
         // in the fleet's windows and its JSON.
         for metric in PolicyMetric::ALL {
             match Source::of(metric) {
-                Some(Source::Direct(m)) => assert_eq!(m.name(), metric.name()),
-                Some(Source::Complement(_)) => {
+                Source::Direct(m) => assert_eq!(m.name(), metric.name()),
+                Source::Complement(_) => {
                     assert_eq!(metric, PolicyMetric::MemoryAvailableRatio)
                 }
-                None => panic!("{metric} has no source in the windows"),
             }
         }
     }

@@ -7,16 +7,17 @@
 //!
 //! # Memory
 //!
-//! What a VM costs is mostly its history, so it is kept compact: only the metrics a
-//! policy reads have one ([`Metric::history`]), each in a ring of [`BUCKET_MINUTES`]
-//! slots allocated once, at its first value, two bytes a minute for a ratio and four
-//! for other figures. The raw ring grows by an eighth at a time, so it settles just
-//! above what the agent's interval fills in [`RAW_RETENTION`].
+//! What a VM costs is mostly its history, so it is kept compact: only the metrics the
+//! status page charts or a group's policy reads have one ([`Histories`]), each in a
+//! ring of [`BUCKET_MINUTES`] slots allocated once, at its first value. Ratios take two
+//! bytes (steps of 1/60 000), other figures four (`f32`), in the rings and in the raw
+//! samples alike. The raw ring grows by an eighth at a time, so it settles just above
+//! what the agent's interval fills in [`RAW_RETENTION`].
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use rally_policy::Metric as PolicyMetric;
+use rally_policy::{GroupPolicy, Metric as PolicyMetric};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
@@ -211,46 +212,180 @@ impl TimeRange {
     }
 }
 
-/// How a metric's 1-minute means are kept for 24 h (see [`Metric::history`]).
+/// How a metric's values are stored, raw and as 1-minute means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum History {
-    /// A ratio in 0..1, as a `u16` in steps of 1/60 000 (2 bytes a minute). Values
-    /// with up to four decimals come back exactly.
+    /// A ratio in 0..1, as a `u16` in steps of 1/60 000 (2 bytes). Values with up to
+    /// four decimals come back exactly.
     Ratio,
-    /// A figure of any size (requests per second, seconds, a queue length), as an
-    /// `f32` (4 bytes a minute).
+    /// A figure of any size (bytes, requests per second, seconds, a queue length), as
+    /// an `f32` (4 bytes, 7 significant digits).
     Magnitude,
 }
 
 impl Metric {
-    /// How this metric's 1-minute means are kept for 24 h, or `None` when only its
-    /// raw samples are (ranges beyond [`RAW_RETENTION`] then have no value). The
-    /// metrics with a history are exactly those a policy reads (the status page's
-    /// charts are among them): they are the ones read over hours.
-    pub fn history(self) -> Option<History> {
+    /// How this metric's values are stored.
+    pub fn kind(self) -> History {
         match self {
             Metric::CpuUtilization
+            | Metric::CpuSteal
+            | Metric::CpuIowait
             | Metric::MemoryUsedRatio
             | Metric::PsiCpuSomeAvg10
             | Metric::PsiMemorySomeAvg10
-            | Metric::ServerErrorRatio => Some(History::Ratio),
-            Metric::RequestsPerSecond
+            | Metric::PsiIoSomeAvg10
+            | Metric::ServerErrorRatio => History::Ratio,
+            Metric::MemoryAvailableBytes
+            | Metric::MemoryUsedBytes
+            | Metric::RequestsPerSecond
             | Metric::RequestsPerSecondPerVcpu
             | Metric::LatencyP95Seconds
-            | Metric::PhpFpmListenQueue => Some(History::Magnitude),
+            | Metric::PhpFpmListenQueue => History::Magnitude,
+        }
+    }
+
+    /// How this metric's 1-minute means are kept for 24 h, or `None` when only its
+    /// raw samples are (ranges beyond [`RAW_RETENTION`] then have no value). Only the
+    /// metrics a policy can read may have a history, and of those only the ones the
+    /// fleet is told to keep ([`Histories`]) do.
+    pub fn history(self) -> Option<History> {
+        match self {
             Metric::CpuSteal
             | Metric::CpuIowait
             | Metric::MemoryAvailableBytes
             | Metric::MemoryUsedBytes
             | Metric::PsiIoSomeAvg10 => None,
+            _ => Some(self.kind()),
+        }
+    }
+
+    /// Where this metric's value is in a [`RawSample`].
+    fn raw_slot(self) -> RawSlot {
+        match self {
+            Metric::CpuUtilization => RawSlot::Ratio(0),
+            Metric::CpuSteal => RawSlot::Ratio(1),
+            Metric::CpuIowait => RawSlot::Ratio(2),
+            Metric::MemoryUsedRatio => RawSlot::Ratio(3),
+            Metric::PsiCpuSomeAvg10 => RawSlot::Ratio(4),
+            Metric::PsiMemorySomeAvg10 => RawSlot::Ratio(5),
+            Metric::PsiIoSomeAvg10 => RawSlot::Ratio(6),
+            Metric::ServerErrorRatio => RawSlot::Ratio(7),
+            Metric::MemoryAvailableBytes => RawSlot::Magnitude(0),
+            Metric::MemoryUsedBytes => RawSlot::Magnitude(1),
+            Metric::RequestsPerSecond => RawSlot::Magnitude(2),
+            Metric::RequestsPerSecondPerVcpu => RawSlot::Magnitude(3),
+            Metric::LatencyP95Seconds => RawSlot::Magnitude(4),
+            Metric::PhpFpmListenQueue => RawSlot::Magnitude(5),
         }
     }
 }
 
+/// The metrics whose 1-minute means a fleet keeps for 24 h: the status page's charts
+/// and what the groups' policies read ([`Histories::of_groups`]). A metric outside the
+/// set keeps its raw samples only (2.8 KiB less per VM for a ratio, 5.6 KiB for other
+/// figures); one added by a reload starts its history then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Histories(u16);
+
+impl Histories {
+    /// Every metric that can have a history.
+    pub const ALL: Histories = Histories(
+        (1 << Metric::CpuUtilization as u16)
+            | (1 << Metric::MemoryUsedRatio as u16)
+            | (1 << Metric::PsiCpuSomeAvg10 as u16)
+            | (1 << Metric::PsiMemorySomeAvg10 as u16)
+            | (1 << Metric::RequestsPerSecond as u16)
+            | (1 << Metric::RequestsPerSecondPerVcpu as u16)
+            | (1 << Metric::ServerErrorRatio as u16)
+            | (1 << Metric::LatencyP95Seconds as u16)
+            | (1 << Metric::PhpFpmListenQueue as u16),
+    );
+
+    /// What the status page charts over 24 h (CPU, memory, requests per second); also
+    /// what scale-down evidence reads (CPU and memory).
+    pub const CHARTED: Histories = Histories(
+        (1 << Metric::CpuUtilization as u16)
+            | (1 << Metric::MemoryUsedRatio as u16)
+            | (1 << Metric::RequestsPerSecond as u16),
+    );
+
+    /// The set with `metric` added (a metric without a [`Metric::history`] is not).
+    pub fn with(self, metric: Metric) -> Self {
+        Histories((self.0 | 1 << metric.index()) & Self::ALL.0)
+    }
+
+    /// Whether `metric`'s 1-minute means are kept.
+    pub fn contains(self, metric: Metric) -> bool {
+        self.0 & (1 << metric.index()) != 0
+    }
+
+    /// The set as bits (to share it in an atomic).
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// The set of `bits` (from [`Histories::bits`]).
+    pub fn from_bits(bits: u16) -> Self {
+        Histories(bits & Self::ALL.0)
+    }
+
+    /// What the status page charts and what `groups`' rules and targets read (every
+    /// metric a rule or target names, whatever its window: a forecast, a `max` or a
+    /// 1-minute series reads 1-minute means even over a few minutes).
+    pub fn of_groups(groups: &[GroupPolicy]) -> Self {
+        groups
+            .iter()
+            .flat_map(|g| {
+                let rules = g.rules.iter().map(|r| r.metric);
+                rules.chain(g.targets.iter().map(|t| t.metric))
+            })
+            .fold(Self::CHARTED, |set, metric| {
+                set.with(super::view::window_metric(metric))
+            })
+    }
+
+    /// The metrics in the set, in [`Metric::ALL`] order.
+    pub fn metrics(self) -> impl Iterator<Item = Metric> {
+        Metric::ALL.into_iter().filter(move |m| self.contains(*m))
+    }
+}
+
+impl Default for Histories {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+/// Where a metric's value is in a [`RawSample`].
+#[derive(Debug, Clone, Copy)]
+enum RawSlot {
+    Ratio(usize),
+    Magnitude(usize),
+}
+
 /// Steps of one in a [`History::Ratio`] minute.
 const RATIO_STEPS: f64 = 60_000.0;
-/// A minute without a value in a [`History::Ratio`] ring.
+/// No value, in a [`History::Ratio`] slot.
 const RATIO_ABSENT: u16 = u16::MAX;
+
+fn ratio_to_steps(value: Option<f64>) -> u16 {
+    // In range by validation; the clamp keeps the sentinel out of reach.
+    value.map_or(RATIO_ABSENT, |v| {
+        (v.clamp(0.0, 1.0) * RATIO_STEPS).round() as u16
+    })
+}
+
+fn ratio_of_steps(steps: u16) -> Option<f64> {
+    (steps != RATIO_ABSENT).then(|| f64::from(steps) / RATIO_STEPS)
+}
+
+fn magnitude_to_f32(value: Option<f64>) -> f32 {
+    value.map_or(f32::NAN, |v| v as f32)
+}
+
+fn magnitude_of_f32(v: f32) -> Option<f64> {
+    (!v.is_nan()).then_some(f64::from(v))
+}
 
 /// One metric's 1-minute means over [`BUCKET_MINUTES`], in a ring allocated once, at
 /// the metric's first value (a VM without web sources never pays for their rings).
@@ -278,26 +413,15 @@ impl Ring {
 
     fn get(&self, minute: i64) -> Option<f64> {
         match self {
-            Ring::Ratio(slots) => match slots[slot(minute)] {
-                RATIO_ABSENT => None,
-                steps => Some(f64::from(steps) / RATIO_STEPS),
-            },
-            Ring::Magnitude(slots) => {
-                let v = slots[slot(minute)];
-                (!v.is_nan()).then_some(f64::from(v))
-            }
+            Ring::Ratio(slots) => ratio_of_steps(slots[slot(minute)]),
+            Ring::Magnitude(slots) => magnitude_of_f32(slots[slot(minute)]),
         }
     }
 
     fn set(&mut self, minute: i64, value: Option<f64>) {
         match self {
-            Ring::Ratio(slots) => {
-                slots[slot(minute)] = value.map_or(RATIO_ABSENT, |v| {
-                    // In range by validation; the clamp keeps the sentinel out of reach.
-                    (v.clamp(0.0, 1.0) * RATIO_STEPS).round() as u16
-                });
-            }
-            Ring::Magnitude(slots) => slots[slot(minute)] = value.map_or(f32::NAN, |v| v as f32),
+            Ring::Ratio(slots) => slots[slot(minute)] = ratio_to_steps(value),
+            Ring::Magnitude(slots) => slots[slot(minute)] = magnitude_to_f32(value),
         }
     }
 
@@ -328,12 +452,41 @@ fn history_index(metric: Metric) -> Option<usize> {
     HISTORY_METRICS.iter().position(|m| *m == metric)
 }
 
+/// One report's values, as compact as the rings: 48 bytes (a time, 8 ratios, 6 other
+/// figures) instead of 120 with every value an `f64`.
 #[derive(Debug, Clone, Copy)]
 struct RawSample {
     /// Nanoseconds since the Unix epoch (exact, half the size of a `SystemTime`).
     t: u64,
-    /// NaN marks an absent value: half the size of `Option<f64>`.
-    values: [f64; METRIC_COUNT],
+    /// The ratios (see [`History::Ratio`]).
+    ratios: [u16; 8],
+    /// The other figures (see [`History::Magnitude`]); NaN marks an absent value.
+    magnitudes: [f32; 6],
+}
+
+impl RawSample {
+    fn new(t: u64, values: &MetricValues) -> Self {
+        let mut sample = Self {
+            t,
+            ratios: [RATIO_ABSENT; 8],
+            magnitudes: [f32::NAN; 6],
+        };
+        for metric in Metric::ALL {
+            let value = values.get(metric);
+            match metric.raw_slot() {
+                RawSlot::Ratio(i) => sample.ratios[i] = ratio_to_steps(value),
+                RawSlot::Magnitude(i) => sample.magnitudes[i] = magnitude_to_f32(value),
+            }
+        }
+        sample
+    }
+
+    fn get(&self, metric: Metric) -> Option<f64> {
+        match metric.raw_slot() {
+            RawSlot::Ratio(i) => ratio_of_steps(self.ratios[i]),
+            RawSlot::Magnitude(i) => magnitude_of_f32(self.magnitudes[i]),
+        }
+    }
 }
 
 fn nanos_of(t: SystemTime) -> u64 {
@@ -368,18 +521,21 @@ struct Minutes {
     first: i64,
     running: [Running; HISTORY_METRICS.len()],
     rings: [Option<Ring>; HISTORY_METRICS.len()],
+    /// The metrics whose minutes are kept, as of the latest sample.
+    kept: Histories,
 }
 
 impl Minutes {
-    /// Adds `values` sampled in `minute` (never before the current one).
-    fn push(&mut self, minute: i64, values: &MetricValues) {
+    /// Adds `values` sampled in `minute` (never before the current one); a finished
+    /// minute starts the ring of a metric in `kept` that has none yet.
+    fn push(&mut self, minute: i64, values: &MetricValues, kept: Histories) {
         match self.current {
             None => {
                 self.current = Some(minute);
                 self.first = minute;
             }
             Some(current) if minute > current => {
-                self.finish(current);
+                self.finish(current, kept);
                 // Minutes skipped without a sample must not show what their slots held
                 // a day ago.
                 let skipped = (minute - current - 1).min(BUCKET_MINUTES);
@@ -392,8 +548,11 @@ impl Minutes {
             }
             Some(_) => {}
         }
+        self.kept = kept;
         for (running, metric) in self.running.iter_mut().zip(HISTORY_METRICS) {
-            if let Some(v) = values.get(metric) {
+            if let Some(v) = values.get(metric)
+                && kept.contains(metric)
+            {
                 running.sum += v;
                 running.count += 1;
             }
@@ -401,7 +560,7 @@ impl Minutes {
     }
 
     /// Moves the current minute's means into the rings.
-    fn finish(&mut self, minute: i64) {
+    fn finish(&mut self, minute: i64, kept: Histories) {
         for ((running, ring), metric) in self
             .running
             .iter_mut()
@@ -409,7 +568,10 @@ impl Minutes {
             .zip(HISTORY_METRICS)
         {
             let mean = running.mean();
-            if mean.is_some()
+            if !kept.contains(metric) {
+                // No longer read over minutes (a reload): its memory goes back.
+                *ring = None;
+            } else if mean.is_some()
                 && ring.is_none()
                 && let Some(kind) = metric.history()
             {
@@ -432,7 +594,13 @@ impl Minutes {
     fn mean(&self, index: usize, minute: i64) -> Option<f64> {
         let current = self.current?;
         if minute == current {
-            return self.running[index].mean();
+            // A metric no longer kept has no current minute either (a kept one's
+            // is there before its ring, which its first finished minute starts).
+            return self
+                .kept
+                .contains(HISTORY_METRICS[index])
+                .then(|| self.running[index].mean())
+                .flatten();
         }
         if minute > current || minute < self.oldest()? {
             return None;
@@ -472,28 +640,26 @@ fn minute_start(minute: i64) -> SystemTime {
 }
 
 impl Windows {
-    /// Records the values sampled at `t`. A `t` before the newest sample is moved up
-    /// to it (the rings stay ordered); the caller clamps `t` to its clock.
+    /// Records the values sampled at `t`, keeping a history for every metric that can
+    /// have one (see [`Windows::record`]).
     pub fn push(&mut self, t: SystemTime, values: &MetricValues) {
+        self.record(t, values, Histories::ALL);
+    }
+
+    /// Records the values sampled at `t`; of the metrics with a history, only those in
+    /// `kept` start one. A `t` before the newest sample is moved up to it (the rings
+    /// stay ordered); the caller clamps `t` to its clock.
+    pub fn record(&mut self, t: SystemTime, values: &MetricValues, kept: Histories) {
         let t = match self.raw.back() {
             Some(last) if time_of(last.t) > t => time_of(last.t),
             _ => t,
         };
-        let mut raw = [f64::NAN; METRIC_COUNT];
-        for (slot, value) in raw.iter_mut().zip(values.0) {
-            if let Some(v) = value {
-                *slot = v;
-            }
-        }
         if self.raw.len() == self.raw.capacity() {
             // Grow by an eighth rather than double: the ring settles a little above
             // what the agent's interval fills in RAW_RETENTION, not up to twice that.
             self.raw.reserve_exact(self.raw.len() / 8 + 4);
         }
-        self.raw.push_back(RawSample {
-            t: nanos_of(t),
-            values: raw,
-        });
+        self.raw.push_back(RawSample::new(nanos_of(t), values));
         let oldest_kept = nanos_of(
             t.checked_sub(RAW_RETENTION)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
@@ -505,7 +671,7 @@ impl Windows {
             self.raw_horizon = Some(time_of(first.t));
             self.raw.pop_front();
         }
-        self.minutes.push(minute_of(t), values);
+        self.minutes.push(minute_of(t), values, kept);
     }
 
     /// Whether the raw ring holds every sample of `range`.
@@ -520,13 +686,13 @@ impl Windows {
         metric: Metric,
         range: TimeRange,
     ) -> impl Iterator<Item = (SystemTime, f64)> + '_ {
-        let i = metric.index();
         let holds = self.raw_holds(&range);
         self.raw
             .iter()
+            .filter(move |_| holds)
             .map(|s| (time_of(s.t), s))
-            .filter(move |(t, s)| holds && range.contains(*t) && !s.values[i].is_nan())
-            .map(move |(t, s)| (t, s.values[i]))
+            .filter(move |(t, _)| range.contains(*t))
+            .filter_map(move |(t, s)| s.get(metric).map(|v| (t, v)))
     }
 
     /// The minutes that overlap `range` (whole minutes, the current one included).
@@ -1021,6 +1187,100 @@ mod tests {
             11 + 2
         );
         assert!(!gap.covers(Metric::CpuUtilization, hours, Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn raw_samples_keep_four_decimals_of_a_ratio_and_seven_digits_of_a_figure() {
+        let mut w = Windows::default();
+        let mut values = MetricValues::default();
+        values.set(Metric::CpuSteal, Some(0.0625));
+        values.set(Metric::PsiIoSomeAvg10, Some(0.1234));
+        values.set(Metric::MemoryUsedBytes, Some(3_221_225_472.0));
+        values.set(Metric::LatencyP95Seconds, Some(0.123_456_7));
+        w.push(at(5), &values);
+        let range = TimeRange::last(Duration::from_secs(60), at(5));
+        assert_eq!(w.mean(Metric::CpuSteal, range), Some(0.0625));
+        assert_eq!(w.mean(Metric::PsiIoSomeAvg10, range), Some(0.1234));
+        assert_eq!(
+            w.mean(Metric::MemoryUsedBytes, range),
+            Some(3_221_225_472.0)
+        );
+        let latency = w.mean(Metric::LatencyP95Seconds, range).unwrap();
+        assert!((latency / 0.123_456_7 - 1.0).abs() < 1e-7, "{latency}");
+        // Absent stays absent, in both kinds of slot.
+        assert_eq!(w.mean(Metric::CpuIowait, range), None);
+        assert_eq!(w.mean(Metric::RequestsPerSecond, range), None);
+        assert_eq!(std::mem::size_of::<RawSample>(), 48);
+    }
+
+    #[test]
+    fn a_metric_outside_the_kept_histories_has_raw_samples_only() {
+        let mut w = Windows::default();
+        let mut values = cpu(0.5);
+        values.set(Metric::PsiCpuSomeAvg10, Some(0.2));
+        let mut s = 5;
+        while s <= 7200 {
+            w.record(at(s), &values, Histories::CHARTED);
+            s += 5;
+        }
+        let hours = TimeRange::last(Duration::from_secs(7200), at(7200));
+        let five = TimeRange::last(Duration::from_secs(300), at(7200));
+        assert_eq!(w.mean(Metric::CpuUtilization, hours), Some(0.5));
+        let psi = w.mean(Metric::PsiCpuSomeAvg10, five).unwrap();
+        assert!((psi - 0.2).abs() < 1e-9, "{psi}");
+        assert_eq!(w.mean(Metric::PsiCpuSomeAvg10, hours), None);
+        // One ring: CPU's.
+        let (raw, _) = w.len();
+        assert!(w.heap_bytes() - RING_LEN * 2 <= (raw + raw / 8 + 4) * 48);
+
+        // Kept from now on (a reload added a rule on it): its history starts.
+        let mut s = 7205;
+        while s <= 7200 + 600 {
+            w.record(
+                at(s),
+                &values,
+                Histories::CHARTED.with(Metric::PsiCpuSomeAvg10),
+            );
+            s += 5;
+        }
+        let ten = TimeRange::last(Duration::from_secs(600), at(7800));
+        assert_eq!(w.minute_means(Metric::PsiCpuSomeAvg10, ten).len(), 11);
+        let day = TimeRange::last(Duration::from_secs(86_400), at(7800));
+        assert_eq!(w.minute_means(Metric::PsiCpuSomeAvg10, day).len(), 11);
+        // Left out again (another reload): its ring goes at the next minute.
+        let two_rings = w.heap_bytes();
+        w.record(at(7860), &values, Histories::CHARTED);
+        assert_eq!(w.heap_bytes(), two_rings - RING_LEN * 2);
+        assert!(w.minute_means(Metric::PsiCpuSomeAvg10, ten).is_empty());
+    }
+
+    #[test]
+    fn the_kept_histories_are_the_charts_and_what_rules_and_targets_read() {
+        let defaults: GroupPolicy = toml::from_str("name = \"web\"").unwrap();
+        assert_eq!(Histories::of_groups(&[defaults]), Histories::CHARTED);
+        let psi: GroupPolicy = toml::from_str(
+            "name = \"db\"\n[[rules]]\nmetric = \"psi_memory_some_avg10\"\nthreshold = 0.2\n\
+             [[targets]]\nmetric = \"memory_available_ratio\"\ntarget = 0.3",
+        )
+        .unwrap();
+        let kept = Histories::of_groups(&[psi]);
+        let metrics: Vec<_> = kept.metrics().collect();
+        assert_eq!(
+            metrics,
+            [
+                Metric::CpuUtilization,
+                Metric::MemoryUsedRatio,
+                Metric::PsiMemorySomeAvg10,
+                Metric::RequestsPerSecond
+            ]
+        );
+        // Only metrics that can have a history get in.
+        assert!(
+            !Histories::ALL
+                .with(Metric::CpuSteal)
+                .contains(Metric::CpuSteal)
+        );
+        assert_eq!(Histories::from_bits(u16::MAX), Histories::ALL);
     }
 
     #[test]

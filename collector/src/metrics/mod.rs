@@ -80,6 +80,7 @@ mod tests {
             forget_after: Duration::from_secs(86_400),
             unknown_vms: UnknownVms::Ungrouped,
             max_vms: 100,
+            histories: Default::default(),
             groups: vec![
                 (
                     "web".into(),
