@@ -1,8 +1,8 @@
 //! Real etcd members (Debian's `etcd-server`): a cluster of `n` members on loopback
-//! ports of their own, each with its data in the test's directory and its log on disk.
-//! A member can be stopped and started again on the same data.
+//! ports of their own, each with its data in the test's directory and its log on disk,
+//! serving clients in plaintext or over TLS with client certificates required. A
+//! member can be stopped and started again on the same data.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,44 +21,69 @@ pub struct MemberSpec {
     pub peer_url: String,
 }
 
+/// TLS on the members' client port with client certificates required
+/// (`--client-cert-auth`), from PEM files such as `rally-collector pki` makes.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA of every certificate here.
+    pub ca: PathBuf,
+    /// The members' server certificate and key (valid for 127.0.0.1).
+    pub server: (PathBuf, PathBuf),
+    /// A client certificate and key, for the cluster's own health checks.
+    pub client: (PathBuf, PathBuf),
+}
+
 /// A cluster of real etcd members, killed when dropped.
 pub struct Cluster {
     dir: PathBuf,
     specs: Vec<MemberSpec>,
     members: Vec<Option<Process>>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    tls: Option<ClientTls>,
 }
 
 impl Cluster {
     /// Starts `n` members on loopback under `dir` and waits until every one answers.
     pub async fn local(dir: &Path, n: usize) -> Cluster {
-        let specs = (0..n)
-            .map(|i| MemberSpec {
-                name: format!("etcd-{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()),
-                peer_url: format!("http://127.0.0.1:{}", free_port()),
-            })
-            .collect();
-        Cluster::start(dir, specs, |_| None).await
+        Cluster::start(dir, Cluster::loopback(n, "http"), |_| None).await
     }
 
-    /// Starts the members `specs` under `dir`; `wrap(i)` may give the command that runs
+    /// [`local`](Self::local), serving clients over `tls` (`https://` endpoints).
+    pub async fn local_tls(dir: &Path, n: usize, tls: ClientTls) -> Cluster {
+        Cluster::start_with(dir, Cluster::loopback(n, "https"), |_| None, Some(tls)).await
+    }
+
+    fn loopback(n: usize, client_scheme: &str) -> Vec<MemberSpec> {
+        (0..n)
+            .map(|i| MemberSpec {
+                name: format!("etcd-{i}"),
+                client_url: format!("{client_scheme}://127.0.0.1:{}", crate::free_port()),
+                peer_url: format!("http://127.0.0.1:{}", crate::free_port()),
+            })
+            .collect()
+    }
+
+    /// Starts the members `specs` under `dir` (created if missing); `wrap(i)` may give the command that runs
     /// member `i` (inside a network namespace, say) instead of `etcd` itself.
     pub async fn start(
         dir: &Path,
         specs: Vec<MemberSpec>,
         wrap: impl Fn(usize) -> Option<Command>,
     ) -> Cluster {
+        Cluster::start_with(dir, specs, wrap, None).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        specs: Vec<MemberSpec>,
+        wrap: impl Fn(usize) -> Option<Command>,
+        tls: Option<ClientTls>,
+    ) -> Cluster {
+        std::fs::create_dir_all(dir).expect("create the cluster's directory");
         let mut cluster = Cluster {
             dir: dir.to_owned(),
             members: specs.iter().map(|_| None).collect(),
             specs,
+            tls,
         };
         let commands: Vec<Option<Command>> = (0..cluster.specs.len()).map(wrap).collect();
         for (i, command) in commands.into_iter().enumerate() {
@@ -89,6 +114,15 @@ impl Cluster {
             .args(["--initial-cluster-token", "rally-tests"])
             // Quick elections on a test network (etcd's defaults: 100 ms, 1 s).
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server.0)
+                .arg("--key-file")
+                .arg(&tls.server.1)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         let log = self.dir.join(format!("{}.log", spec.name));
         self.members[i] = Some(Process::spawn(&spec.name, cmd, &log));
     }
@@ -126,7 +160,16 @@ impl Cluster {
         let endpoints = self.endpoints().join(",");
         let started = Instant::now();
         loop {
-            let out = Command::new(&etcdctl)
+            let mut cmd = Command::new(&etcdctl);
+            if let Some(tls) = &self.tls {
+                cmd.arg("--cacert")
+                    .arg(&tls.ca)
+                    .arg("--cert")
+                    .arg(&tls.client.0)
+                    .arg("--key")
+                    .arg(&tls.client.1);
+            }
+            let out = cmd
                 .env("ETCDCTL_API", "3")
                 .args([
                     "--endpoints",

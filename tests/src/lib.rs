@@ -52,7 +52,21 @@ pub mod webhook;
 use std::time::{Duration, Instant};
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_explained(timeout, what, f, String::new).await
+}
+
+/// [`eventually`], adding what `explain` says (logs, say) when it times out.
+pub async fn eventually_explained<T, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut f: F,
+    explain: impl Fn() -> String,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -62,10 +76,11 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if start.elapsed() >= timeout {
+            let why = explain();
+            let sep = if why.is_empty() { "" } else { "\n" };
+            panic!("timed out after {timeout:?} waiting for {what}{sep}{why}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

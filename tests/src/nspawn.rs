@@ -7,7 +7,7 @@
 //! [`Container`] kills its PID 1 (which ends every process in it) and `nspawn`;
 //! dropping a [`Netns`] deletes the namespace. Both need root.
 
-use crate::command::{bounded, output, run_ok};
+use crate::command::{bounded, output, output_with_stdin, run_ok};
 use crate::debian_root::DebianRoot;
 use crate::process::Process;
 use crate::tool;
@@ -35,6 +35,17 @@ pub fn wait_for<T>(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Runs `nft -f -` with `script` inside the network namespace named `netns` and
+/// returns what it said; the caller decides how strict to be.
+pub fn nft(netns: &str, script: &str) -> Output {
+    let nft = tool::require("nft", "nftables");
+    let mut cmd = Command::new(tool::require("ip", "iproute2"));
+    cmd.args(["netns", "exec", netns])
+        .arg(nft)
+        .args(["-f", "-"]);
+    output_with_stdin(&mut cmd, script.as_bytes())
 }
 
 /// A named network namespace (`ip netns add`), deleted when dropped.

@@ -1,9 +1,8 @@
 //! External programs the tests need. Under `scripts/test` every one of them is
 //! installed; a missing one fails the test that needs it instead of skipping it.
 
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 /// The path of `program` on `PATH` (or under /usr/sbin, /sbin); panics naming the
 /// Debian package to install when it is missing.
@@ -27,18 +26,8 @@ pub fn require(program: &str, debian_package: &str) -> PathBuf {
 /// returns what it said; the caller decides how strict to be.
 pub fn promtool_check_metrics(text: &str) -> Output {
     let promtool = require("promtool", "prometheus");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting promtool");
-    child
-        .stdin
-        .take()
-        .expect("promtool's stdin")
-        .write_all(text.as_bytes())
-        .expect("writing to promtool");
-    child.wait_with_output().expect("waiting for promtool")
+    crate::command::output_with_stdin(
+        Command::new(promtool).args(["check", "metrics"]),
+        text.as_bytes(),
+    )
 }

@@ -514,7 +514,6 @@ async fn assert_rules_healthy_and_resize_alerts_fired(api: &Api, deadline: Insta
 async fn every_dashboard_query_returns_data_from_prometheus_set_up_as_documented() {
     let dir = tempfile::tempdir().unwrap();
     let hook = Webhook::start(SECRET, &[]).await;
-    std::fs::create_dir_all(dir.path().join("etcd")).unwrap();
     let etcd = Cluster::local(&dir.path().join("etcd"), 1).await;
     let collector = Collector::start(
         dir.path(),

@@ -10,8 +10,6 @@ use rally_tests::process::Process;
 use rally_tests::proxy::{Faults, Proxy, listener_in_netns};
 use rally_tests::rally::Collector;
 use rally_tests::{bin, eventually, tool};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -39,25 +37,9 @@ const LOSSY: Faults = Faults {
 /// Reports through the lossy path before the partition, and after the replay.
 const LOSSY_REPORTS: u64 = 60;
 
-/// Runs `nft -f -` with `script` inside `netns`.
+/// Runs `nft -f -` with `script` inside `netns`; panics unless it succeeds.
 fn nft(netns: &Netns, script: &str) {
-    let nft = tool::require("nft", "nftables");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns.name()])
-        .arg(nft)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    child
-        .stdin
-        .take()
-        .expect("nft's stdin")
-        .write_all(script.as_bytes())
-        .expect("write the nft script");
-    let out = child.wait_with_output().expect("wait for nft");
+    let out = rally_tests::nspawn::nft(netns.name(), script);
     assert!(
         out.status.success(),
         "nft failed:\n{script}\n{}",

@@ -10,17 +10,16 @@
 //! which go away however the scenario ends.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rally_tests::etcd::{Cluster, MemberSpec};
 use rally_tests::ledger::{sample, sum};
-use rally_tests::nspawn::{Bridge, Netns};
+use rally_tests::nspawn::{Bridge, Netns, nft};
 use rally_tests::process::Process;
 use rally_tests::webhook::{Received, Webhook};
-use rally_tests::{bin, online_cpus, proc_mem_total_bytes, tool};
+use rally_tests::{bin, eventually_explained, online_cpus, proc_mem_total_bytes, tool};
 use serde_json::Value;
 
 const SECRET: &str = "ha-webhook-secret";
@@ -133,26 +132,6 @@ struct Cut {
 }
 
 const CUT_TABLE: &str = "rally_ha_cut";
-
-fn nft(netns: &str, script: &str) -> std::process::Output {
-    let nft = tool::require("nft", "nftables");
-    let mut child = Command::new(tool::require("ip", "iproute2"))
-        .args(["netns", "exec", netns])
-        .arg(nft)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    child
-        .stdin
-        .take()
-        .expect("nft's stdin")
-        .write_all(script.as_bytes())
-        .expect("write the nft script");
-    child.wait_with_output().expect("wait for nft")
-}
 
 impl Cut {
     fn from_etcd(host: &Netns, etcd: &[String]) -> Cut {
@@ -417,23 +396,43 @@ verify_timeout = "5m"
 
     /// Polls `f` every 100 ms until it returns `Some`; after `timeout` fails with what
     /// every collector logged and the receiver got.
-    async fn until<T, F, Fut>(&self, timeout: Duration, what: &str, mut f: F) -> T
+    async fn until<T, F, Fut>(&self, timeout: Duration, what: &str, f: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Option<T>>,
     {
-        let started = Instant::now();
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "timed out after {timeout:?} waiting for {what}\n{}",
-                self.evidence()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually_explained(timeout, what, f, || self.evidence()).await
+    }
+
+    /// Waits until collector `i` has counted work of its ended term fenced (its own
+    /// refusal: a receiver's 409 is the last line, not the fence); its samples.
+    async fn fenced(&self, i: usize, timeout: Duration) -> String {
+        self.until(
+            timeout,
+            "the old leader to count its late work fenced",
+            || async {
+                let text = self.nodes[i].metrics().await?;
+                (family_value(&text, "rally_collector_fenced_total")? >= 1.0)
+                    .then(|| samples(&text, "rally_collector_fenced_total"))
+            },
+        )
+        .await
+    }
+
+    /// Waits until collector `i` follows `leader` with a healthy lease; its view.
+    async fn follows(&self, i: usize, leader: usize, timeout: Duration) -> Value {
+        let what = format!(
+            "{} a healthy follower of {}",
+            self.nodes[i].name, self.nodes[leader].name
+        );
+        self.until(timeout, &what, || async {
+            let v = self.nodes[i].leader().await?;
+            (v["role"] == "follower"
+                && v["lease_healthy"] == true
+                && v["leader"]["name"] == self.nodes[leader].name.as_str())
+            .then_some(v)
+        })
+        .await
     }
 
     /// Waits until exactly one of `among` leads and the others name it; its index.
@@ -695,28 +694,8 @@ async fn a_leader_stopped_past_its_lease_is_fenced_when_it_wakes_and_no_second_r
 
     lab.nodes[old].process().signal("CONT");
     let woke = Instant::now();
-    let fenced = lab
-        .until(
-            Duration::from_secs(10),
-            "the old leader to count its late work fenced (its own refusal: a receiver's 409 is the last line, not the fence)",
-            || async {
-                let text = lab.nodes[old].metrics().await?;
-                (family_value(&text, "rally_collector_fenced_total")? >= 1.0)
-                    .then(|| samples(&text, "rally_collector_fenced_total"))
-            },
-        )
-        .await;
-    let view = lab
-        .until(
-            Duration::from_secs(10),
-            "the old leader a follower",
-            || async {
-                let v = lab.nodes[old].leader().await?;
-                (v["role"] == "follower" && v["leader"]["name"] == lab.nodes[new].name.as_str())
-                    .then_some(v)
-            },
-        )
-        .await;
+    let fenced = lab.fenced(old, Duration::from_secs(10)).await;
+    let view = lab.follows(old, new, Duration::from_secs(10)).await;
     let followed = woke.elapsed();
     tokio::time::sleep(HOLD + Duration::from_secs(2)).await;
     let (posts, accepted) = lab.assert_one_resize();
@@ -787,29 +766,8 @@ async fn a_leader_cut_off_from_etcd_stops_acting_and_rejoins_as_a_follower_when_
     let reasons = samples(&paused, "rally_collector_actuation_pauses_total");
     let healed = Instant::now();
     lab.cut = None;
-    let fenced = lab
-        .until(
-            Duration::from_secs(15),
-            "the old leader to count its late work fenced (its own refusal: a receiver's 409 is the last line, not the fence)",
-            || async {
-                let text = lab.nodes[old].metrics().await?;
-                (family_value(&text, "rally_collector_fenced_total")? >= 1.0)
-                    .then(|| samples(&text, "rally_collector_fenced_total"))
-            },
-        )
-        .await;
-    lab.until(
-        Duration::from_secs(15),
-        "the old leader a healthy follower",
-        || async {
-            let v = lab.nodes[old].leader().await?;
-            (v["role"] == "follower"
-                && v["lease_healthy"] == true
-                && v["leader"]["name"] == lab.nodes[new].name.as_str())
-            .then_some(())
-        },
-    )
-    .await;
+    let fenced = lab.fenced(old, Duration::from_secs(15)).await;
+    lab.follows(old, new, Duration::from_secs(15)).await;
     let rejoined = healed.elapsed();
     tokio::time::sleep(HOLD + Duration::from_secs(2)).await;
     // Nothing of the old leader's went out after its lease could have ended (its

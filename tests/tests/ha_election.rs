@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use rally_tests::etcd::Cluster;
+use rally_tests::etcd::{ClientTls, Cluster};
 use rally_tests::rally::Collector;
 use rally_tests::{bin, eventually};
 use serde_json::Value;
@@ -65,7 +65,6 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_leads_the_follower_points_to_it_and_a_clean_stop_hands_over_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("etcd")).unwrap();
     let cluster = Cluster::local(&dir.path().join("etcd"), 1).await;
     let endpoints = cluster.endpoints();
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
@@ -188,43 +187,6 @@ async fn one_leads_the_follower_points_to_it_and_a_clean_stop_hands_over_at_once
     drop(cluster);
 }
 
-/// Starts one etcd member serving clients over TLS with client certificates required,
-/// on a loopback port; returns its process and client URL.
-fn etcd_over_tls(
-    dir: &std::path::Path,
-    pki: &std::path::Path,
-) -> (rally_tests::process::Process, String) {
-    let etcd = rally_tests::tool::require("etcd", "etcd-server");
-    let (client, peer) = (rally_tests::free_port(), rally_tests::free_port());
-    let url = format!("https://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut cmd = std::process::Command::new(etcd);
-    cmd.args(["--name", "tls", "--data-dir"])
-        .arg(dir.join("data"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("tls={peer_url}")])
-        .arg("--cert-file")
-        .arg(pki.join("server.pem"))
-        .arg("--key-file")
-        .arg(pki.join("server.key"))
-        .arg("--trusted-ca-file")
-        .arg(pki.join("ca.pem"))
-        .arg("--client-cert-auth");
-    let process = rally_tests::process::Process::spawn("etcd", cmd, &dir.join("etcd.log"));
-    (process, url)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn over_tls_with_a_client_certificate_it_leads_and_without_one_it_cannot() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,14 +209,28 @@ async fn over_tls_with_a_client_certificate_it_leads_and_without_one_it_cannot()
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let (_etcd, url) = etcd_over_tls(dir.path(), &pki);
+    let (cert, key) = (
+        pki.join("vms/collector-a.pem"),
+        pki.join("vms/collector-a.key"),
+    );
+    let etcd = Cluster::local_tls(
+        &dir.path().join("etcd"),
+        1,
+        ClientTls {
+            ca: pki.join("ca.pem"),
+            server: (pki.join("server.pem"), pki.join("server.key")),
+            client: (cert.clone(), key.clone()),
+        },
+    )
+    .await;
+    let url = etcd.endpoints()[0].clone();
     let tls = |with_identity: bool| {
         let mut t = format!("etcd_ca_file = \"{}\"\n", pki.join("ca.pem").display());
         if with_identity {
             t.push_str(&format!(
                 "etcd_cert_file = \"{}\"\netcd_key_file = \"{}\"\n",
-                pki.join("vms/collector-a.pem").display(),
-                pki.join("vms/collector-a.key").display()
+                cert.display(),
+                key.display()
             ));
         }
         t
