@@ -191,6 +191,8 @@ pub struct Collector {
     api_token: Option<Arc<str>>,
     /// With `[ha]`: the election's state and the etcd client it campaigns with.
     elected: Option<(Arc<Ha>, Etcd)>,
+    /// Who decides: this collector alone, or the elected one of several.
+    leadership: Leadership,
     /// Where the decision state lives (a reload opens the ticket store there again).
     state: assembly::StateSource,
 }
@@ -263,7 +265,7 @@ impl Collector {
             Arc::clone(&clock),
             store,
             actuator,
-            leadership,
+            leadership.clone(),
         );
         Ok(Self {
             config,
@@ -279,6 +281,7 @@ impl Collector {
             engine_handle,
             api_token,
             elected,
+            leadership,
             state,
         })
     }
@@ -388,9 +391,7 @@ impl Collector {
             ready: Arc::clone(&self.ready),
             engine: self.engine_handle.clone(),
             api_token: api_token_rx,
-            leadership: self.elected.as_ref().map_or(Leadership::Single, |(ha, _)| {
-                Leadership::Elected(Arc::clone(ha))
-            }),
+            leadership: self.leadership.clone(),
         });
         // The HTTP listener keeps a spare descriptor so /healthz answers when agents'
         // connections have taken all the others.

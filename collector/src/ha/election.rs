@@ -40,6 +40,7 @@ impl Ha {
                 () = &mut shutdown => break,
                 failed = self.term(&etcd) => failed,
             };
+            super::lock(&self.inner).lease = None;
             match failed {
                 None => retry = RETRY_MIN,
                 Some(Failed { lease, error }) => {
@@ -55,18 +56,21 @@ impl Ha {
             }
         }
         observer.abort();
-        let term = lock_term(&self);
+        let (lease, token) = {
+            let mut inner = super::lock(&self.inner);
+            (inner.lease.take(), inner.term.as_ref().map(|t| t.token))
+        };
         self.end_term(None);
-        if let Some(term) = term {
-            let lease = lease_of(&term);
-            match etcd.revoke(lease).await {
-                Ok(()) => info!(
-                    token = term.token,
-                    "resigned: another collector may lead now"
-                ),
-                Err(e) => {
+        // The lease held now goes with its key: the next candidate's campaign wins at
+        // once instead of after the TTL.
+        if let Some(lease) = lease {
+            match (etcd.revoke(lease).await, token) {
+                (Ok(()), Some(token)) => info!(token, "resigned: another collector may lead now"),
+                (Ok(()), None) => debug!("lease revoked: no longer a candidate"),
+                (Err(e), Some(_)) => {
                     warn!(error = %e, "could not resign; another collector leads after the lease's TTL")
                 }
+                (Err(e), None) => debug!(error = %e, "could not revoke the lease"),
             }
         }
     }
@@ -84,6 +88,7 @@ impl Ha {
             }
         };
         self.renewed(sent);
+        super::lock(&self.inner).lease = Some(lease);
         debug!(
             lease = format!("{lease:x}"),
             "etcd: lease granted; campaigning"
@@ -195,32 +200,5 @@ struct Failed {
 impl Failed {
     fn new(lease: Option<i64>, error: String) -> Self {
         Self { lease, error }
-    }
-}
-
-fn lock_term(ha: &Ha) -> Option<Term> {
-    super::lock(&ha.inner).term.clone()
-}
-
-/// The lease of a leader key: etcd's election names it `<election>/<lease id in hex>`.
-fn lease_of(term: &Term) -> i64 {
-    let key = String::from_utf8_lossy(&term.key);
-    key.rsplit('/')
-        .next()
-        .and_then(|hex| i64::from_str_radix(hex, 16).ok())
-        .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_leader_key_names_its_lease_in_hex() {
-        let term = Term {
-            key: b"/rally/leader/694d7a1b2c3d4e5f".to_vec(),
-            token: 7,
-        };
-        assert_eq!(lease_of(&term), 0x694d_7a1b_2c3d_4e5f);
     }
 }

@@ -45,6 +45,17 @@ pub enum Role {
     Leader,
 }
 
+impl Role {
+    /// The name the API and `/readyz` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Candidate => "candidate",
+            Self::Follower => "follower",
+            Self::Leader => "leader",
+        }
+    }
+}
+
 /// Why a term ended other than by resigning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lost {
@@ -126,6 +137,8 @@ struct Inner {
     last_token: u64,
     /// The term whose expiry the engine already counted as fenced.
     expiry_counted: Option<u64>,
+    /// The lease this collector campaigns or leads with, until its campaign ends.
+    lease: Option<i64>,
 }
 
 /// The shared high-availability state of one collector.
@@ -185,6 +198,7 @@ impl Ha {
                 lease_healthy: false,
                 last_token: 0,
                 expiry_counted: None,
+                lease: None,
             }),
             term: watch::channel(None).0,
             terms: AtomicU64::new(0),
@@ -203,11 +217,6 @@ impl Ha {
     /// `<prefix>/state/`.
     pub fn prefix(&self) -> String {
         self.prefix.clone()
-    }
-
-    /// This collector's name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// The term this collector leads under, as it changes (`None`: it does not lead).
@@ -433,14 +442,6 @@ impl Leadership {
         match self {
             Self::Single => std::future::pending().await,
             Self::Elected(ha) => ha.term_ended(token).await,
-        }
-    }
-
-    /// The term as it changes, for an elected collector.
-    pub fn subscribe(&self) -> Option<watch::Receiver<Option<Term>>> {
-        match self {
-            Self::Single => None,
-            Self::Elected(ha) => Some(ha.subscribe()),
         }
     }
 

@@ -249,10 +249,11 @@ async fn healthz() -> &'static str {
 /// 200 once the listeners are up (a follower is ready too: it ingests and serves);
 /// with `[ha]` the body also says who leads and how this collector's lease stands.
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
-    let mut body = if state.ready.load(Ordering::Acquire) {
-        "ready\n".to_owned()
+    let ready = state.ready.load(Ordering::Acquire);
+    let (status, mut body) = if ready {
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
-        "not ready\n".to_owned()
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
     };
     if let Some(ha) = state.leadership.ha() {
         let s = ha.status();
@@ -260,12 +261,9 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
             || "none".to_owned(),
             |l| format!("{} {} (fencing token {})", l.name, l.url, l.token),
         );
-        let role = serde_json::to_value(s.role)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
         body.push_str(&format!(
-            "role: {role}\nleader: {leader}\nlease: {}\n",
+            "role: {}\nleader: {leader}\nlease: {}\n",
+            s.role.as_str(),
             if s.lease_healthy {
                 "healthy"
             } else {
@@ -273,11 +271,6 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, String) {
             }
         ));
     }
-    let status = if body.starts_with("ready") {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     (status, body)
 }
 
