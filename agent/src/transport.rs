@@ -20,17 +20,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream;
-use prost::bytes::{BufMut, Bytes};
+use prost::bytes::Bytes;
 use rally_daemon::secret::{self, SecretError};
 use rally_proto::v1 as pb;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::sync::watch;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
-use tonic_prost::ProstDecoder;
 
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::buffer::Buffer;
@@ -260,7 +257,9 @@ async fn stream_once(
     }
 
     let presents_certificate = tls.as_ref().is_some_and(ClientTls::has_identity);
-    let mut inbound = open_stream(channel, request)
+    // Reports go out as encoded when sampled ([`wire::report_message`]): never
+    // decoded and encoded again.
+    let mut inbound = rally_proto::encoded::stream(channel, request)
         .await
         .map_err(|status| match rpc_error(status) {
             // With TLS 1.3 the collector checks the agent's certificate after the
@@ -323,57 +322,6 @@ fn rpc_error(status: tonic::Status) -> StreamError {
     match tls::explain(&status) {
         Some(why) => StreamError::Handshake(why),
         None => StreamError::Rpc(status),
-    }
-}
-
-/// `rally.v1.Ingest/Stream`, as the generated `IngestClient::stream` calls it, but
-/// sending messages already encoded ([`wire::report_message`]): the agent's reports
-/// are encoded once, when sampled, and never decoded again.
-async fn open_stream(
-    channel: Channel,
-    mut request: tonic::Request<impl futures_util::Stream<Item = Bytes> + Send + 'static>,
-) -> Result<tonic::Response<tonic::Streaming<pb::CollectorMessage>>, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
-    request
-        .extensions_mut()
-        .insert(tonic::GrpcMethod::new("rally.v1.Ingest", "Stream"));
-    let path = PathAndQuery::from_static("/rally.v1.Ingest/Stream");
-    grpc.streaming(request, path, EncodedCodec).await
-}
-
-/// Sends `AgentMessage`s encoded beforehand; decodes `CollectorMessage`s with prost.
-#[derive(Debug, Clone, Copy, Default)]
-struct EncodedCodec;
-
-impl Codec for EncodedCodec {
-    type Encode = Bytes;
-    type Decode = pb::CollectorMessage;
-    type Encoder = EncodedEncoder;
-    type Decoder = ProstDecoder<pb::CollectorMessage>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        EncodedEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::default()
-    }
-}
-
-/// Copies an encoded message into the frame.
-#[derive(Debug, Clone, Copy, Default)]
-struct EncodedEncoder;
-
-impl Encoder for EncodedEncoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
     }
 }
 
