@@ -235,12 +235,7 @@ impl Vm {
 
     /// Means of every metric over the `window` ending at `now`.
     pub fn means(&self, window: Duration, now: SystemTime) -> MetricValues {
-        let range = TimeRange::last(window, now);
-        let mut values = MetricValues::default();
-        for metric in Metric::ALL {
-            values.set(metric, self.windows.mean(metric, range));
-        }
-        values
+        self.windows.means(TimeRange::last(window, now))
     }
 
     fn run_mut(&mut self, key: &RunKey) -> &mut RunState {

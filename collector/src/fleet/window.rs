@@ -686,13 +686,62 @@ impl Windows {
         metric: Metric,
         range: TimeRange,
     ) -> impl Iterator<Item = (SystemTime, f64)> + '_ {
-        let holds = self.raw_holds(&range);
-        self.raw
-            .iter()
-            .filter(move |_| holds)
-            .map(|s| (time_of(s.t), s))
-            .filter(move |(t, _)| range.contains(*t))
+        self.raw_in(range)
             .filter_map(move |(t, s)| s.get(metric).map(|v| (t, v)))
+    }
+
+    /// The raw samples in `range`, oldest first (none when the ring no longer holds
+    /// the whole range). The ring is in time order: the first is found by bisection.
+    fn raw_in(&self, range: TimeRange) -> impl Iterator<Item = (SystemTime, &RawSample)> + '_ {
+        let first = if self.raw_holds(&range) {
+            self.raw.partition_point(|s| time_of(s.t) <= range.start)
+        } else {
+            self.raw.len()
+        };
+        // In nanoseconds, as the ring holds them.
+        let end = nanos_of(range.end);
+        self.raw
+            .range(first..)
+            .take_while(move |s| s.t <= end)
+            .map(|s| (time_of(s.t), s))
+    }
+
+    /// The mean of every metric over `range`, each as [`Windows::mean`] gives it, in
+    /// one pass over the raw ring (a scrape reads every metric's 1- and 5-minute means
+    /// of every VM).
+    pub fn means(&self, range: TimeRange) -> MetricValues {
+        let mut values = MetricValues::default();
+        if !self.raw_holds(&range) {
+            for metric in Metric::ALL {
+                values.set(metric, self.mean(metric, range));
+            }
+            return values;
+        }
+        // Summed slot by slot, in the same order as `mean` sums one metric.
+        let mut ratios = [(0.0f64, 0u64); 8];
+        let mut magnitudes = [(0.0f64, 0u64); 6];
+        fn add((sum, count): &mut (f64, u64), value: Option<f64>) {
+            if let Some(v) = value {
+                *sum += v;
+                *count += 1;
+            }
+        }
+        for (_, sample) in self.raw_in(range) {
+            for (acc, steps) in ratios.iter_mut().zip(sample.ratios) {
+                add(acc, ratio_of_steps(steps));
+            }
+            for (acc, m) in magnitudes.iter_mut().zip(sample.magnitudes) {
+                add(acc, magnitude_of_f32(m));
+            }
+        }
+        for metric in Metric::ALL {
+            let (sum, count) = match metric.raw_slot() {
+                RawSlot::Ratio(i) => ratios[i],
+                RawSlot::Magnitude(i) => magnitudes[i],
+            };
+            values.set(metric, (count > 0).then(|| sum / count as f64));
+        }
+        values
     }
 
     /// The minutes that overlap `range` (whole minutes, the current one included).
@@ -913,6 +962,52 @@ mod tests {
                 TimeRange::last(Duration::from_secs(60), now)
             ),
             None
+        );
+    }
+
+    #[test]
+    fn every_mean_at_once_is_each_mean_alone() {
+        let mut w = Windows::default();
+        // Ten minutes every 3 s; steal only every other sample, memory in the first
+        // half only, so counts differ per metric and some ranges hold none.
+        for i in 0..200u64 {
+            let mut values = cpu(((i * 37) % 100) as f64 / 100.0);
+            if i % 2 == 0 {
+                values.set(Metric::CpuSteal, Some(((i * 11) % 7) as f64 / 50.0));
+            }
+            if i < 100 {
+                values.set(Metric::MemoryUsedRatio, Some(0.5 + i as f64 / 1000.0));
+            }
+            w.push(at(3 + 3 * i), &values);
+        }
+        let now = at(600);
+        // In the ring, on a sample's exact time, past the newest, empty, and older
+        // than the raw ring (minute means).
+        for (start, end) in [
+            (540, 600),
+            (300, 600),
+            (303, 450),
+            (600, 700),
+            (0, 9),
+            (0, 600),
+        ] {
+            let range = TimeRange {
+                start: at(start),
+                end: at(end),
+            };
+            let all = w.means(range);
+            for metric in Metric::ALL {
+                assert_eq!(
+                    all.get(metric),
+                    w.mean(metric, range),
+                    "{metric:?} {range:?}"
+                );
+            }
+        }
+        assert!(
+            w.means(TimeRange::last(Duration::from_secs(60), now))
+                .get(Metric::CpuSteal)
+                .is_some()
         );
     }
 
