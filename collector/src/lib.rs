@@ -127,6 +127,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// Why the collector could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The threads that build fleet-wide responses could not be started.
+    #[error("starting the read threads")]
+    ReadThreads(#[source] std::io::Error),
     /// A listener could not be bound.
     #[error("binding {what} listener {addr}")]
     Bind {
@@ -174,6 +177,10 @@ pub enum Error {
     EtcdTls(#[source] config::HaTlsError),
 }
 
+/// Threads for fleet-wide reads: two, so a slow scrape does not hold up the status
+/// page, and no more, so reads never take every core from ingest.
+const READ_THREADS: usize = 2;
+
 /// A collector with both listeners bound, ready to [`serve`](Collector::serve).
 #[derive(Debug)]
 pub struct Collector {
@@ -195,6 +202,8 @@ pub struct Collector {
     leadership: Leadership,
     /// Where the decision state lives (a reload opens the ticket store there again).
     state: assembly::StateSource,
+    /// The threads `/metrics`, the API and the status page build their answers on.
+    reads: http::reads::Reads,
 }
 
 /// Makes sure the state directory exists and is writable.
@@ -251,6 +260,7 @@ impl Collector {
         let store = state.open()?;
         let actuator = assembly::start_actuator_on(&mut config, &state).await?;
         let api_token = assembly::api_token(&config)?;
+        let reads = http::reads::Reads::start(READ_THREADS).map_err(Error::ReadThreads)?;
         warn_if_exposed(&config);
         for g in &config.groups {
             if !g.resizes() {
@@ -283,6 +293,7 @@ impl Collector {
             elected,
             leadership,
             state,
+            reads,
         })
     }
 
@@ -392,6 +403,7 @@ impl Collector {
             engine: self.engine_handle.clone(),
             api_token: api_token_rx,
             leadership: self.leadership.clone(),
+            reads: self.reads.clone(),
         });
         // The HTTP listener keeps a spare descriptor so /healthz answers when agents'
         // connections have taken all the others.

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::HttpState;
+use super::{HttpState, JSON, accepts_gzip, encoded_response, json_body};
 use crate::clock::unix_seconds;
 use crate::engine::{GroupStatus, MemberNow, RuleReading, members_now};
 use crate::fleet::{
@@ -19,28 +19,50 @@ use crate::fleet::{
 };
 use rally_policy::Timestamp;
 
-/// `GET /api/v1/vms`: every VM the fleet holds.
-pub async fn vms(State(state): State<HttpState>) -> axum::Json<VmList> {
-    let now = state.clock.now();
-    let vms = state.fleet.snapshot(now);
-    let members = members_by_vm(&state, now);
-    axum::Json(VmList {
-        vms: vms
-            .iter()
-            .map(|vm| VmJson::new(vm, members.get(&vm.id)))
-            .collect(),
-    })
+/// `GET /api/v1/vms`: every VM the fleet holds, built on a read thread.
+pub async fn vms(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let gzip = accepts_gzip(&headers);
+    let reads = state.reads.clone();
+    let body = reads
+        .run(move || {
+            let now = state.clock.now();
+            let vms = state.fleet.snapshot(now);
+            let members = members_by_vm(&state, now);
+            let list = VmList {
+                vms: vms
+                    .iter()
+                    .map(|vm| VmJson::new(vm, members.get(&vm.id)))
+                    .collect(),
+            };
+            json_body(&list, gzip)
+        })
+        .await;
+    encoded_response("/api/v1/vms", JSON, gzip, body)
 }
 
-/// `GET /api/v1/vms/{vm}`: one VM, 404 when the fleet does not hold it.
-pub async fn vm(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
-    let now = state.clock.now();
-    match state.fleet.summary(&id, now) {
-        Some(vm) => {
+/// `GET /api/v1/vms/{vm}`: one VM, 404 when the fleet does not hold it. Its rung and
+/// rules come from every group's members, so it is built on a read thread too.
+pub async fn vm(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let gzip = accepts_gzip(&headers);
+    let reads = state.reads.clone();
+    let what = format!("/api/v1/vms/{id}");
+    let missing = format!("no VM {id:?}\n");
+    let found = reads
+        .run(move || {
+            let now = state.clock.now();
+            let vm = state.fleet.summary(&id, now)?;
             let members = members_by_vm(&state, now);
-            axum::Json(VmJson::new(&vm, members.get(&vm.id))).into_response()
-        }
-        None => (StatusCode::NOT_FOUND, format!("no VM {id:?}\n")).into_response(),
+            Some(json_body(&VmJson::new(&vm, members.get(&vm.id)), gzip))
+        })
+        .await;
+    match found {
+        Ok(None) => (StatusCode::NOT_FOUND, missing).into_response(),
+        Ok(Some(body)) => encoded_response(&what, JSON, gzip, Ok(body)),
+        Err(e) => encoded_response(&what, JSON, gzip, Err(e)),
     }
 }
 

@@ -151,11 +151,20 @@ pub struct GroupList {
     pub groups: Vec<super::api::GroupJson>,
 }
 
-/// `GET /api/v1/groups`: every group's state.
-pub async fn groups(State(state): State<HttpState>) -> Json<GroupList> {
-    Json(GroupList {
-        groups: super::api::groups_now(&state, state.clock.now()),
-    })
+/// `GET /api/v1/groups`: every group's state, built on a read thread (each member's
+/// rules are read from its windows).
+pub async fn groups(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let gzip = super::accepts_gzip(&headers);
+    let reads = state.reads.clone();
+    let body = reads
+        .run(move || {
+            let list = GroupList {
+                groups: super::api::groups_now(&state, state.clock.now()),
+            };
+            super::json_body(&list, gzip)
+        })
+        .await;
+    super::encoded_response("/api/v1/groups", super::JSON, gzip, body)
 }
 
 /// `POST /api/v1/groups/{group}/pause`.
@@ -412,6 +421,7 @@ mod tests {
             engine: handle,
             api_token: tokio::sync::watch::channel(token.map(Arc::from)).1,
             leadership: crate::ha::Leadership::Single,
+            reads: crate::http::reads::Reads::start(1).unwrap(),
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod control;
 pub mod page;
+pub mod reads;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct HttpState {
     pub api_token: tokio::sync::watch::Receiver<Option<Arc<str>>>,
     /// Who leads (always this collector without `[ha]`).
     pub leadership: Leadership,
+    /// The threads fleet-wide reads run on, away from the async workers.
+    pub reads: reads::Reads,
 }
 
 /// The router of the HTTP listener.
@@ -170,36 +173,91 @@ async fn serve_connection<IO>(
     }
 }
 
-/// `GET /metrics`. Rendering a large fleet takes a good part of a second, so it runs
-/// on a blocking thread, never on the async workers that serve the agents' streams.
-/// A scraper that accepts gzip (Prometheus does) gets the same text compressed
-/// (64 MB became 12 MB at 20 000 VMs, BENCHMARKS.md).
+/// `GET /metrics`, rendered on a read thread (see [`reads`]). A scraper that
+/// accepts gzip (Prometheus does) gets the same text compressed (64 MB became 12 MB
+/// at 20 000 VMs, BENCHMARKS.md).
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let gzip = accepts_gzip(&headers);
-    let fleet = Arc::clone(&state.fleet);
-    let stats = Arc::clone(&state.stats);
-    let engine = Arc::clone(state.engine.stats());
-    let leadership = state.leadership.clone();
     let now = state.clock.now();
-    let rendered = tokio::task::spawn_blocking(move || {
-        let text = metrics::render(&fleet, &stats, &engine, &leadership, now);
-        if gzip {
-            compress(text.as_bytes())
-        } else {
-            Ok(text.into_bytes())
-        }
-    })
-    .await;
-    let body = match rendered {
+    let reads = state.reads.clone();
+    let rendered = reads
+        .run(move || {
+            let engine = state.engine.stats();
+            let (fleet, stats, leadership) = (&state.fleet, &state.stats, &state.leadership);
+            if gzip {
+                // Compressed as it is rendered: the text is never held whole.
+                let mut body = gzip_writer();
+                metrics::render_to(&mut body, fleet, stats, engine, leadership, now)?;
+                body.finish()
+            } else {
+                Ok(metrics::render(fleet, stats, engine, leadership, now).into_bytes())
+            }
+        })
+        .await;
+    encoded_response("/metrics", metrics::CONTENT_TYPE, gzip, rendered)
+}
+
+/// `value` as JSON, gzip-compressed as it is written when the client accepts it.
+fn json_body<T: serde::Serialize>(value: &T, gzip: bool) -> std::io::Result<Vec<u8>> {
+    if gzip {
+        // serde_json writes token by token: gathered first, or gzip takes 15 times
+        // longer.
+        let mut body = std::io::BufWriter::with_capacity(64 * 1024, gzip_writer());
+        serde_json::to_writer(&mut body, value).map_err(std::io::Error::other)?;
+        body.into_inner().map_err(|e| e.into_error())?.finish()
+    } else {
+        serde_json::to_vec(value).map_err(std::io::Error::other)
+    }
+}
+
+/// The `Content-Type` of the API's answers.
+const JSON: &str = "application/json";
+
+/// The response for a body a read thread built (gzip-compressed if `gzip`): a 503 when the read
+/// queue is full, a 500 when the read failed.
+fn encoded_response(
+    what: &str,
+    content_type: &'static str,
+    gzip: bool,
+    body: Result<std::io::Result<Vec<u8>>, reads::ReadError>,
+) -> Response {
+    let body = match body {
         Ok(Ok(body)) => body,
-        Ok(Err(e)) => return failed(&format!("compressing /metrics failed: {e}")),
-        Err(e) => return failed(&format!("rendering /metrics failed: {e}")),
+        Ok(Err(e)) => return failed(&format!("encoding {what} failed: {e}")),
+        Err(e) => return read_failed(what, &e, content_type == JSON),
     };
-    let mut response = ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response();
+    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     if gzip {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+/// The answer to a read that produced nothing: a 503 asking to retry when the read
+/// queue is full, a 500 when the read failed; for the API, as its JSON errors are.
+fn read_failed(what: &str, e: &reads::ReadError, json: bool) -> Response {
+    let (status, code) = match e {
+        reads::ReadError::Busy => {
+            tracing::warn!("{what}: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "busy")
+        }
+        reads::ReadError::Panicked => {
+            tracing::error!("{what}: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+    };
+    let mut response = if json {
+        let body = serde_json::json!({ "error": format!("{what}: {e}"), "code": code });
+        (status, axum::Json(body)).into_response()
+    } else {
+        (status, format!("{what}: {e}\n")).into_response()
+    };
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }
@@ -230,16 +288,10 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-/// `body` gzip-compressed at the fastest level: metrics text compresses well even so,
-/// and the scrape's CPU time stays small next to the rendering.
-fn compress(body: &[u8]) -> std::io::Result<Vec<u8>> {
-    use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 8),
-        flate2::Compression::fast(),
-    );
-    encoder.write_all(body)?;
-    encoder.finish()
+/// The gzip encoder responses are compressed with, at the fastest level: metrics text and JSON compress well even so
+/// (over 20:1), and compressing stays cheap next to rendering.
+pub fn gzip_writer() -> flate2::write::GzEncoder<Vec<u8>> {
+    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast())
 }
 
 async fn healthz() -> &'static str {
@@ -310,6 +362,7 @@ mod tests {
             engine: handle,
             api_token: tokio::sync::watch::channel(None).1,
             leadership: Leadership::Single,
+            reads: reads::Reads::start(1).unwrap(),
         }
     }
 
@@ -374,6 +427,38 @@ mod tests {
             .read_to_string(&mut unzipped)
             .unwrap();
         assert_eq!(steady(&unzipped), steady(&plain));
+    }
+
+    #[tokio::test]
+    async fn the_api_answers_gzip_when_accepted_and_the_same_json_when_not() {
+        use std::io::Read as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let plain = api::vms(State(state.clone()), HeaderMap::new()).await;
+        assert_eq!(plain.status(), StatusCode::OK);
+        assert_eq!(plain.headers().get(header::CONTENT_ENCODING), None);
+        assert_eq!(plain.headers().get(header::CONTENT_TYPE).unwrap(), JSON);
+        let plain = axum::body::to_bytes(plain.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(&plain[..], br#"{"vms":[]}"#);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        let zipped = api::vms(State(state), headers).await;
+        assert_eq!(
+            zipped.headers().get(header::CONTENT_ENCODING).unwrap(),
+            "gzip"
+        );
+        let zipped = axum::body::to_bytes(zipped.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&zipped[..])
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, plain);
     }
 
     #[tokio::test]

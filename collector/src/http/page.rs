@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
-use axum::response::Html;
+use axum::response::{Html, IntoResponse, Response};
 use chrono_tz::Tz;
 use rally_policy::Timestamp;
 
@@ -61,10 +61,7 @@ pub struct Page {
 }
 
 /// `GET /`: reads the fleet and the engine and renders [`render`].
-pub async fn handler(State(state): State<HttpState>) -> Html<String> {
-    let now = state.clock.now();
-    let vms = state.fleet.snapshot(now);
-    let groups = state.engine.stats().groups();
+pub async fn handler(State(state): State<HttpState>) -> Response {
     let recent = state
         .engine
         .decisions(crate::store::DecisionFilter {
@@ -76,6 +73,19 @@ pub async fn handler(State(state): State<HttpState>) -> Html<String> {
             tracing::warn!(error = %e, "status page: could not read decisions");
             Vec::new()
         });
+    let reads = state.reads.clone();
+    match reads.run(move || page_now(&state, recent)).await {
+        Ok(page) => Html(page).into_response(),
+        Err(e) => super::read_failed("the status page", &e, false),
+    }
+}
+
+/// The page at `now`, with `recent` decisions: walks every VM, so it runs on a read
+/// thread.
+fn page_now(state: &HttpState, recent: Vec<DecisionRecord>) -> String {
+    let now = state.clock.now();
+    let vms = state.fleet.snapshot(now);
+    let groups = state.engine.stats().groups();
     let range = TimeRange::last(CHART_SPAN, now);
     let mut charts = BTreeMap::new();
     for vm in &vms {
@@ -102,7 +112,7 @@ pub async fn handler(State(state): State<HttpState>) -> Html<String> {
         }
     }
     let token_required = state.api_token.borrow().is_some();
-    Html(render(&Page {
+    render(&Page {
         vms,
         groups,
         recent,
@@ -113,7 +123,7 @@ pub async fn handler(State(state): State<HttpState>) -> Html<String> {
         rungs,
         token_required,
         ha: state.leadership.ha().map(|ha| ha.status()),
-    }))
+    })
 }
 
 /// How many recent decisions the page lists.

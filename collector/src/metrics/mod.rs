@@ -44,19 +44,45 @@ pub fn render(
     leadership: &Leadership,
     now: SystemTime,
 ) -> String {
-    let vms = fleet.snapshot(now);
     let mut e = Exposition::default();
-    vm::vm_metrics(&mut e, &vms);
-    requests::request_metrics(&mut e, &vms);
-    totals::filesystem_gauges(&mut e, &vms);
-    vm::report_counters(&mut e, &vms);
-    totals::integrated_counters(&mut e, &vms);
-    collector::collector_metrics(&mut e, stats, vms.len());
-    resize::resize_metrics(&mut e, engine);
-    ha::ha_metrics(&mut e, leadership);
-    rules::rule_metrics(&mut e, engine, fleet, now);
-    process::process_metrics(&mut e, &process::ProcessStats::read());
+    write_all(&mut e, fleet, stats, engine, leadership, now);
     e.out
+}
+
+/// [`render`], written to `sink` in pieces as it goes (e.g. straight into a gzip
+/// encoder): the whole text is never held.
+pub fn render_to(
+    sink: &mut dyn std::io::Write,
+    fleet: &Fleet,
+    stats: &IngestStats,
+    engine: &EngineStats,
+    leadership: &Leadership,
+    now: SystemTime,
+) -> std::io::Result<()> {
+    let mut e = Exposition::to(sink);
+    write_all(&mut e, fleet, stats, engine, leadership, now);
+    e.finish()
+}
+
+fn write_all(
+    e: &mut Exposition<'_>,
+    fleet: &Fleet,
+    stats: &IngestStats,
+    engine: &EngineStats,
+    leadership: &Leadership,
+    now: SystemTime,
+) {
+    let vms = fleet.snapshot(now);
+    vm::vm_metrics(e, &vms);
+    requests::request_metrics(e, &vms);
+    totals::filesystem_gauges(e, &vms);
+    vm::report_counters(e, &vms);
+    totals::integrated_counters(e, &vms);
+    collector::collector_metrics(e, stats, vms.len());
+    resize::resize_metrics(e, engine);
+    ha::ha_metrics(e, leadership);
+    rules::rule_metrics(e, engine, fleet, now);
+    process::process_metrics(e, &process::ProcessStats::read());
 }
 
 #[cfg(test)]
