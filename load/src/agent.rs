@@ -117,6 +117,7 @@ pub async fn run(index: usize, channel: Channel, shared: Shared) {
         seq: 0,
         outstanding: VecDeque::with_capacity(shared.plan.window),
         latencies: Vec::with_capacity(LATENCY_BATCH),
+        warm_up_latencies: Vec::new(),
     };
     loop {
         let Err(kind) = agent.follow(shared.phase.clone()).await else {
@@ -195,6 +196,8 @@ struct Agent<'a> {
     /// last is `seq`, and they are consecutive.
     outstanding: VecDeque<Instant>,
     latencies: Vec<Duration>,
+    /// Those of reports sent during the warm-up (`--warm-up`).
+    warm_up_latencies: Vec<Duration>,
 }
 
 impl Agent<'_> {
@@ -324,9 +327,14 @@ impl Agent<'_> {
                     break;
                 }
                 self.outstanding.pop_front();
-                self.latencies.push(now.duration_since(sent));
+                let batch = if self.stats.warming_up(sent) {
+                    &mut self.warm_up_latencies
+                } else {
+                    &mut self.latencies
+                };
+                batch.push(now.duration_since(sent));
                 covered += 1;
-                if self.latencies.len() >= LATENCY_BATCH {
+                if batch.len() >= LATENCY_BATCH {
                     self.flush();
                 }
             }
@@ -341,7 +349,9 @@ impl Agent<'_> {
     }
 
     fn flush(&mut self) {
-        self.stats.record(self.index, &self.latencies);
+        self.stats.record(self.index, &self.latencies, false);
+        self.stats.record(self.index, &self.warm_up_latencies, true);
         self.latencies.clear();
+        self.warm_up_latencies.clear();
     }
 }

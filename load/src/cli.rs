@@ -35,6 +35,10 @@ pub struct Cli {
     /// How long reports are sent, after every stream is open.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// The first part of the run whose reports' ack latencies are reported apart
+    /// (`warm-up` in the summary), e.g. while the collector first sees each VM.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warm_up: Duration,
     /// Streams multiplexed on one HTTP/2 connection (1: a connection per agent, as
     /// real agents do). The collector accepts 16 streams per connection.
     #[arg(long, default_value_t = 1)]

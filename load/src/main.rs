@@ -148,6 +148,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Summary> {
         .transpose()?;
     let generator_before = usage::read(None)?;
     let started = Instant::now();
+    stats.steady_from((started + cli.warm_up).into());
     phase_tx.send_replace(Phase::Running);
     let mut last_progress = (started, 0u64);
     let deadline = started + cli.duration;

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -38,15 +40,31 @@ pub struct Stats {
     pub resent: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     reconnects: Mutex<Vec<Reconnect>>,
+    /// When the warm-up ends (`--warm-up`): reports sent before it are timed apart.
+    steady_from: OnceLock<Instant>,
     latencies: Vec<Mutex<Histogram<u64>>>,
+    warm_up: Vec<Mutex<Histogram<u64>>>,
+}
+
+fn histograms() -> anyhow::Result<Vec<Mutex<Histogram<u64>>>> {
+    Ok((0..SHARDS)
+        .map(|_| Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map(Mutex::new))
+        .collect::<Result<_, _>>()?)
+}
+
+fn merged(shards: &[Mutex<Histogram<u64>>]) -> Latency {
+    let lock = |h: &Mutex<Histogram<u64>>| h.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let mut all = lock(&shards[0]);
+    for shard in &shards[1..] {
+        // Same bounds, so adding cannot fail.
+        let _ = all.add(lock(shard));
+    }
+    Latency::of(&all)
 }
 
 impl Stats {
     /// Empty counters.
     pub fn new() -> anyhow::Result<Self> {
-        let latencies = (0..SHARDS)
-            .map(|_| Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map(Mutex::new))
-            .collect::<Result<_, _>>()?;
         Ok(Self {
             opened: AtomicU64::new(0),
             settled: AtomicU64::new(0),
@@ -59,7 +77,9 @@ impl Stats {
             resent: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
             reconnects: Mutex::new(Vec::new()),
-            latencies,
+            steady_from: OnceLock::new(),
+            latencies: histograms()?,
+            warm_up: histograms()?,
         })
     }
 
@@ -97,9 +117,25 @@ impl Stats {
             .clone()
     }
 
-    /// Records the ack latencies of agent `index`.
-    pub fn record(&self, index: usize, latencies: &[Duration]) {
-        let mut h = self.latencies[index % SHARDS]
+    /// Sets when the warm-up ends; only the first call counts.
+    pub fn steady_from(&self, t: Instant) {
+        let _ = self.steady_from.set(t);
+    }
+
+    /// Whether a report sent at `t` was sent during the warm-up.
+    pub fn warming_up(&self, t: Instant) -> bool {
+        self.steady_from.get().is_some_and(|end| t < *end)
+    }
+
+    /// Records the ack latencies of agent `index`, of reports sent during the warm-up
+    /// if `warm_up`.
+    pub fn record(&self, index: usize, latencies: &[Duration], warm_up: bool) {
+        let shards = if warm_up {
+            &self.warm_up
+        } else {
+            &self.latencies
+        };
+        let mut h = shards[index % SHARDS]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for l in latencies {
@@ -108,16 +144,14 @@ impl Stats {
         }
     }
 
-    /// Every latency recorded so far.
+    /// Every latency recorded so far, of reports sent after the warm-up.
     pub fn latency(&self) -> Latency {
-        let lock =
-            |h: &Mutex<Histogram<u64>>| h.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let mut all = lock(&self.latencies[0]);
-        for shard in &self.latencies[1..] {
-            // Same bounds, so adding cannot fail.
-            let _ = all.add(lock(shard));
-        }
-        Latency::of(&all)
+        merged(&self.latencies)
+    }
+
+    /// The latencies of reports sent during the warm-up.
+    pub fn warm_up_latency(&self) -> Latency {
+        merged(&self.warm_up)
     }
 
     /// Reads a counter.
@@ -177,14 +211,31 @@ mod tests {
         let stats = Stats::new().unwrap();
         // 1..=1000 ms, spread over agents of different shards.
         for ms in 1..=1000u64 {
-            stats.record(usize::try_from(ms).unwrap(), &[Duration::from_millis(ms)]);
+            stats.record(
+                usize::try_from(ms).unwrap(),
+                &[Duration::from_millis(ms)],
+                false,
+            );
         }
+        // The warm-up's are kept apart.
+        stats.record(3, &[Duration::from_secs(9)], true);
+        assert_eq!(stats.warm_up_latency().count, 1);
         let l = stats.latency();
         assert_eq!(l.count, 1000);
         assert!((l.p50_ms - 500.0).abs() < 1.0, "{l:?}");
         assert!((l.p99_ms - 990.0).abs() < 1.0, "{l:?}");
         assert!((l.p999_ms - 999.0).abs() < 1.0, "{l:?}");
         assert!((l.max_ms - 1000.0).abs() < 1.0, "{l:?}");
+    }
+
+    #[test]
+    fn reports_sent_before_the_warm_up_ends_are_warming_up() {
+        let stats = Stats::new().unwrap();
+        let now = Instant::now();
+        assert!(!stats.warming_up(now), "no warm-up set: none");
+        stats.steady_from(now + Duration::from_secs(10));
+        assert!(stats.warming_up(now));
+        assert!(!stats.warming_up(now + Duration::from_secs(10)));
     }
 
     #[test]

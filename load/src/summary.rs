@@ -11,6 +11,15 @@ use crate::report;
 use crate::stats::{Latency, Reconnect, Stats};
 use crate::usage::{Reading, Usage};
 
+/// The warm-up's part of a run.
+#[derive(Debug, Serialize)]
+pub struct WarmUp {
+    /// How long it lasted.
+    pub seconds: f64,
+    /// Ack latency of the reports sent during it.
+    pub ack_latency: Latency,
+}
+
 /// What a run measured.
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -42,8 +51,13 @@ pub struct Summary {
     pub acks: u64,
     /// Reports never acknowledged.
     pub reports_unacked: u64,
-    /// Ack latency: from sending a report to the ack that covers it.
+    /// Ack latency: from sending a report to the ack that covers it (reports sent
+    /// after the warm-up).
     pub ack_latency: Latency,
+    /// With `--warm-up`: the seconds it lasted and the ack latency of the reports
+    /// sent during it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_up: Option<WarmUp>,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
     /// Lost streams and how they came back (`--reconnect`).
@@ -86,6 +100,10 @@ impl Summary {
             acks: Stats::get(&stats.acks),
             reports_unacked: Stats::get(&stats.unacked),
             ack_latency: stats.latency(),
+            warm_up: (!cli.warm_up.is_zero()).then(|| WarmUp {
+                seconds: cli.warm_up.as_secs_f64(),
+                ack_latency: stats.warm_up_latency(),
+            }),
             errors: stats.errors(),
             reconnects: cli.reconnect.then(|| Reconnects::new(stats)),
             collector: collector.map(|(before, after)| Usage::between(before, after)),
@@ -217,6 +235,14 @@ impl fmt::Display for Summary {
             "ack        p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} reports)",
             l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
         )?;
+        if let Some(w) = &self.warm_up {
+            let l = &w.ack_latency;
+            writeln!(
+                f,
+                "warm-up    first {:.1} s, timed apart: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} reports)",
+                w.seconds, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+            )?;
+        }
         if self.errors.is_empty() {
             writeln!(f, "errors     none")?;
         }

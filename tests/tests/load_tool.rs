@@ -23,6 +23,7 @@ async fn load_tool_reports_are_all_acknowledged_and_counted() {
     let run = tokio::process::Command::new(bin::path("rally-load"))
         .args(["--collector", &collector.grpc_url()])
         .args(["--agents", "20", "--rate", "5", "--duration", "3s"])
+        .args(["--warm-up", "1s"])
         .args(["--streams-per-connection", "4"])
         .args(["--collector-pid", &pid.to_string(), "--json"])
         .kill_on_drop(true)
@@ -44,7 +45,12 @@ async fn load_tool_reports_are_all_acknowledged_and_counted() {
     assert!(sent >= 100, "only {sent} reports sent: {summary}");
     assert_eq!(summary["reports_acked"].as_u64(), Some(sent), "{summary}");
     assert_eq!(summary["reports_unacked"], 0, "{summary}");
-    assert_eq!(summary["ack_latency"]["count"].as_u64(), Some(sent));
+    // Every report is timed once: in the warm-up's first second or after it.
+    let steady = summary["ack_latency"]["count"].as_u64().unwrap();
+    let warm_up = summary["warm_up"]["ack_latency"]["count"].as_u64().unwrap();
+    assert_eq!(steady + warm_up, sent, "{summary}");
+    assert!(warm_up > 0 && steady > warm_up, "{summary}");
+    assert_eq!(summary["warm_up"]["seconds"], 1.0, "{summary}");
     assert!(summary["collector"]["rss_after_bytes"].as_u64().unwrap() > 0);
 
     let metrics = collector.get("/metrics").await;
