@@ -687,12 +687,12 @@ impl Windows {
         range: TimeRange,
     ) -> impl Iterator<Item = (SystemTime, f64)> + '_ {
         self.raw_in(range)
-            .filter_map(move |(t, s)| s.get(metric).map(|v| (t, v)))
+            .filter_map(move |s| s.get(metric).map(|v| (time_of(s.t), v)))
     }
 
     /// The raw samples in `range`, oldest first (none when the ring no longer holds
     /// the whole range). The ring is in time order: the first is found by bisection.
-    fn raw_in(&self, range: TimeRange) -> impl Iterator<Item = (SystemTime, &RawSample)> + '_ {
+    fn raw_in(&self, range: TimeRange) -> impl Iterator<Item = &RawSample> + '_ {
         let first = if self.raw_holds(&range) {
             self.raw.partition_point(|s| time_of(s.t) <= range.start)
         } else {
@@ -700,10 +700,7 @@ impl Windows {
         };
         // In nanoseconds, as the ring holds them.
         let end = nanos_of(range.end);
-        self.raw
-            .range(first..)
-            .take_while(move |s| s.t <= end)
-            .map(|s| (time_of(s.t), s))
+        self.raw.range(first..).take_while(move |s| s.t <= end)
     }
 
     /// The mean of every metric over `range`, each as [`Windows::mean`] gives it, in
@@ -726,7 +723,7 @@ impl Windows {
                 *count += 1;
             }
         }
-        for (_, sample) in self.raw_in(range) {
+        for sample in self.raw_in(range) {
             for (acc, steps) in ratios.iter_mut().zip(sample.ratios) {
                 add(acc, ratio_of_steps(steps));
             }
