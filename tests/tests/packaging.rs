@@ -273,9 +273,11 @@ fn systemd_analyze_verify_accepts_both_units() {
 }
 
 /// The overall exposure `systemd-analyze security` gives each unit, ×10 (its
-/// `--threshold` scale). Measured: rally-agent 13 (1.3), rally-collector 11 (1.1);
-/// a change that weakens the sandbox fails here.
-const EXPOSURE_THRESHOLD: [(&str, u32); 2] = [("rally-agent", 13), ("rally-collector", 11)];
+/// `--threshold` scale). Measured: rally-agent 13 (1.3), rally-collector 12 (1.2:
+/// 1.1 before its read threads were let lower their own priority, `setpriority`,
+/// which the analyzer counts as the whole of `@resources`); a change that weakens
+/// the sandbox fails here.
+const EXPOSURE_THRESHOLD: [(&str, u32); 2] = [("rally-agent", 13), ("rally-collector", 12)];
 
 #[test]
 fn units_are_sandboxed() {
