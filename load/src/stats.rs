@@ -130,6 +130,9 @@ impl Stats {
     /// Records the ack latencies of agent `index`, of reports sent during the warm-up
     /// if `warm_up`.
     pub fn record(&self, index: usize, latencies: &[Duration], warm_up: bool) {
+        if latencies.is_empty() {
+            return;
+        }
         let shards = if warm_up {
             &self.warm_up
         } else {

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::{HttpState, JSON, accepts_gzip, encoded_response, json_body};
+use super::{HttpState, JSON, accepts_gzip, encoded_response, json_body, json_read};
 use crate::clock::unix_seconds;
 use crate::engine::{GroupStatus, MemberNow, RuleReading, members_now};
 use crate::fleet::{
@@ -21,23 +21,19 @@ use rally_policy::Timestamp;
 
 /// `GET /api/v1/vms`: every VM the fleet holds, built on a read thread.
 pub async fn vms(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    let gzip = accepts_gzip(&headers);
-    let reads = state.reads.clone();
-    let body = reads
-        .run(move || {
-            let now = state.clock.now();
-            let vms = state.fleet.snapshot(now);
-            let members = members_by_vm(&state, now);
-            let list = VmList {
-                vms: vms
-                    .iter()
-                    .map(|vm| VmJson::new(vm, members.get(&vm.id)))
-                    .collect(),
-            };
-            json_body(&list, gzip)
-        })
-        .await;
-    encoded_response("/api/v1/vms", JSON, gzip, body)
+    json_read(state, &headers, "/api/v1/vms", |state| {
+        let now = state.clock.now();
+        let members = members_by_vm(state, now);
+        VmList {
+            vms: state
+                .fleet
+                .snapshot(now)
+                .iter()
+                .map(|vm| VmJson::new(vm, members.get(&vm.id)))
+                .collect(),
+        }
+    })
+    .await
 }
 
 /// `GET /api/v1/vms/{vm}`: one VM, 404 when the fleet does not hold it. Its rung and

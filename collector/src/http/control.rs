@@ -154,17 +154,10 @@ pub struct GroupList {
 /// `GET /api/v1/groups`: every group's state, built on a read thread (each member's
 /// rules are read from its windows).
 pub async fn groups(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    let gzip = super::accepts_gzip(&headers);
-    let reads = state.reads.clone();
-    let body = reads
-        .run(move || {
-            let list = GroupList {
-                groups: super::api::groups_now(&state, state.clock.now()),
-            };
-            super::json_body(&list, gzip)
-        })
-        .await;
-    super::encoded_response("/api/v1/groups", super::JSON, gzip, body)
+    super::json_read(state, &headers, "/api/v1/groups", |state| GroupList {
+        groups: super::api::groups_now(state, state.clock.now()),
+    })
+    .await
 }
 
 /// `POST /api/v1/groups/{group}/pause`.

@@ -210,6 +210,20 @@ fn json_body<T: serde::Serialize>(value: &T, gzip: bool) -> std::io::Result<Vec<
     }
 }
 
+/// Builds `read`'s value on a read thread and answers it as JSON, gzip-compressed when
+/// the client accepts it.
+async fn json_read<T: serde::Serialize>(
+    state: HttpState,
+    headers: &HeaderMap,
+    what: &str,
+    read: impl FnOnce(&HttpState) -> T + Send + 'static,
+) -> Response {
+    let gzip = accepts_gzip(headers);
+    let reads = state.reads.clone();
+    let body = reads.run(move || json_body(&read(&state), gzip)).await;
+    encoded_response(what, JSON, gzip, body)
+}
+
 /// The `Content-Type` of the API's answers.
 const JSON: &str = "application/json";
 
