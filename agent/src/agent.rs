@@ -33,6 +33,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, Invalid};
+use crate::lowat;
 use crate::sample::filesystem::TypeFilter;
 use crate::sample::{Sample, Sampler};
 use crate::source::Sources;
@@ -343,6 +344,8 @@ async fn sample_forever(
     let mut seq = 0u64;
     loop {
         let taken = Instant::now();
+        let links = links.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        read_acknowledgements(&links, period).await;
         let mut sample = sampler.sample();
         // Web-server sources are read concurrently, each within its timeout (shorter
         // than the interval); the streams keep running meanwhile.
@@ -353,7 +356,6 @@ async fn sample_forever(
             .last_sample_ms
             .store(status::unix_ms(SystemTime::now()), Ordering::Relaxed);
         let report = wire::encode_report(seq, &sample);
-        let links = links.lock().unwrap_or_else(PoisonError::into_inner).clone();
         for link in &links {
             let mut buffer = link.buffer();
             if buffer.push(seq, report.clone()) {
@@ -387,6 +389,35 @@ async fn sample_forever(
                     Err(_) => std::future::pending::<()>().await,
                 },
             }
+        }
+    }
+}
+
+/// Lets in the acknowledgements that waited in the links' sockets since the previous
+/// tick, then holds the next ones back while each stream is steady (see
+/// [`crate::lowat`]). A socket option that fails only costs the wake-ups it would save.
+async fn read_acknowledgements(links: &[Arc<Link>], period: Duration) {
+    let mut released = false;
+    for link in links {
+        match link.mark().release() {
+            Ok(had_socket) => released |= had_socket,
+            Err(error) => tracing::debug!(collector = %link.address, %error, "SO_RCVLOWAT"),
+        }
+    }
+    if !released {
+        return;
+    }
+    // The runtime polls its reactor before it resumes a yielded task: the waiting bytes
+    // are then seen, and the connection task reads them whatever the mark becomes.
+    tokio::task::yield_now().await;
+    if period > lowat::LONGEST_HELD_INTERVAL {
+        return;
+    }
+    for link in links {
+        if link.buffer().len() <= lowat::STEADY_BUFFERED
+            && let Err(error) = link.mark().hold()
+        {
+            tracing::debug!(collector = %link.address, %error, "SO_RCVLOWAT");
         }
     }
 }

@@ -19,6 +19,8 @@
 //! - [`backoff`]: gRPC's connection backoff (1 s × 1.6, ±20 %, cap 120 s).
 //! - [`tick`]: the sampling clock (a timerfd: one wake-up per sample).
 //! - [`transport`]: one stream per collector: `Hello`, replay, follow, reconnect.
+//! - [`lowat`]: acknowledgements read on the sampling tick (the socket's receive
+//!   low-water mark), so that a sample costs one wake-up.
 //! - [`tls`]: the `[tls]` files for `https://` collectors, and TLS failures explained.
 //! - [`wire`]: the transport edge, domain samples to `rally.v1` messages.
 //! - [`status`]: `rally-agent status`: the running agent's answer on its Unix socket
@@ -35,6 +37,7 @@ pub mod backoff;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+pub mod lowat;
 pub mod sample;
 pub mod source;
 pub mod status;

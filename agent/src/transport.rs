@@ -32,6 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::buffer::Buffer;
 use crate::config::{MAX_INTERVAL, MIN_INTERVAL, TlsConfig};
+use crate::lowat::{Mark, MarkedConnector};
 use crate::sample::VmSize;
 use crate::status::{CollectorStatus, LinkState};
 use crate::tls::{self, ClientTls, TlsError};
@@ -86,6 +87,9 @@ pub struct Link {
     reconnects: AtomicU64,
     /// Open or not, the latest acknowledgement and failure, for `rally-agent status`.
     state: LinkState,
+    /// The current connection's socket, whose acknowledgements wait for the sampling
+    /// tick (see [`crate::lowat`]).
+    mark: Arc<Mark>,
 }
 
 impl Link {
@@ -97,7 +101,13 @@ impl Link {
             sent: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             state: LinkState::default(),
+            mark: Arc::default(),
         }
+    }
+
+    /// The current connection's receive low-water mark.
+    pub fn mark(&self) -> &Mark {
+        &self.mark
     }
 
     /// This collector as `rally-agent status` shows it.
@@ -238,7 +248,9 @@ async fn stream_once(
         }
         None
     };
-    let channel = connect(&link.address, tls.as_ref()).await?;
+    // Whatever ends this stream, the socket's duplicate must not outlive it.
+    let _detach = Detach(&link.mark);
+    let channel = connect(&link.address, tls.as_ref(), &link.mark).await?;
 
     let size = *shared.size.lock().unwrap_or_else(PoisonError::into_inner);
     let hello = wire::hello(
@@ -325,7 +337,20 @@ fn rpc_error(status: tonic::Status) -> StreamError {
     }
 }
 
-async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel, StreamError> {
+/// Forgets the link's socket when a stream ends.
+struct Detach<'a>(&'a Mark);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        self.0.detach();
+    }
+}
+
+async fn connect(
+    address: &str,
+    tls: Option<&ClientTls>,
+    mark: &Arc<Mark>,
+) -> Result<Channel, StreamError> {
     let mut endpoint = Endpoint::from_shared(address.to_owned()).map_err(StreamError::Address)?;
     if let Some(tls) = tls {
         endpoint = endpoint
@@ -337,10 +362,9 @@ async fn connect(address: &str, tls: Option<&ClientTls>) -> Result<Channel, Stre
         .timeout(REQUEST_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
+        .keep_alive_while_idle(true);
     endpoint
-        .connect()
+        .connect_with_connector(MarkedConnector::new(Arc::clone(mark)))
         .await
         .map_err(|error| match tls::explain(&error) {
             Some(why) => StreamError::Handshake(why),
