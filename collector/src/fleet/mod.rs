@@ -113,11 +113,13 @@ pub struct Vm {
     group: String,
     hostname: Option<String>,
     agent_version: Option<String>,
-    labels: BTreeMap<String, String>,
+    /// Shared with the summaries that read it (set at a Hello, cloned per scrape).
+    labels: Arc<BTreeMap<String, String>>,
     boot_id: Option<String>,
     interval: Option<Duration>,
     size: Option<VmSize>,
-    latest: Option<Report>,
+    /// Shared with the summaries: a scrape clones a pointer, not the report's vectors.
+    latest: Option<Arc<Report>>,
     /// When the latest report was applied, by the collector's clock.
     last_report_at: Option<SystemTime>,
     /// The last Hello or report (forgetting is measured from here).
@@ -125,8 +127,9 @@ pub struct Vm {
     streams: u32,
     runs: VecDeque<RunState>,
     counters: ReportCounters,
-    /// Counters integrated from the applied reports.
-    totals: Totals,
+    /// Counters integrated from the applied reports (copied on write only while a
+    /// summary still holds the previous ones).
+    totals: Arc<Totals>,
     /// The agent run and reconnect count of the last applied report, so that a
     /// run's cumulative count adds only its growth.
     reconnects_seen: Option<(RunKey, u64)>,
@@ -140,7 +143,7 @@ impl Vm {
             group,
             hostname: None,
             agent_version: None,
-            labels: BTreeMap::new(),
+            labels: Arc::default(),
             boot_id: None,
             interval: None,
             size: None,
@@ -150,7 +153,7 @@ impl Vm {
             streams: 0,
             runs: VecDeque::new(),
             counters: ReportCounters::default(),
-            totals: Totals::default(),
+            totals: Arc::default(),
             reconnects_seen: None,
             windows: Windows::default(),
         }
@@ -198,7 +201,7 @@ impl Vm {
 
     /// The latest applied report.
     pub fn latest(&self) -> Option<&Report> {
-        self.latest.as_ref()
+        self.latest.as_deref()
     }
 
     /// When the latest report was applied (collector clock).
@@ -269,7 +272,7 @@ impl Vm {
             latest: self.latest.clone(),
             latest_values: self
                 .latest
-                .as_ref()
+                .as_deref()
                 .map(MetricValues::of)
                 .unwrap_or_default(),
             mean_1m: self.means(Duration::from_secs(60), now),
@@ -293,7 +296,7 @@ pub struct VmSummary {
     /// Its agent's version.
     pub agent_version: Option<String>,
     /// Its agent's labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
     /// Reported within `stale_after`.
     pub fresh: bool,
     /// When the latest report was applied.
@@ -303,7 +306,7 @@ pub struct VmSummary {
     /// Latest known size.
     pub size: Option<VmSize>,
     /// The latest report.
-    pub latest: Option<Report>,
+    pub latest: Option<Arc<Report>>,
     /// The latest report's windowed metrics.
     pub latest_values: MetricValues,
     /// 1-minute means.
@@ -315,7 +318,7 @@ pub struct VmSummary {
     /// Report counters.
     pub counters: ReportCounters,
     /// Counters integrated from the applied reports.
-    pub totals: Totals,
+    pub totals: Arc<Totals>,
 }
 
 /// Why a Hello was refused.
@@ -418,7 +421,7 @@ impl Session {
             vm.size = report.size;
         }
         let vcpus = vm.size.map(|s| s.vcpus);
-        vm.totals.add(&report, vcpus);
+        Arc::make_mut(&mut vm.totals).add(&report, vcpus);
         let reconnects = report.agent.reconnects;
         let grown = match &vm.reconnects_seen {
             Some((run, seen)) if *run == self.run => reconnects.saturating_sub(*seen),
@@ -434,7 +437,7 @@ impl Session {
             vm.reconnects_seen = Some((self.run.clone(), reconnects));
         }
         vm.last_report_at = Some(now);
-        vm.latest = Some(report);
+        vm.latest = Some(Arc::new(report));
         Applied { outcome, ack }
     }
 
@@ -573,7 +576,7 @@ impl Fleet {
             let mut state = lock(&vm);
             state.hostname = Some(hello.hostname.clone());
             state.agent_version = Some(hello.agent_version.clone());
-            state.labels = hello.labels.clone();
+            state.labels = Arc::new(hello.labels.clone());
             state.boot_id = Some(hello.run.boot_id.clone());
             if hello.interval.is_some() {
                 state.interval = hello.interval;

@@ -231,7 +231,7 @@ impl VmJson {
             group: vm.group.clone(),
             hostname: vm.hostname.clone(),
             agent_version: vm.agent_version.clone(),
-            labels: vm.labels.clone(),
+            labels: (*vm.labels).clone(),
             fresh: vm.fresh,
             last_report_age_seconds: vm.last_report_age.map(|d| d.as_secs_f64()),
             last_report_timestamp_seconds: vm.last_report_at.map(unix_seconds),
