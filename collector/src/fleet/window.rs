@@ -959,7 +959,7 @@ impl Windows {
     }
 
     /// A chart of `metric` over `range`: the 1-minute means of the minutes before the
-    /// raw ring's oldest sample, then the raw samples. A VM that just appeared has a
+    /// raw ring's oldest slot, then the raw slots. A VM that just appeared has a
     /// line after two reports instead of one dot per minute; oldest first.
     pub fn chart(&self, metric: Metric, range: TimeRange) -> Vec<(SystemTime, f64)> {
         let Some(raw_start) = self.raw.front().map(RawSample::time) else {
