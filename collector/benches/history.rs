@@ -10,7 +10,9 @@
 //! It prints the resident memory per VM (the process's RSS growth over the fill,
 //! divided by N), what the windows hold on the heap per VM, the time per applied
 //! report, and the time to read every VM's 24 h p95 of 1-minute CPU (what the
-//! scale-down evidence reads each tick of the night).
+//! scale-down evidence reads each tick of the night). At an interval other than 1 s it
+//! then fills [`SIDE_VMS`] more VMs the same way at 1 s and prints what their windows
+//! hold (the raw ring's worst case among the agent's usual intervals).
 //!
 //! Run: `cargo bench -p rally-collector --bench history`; `RALLY_BENCH_VMS` (default
 //! 2 000) and `RALLY_BENCH_INTERVAL_SECS` (default 5, the agent's default) change the
@@ -29,27 +31,25 @@ mod support;
 use support::{env_or, hello, report, rss_kib};
 
 const DAY: Duration = Duration::from_secs(86_400);
+/// VMs filled at 1 s after the main fleet, for their windows' size alone.
+const SIDE_VMS: usize = 20;
 
-fn main() -> Result<()> {
-    let vms = usize::try_from(env_or("RALLY_BENCH_VMS", 2_000)?)?;
-    let interval = Duration::from_secs(env_or("RALLY_BENCH_INTERVAL_SECS", 5)?.max(1));
-    let histories = match std::env::var("RALLY_BENCH_HISTORIES").as_deref() {
-        Ok("all") => Histories::ALL,
-        Ok("charted") | Err(_) => Histories::CHARTED,
-        Ok(other) => anyhow::bail!("RALLY_BENCH_HISTORIES={other:?}: use all or charted"),
-    };
-    let end = SystemTime::now();
-    let start = end - DAY - RAW_RETENTION;
-    let fleet = Fleet::new(FleetSettings {
+/// An empty fleet for `vms` VMs that keeps `histories`.
+fn empty_fleet(vms: usize, histories: Histories) -> Fleet {
+    Fleet::new(FleetSettings {
         stale_after: Duration::from_secs(60),
         forget_after: DAY * 2,
         unknown_vms: UnknownVms::Ungrouped,
         max_vms: vms,
         groups: Vec::new(),
         histories,
-    });
-    let rss_before = rss_kib()?;
-    let began = Instant::now();
+    })
+}
+
+/// Gives each of `vms` VMs 24 h at one report a minute and then one every `interval`
+/// for [`RAW_RETENTION`] up to `end`; returns the number of reports applied.
+fn fill_day(fleet: &Fleet, vms: usize, interval: Duration, end: SystemTime) -> Result<u64> {
+    let start = end - DAY - RAW_RETENTION;
     let mut applied = 0u64;
     for vm in 0..vms {
         let session = fleet
@@ -72,15 +72,37 @@ fn main() -> Result<()> {
             };
         }
     }
+    Ok(applied)
+}
+
+/// What every VM's windows hold on the heap, in all, and one VM's raw slots and minutes.
+fn windows_held(fleet: &Fleet) -> (usize, (usize, usize)) {
+    let mut bytes = 0usize;
+    let mut held = (0usize, 0usize);
+    fleet.for_each_vm(|vm| {
+        bytes += vm.windows().heap_bytes();
+        held = vm.windows().len();
+    });
+    (bytes, held)
+}
+
+fn main() -> Result<()> {
+    let vms = usize::try_from(env_or("RALLY_BENCH_VMS", 2_000)?)?;
+    let interval = Duration::from_secs(env_or("RALLY_BENCH_INTERVAL_SECS", 5)?.max(1));
+    let histories = match std::env::var("RALLY_BENCH_HISTORIES").as_deref() {
+        Ok("all") => Histories::ALL,
+        Ok("charted") | Err(_) => Histories::CHARTED,
+        Ok(other) => anyhow::bail!("RALLY_BENCH_HISTORIES={other:?}: use all or charted"),
+    };
+    let end = SystemTime::now();
+    let fleet = empty_fleet(vms, histories);
+    let rss_before = rss_kib()?;
+    let began = Instant::now();
+    let applied = fill_day(&fleet, vms, interval, end)?;
     let fill = began.elapsed();
     let rss_after = rss_kib()?;
 
-    let mut windows_bytes = 0usize;
-    let mut held = (0usize, 0usize);
-    fleet.for_each_vm(|vm| {
-        windows_bytes += vm.windows().heap_bytes();
-        held = vm.windows().len();
-    });
+    let (windows_bytes, held) = windows_held(&fleet);
     let day = TimeRange::last(DAY, end);
     let query = Instant::now();
     let mut evidence = 0;
@@ -103,7 +125,7 @@ fn main() -> Result<()> {
         fill.as_secs_f64() * 1e6 / applied as f64,
     );
     println!(
-        "history: each VM holds {} raw samples and {} minutes; windows {:.1} KiB on the heap per VM",
+        "history: each VM holds {} raw slots and {} minutes; windows {:.1} KiB on the heap per VM",
         held.0,
         held.1,
         windows_bytes as f64 / vms as f64 / 1024.0,
@@ -118,5 +140,17 @@ fn main() -> Result<()> {
         query.as_secs_f64() * 1e3,
         query.as_secs_f64() * 1e6 / vms.max(1) as f64,
     );
+    if interval != Duration::from_secs(1) {
+        drop(fleet);
+        let side = empty_fleet(SIDE_VMS, histories);
+        fill_day(&side, SIDE_VMS, Duration::from_secs(1), end)?;
+        let (bytes, held) = windows_held(&side);
+        println!(
+            "history: at 1s each VM holds {} raw slots and {} minutes; windows {:.1} KiB on the heap per VM ({SIDE_VMS} VMs)",
+            held.0,
+            held.1,
+            bytes as f64 / SIDE_VMS as f64 / 1024.0,
+        );
+    }
     Ok(())
 }

@@ -6,7 +6,9 @@
 //! full. Then, a few times over, it times what a read thread does for each request:
 //! the fleet snapshot alone, the `/metrics` text, `/metrics` compressed as it is
 //! rendered (what Prometheus gets), and the API's JSON, plain and compressed. It
-//! prints milliseconds per request and microseconds per VM, and the bodies' sizes.
+//! prints the resident memory and what the windows hold on the heap per VM (the rings
+//! of the 24 h history are allocated whole at a VM's first minute), milliseconds per
+//! request and microseconds per VM, and the bodies' sizes.
 //!
 //! Run: `cargo bench -p rally-collector --bench render`; `RALLY_BENCH_VMS` and
 //! `RALLY_BENCH_INTERVAL_SECS` change the fleet. `scripts/bench --only render` runs it.
@@ -80,11 +82,14 @@ fn main() -> Result<()> {
         began.elapsed().as_secs_f64(),
     );
     let rss_after = rss_kib()?;
+    let mut windows_bytes = 0usize;
+    fleet.for_each_vm(|vm| windows_bytes += vm.windows().heap_bytes());
     println!(
-        "render: RSS {} MiB before, {} MiB after: {:.1} KiB per VM",
+        "render: RSS {} MiB before, {} MiB after: {:.1} KiB per VM; windows {:.1} KiB on the heap per VM",
         rss_before / 1024,
         rss_after / 1024,
         rss_after.saturating_sub(rss_before) as f64 / vms.max(1) as f64,
+        windows_bytes as f64 / vms.max(1) as f64 / 1024.0,
     );
 
     let stats = IngestStats::default();

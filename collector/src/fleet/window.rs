@@ -1,9 +1,24 @@
-//! Time windows of one VM's metrics: the raw recent samples (≥ 5 min) and 24 h of
-//! 1-minute means, and the queries the policy engine asks of them.
+//! Time windows of one VM's metrics: the raw recent samples (≥ 5 min, at a resolution
+//! of [`RAW_RESOLUTION`]) and 24 h of 1-minute means, and the queries the policy engine
+//! asks of them.
 //!
 //! Every query takes a [`TimeRange`] `(start, end]`. A range the raw ring still holds
-//! in full is answered from the raw samples (exact); an older or longer one from the
-//! 1-minute means that overlap it (whole minutes).
+//! in full is answered from the raw slots (exact at intervals of [`RAW_RESOLUTION`] or
+//! more); an older or longer one from the 1-minute means that overlap it (whole
+//! minutes).
+//!
+//! # Raw slots
+//!
+//! The raw ring holds one slot per sample, except that a sample less than
+//! [`RAW_RESOLUTION`] after the first sample of the ring's newest slot is averaged into
+//! that slot (from full-precision sums) instead of taking one of its own. A slot's time
+//! is its newest sample's, so a range that ends now includes the slot being filled; a
+//! range holds the slots whose time lies in it, each with all its samples (a slot that
+//! straddles the range's start counts whole). Means weigh each slot by its number of
+//! samples (the mean of the samples, when every sample has the metric); a `max` is the
+//! largest slot mean (a spike shorter than a slot is averaged); coverage sees the gaps
+//! between slots, not those within one (each shorter than [`RAW_RESOLUTION`]). The
+//! 1-minute means still take every sample in full precision.
 //!
 //! # Memory
 //!
@@ -11,7 +26,8 @@
 //! status page charts or a group's policy reads have one ([`Histories`]), each in a
 //! ring of [`BUCKET_MINUTES`] slots allocated once, at its first value. Ratios take two
 //! bytes (steps of 1/60 000), other figures four (`f32`), in the rings and in the raw
-//! samples alike. The raw ring grows by an eighth at a time, so it settles just above
+//! slots alike. The raw ring holds at most [`RAW_CAP`] slots at any interval (about 72
+//! at 5 s and at 1 s alike) and grows by an eighth at a time, so it settles just above
 //! what the agent's interval fills in [`RAW_RETENTION`].
 
 use std::collections::VecDeque;
@@ -25,9 +41,14 @@ use super::report::Report;
 
 /// Raw samples are kept this long: the 5-minute window plus a minute of slack.
 pub const RAW_RETENTION: Duration = Duration::from_secs(6 * 60);
-/// At most this many raw samples per VM, whatever the agent's interval (at 5 s, six
-/// minutes are 72 samples; the cap only bites below a 0.35 s interval).
-pub const RAW_CAP: usize = 1024;
+/// The raw ring's resolution: a sample less than this after the first sample of the
+/// ring's newest slot is averaged into that slot. At the agent's default 5 s interval
+/// every sample keeps a slot of its own, at 1 s a slot holds five. Half a second short
+/// of 5 s, so that the jitter of a 5 s agent's clock never merges two of its samples.
+pub const RAW_RESOLUTION: Duration = Duration::from_millis(4_500);
+/// At most this many raw slots per VM, whatever the agent's interval: slots start at
+/// least [`RAW_RESOLUTION`] apart, so [`RAW_RETENTION`] never holds more (82).
+pub const RAW_CAP: usize = (RAW_RETENTION.as_millis() / RAW_RESOLUTION.as_millis()) as usize + 2;
 /// 1-minute buckets are kept for 24 h plus the current and the previous, partial minute.
 pub const BUCKET_MINUTES: i64 = 24 * 60 + 2;
 
@@ -452,12 +473,28 @@ fn history_index(metric: Metric) -> Option<usize> {
     HISTORY_METRICS.iter().position(|m| *m == metric)
 }
 
-/// One report's values, as compact as the rings: 48 bytes (a time, 8 ratios, 6 other
-/// figures) instead of 120 with every value an `f64`.
+/// Milliseconds in [`RAW_RESOLUTION`] and [`RAW_RETENTION`].
+const RESOLUTION_MS: u64 = RAW_RESOLUTION.as_millis() as u64;
+const RETENTION_MS: u64 = RAW_RETENTION.as_millis() as u64;
+
+/// A [`RawSample`]'s stamp: its time in milliseconds since the Unix epoch (42 bits, to
+/// the year 2109), its span (13 bits of milliseconds) and its sample count (9 bits).
+const SPAN_BITS: u32 = 13;
+const COUNT_BITS: u32 = 9;
+const TIME_SHIFT: u32 = SPAN_BITS + COUNT_BITS;
+const MAX_MS: u64 = u64::MAX >> TIME_SHIFT;
+const MAX_SPAN_MS: u64 = (1 << SPAN_BITS) - 1;
+const MAX_COUNT: u64 = (1 << COUNT_BITS) - 1;
+// A slot's span is shorter than the resolution, and never saturates.
+const _: () = assert!(RESOLUTION_MS <= MAX_SPAN_MS);
+
+/// One raw slot: the mean of the samples merged into it, as compact as the rings: 48
+/// bytes (a stamp, 8 ratios, 6 other figures) instead of 120 with every value an `f64`.
 #[derive(Debug, Clone, Copy)]
 struct RawSample {
-    /// Nanoseconds since the Unix epoch (exact, half the size of a `SystemTime`).
-    t: u64,
+    /// The newest sample's time, the time since the first and how many were merged.
+    /// To the millisecond, as agents stamp their samples.
+    stamp: u64,
     /// The ratios (see [`History::Ratio`]).
     ratios: [u16; 8],
     /// The other figures (see [`History::Magnitude`]); NaN marks an absent value.
@@ -465,20 +502,56 @@ struct RawSample {
 }
 
 impl RawSample {
-    fn new(t: u64, values: &MetricValues) -> Self {
+    /// A slot of the one sample `values` taken at `ms`.
+    fn new(ms: u64, values: &MetricValues) -> Self {
         let mut sample = Self {
-            t,
+            stamp: 0,
             ratios: [RATIO_ABSENT; 8],
             magnitudes: [f32::NAN; 6],
         };
+        sample.set(ms, 0, 1, |metric| values.get(metric));
+        sample
+    }
+
+    /// Stamps the slot and stores every metric's `value`.
+    fn set(&mut self, ms: u64, span: u64, count: u64, value: impl Fn(Metric) -> Option<f64>) {
+        self.stamp = ms.min(MAX_MS) << TIME_SHIFT
+            | span.min(MAX_SPAN_MS) << COUNT_BITS
+            | count.min(MAX_COUNT);
         for metric in Metric::ALL {
-            let value = values.get(metric);
+            let value = value(metric);
             match metric.raw_slot() {
-                RawSlot::Ratio(i) => sample.ratios[i] = ratio_to_steps(value),
-                RawSlot::Magnitude(i) => sample.magnitudes[i] = magnitude_to_f32(value),
+                RawSlot::Ratio(i) => self.ratios[i] = ratio_to_steps(value),
+                RawSlot::Magnitude(i) => self.magnitudes[i] = magnitude_to_f32(value),
             }
         }
-        sample
+    }
+
+    /// Averages one more sample, taken at `ms`, into the slot: `open` holds the sums
+    /// of all its samples, this one's included.
+    fn merge(&mut self, ms: u64, open: &Open) {
+        let span = ms - self.first_ms();
+        self.set(ms, span, self.count() + 1, |metric| open.mean(metric));
+    }
+
+    /// The newest sample's time, in milliseconds since the Unix epoch.
+    fn ms(&self) -> u64 {
+        self.stamp >> TIME_SHIFT
+    }
+
+    /// The first sample's time, in milliseconds since the Unix epoch.
+    fn first_ms(&self) -> u64 {
+        self.ms() - (self.stamp >> COUNT_BITS & MAX_SPAN_MS)
+    }
+
+    /// How many samples were merged (saturated at 511).
+    fn count(&self) -> u64 {
+        self.stamp & MAX_COUNT
+    }
+
+    /// The newest sample's time.
+    fn time(&self) -> SystemTime {
+        time_of(self.ms())
     }
 
     fn get(&self, metric: Metric) -> Option<f64> {
@@ -489,13 +562,80 @@ impl RawSample {
     }
 }
 
-fn nanos_of(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+/// The samples of the ring's newest slot in full precision, which its means are
+/// rewritten from as samples merge into it. Allocated at the first merge: a VM whose
+/// samples are each a slot of their own (an interval of [`RAW_RESOLUTION`] or more)
+/// never pays for it.
+#[derive(Debug, Clone)]
+struct Open {
+    sums: [f64; METRIC_COUNT],
+    counts: [u32; METRIC_COUNT],
 }
 
-fn time_of(nanos: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos)
+impl Open {
+    /// The sums of `slot`, a slot of one sample (no slot held more before the first
+    /// merge): its values as stored, within the slot's own precision.
+    fn of(slot: &RawSample) -> Self {
+        let mut open = Self {
+            sums: [0.0; METRIC_COUNT],
+            counts: [0; METRIC_COUNT],
+        };
+        for metric in Metric::ALL {
+            open.add_one(metric, slot.get(metric));
+        }
+        open
+    }
+
+    /// Starts over with the one sample `values`.
+    fn start(&mut self, values: &MetricValues) {
+        self.sums = [0.0; METRIC_COUNT];
+        self.counts = [0; METRIC_COUNT];
+        self.add(values);
+    }
+
+    /// Adds the sample `values`.
+    fn add(&mut self, values: &MetricValues) {
+        for metric in Metric::ALL {
+            self.add_one(metric, values.get(metric));
+        }
+    }
+
+    fn add_one(&mut self, metric: Metric, value: Option<f64>) {
+        if let Some(v) = value {
+            self.sums[metric.index()] += v;
+            self.counts[metric.index()] = self.counts[metric.index()].saturating_add(1);
+        }
+    }
+
+    /// The mean of `metric` over the samples that have it.
+    fn mean(&self, metric: Metric) -> Option<f64> {
+        let count = self.counts[metric.index()];
+        (count > 0).then(|| self.sums[metric.index()] / f64::from(count))
+    }
+}
+
+/// `t` in milliseconds since the Unix epoch (rounded down, saturated in 2109).
+fn millis_of(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .min(MAX_MS)
+}
+
+fn time_of(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Adds a slot's `value` to a `(sum, count)`, weighed by its `count` of samples: the
+/// one sum behind [`Windows::mean`] and [`Windows::means`] alike.
+fn add_weighed((sum, total): &mut (f64, u64), value: Option<f64>, count: u64) {
+    if let Some(v) = value {
+        *sum += v * count as f64;
+        *total += count;
+    }
+}
+
+fn mean_of((sum, count): (f64, u64)) -> Option<f64> {
+    (count > 0).then(|| sum / count as f64)
 }
 
 /// Sum and count of one metric in the current minute, in full precision.
@@ -622,9 +762,11 @@ impl Minutes {
 #[derive(Debug, Clone, Default)]
 pub struct Windows {
     raw: VecDeque<RawSample>,
-    /// The newest evicted raw sample's time: the ring holds every sample after it.
+    /// The newest evicted raw slot's time: the ring holds every sample after it.
     /// `None` while nothing has been evicted (the ring holds the whole history).
     raw_horizon: Option<SystemTime>,
+    /// The newest slot's sums, once a sample has merged into a slot.
+    open: Option<Box<Open>>,
     minutes: Minutes,
 }
 
@@ -646,32 +788,49 @@ impl Windows {
         self.record(t, values, Histories::ALL);
     }
 
-    /// Records the values sampled at `t`; of the metrics with a history, only those in
-    /// `kept` start one. A `t` before the newest sample is moved up to it (the rings
-    /// stay ordered); the caller clamps `t` to its clock.
+    /// Records the values sampled at `t` (to the millisecond); of the metrics with a
+    /// history, only those in `kept` start one. A `t` before the newest sample is moved
+    /// up to it (the rings stay ordered); the caller clamps `t` to its clock. A sample
+    /// less than [`RAW_RESOLUTION`] after the newest slot's first is averaged into it.
     pub fn record(&mut self, t: SystemTime, values: &MetricValues, kept: Histories) {
-        let t = match self.raw.back() {
-            Some(last) if time_of(last.t) > t => time_of(last.t),
-            _ => t,
-        };
-        if self.raw.len() == self.raw.capacity() {
-            // Grow by an eighth rather than double: the ring settles a little above
-            // what the agent's interval fills in RAW_RETENTION, not up to twice that.
-            self.raw.reserve_exact(self.raw.len() / 8 + 4);
-        }
-        self.raw.push_back(RawSample::new(nanos_of(t), values));
-        let oldest_kept = nanos_of(
-            t.checked_sub(RAW_RETENTION)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
-        );
+        let ms = millis_of(t).max(self.raw.back().map_or(0, RawSample::ms));
+        // A slot being merged into is never evicted: it began less than the resolution
+        // ago, well within the retention.
+        let oldest_kept = ms.saturating_sub(RETENTION_MS);
         while let Some(first) = self.raw.front() {
-            if first.t > oldest_kept && self.raw.len() <= RAW_CAP {
+            if first.ms() > oldest_kept {
                 break;
             }
-            self.raw_horizon = Some(time_of(first.t));
+            self.raw_horizon = Some(first.time());
             self.raw.pop_front();
         }
-        self.minutes.push(minute_of(t), values, kept);
+        match self.raw.back_mut() {
+            Some(last) if ms - last.first_ms() < RESOLUTION_MS => {
+                let open = self.open.get_or_insert_with(|| Box::new(Open::of(last)));
+                open.add(values);
+                last.merge(ms, open);
+            }
+            _ => {
+                // The resolution keeps the ring within the cap; this keeps it a bound.
+                if self.raw.len() >= RAW_CAP
+                    && let Some(first) = self.raw.pop_front()
+                {
+                    self.raw_horizon = Some(first.time());
+                }
+                if self.raw.len() == self.raw.capacity() {
+                    // Grow by an eighth rather than double: the ring settles a little
+                    // above what the agent's interval fills in RAW_RETENTION, not up
+                    // to twice that (and never above the cap).
+                    let len = self.raw.len();
+                    self.raw.reserve_exact((len / 8 + 4).min(RAW_CAP - len));
+                }
+                self.raw.push_back(RawSample::new(ms, values));
+                if let Some(open) = &mut self.open {
+                    open.start(values);
+                }
+            }
+        }
+        self.minutes.push(minute_of(time_of(ms)), values, kept);
     }
 
     /// Whether the raw ring holds every sample of `range`.
@@ -679,28 +838,31 @@ impl Windows {
         self.raw_horizon.is_none_or(|h| range.start >= h)
     }
 
-    /// The raw samples of `metric` in `range`, oldest first (empty when the ring no
-    /// longer holds the whole range).
+    /// The raw slots of `metric` in `range`, oldest first: each slot's time and mean
+    /// (empty when the ring no longer holds the whole range).
     pub fn samples(
         &self,
         metric: Metric,
         range: TimeRange,
     ) -> impl Iterator<Item = (SystemTime, f64)> + '_ {
         self.raw_in(range)
-            .filter_map(move |s| s.get(metric).map(|v| (time_of(s.t), v)))
+            .filter_map(move |s| s.get(metric).map(|v| (s.time(), v)))
     }
 
-    /// The raw samples in `range`, oldest first (none when the ring no longer holds
-    /// the whole range). The ring is in time order: the first is found by bisection.
+    /// The raw slots whose time lies in `range`, oldest first (none when the ring no
+    /// longer holds the whole range). The ring is in time order: the first is found by
+    /// bisection.
     fn raw_in(&self, range: TimeRange) -> impl Iterator<Item = &RawSample> + '_ {
+        // Whole milliseconds against the range's bounds rounded down: the same answers
+        // as comparing the times themselves.
         let first = if self.raw_holds(&range) {
-            self.raw.partition_point(|s| time_of(s.t) <= range.start)
+            let start = millis_of(range.start);
+            self.raw.partition_point(|s| s.ms() <= start)
         } else {
             self.raw.len()
         };
-        // In nanoseconds, as the ring holds them.
-        let end = nanos_of(range.end);
-        self.raw.range(first..).take_while(move |s| s.t <= end)
+        let end = millis_of(range.end);
+        self.raw.range(first..).take_while(move |s| s.ms() <= end)
     }
 
     /// The mean of every metric over `range`, each as [`Windows::mean`] gives it, in
@@ -717,26 +879,21 @@ impl Windows {
         // Summed slot by slot, in the same order as `mean` sums one metric.
         let mut ratios = [(0.0f64, 0u64); 8];
         let mut magnitudes = [(0.0f64, 0u64); 6];
-        fn add((sum, count): &mut (f64, u64), value: Option<f64>) {
-            if let Some(v) = value {
-                *sum += v;
-                *count += 1;
+        for slot in self.raw_in(range) {
+            let count = slot.count();
+            for (acc, steps) in ratios.iter_mut().zip(slot.ratios) {
+                add_weighed(acc, ratio_of_steps(steps), count);
             }
-        }
-        for sample in self.raw_in(range) {
-            for (acc, steps) in ratios.iter_mut().zip(sample.ratios) {
-                add(acc, ratio_of_steps(steps));
-            }
-            for (acc, m) in magnitudes.iter_mut().zip(sample.magnitudes) {
-                add(acc, magnitude_of_f32(m));
+            for (acc, m) in magnitudes.iter_mut().zip(slot.magnitudes) {
+                add_weighed(acc, magnitude_of_f32(m), count);
             }
         }
         for metric in Metric::ALL {
-            let (sum, count) = match metric.raw_slot() {
+            let acc = match metric.raw_slot() {
                 RawSlot::Ratio(i) => ratios[i],
                 RawSlot::Magnitude(i) => magnitudes[i],
             };
-            values.set(metric, (count > 0).then(|| sum / count as f64));
+            values.set(metric, mean_of(acc));
         }
         values
     }
@@ -746,15 +903,17 @@ impl Windows {
         minute_of(range.start)..=minute_of(range.end)
     }
 
-    /// The mean of `metric` over `range`, or `None` without a sample. A range the raw
-    /// ring no longer holds gets the mean of the 1-minute means that overlap it
-    /// (metrics with a [`Metric::history`] only).
+    /// The mean of `metric` over `range`, or `None` without a sample: of the raw slots
+    /// in the range, each weighed by its samples. A range the raw ring no longer holds
+    /// gets the mean of the 1-minute means that overlap it (metrics with a
+    /// [`Metric::history`] only).
     pub fn mean(&self, metric: Metric, range: TimeRange) -> Option<f64> {
         if self.raw_holds(&range) {
-            let (sum, count) = self
-                .samples(metric, range)
-                .fold((0.0, 0u64), |(s, c), (_, v)| (s + v, c + 1));
-            return (count > 0).then(|| sum / count as f64);
+            let mut acc = (0.0, 0u64);
+            for slot in self.raw_in(range) {
+                add_weighed(&mut acc, slot.get(metric), slot.count());
+            }
+            return mean_of(acc);
         }
         let (sum, count) = self
             .minute_means(metric, range)
@@ -763,8 +922,10 @@ impl Windows {
         (count > 0).then(|| sum / count as f64)
     }
 
-    /// The largest sample of `metric` in `range`, or `None` without a sample. A range
-    /// the raw ring no longer holds gets the largest 1-minute mean that overlaps it.
+    /// The largest raw slot of `metric` in `range` (a sample's value, or the mean of
+    /// the samples less than [`RAW_RESOLUTION`] apart merged into it), or `None`
+    /// without a sample. A range the raw ring no longer holds gets the largest 1-minute
+    /// mean that overlaps it.
     pub fn max(&self, metric: Metric, range: TimeRange) -> Option<f64> {
         if self.raw_holds(&range) {
             return self.samples(metric, range).map(|(_, v)| v).reduce(f64::max);
@@ -798,10 +959,10 @@ impl Windows {
     }
 
     /// A chart of `metric` over `range`: the 1-minute means of the minutes before the
-    /// raw ring's oldest sample, then the raw samples. A VM that just appeared has a
+    /// raw ring's oldest slot, then the raw slots. A VM that just appeared has a
     /// line after two reports instead of one dot per minute; oldest first.
     pub fn chart(&self, metric: Metric, range: TimeRange) -> Vec<(SystemTime, f64)> {
-        let Some(raw_start) = self.raw.front().map(|s| time_of(s.t)) else {
+        let Some(raw_start) = self.raw.front().map(RawSample::time) else {
             return self.minute_means(metric, range);
         };
         let mut points: Vec<_> = self
@@ -840,9 +1001,10 @@ impl Windows {
 
     /// Whether `metric` was reported throughout `range`: no stretch without it longer
     /// than `max_gap` (from the range's start to its end). Ranges the raw ring holds
-    /// are checked sample by sample; longer ones minute by minute (every minute from
-    /// the range's start to `end − max_gap` has a sample), for metrics with a
-    /// [`Metric::history`] only.
+    /// are checked slot by slot (from a slot's newest sample to the next one's first;
+    /// the gaps within a slot, shorter than [`RAW_RESOLUTION`], are not seen); longer
+    /// ones minute by minute (every minute from the range's start to `end − max_gap`
+    /// has a sample), for metrics with a [`Metric::history`] only.
     pub fn covers(&self, metric: Metric, range: TimeRange, max_gap: Duration) -> bool {
         if range.end <= range.start {
             return false;
@@ -852,11 +1014,11 @@ impl Windows {
         };
         if self.raw_holds(&range) {
             let mut previous = range.start;
-            for (t, _) in self.samples(metric, range) {
-                if !gap_ok(previous, t) {
+            for slot in self.raw_in(range).filter(|s| s.get(metric).is_some()) {
+                if !gap_ok(previous, time_of(slot.first_ms())) {
                     return false;
                 }
-                previous = t;
+                previous = slot.time();
             }
             return previous > range.start && gap_ok(previous, range.end);
         }
@@ -870,10 +1032,10 @@ impl Windows {
 
     /// The newest sample's time.
     pub fn last_sample_at(&self) -> Option<SystemTime> {
-        self.raw.back().map(|s| time_of(s.t))
+        self.raw.back().map(RawSample::time)
     }
 
-    /// How many raw samples and minutes are held (for tests and bounds).
+    /// How many raw slots and minutes are held (for tests and bounds).
     pub fn len(&self) -> (usize, usize) {
         (self.raw.len(), self.minutes.len())
     }
@@ -883,10 +1045,14 @@ impl Windows {
         self.raw.is_empty()
     }
 
-    /// The bytes the windows hold on the heap (the raw ring's capacity and the
-    /// history rings), for the memory figures of `benches/history.rs`.
+    /// The bytes the windows hold on the heap (the raw ring's capacity, the newest
+    /// slot's sums and the history rings), for the memory figures of the benches.
     pub fn heap_bytes(&self) -> usize {
         self.raw.capacity() * std::mem::size_of::<RawSample>()
+            + self
+                .open
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<Open>())
             + self
                 .minutes
                 .rings
@@ -1010,18 +1176,170 @@ mod tests {
 
     #[test]
     fn raw_ring_is_bounded_in_time_and_count() {
+        // An hour at 1 s: slots of five samples, the newest 6 minutes of them.
         let mut w = Windows::default();
         fill(&mut w, 1, 3600, 1, |_| 0.5);
         let (raw, buckets) = w.len();
-        assert!(raw <= RAW_RETENTION.as_secs() as usize, "{raw}");
-        assert!(raw >= 300, "less than 5 min kept: {raw}");
+        assert_eq!(raw, 72);
         assert_eq!(buckets, 61);
+        assert_eq!(w.raw_horizon, Some(at(3240)));
+        assert!(w.raw_holds(&TimeRange::last(Duration::from_secs(300), at(3600))));
 
+        // Ten minutes every 10 ms: slots of 4.5 s, still six minutes of them.
         let mut fast = Windows::default();
-        for i in 0..5000u64 {
+        for i in 0..60_000u64 {
             fast.push(t0() + Duration::from_millis(i * 10), &cpu(0.5));
         }
-        assert_eq!(fast.len().0, RAW_CAP);
+        let (raw, _) = fast.len();
+        assert!((80..=RAW_CAP).contains(&raw), "{raw}");
+        let full = fast.raw.range(..raw - 1);
+        assert!(
+            full.into_iter().all(|s| s.count() == 450),
+            "4.5 s of samples each"
+        );
+        let now = t0() + Duration::from_millis(599_990);
+        assert!(fast.raw_holds(&TimeRange::last(Duration::from_secs(300), now)));
+        assert!(fast.heap_bytes() <= RAW_CAP * 48 + std::mem::size_of::<Open>() + RING_LEN * 2);
+    }
+
+    #[test]
+    fn a_five_second_agent_keeps_every_sample_despite_jitter() {
+        // Samples 5 s apart give or take 300 ms: never merged.
+        let mut w = Windows::default();
+        for i in 1..=100u64 {
+            let jitter = if i % 2 == 0 { 300 } else { 0 };
+            w.push(t0() + Duration::from_millis(i * 5000 - jitter), &cpu(0.5));
+        }
+        assert!(w.raw.iter().all(|s| s.count() == 1));
+        assert_eq!(w.len().0, 72);
+        assert!(
+            w.open.is_none(),
+            "no sums kept for a slot never merged into"
+        );
+    }
+
+    /// A second's sample of CPU (on the ratio's steps, so that it is stored exactly),
+    /// memory and requests per second: what the shipped policies keep histories of.
+    fn second(s: u64) -> MetricValues {
+        let mut values = cpu((s * 37 % 100) as f64 / 100.0);
+        values.set(Metric::MemoryUsedRatio, Some(0.5 + (s % 7) as f64 / 100.0));
+        values.set(
+            Metric::RequestsPerSecond,
+            Some(100.0 + (s * 13 % 50) as f64 / 3.0),
+        );
+        values
+    }
+
+    #[test]
+    fn at_one_second_a_slot_is_the_mean_of_its_five_samples() {
+        let mut w = Windows::default();
+        for s in 1..=30 {
+            w.push(at(s), &second(s));
+        }
+        let slots: Vec<_> = w.raw.iter().collect();
+        assert_eq!(slots.len(), 6);
+        for (k, slot) in slots.iter().enumerate() {
+            let seconds = 5 * k as u64 + 1..=5 * k as u64 + 5;
+            assert_eq!(
+                slot.time(),
+                at(*seconds.end()),
+                "a slot's time is its newest"
+            );
+            assert_eq!(time_of(slot.first_ms()), at(*seconds.start()));
+            assert_eq!(slot.count(), 5);
+            for metric in [
+                Metric::CpuUtilization,
+                Metric::MemoryUsedRatio,
+                Metric::RequestsPerSecond,
+            ] {
+                let mean = seconds
+                    .clone()
+                    .map(|s| second(s).get(metric).unwrap())
+                    .sum::<f64>()
+                    / 5.0;
+                let stored = slot.get(metric).unwrap();
+                let precision = match metric.kind() {
+                    History::Ratio => 0.5 / RATIO_STEPS,
+                    History::Magnitude => mean * 1e-7,
+                };
+                assert!(
+                    (stored - mean).abs() <= precision,
+                    "slot {k} {metric:?}: {stored} for {mean}"
+                );
+            }
+            assert_eq!(slot.get(Metric::CpuSteal), None, "absent stays absent");
+        }
+    }
+
+    #[test]
+    fn queries_at_one_second_read_whole_slots_by_their_newest_sample() {
+        let mut w = Windows::default();
+        // CPU s/1000 at second s; slots are seconds 1-5, 6-10, ..., 96-100.
+        fill(&mut w, 1, 100, 1, |s| s as f64 / 1000.0);
+        let mean_of_seconds = |from: u64, to: u64| {
+            (from..=to).map(|s| s as f64 / 1000.0).sum::<f64>() / (to - from + 1) as f64
+        };
+        let range = |start, end| TimeRange {
+            start: at(start),
+            end: at(end),
+        };
+        let cases = [
+            // The last minute: slots 41-45 to 96-100.
+            ((40, 100), (41, 100)),
+            // Starting within slot 41-45 (at 42): its time, 45, is in the range, so
+            // the whole slot counts.
+            ((42, 100), (41, 100)),
+            // Starting on its time: it is out, whole.
+            ((45, 100), (46, 100)),
+            // Ending within slot 96-100 (at 98): its time is not in the range.
+            ((38, 98), (36, 95)),
+        ];
+        for ((start, end), (from, to)) in cases {
+            let mean = w.mean(Metric::CpuUtilization, range(start, end)).unwrap();
+            let expected = mean_of_seconds(from, to);
+            assert!((mean - expected).abs() < 1e-9, "({start}, {end}]: {mean}");
+            assert_eq!(
+                w.means(range(start, end)).get(Metric::CpuUtilization),
+                Some(mean)
+            );
+        }
+        // The newest slot being filled counts by its samples: two seconds out of 62.
+        fill(&mut w, 101, 102, 1, |_| 0.9);
+        let mean = w.mean(Metric::CpuUtilization, range(40, 102)).unwrap();
+        let expected = (mean_of_seconds(41, 100) * 60.0 + 2.0 * 0.9) / 62.0;
+        assert!((mean - expected).abs() < 1e-9, "{mean} for {expected}");
+        // The max is the largest slot mean: a slot's spike is averaged.
+        let last_minute = range(40, 100);
+        let max = w.max(Metric::CpuUtilization, last_minute).unwrap();
+        assert!((max - mean_of_seconds(96, 100)).abs() < 1e-9, "{max}");
+        // Coverage at a 1 s agent's 3 s gap: the slots follow each other 1 s apart.
+        let max_gap = Duration::from_secs(3);
+        assert!(w.covers(Metric::CpuUtilization, last_minute, max_gap));
+        assert!(!w.covers(Metric::CpuUtilization, range(40, 106), max_gap));
+        // A 4 s hole between two slots (seconds 51-53 missing) is seen.
+        let mut holed = Windows::default();
+        fill(&mut holed, 1, 50, 1, |_| 0.5);
+        fill(&mut holed, 54, 100, 1, |_| 0.5);
+        assert!(!holed.covers(Metric::CpuUtilization, last_minute, max_gap));
+        assert!(holed.covers(Metric::CpuUtilization, range(54, 100), max_gap));
+    }
+
+    #[test]
+    fn at_one_second_a_day_costs_at_most_16_kib() {
+        let mut w = Windows::default();
+        for s in 1..=86_400 {
+            w.record(at(s), &second(s), Histories::CHARTED);
+        }
+        let (raw, minutes) = w.len();
+        assert_eq!(raw, 72, "six minutes of 5 s slots");
+        assert_eq!(minutes, 1441, "the day's minutes and the current one");
+        // Three history rings (two ratios, one f32), the raw ring and its sums.
+        let bytes = w.heap_bytes();
+        assert_eq!(
+            bytes,
+            RING_LEN * (2 + 2 + 4) + w.raw.capacity() * 48 + std::mem::size_of::<Open>()
+        );
+        assert!(bytes <= 16 * 1024, "{bytes} bytes");
     }
 
     #[test]
