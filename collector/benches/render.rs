@@ -119,7 +119,16 @@ fn main() -> Result<()> {
     report("/metrics text", best, mean, Some(text.len()));
     let (best, mean, gzip) = timed(|| {
         let mut body = rally_collector::http::gzip_writer();
-        rally_collector::metrics::render_to(&mut body, &fleet, &stats, &engine, &leadership, end)?;
+        let vms = fleet.snapshot(end);
+        rally_collector::metrics::render_to(
+            &mut body,
+            &vms,
+            &fleet,
+            &stats,
+            &engine,
+            &leadership,
+            end,
+        )?;
         Ok(body.finish()?)
     })?;
     report("/metrics gzip (rendered)", best, mean, Some(gzip.len()));

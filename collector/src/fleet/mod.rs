@@ -321,6 +321,40 @@ pub struct VmSummary {
     pub totals: Arc<Totals>,
 }
 
+/// A fleet snapshot being taken: each VM is locked only while its summary is copied.
+///
+/// A scrape's snapshot locks every VM once. Taken on a thread whose priority is below
+/// ingest's, a VM lock held when that thread is preempted (for up to ~100 ms under
+/// load) stalls the async worker whose report needs it, and every stream behind that
+/// worker. Taken a slice at a time on the async side instead, it competes on equal
+/// terms and lets the worker's other tasks run between slices; the rendering, which
+/// locks nothing, stays on the low-priority threads.
+#[derive(Debug)]
+pub struct Snapshot {
+    handles: std::vec::IntoIter<Arc<Mutex<Vm>>>,
+    summaries: Vec<VmSummary>,
+    now: SystemTime,
+    stale_after: Duration,
+}
+
+impl Snapshot {
+    /// Copies up to `count` more VMs' summaries; whether any VM is left.
+    pub fn take(&mut self, count: usize) -> bool {
+        for vm in self.handles.by_ref().take(count) {
+            let summary = lock(&vm).summary(self.now, self.stale_after);
+            self.summaries.push(summary);
+        }
+        self.handles.len() > 0
+    }
+
+    /// The summaries, in (group, id) order (VMs not taken yet are left out).
+    pub fn finish(mut self) -> Vec<VmSummary> {
+        self.summaries
+            .sort_unstable_by(|a, b| (&a.group, &a.id).cmp(&(&b.group, &b.id)));
+        self.summaries
+    }
+}
+
 /// Why a Hello was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HelloError {
@@ -648,10 +682,22 @@ impl Fleet {
 
     /// Every VM's summary at `now`, in (group, id) order.
     pub fn snapshot(&self, now: SystemTime) -> Vec<VmSummary> {
-        let stale_after = self.stale_after();
-        let mut out = Vec::new();
-        self.for_each_vm(|vm| out.push(vm.summary(now, stale_after)));
-        out
+        let mut snapshot = self.snapshot_in_slices(now);
+        while snapshot.take(usize::MAX) {}
+        snapshot.finish()
+    }
+
+    /// [`Fleet::snapshot`] taken a slice of VMs at a time, so that the caller can
+    /// yield between slices (see [`Snapshot`]).
+    pub fn snapshot_in_slices(&self, now: SystemTime) -> Snapshot {
+        // Only the map's lock, and only to clone the handles: no VM is locked here.
+        let handles: Vec<_> = self.read_map().values().cloned().collect();
+        Snapshot {
+            summaries: Vec::with_capacity(handles.len()),
+            handles: handles.into_iter(),
+            now,
+            stale_after: self.stale_after(),
+        }
     }
 
     /// One VM's summary at `now`.
@@ -939,6 +985,38 @@ mod tests {
             .collect();
         assert_eq!(ids, [("web", "web-1", false), ("web", "web-2", false)]);
         assert_eq!(fleet.members("web"), ["web-1", "web-2"]);
+    }
+
+    #[test]
+    fn a_snapshot_taken_in_slices_is_the_whole_snapshot_in_order() {
+        let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
+        // Unknown VMs join "ungrouped", which sorts before the configured group "web".
+        // Three, with the two configured: the tests' max_vms.
+        for (i, vm) in ["zeta", "alpha", "mid"].iter().enumerate() {
+            let session = fleet.hello(&hello(vm, 1), t0()).unwrap();
+            session.apply(report(1, t0(), i as f64 / 10.0), t0());
+        }
+        let ids = |vms: &[VmSummary]| -> Vec<(String, String)> {
+            vms.iter().map(|v| (v.group.clone(), v.id.clone())).collect()
+        };
+        let whole = fleet.snapshot(t0());
+        assert_eq!(whole.len(), 5);
+        let mut sliced = fleet.snapshot_in_slices(t0());
+        let mut slices = 1;
+        while sliced.take(2) {
+            slices += 1;
+        }
+        assert_eq!(slices, 3, "5 VMs, 2 at a time");
+        let sliced = sliced.finish();
+        assert_eq!(ids(&sliced), ids(&whole));
+        let mut sorted = ids(&whole);
+        sorted.sort();
+        assert_eq!(ids(&whole), sorted);
+        assert_eq!((whole[0].id.as_str(), whole[4].id.as_str()), ("alpha", "web-2"));
+        assert_eq!(
+            sliced.iter().find(|v| v.id == "mid").map(|v| v.latest_values),
+            whole.iter().find(|v| v.id == "mid").map(|v| v.latest_values)
+        );
     }
 
     #[test]

@@ -21,13 +21,13 @@ use rally_policy::Timestamp;
 
 /// `GET /api/v1/vms`: every VM the fleet holds, built on a read thread.
 pub async fn vms(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    json_read(state, &headers, "/api/v1/vms", |state| {
-        let now = state.clock.now();
+    let now = state.clock.now();
+    let snapshot = super::fleet_snapshot(&state.fleet, now).await;
+    json_read(state, &headers, "/api/v1/vms", move |state| {
         let members = members_by_vm(state, now);
         VmList {
-            vms: state
-                .fleet
-                .snapshot(now)
+            vms: snapshot
+                .finish()
                 .iter()
                 .map(|vm| VmJson::new(vm, members.get(&vm.id)))
                 .collect(),

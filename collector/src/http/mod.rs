@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::State;
@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 
 use crate::clock::Clock;
 use crate::engine::EngineHandle;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Snapshot};
 use crate::ha::Leadership;
 use crate::ingest::IngestStats;
 use crate::listener::{Listener, ListenerStats};
@@ -179,35 +179,78 @@ async fn serve_connection<IO>(
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let gzip = accepts_gzip(&headers);
     let now = state.clock.now();
+    let snapshot = fleet_snapshot(&state.fleet, now).await;
     let reads = state.reads.clone();
     let rendered = reads
         .run(move || {
+            let vms = snapshot.finish();
             let engine = state.engine.stats();
             let (fleet, stats, leadership) = (&state.fleet, &state.stats, &state.leadership);
-            if gzip {
-                // Compressed as it is rendered: the text is never held whole.
-                let mut body = gzip_writer();
-                metrics::render_to(&mut body, fleet, stats, engine, leadership, now)?;
-                body.finish()
-            } else {
-                Ok(metrics::render(fleet, stats, engine, leadership, now).into_bytes())
-            }
+            // Compressed as it is rendered, if at all: the text is never held whole.
+            let mut body = Body::new(gzip);
+            metrics::render_to(body.sink(), &vms, fleet, stats, engine, leadership, now)?;
+            body.finish()
         })
         .await;
     encoded_response("/metrics", metrics::CONTENT_TYPE, gzip, rendered)
 }
 
+/// How many VMs a snapshot copies between two yields to the worker's other tasks
+/// (about a millisecond's worth).
+const SNAPSHOT_SLICE: usize = 256;
+
+/// The fleet's summaries at `now`, copied on the async side a slice at a time (see
+/// [`Snapshot`] for why not on a read thread); [`Snapshot::finish`] orders them, on a
+/// read thread.
+async fn fleet_snapshot(fleet: &Fleet, now: SystemTime) -> Snapshot {
+    let mut snapshot = fleet.snapshot_in_slices(now);
+    while snapshot.take(SNAPSHOT_SLICE) {
+        tokio::task::yield_now().await;
+    }
+    snapshot
+}
+
+/// A response body being written: plain, or gzip-compressed as it goes.
+enum Body {
+    Plain(Vec<u8>),
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+}
+
+impl Body {
+    fn new(gzip: bool) -> Self {
+        if gzip {
+            Body::Gzip(gzip_writer())
+        } else {
+            Body::Plain(Vec::new())
+        }
+    }
+
+    fn sink(&mut self) -> &mut dyn std::io::Write {
+        match self {
+            Body::Plain(bytes) => bytes,
+            Body::Gzip(encoder) => encoder,
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Body::Plain(bytes) => Ok(bytes),
+            Body::Gzip(encoder) => encoder.finish(),
+        }
+    }
+}
+
 /// `value` as JSON, gzip-compressed as it is written when the client accepts it.
 fn json_body<T: serde::Serialize>(value: &T, gzip: bool) -> std::io::Result<Vec<u8>> {
-    if gzip {
+    let mut body = Body::new(gzip);
+    {
         // serde_json writes token by token: gathered first, or gzip takes 15 times
         // longer.
-        let mut body = std::io::BufWriter::with_capacity(64 * 1024, gzip_writer());
-        serde_json::to_writer(&mut body, value).map_err(std::io::Error::other)?;
-        body.into_inner().map_err(|e| e.into_error())?.finish()
-    } else {
-        serde_json::to_vec(value).map_err(std::io::Error::other)
+        let mut sink = std::io::BufWriter::with_capacity(64 * 1024, body.sink());
+        serde_json::to_writer(&mut sink, value).map_err(std::io::Error::other)?;
+        std::io::Write::flush(&mut sink)?;
     }
+    body.finish()
 }
 
 /// Builds `read`'s value on a read thread and answers it as JSON, gzip-compressed when

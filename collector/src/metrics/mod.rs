@@ -26,7 +26,7 @@ mod vm;
 use std::time::SystemTime;
 
 use crate::engine::EngineStats;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, VmSummary};
 use crate::ha::Leadership;
 use crate::ingest::IngestStats;
 
@@ -45,14 +45,17 @@ pub fn render(
     now: SystemTime,
 ) -> String {
     let mut e = Exposition::default();
-    write_all(&mut e, fleet, stats, engine, leadership, now);
+    let vms = fleet.snapshot(now);
+    write_all(&mut e, &vms, fleet, stats, engine, leadership, now);
     e.out
 }
 
-/// [`render`], written to `sink` in pieces as it goes (e.g. straight into a gzip
-/// encoder): the whole text is never held.
+/// [`render`] of `vms` (the fleet's snapshot at `now`, [`Fleet::snapshot`]), written
+/// to `sink` in pieces as it goes (e.g. straight into a gzip encoder): the whole text
+/// is never held.
 pub fn render_to(
     sink: &mut dyn std::io::Write,
+    vms: &[VmSummary],
     fleet: &Fleet,
     stats: &IngestStats,
     engine: &EngineStats,
@@ -60,24 +63,24 @@ pub fn render_to(
     now: SystemTime,
 ) -> std::io::Result<()> {
     let mut e = Exposition::to(sink);
-    write_all(&mut e, fleet, stats, engine, leadership, now);
+    write_all(&mut e, vms, fleet, stats, engine, leadership, now);
     e.finish()
 }
 
 fn write_all(
     e: &mut Exposition<'_>,
+    vms: &[VmSummary],
     fleet: &Fleet,
     stats: &IngestStats,
     engine: &EngineStats,
     leadership: &Leadership,
     now: SystemTime,
 ) {
-    let vms = fleet.snapshot(now);
-    vm::vm_metrics(e, &vms);
-    requests::request_metrics(e, &vms);
-    totals::filesystem_gauges(e, &vms);
-    vm::report_counters(e, &vms);
-    totals::integrated_counters(e, &vms);
+    vm::vm_metrics(e, vms);
+    requests::request_metrics(e, vms);
+    totals::filesystem_gauges(e, vms);
+    vm::report_counters(e, vms);
+    totals::integrated_counters(e, vms);
     collector::collector_metrics(e, stats, vms.len());
     resize::resize_metrics(e, engine);
     ha::ha_metrics(e, leadership);
