@@ -109,10 +109,11 @@ struct RunState {
 /// One VM as the collector knows it.
 #[derive(Debug)]
 pub struct Vm {
-    id: String,
-    group: String,
-    hostname: Option<String>,
-    agent_version: Option<String>,
+    // Shared with the summaries, like `labels` below: a snapshot clones no string.
+    id: Arc<str>,
+    group: Arc<str>,
+    hostname: Option<Arc<str>>,
+    agent_version: Option<Arc<str>>,
     /// Shared with the summaries that read it (set at a Hello, cloned per scrape).
     labels: Arc<BTreeMap<String, String>>,
     boot_id: Option<String>,
@@ -139,8 +140,8 @@ pub struct Vm {
 impl Vm {
     fn new(id: String, group: String) -> Self {
         Self {
-            id,
-            group,
+            id: id.into(),
+            group: group.into(),
             hostname: None,
             agent_version: None,
             labels: Arc::default(),
@@ -288,13 +289,13 @@ impl Vm {
 #[derive(Debug, Clone)]
 pub struct VmSummary {
     /// VM id.
-    pub id: String,
+    pub id: Arc<str>,
     /// Group.
-    pub group: String,
+    pub group: Arc<str>,
     /// Hostname its agent reported.
-    pub hostname: Option<String>,
+    pub hostname: Option<Arc<str>>,
     /// Its agent's version.
-    pub agent_version: Option<String>,
+    pub agent_version: Option<Arc<str>>,
     /// Its agent's labels.
     pub labels: Arc<BTreeMap<String, String>>,
     /// Reported within `stale_after`.
@@ -564,13 +565,13 @@ impl Fleet {
             let mut state = lock(vm);
             match rules.configured.get(id) {
                 Some(group) => {
-                    state.group.clone_from(group);
+                    state.group = Arc::from(group.as_str());
                     true
                 }
                 // Listed only because a group named it: nothing to keep.
                 None if state.last_seen_at.is_none() && state.streams == 0 => false,
                 None => {
-                    UNGROUPED.clone_into(&mut state.group);
+                    state.group = Arc::from(UNGROUPED);
                     true
                 }
             }
@@ -608,8 +609,8 @@ impl Fleet {
         let vm = self.get_or_insert(&hello.vm_id, group)?;
         let watermark = {
             let mut state = lock(&vm);
-            state.hostname = Some(hello.hostname.clone());
-            state.agent_version = Some(hello.agent_version.clone());
+            state.hostname = Some(Arc::from(hello.hostname.as_str()));
+            state.agent_version = Some(Arc::from(hello.agent_version.as_str()));
             state.labels = Arc::new(hello.labels.clone());
             state.boot_id = Some(hello.run.boot_id.clone());
             if hello.interval.is_some() {
@@ -654,7 +655,7 @@ impl Fleet {
 
     /// Every VM's handle, sorted by (group, id); the map lock is released on return.
     fn handles(&self) -> Vec<Arc<Mutex<Vm>>> {
-        let mut handles: Vec<(String, String, Arc<Mutex<Vm>>)> = self
+        let mut handles: Vec<_> = self
             .read_map()
             .values()
             .map(|vm| {
@@ -709,7 +710,7 @@ impl Fleet {
     /// VM ids, in (group, id) order.
     pub fn vm_ids(&self) -> Vec<String> {
         let mut out = Vec::new();
-        self.for_each_vm(|vm| out.push(vm.id.clone()));
+        self.for_each_vm(|vm| out.push(vm.id.to_string()));
         out
     }
 
@@ -718,8 +719,8 @@ impl Fleet {
     pub fn members(&self, group: &str) -> Vec<String> {
         let mut out = Vec::new();
         self.for_each_vm(|vm| {
-            if vm.group == group {
-                out.push(vm.id.clone());
+            if &*vm.group == group {
+                out.push(vm.id.to_string());
             }
         });
         out
@@ -790,7 +791,7 @@ impl Fleet {
             .values()
             .filter_map(|vm| {
                 let state = lock(vm);
-                silent(&state).then(|| state.id.clone())
+                silent(&state).then(|| state.id.to_string())
             })
             .collect();
         if candidates.is_empty() {
@@ -940,7 +941,7 @@ mod tests {
         let fleet = Fleet::new(settings(UnknownVms::Ungrouped));
         let received = |fleet: &Fleet| {
             let vms = fleet.snapshot(t0());
-            let vm = vms.iter().find(|v| v.id == "web-1").unwrap();
+            let vm = vms.iter().find(|v| &*v.id == "web-1").unwrap();
             (vm.totals.net["eth0"].rx_bytes, vm.totals.cpu.unwrap().user)
         };
         let at = |seq: u64| t0() + Duration::from_secs(5 * seq);
@@ -981,7 +982,7 @@ mod tests {
         let snapshot = fleet.snapshot(t0());
         let ids: Vec<_> = snapshot
             .iter()
-            .map(|v| (v.group.as_str(), v.id.as_str(), v.fresh))
+            .map(|v| (&*v.group, &*v.id, v.fresh))
             .collect();
         assert_eq!(ids, [("web", "web-1", false), ("web", "web-2", false)]);
         assert_eq!(fleet.members("web"), ["web-1", "web-2"]);
@@ -997,7 +998,9 @@ mod tests {
             session.apply(report(1, t0(), i as f64 / 10.0), t0());
         }
         let ids = |vms: &[VmSummary]| -> Vec<(String, String)> {
-            vms.iter().map(|v| (v.group.clone(), v.id.clone())).collect()
+            vms.iter()
+                .map(|v| (v.group.to_string(), v.id.to_string()))
+                .collect()
         };
         let whole = fleet.snapshot(t0());
         assert_eq!(whole.len(), 5);
@@ -1012,10 +1015,16 @@ mod tests {
         let mut sorted = ids(&whole);
         sorted.sort();
         assert_eq!(ids(&whole), sorted);
-        assert_eq!((whole[0].id.as_str(), whole[4].id.as_str()), ("alpha", "web-2"));
+        assert_eq!((&*whole[0].id, &*whole[4].id), ("alpha", "web-2"));
         assert_eq!(
-            sliced.iter().find(|v| v.id == "mid").map(|v| v.latest_values),
-            whole.iter().find(|v| v.id == "mid").map(|v| v.latest_values)
+            sliced
+                .iter()
+                .find(|v| &*v.id == "mid")
+                .map(|v| v.latest_values),
+            whole
+                .iter()
+                .find(|v| &*v.id == "mid")
+                .map(|v| v.latest_values)
         );
     }
 
@@ -1188,7 +1197,7 @@ mod tests {
         let vm = fleet
             .snapshot(now)
             .into_iter()
-            .find(|v| v.id == "web-1")
+            .find(|v| &*v.id == "web-1")
             .unwrap();
         assert!(vm.fresh);
         assert_eq!(vm.latest.as_ref().map(|r| r.seq), Some(72));

@@ -29,7 +29,7 @@ pub async fn vms(State(state): State<HttpState>, headers: HeaderMap) -> Response
             vms: snapshot
                 .finish()
                 .iter()
-                .map(|vm| VmJson::new(vm, members.get(&vm.id)))
+                .map(|vm| VmJson::new(vm, members.get(&*vm.id)))
                 .collect(),
         }
     })
@@ -52,7 +52,7 @@ pub async fn vm(
             let now = state.clock.now();
             let vm = state.fleet.summary(&id, now)?;
             let members = members_by_vm(&state, now);
-            Some(json_body(&VmJson::new(&vm, members.get(&vm.id)), gzip))
+            Some(json_body(&VmJson::new(&vm, members.get(&*vm.id)), gzip))
         })
         .await;
     match found {
@@ -227,10 +227,10 @@ impl VmJson {
             filesystems: r.filesystems.clone(),
         });
         VmJson {
-            vm: vm.id.clone(),
-            group: vm.group.clone(),
-            hostname: vm.hostname.clone(),
-            agent_version: vm.agent_version.clone(),
+            vm: vm.id.to_string(),
+            group: vm.group.to_string(),
+            hostname: vm.hostname.as_deref().map(str::to_owned),
+            agent_version: vm.agent_version.as_deref().map(str::to_owned),
             labels: (*vm.labels).clone(),
             fresh: vm.fresh,
             last_report_age_seconds: vm.last_report_age.map(|d| d.as_secs_f64()),

@@ -94,7 +94,7 @@ fn page_now(state: &HttpState, recent: Vec<DecisionRecord>) -> String {
             memory: v.windows().chart(Metric::MemoryUsedRatio, range),
             requests: v.windows().chart(Metric::RequestsPerSecond, range),
         });
-        charts.insert(vm.id.clone(), series.unwrap_or_default());
+        charts.insert(vm.id.to_string(), series.unwrap_or_default());
     }
     let view = FleetView::new(&state.fleet, now);
     let mut rule_values = BTreeMap::new();
@@ -213,10 +213,10 @@ pub fn render(page: &Page) -> String {
     if vms.is_empty() {
         html.push_str("<p>No VM has reported yet.</p>\n");
     }
-    let mut names: Vec<&str> = vms.iter().map(|v| v.group.as_str()).collect();
+    let mut names: Vec<&str> = vms.iter().map(|v| &*v.group).collect();
     names.dedup();
     for name in names {
-        let members: Vec<&VmSummary> = vms.iter().filter(|v| v.group == name).collect();
+        let members: Vec<&VmSummary> = vms.iter().filter(|v| &*v.group == name).collect();
         let group = page.groups.iter().find(|g| g.group == name);
         group_section(&mut html, page, name, group, &members);
     }
@@ -298,7 +298,7 @@ fn group_section(
                 bytes(Some(s.offline_memory_bytes))
             );
         }
-        let charts = page.charts.get(&vm.id).unwrap_or(&empty);
+        let charts = page.charts.get(&*vm.id).unwrap_or(&empty);
         let pct = |v: f64| format!("{:.0} %", v * 100.0);
         let rate = |v: f64| format!("{v:.1}/s");
         let _ = writeln!(
@@ -383,9 +383,9 @@ fn ladder(
     let mut on: Vec<Vec<&str>> = vec![Vec::new(); g.ladder.len()];
     let mut off = Vec::new();
     for vm in members {
-        match rungs.get(&(g.group.clone(), vm.id.clone())) {
+        match rungs.get(&(g.group.clone(), vm.id.to_string())) {
             Some(&i) if i < on.len() => on[i].push(&vm.id),
-            _ => off.push(vm.id.as_str()),
+            _ => off.push(&*vm.id),
         }
     }
     html.push_str("<h3>Ladder</h3>\n<ol class=\"ladder\">\n");
@@ -421,9 +421,9 @@ fn rules(html: &mut String, page: &Page, g: &GroupStatus, members: &[&VmSummary]
         for vm in members {
             let value = page
                 .rule_values
-                .get(&(g.group.clone(), i, vm.id.clone()))
+                .get(&(g.group.clone(), i, vm.id.to_string()))
                 .map_or_else(|| "–".to_string(), |v| format!("{v:.2}"));
-            let held = rule.held.iter().find(|h| h.vm == vm.id).map_or_else(
+            let held = rule.held.iter().find(|h| *h.vm == *vm.id).map_or_else(
                 || "not holding".to_string(),
                 |h| {
                     let since = h.since.map_or_else(String::new, |s| {

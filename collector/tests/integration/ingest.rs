@@ -35,7 +35,7 @@ async fn reports_are_acked_and_visible_in_the_fleet() {
         .fleet
         .snapshot(std::time::SystemTime::now())
         .into_iter()
-        .find(|v| v.id == "web-1")
+        .find(|v| &*v.id == "web-1")
         .and_then(|v| v.latest_values.get(Metric::CpuUtilization));
     assert_eq!(util, Some(0.75));
     assert_eq!(collector.stats.reports(), 3);
