@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::{HttpState, JSON, accepts_gzip, encoded_response, json_body, json_read};
+use super::{HttpState, JSON, accepts_gzip, encoded_response, json_body};
 use crate::clock::unix_seconds;
 use crate::engine::{GroupStatus, MemberNow, RuleReading, members_now};
 use crate::fleet::{
@@ -21,19 +21,19 @@ use rally_policy::Timestamp;
 
 /// `GET /api/v1/vms`: every VM the fleet holds, built on a read thread.
 pub async fn vms(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    let now = state.clock.now();
-    let snapshot = super::fleet_snapshot(&state.fleet, now).await;
-    json_read(state, &headers, "/api/v1/vms", move |state| {
+    let gzip = accepts_gzip(&headers);
+    let body = super::over_snapshot(state, move |state, vms, now| {
         let members = members_by_vm(state, now);
-        VmList {
-            vms: snapshot
-                .finish()
+        let list = VmList {
+            vms: vms
                 .iter()
                 .map(|vm| VmJson::new(vm, members.get(&*vm.id)))
                 .collect(),
-        }
+        };
+        json_body(&list, gzip)
     })
-    .await
+    .await;
+    encoded_response("/api/v1/vms", JSON, gzip, body)
 }
 
 /// `GET /api/v1/vms/{vm}`: one VM, 404 when the fleet does not hold it. Its rung and

@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 
 use crate::clock::Clock;
 use crate::engine::EngineHandle;
-use crate::fleet::{Fleet, Snapshot};
+use crate::fleet::{Fleet, VmSummary};
 use crate::ha::Leadership;
 use crate::ingest::IngestStats;
 use crate::listener::{Listener, ListenerStats};
@@ -178,20 +178,15 @@ async fn serve_connection<IO>(
 /// at 20 000 VMs, BENCHMARKS.md).
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let gzip = accepts_gzip(&headers);
-    let now = state.clock.now();
-    let snapshot = fleet_snapshot(&state.fleet, now).await;
-    let reads = state.reads.clone();
-    let rendered = reads
-        .run(move || {
-            let vms = snapshot.finish();
-            let engine = state.engine.stats();
-            let (fleet, stats, leadership) = (&state.fleet, &state.stats, &state.leadership);
-            // Compressed as it is rendered, if at all: the text is never held whole.
-            let mut body = Body::new(gzip);
-            metrics::render_to(body.sink(), &vms, fleet, stats, engine, leadership, now)?;
-            body.finish()
-        })
-        .await;
+    let rendered = over_snapshot(state, move |state, vms, now| {
+        let engine = state.engine.stats();
+        let (fleet, stats, leadership) = (&state.fleet, &state.stats, &state.leadership);
+        // Compressed as it is rendered, if at all: the text is never held whole.
+        let mut body = Body::new(gzip);
+        metrics::render_to(body.sink(), vms, fleet, stats, engine, leadership, now)?;
+        body.finish()
+    })
+    .await;
     encoded_response("/metrics", metrics::CONTENT_TYPE, gzip, rendered)
 }
 
@@ -199,15 +194,23 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
 /// (about a millisecond's worth).
 const SNAPSHOT_SLICE: usize = 256;
 
-/// The fleet's summaries at `now`, copied on the async side a slice at a time (see
-/// [`Snapshot`] for why not on a read thread); [`Snapshot::finish`] orders them, on a
-/// read thread.
-async fn fleet_snapshot(fleet: &Fleet, now: SystemTime) -> Snapshot {
-    let mut snapshot = fleet.snapshot_in_slices(now);
+/// Runs `read` on a read thread over every VM's summary at the clock's now, in (group,
+/// id) order. The summaries are copied first, on the async side, a slice at a time
+/// (see [`crate::fleet::Snapshot`] for why not on a read thread); only their ordering and `read` run
+/// on the read thread.
+async fn over_snapshot<T: Send + 'static>(
+    state: HttpState,
+    read: impl FnOnce(&HttpState, &[VmSummary], SystemTime) -> T + Send + 'static,
+) -> Result<T, reads::ReadError> {
+    let now = state.clock.now();
+    let mut snapshot = state.fleet.snapshot_in_slices(now);
     while snapshot.take(SNAPSHOT_SLICE) {
         tokio::task::yield_now().await;
     }
-    snapshot
+    let reads = state.reads.clone();
+    reads
+        .run(move || read(&state, &snapshot.finish(), now))
+        .await
 }
 
 /// A response body being written: plain, or gzip-compressed as it goes.
