@@ -95,6 +95,12 @@ fn main() -> Result<()> {
     let stats = IngestStats::default();
     let engine = EngineStats::default();
     let leadership = Leadership::Single;
+    let collector = rally_collector::metrics::Collector {
+        fleet: &fleet,
+        stats: &stats,
+        engine: &engine,
+        leadership: &leadership,
+    };
     let report = |what: &str, best: Duration, mean: Duration, bytes: Option<usize>| {
         let size = bytes.map_or(String::new(), |b| format!(", {:.1} MB", b as f64 / 1e6));
         println!(
@@ -107,28 +113,14 @@ fn main() -> Result<()> {
 
     let (best, mean, snapshot) = timed(|| Ok(fleet.snapshot(end)))?;
     report("snapshot", best, mean, None);
-    let (best, mean, text) = timed(|| {
-        Ok(rally_collector::metrics::render(
-            &fleet,
-            &stats,
-            &engine,
-            &leadership,
-            end,
-        ))
-    })?;
+    let (best, mean, text) = timed(|| Ok(rally_collector::metrics::render(&collector, end)))?;
     report("/metrics text", best, mean, Some(text.len()));
     let (best, mean, gzip) = timed(|| {
         let mut body = rally_collector::http::gzip_writer();
         let vms = fleet.snapshot(end);
-        rally_collector::metrics::render_to(
-            &mut body,
-            &vms,
-            &fleet,
-            &stats,
-            &engine,
-            &leadership,
-            end,
-        )?;
+        rally_collector::metrics::render_vms_to(&mut body, &vms)?;
+        rally_collector::metrics::render_collector_to(&mut body, &collector, vms.len(), end)?;
+        rally_collector::metrics::render_process_to(&mut body)?;
         Ok(body.finish()?)
     })?;
     report("/metrics gzip (rendered)", best, mean, Some(gzip.len()));

@@ -329,7 +329,7 @@ pub struct VmSummary {
 /// load) stalls the async worker whose report needs it, and every stream behind that
 /// worker. Taken a slice at a time on the async side instead, it competes on equal
 /// terms and lets the worker's other tasks run between slices; the rendering, which
-/// locks nothing, stays on the low-priority threads.
+/// locks nothing, runs on the lowest-priority threads (`http::reads`).
 #[derive(Debug)]
 pub struct Snapshot {
     handles: std::vec::IntoIter<Arc<Mutex<Vm>>>,
@@ -346,6 +346,11 @@ impl Snapshot {
             self.summaries.push(summary);
         }
         self.handles.len() > 0
+    }
+
+    /// How many VMs' summaries were copied so far.
+    pub fn taken(&self) -> usize {
+        self.summaries.len()
     }
 
     /// The summaries, in (group, id) order (VMs not taken yet are left out).

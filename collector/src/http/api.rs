@@ -22,16 +22,19 @@ use rally_policy::Timestamp;
 /// `GET /api/v1/vms`: every VM the fleet holds, built on a read thread.
 pub async fn vms(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let gzip = accepts_gzip(&headers);
-    let body = super::over_snapshot(state, move |state, vms, now| {
-        let members = members_by_vm(state, now);
-        let list = VmList {
-            vms: vms
-                .iter()
-                .map(|vm| VmJson::new(vm, members.get(&*vm.id)))
-                .collect(),
-        };
-        json_body(&list, gzip)
-    })
+    let body = super::over_snapshot(
+        state,
+        |state, _, now| members_by_vm(state, now),
+        move |vms, members| {
+            let list = VmList {
+                vms: vms
+                    .iter()
+                    .map(|vm| VmJson::new(vm, members.get(&*vm.id)))
+                    .collect(),
+            };
+            json_body(&list, gzip)
+        },
+    )
     .await;
     encoded_response("/api/v1/vms", JSON, gzip, body)
 }

@@ -178,14 +178,30 @@ async fn serve_connection<IO>(
 /// at 20 000 VMs, BENCHMARKS.md).
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let gzip = accepts_gzip(&headers);
-    let rendered = over_snapshot(state, move |state, vms, now| {
-        let engine = state.engine.stats();
-        let (fleet, stats, leadership) = (&state.fleet, &state.stats, &state.leadership);
-        // Compressed as it is rendered, if at all: the text is never held whole.
-        let mut body = Body::new(gzip);
-        metrics::render_to(body.sink(), vms, fleet, stats, engine, leadership, now)?;
-        body.finish()
-    })
+    let rendered = over_snapshot(
+        state,
+        |state, vm_count, now| {
+            // The collector's own families take the locks of what they read: written
+            // here, before the VMs' families are rendered without any.
+            let collector = metrics::Collector {
+                fleet: &state.fleet,
+                stats: &state.stats,
+                engine: state.engine.stats(),
+                leadership: &state.leadership,
+            };
+            let mut text = Vec::new();
+            metrics::render_collector_to(&mut text, &collector, vm_count, now).map(|()| text)
+        },
+        move |vms, collector_text| {
+            let collector_text = collector_text?;
+            // Compressed as it is rendered, if at all: the text is never held whole.
+            let mut body = Body::new(gzip);
+            metrics::render_vms_to(body.sink(), vms)?;
+            body.sink().write_all(&collector_text)?;
+            metrics::render_process_to(body.sink())?;
+            body.finish()
+        },
+    )
     .await;
     encoded_response("/metrics", metrics::CONTENT_TYPE, gzip, rendered)
 }
@@ -194,13 +210,19 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
 /// (about a millisecond's worth).
 const SNAPSHOT_SLICE: usize = 256;
 
-/// Runs `read` on a read thread over every VM's summary at the clock's now, in (group,
-/// id) order. The summaries are copied first, on the async side, a slice at a time
-/// (see [`crate::fleet::Snapshot`] for why not on a read thread); only their ordering and `read` run
-/// on the read thread.
-async fn over_snapshot<T: Send + 'static>(
+/// Builds an answer over every VM's summary at the clock's now, in (group, id) order,
+/// in three steps, none on the async workers' time for long:
+///
+/// 1. the summaries are copied on the async side, a slice at a time (see
+///    [`crate::fleet::Snapshot`] for why not on a read thread);
+/// 2. `gather` reads what else the answer needs, taking the locks that takes, on a
+///    read thread ([`reads::Reads::run`]), given the VM count;
+/// 3. `render` orders the summaries and renders them with what `gather` returned, on
+///    a `SCHED_IDLE` thread ([`reads::Reads::render`]): it must lock nothing.
+async fn over_snapshot<G: Send + 'static, T: Send + 'static>(
     state: HttpState,
-    read: impl FnOnce(&HttpState, &[VmSummary], SystemTime) -> T + Send + 'static,
+    gather: impl FnOnce(&HttpState, usize, SystemTime) -> G + Send + 'static,
+    render: impl FnOnce(&[VmSummary], G) -> T + Send + 'static,
 ) -> Result<T, reads::ReadError> {
     let now = state.clock.now();
     let mut snapshot = state.fleet.snapshot_in_slices(now);
@@ -208,8 +230,10 @@ async fn over_snapshot<T: Send + 'static>(
         tokio::task::yield_now().await;
     }
     let reads = state.reads.clone();
+    let vm_count = snapshot.taken();
+    let gathered = reads.run(move || gather(&state, vm_count, now)).await?;
     reads
-        .run(move || read(&state, &snapshot.finish(), now))
+        .render(move || render(&snapshot.finish(), gathered))
         .await
 }
 
@@ -487,6 +511,41 @@ mod tests {
             .read_to_string(&mut unzipped)
             .unwrap();
         assert_eq!(steady(&unzipped), steady(&plain));
+    }
+
+    #[tokio::test]
+    async fn a_scrape_rendered_in_two_halves_is_the_whole_exposition() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (fleet, stats) = crate::metrics::tests::busy_fleet(now);
+        let mut state = state(dir.path());
+        state.fleet = Arc::new(fleet);
+        state.stats = Arc::new(stats);
+        state.clock = Arc::new(crate::clock::ManualClock::new(now));
+        let scraped = metrics(State(state.clone()), HeaderMap::new()).await;
+        let scraped = axum::body::to_bytes(scraped.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let scraped = String::from_utf8(scraped.to_vec()).unwrap();
+        let whole = metrics::render(
+            &metrics::Collector {
+                fleet: &state.fleet,
+                stats: &state.stats,
+                engine: state.engine.stats(),
+                leadership: &state.leadership,
+            },
+            now,
+        );
+        // The process_* samples change between two renders; the rest cannot.
+        let steady = |text: &str| {
+            text.lines()
+                .filter(|l| !l.starts_with("process_"))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        };
+        assert!(scraped.contains("rally_vm_up{vm=\"web-1\",group=\"web\"} 1"));
+        assert!(scraped.contains("# TYPE rally_collector_reports_total counter"));
+        assert_eq!(steady(&scraped), steady(&whole));
     }
 
     #[tokio::test]

@@ -35,68 +35,92 @@ use encoder::Exposition;
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders every metric at `now`, with the resize engine's counters from `engine` and
-/// who leads from `leadership`.
-pub fn render(
-    fleet: &Fleet,
-    stats: &IngestStats,
-    engine: &EngineStats,
-    leadership: &Leadership,
-    now: SystemTime,
-) -> String {
+/// What the collector's own families read besides the VMs' summaries. Each part is
+/// shared with the collector's other threads: the engine's counters and group status,
+/// who leads, and (for the rule readings of group members) the fleet's VMs.
+#[derive(Clone, Copy)]
+pub struct Collector<'a> {
+    /// The fleet (group members' windows, for the rule families).
+    pub fleet: &'a Fleet,
+    /// Ingest's counters.
+    pub stats: &'a IngestStats,
+    /// The resize engine's counters and group status.
+    pub engine: &'a EngineStats,
+    /// Who leads (always this collector without `[ha]`).
+    pub leadership: &'a Leadership,
+}
+
+/// Renders every metric at `now`, in one piece (tests and benchmarks; a scrape renders
+/// the parts apart, in this order: [`render_vms_to`], [`render_collector_to`],
+/// [`render_process_to`]).
+pub fn render(collector: &Collector<'_>, now: SystemTime) -> String {
+    let vms = collector.fleet.snapshot(now);
     let mut e = Exposition::default();
-    let vms = fleet.snapshot(now);
-    write_all(&mut e, &vms, fleet, stats, engine, leadership, now);
+    write_vms(&mut e, &vms);
+    write_collector(&mut e, collector, vms.len(), now);
+    write_process(&mut e);
     e.out
 }
 
-/// [`render`] of `vms` (the fleet's snapshot at `now`, [`Fleet::snapshot`]), written
-/// to `sink` in pieces as it goes (e.g. straight into a gzip encoder): the whole text
-/// is never held.
-pub fn render_to(
-    sink: &mut dyn std::io::Write,
-    vms: &[VmSummary],
-    fleet: &Fleet,
-    stats: &IngestStats,
-    engine: &EngineStats,
-    leadership: &Leadership,
-    now: SystemTime,
-) -> std::io::Result<()> {
+/// The families of `vms` (the fleet's snapshot, [`Fleet::snapshot`]), written to `sink`
+/// in pieces as it goes (e.g. straight into a gzip encoder): the whole text is never
+/// held. Locks nothing: it reads only `vms`.
+pub fn render_vms_to(sink: &mut dyn std::io::Write, vms: &[VmSummary]) -> std::io::Result<()> {
     let mut e = Exposition::to(sink);
-    write_all(&mut e, vms, fleet, stats, engine, leadership, now);
+    write_vms(&mut e, vms);
     e.finish()
 }
 
-fn write_all(
-    e: &mut Exposition<'_>,
-    vms: &[VmSummary],
-    fleet: &Fleet,
-    stats: &IngestStats,
-    engine: &EngineStats,
-    leadership: &Leadership,
+/// The collector's own families at `now` (ingest, resizes, leadership, each group
+/// member's rung and rules), for a fleet of `vm_count` VMs. They take the locks of
+/// what they read; their text is small next to the VMs' (unless groups are large), and
+/// follows it in a scrape.
+pub fn render_collector_to(
+    sink: &mut dyn std::io::Write,
+    collector: &Collector<'_>,
+    vm_count: usize,
     now: SystemTime,
-) {
+) -> std::io::Result<()> {
+    let mut e = Exposition::to(sink);
+    write_collector(&mut e, collector, vm_count, now);
+    e.finish()
+}
+
+/// The `process_*` families, read from `/proc/self`. Locks nothing; they end a scrape.
+pub fn render_process_to(sink: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut e = Exposition::to(sink);
+    write_process(&mut e);
+    e.finish()
+}
+
+fn write_vms(e: &mut Exposition<'_>, vms: &[VmSummary]) {
     vm::vm_metrics(e, vms);
     requests::request_metrics(e, vms);
     totals::filesystem_gauges(e, vms);
     vm::report_counters(e, vms);
     totals::integrated_counters(e, vms);
-    collector::collector_metrics(e, stats, vms.len());
-    resize::resize_metrics(e, engine);
-    ha::ha_metrics(e, leadership);
-    rules::rule_metrics(e, engine, fleet, now);
+}
+
+fn write_collector(e: &mut Exposition<'_>, c: &Collector<'_>, vm_count: usize, now: SystemTime) {
+    collector::collector_metrics(e, c.stats, vm_count);
+    resize::resize_metrics(e, c.engine);
+    ha::ha_metrics(e, c.leadership);
+    rules::rule_metrics(e, c.engine, c.fleet, now);
+}
+
+fn write_process(e: &mut Exposition<'_>) {
     process::process_metrics(e, &process::ProcessStats::read());
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fleet::{Latency, SourceReport};
     use crate::ingest::Reason;
 
     /// A fleet of several VMs in two groups plus an ungrouped one: with and without
     /// PSI, one configured VM that never reported, a hostname that needs escaping.
-    fn busy_fleet(now: SystemTime) -> (Fleet, IngestStats) {
+    pub(crate) fn busy_fleet(now: SystemTime) -> (Fleet, IngestStats) {
         use crate::config::UnknownVms;
         use crate::fleet::{
             CpuShares, FleetSettings, Hello, LoadAverage, Memory, Pressure, PressureLine, Report,
@@ -295,10 +319,12 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let (fleet, stats) = busy_fleet(now);
         let text = render(
-            &fleet,
-            &stats,
-            &EngineStats::default(),
-            &Leadership::Single,
+            &Collector {
+                fleet: &fleet,
+                stats: &stats,
+                engine: &EngineStats::default(),
+                leadership: &Leadership::Single,
+            },
             now,
         );
         // The contract's names are all there.
