@@ -36,7 +36,7 @@ pub use net::NetRate;
 pub use pressure::{Pressure, PressureLine, PressureResource};
 pub use size::VmSize;
 
-use kernel_file::KernelFile;
+use kernel_file::{End, KernelFile};
 
 /// How long a failing signal stays quiet in the log after it was reported.
 const LOG_EVERY: Duration = Duration::from_secs(600);
@@ -239,8 +239,6 @@ type Previous<T> = Option<(Instant, T)>;
 pub struct Sampler {
     files: Files,
     sys_block: PathBuf,
-    text: String,
-    psi_text: [String; 3],
     previous: Option<Instant>,
     cpu: Option<cpu::CpuReading>,
     net: Previous<Vec<(String, net::NetCounters)>>,
@@ -252,7 +250,6 @@ pub struct Sampler {
     filesystems: filesystem::FilesystemSampler,
     filesystems_last: Previous<Vec<FilesystemSpace>>,
     hotplug: size::Hotplug,
-    hotplug_text: String,
     health: [Health; Signal::ALL.len()],
 }
 
@@ -272,20 +269,19 @@ impl Sampler {
     pub fn new(root: &Path) -> Self {
         let proc = root.join("proc");
         let sys = root.join("sys");
-        let file = |dir: &Path, name: &str| KernelFile::new(dir.join(name));
+        let whole = |dir: &Path, name: &str| KernelFile::new(dir.join(name), End::ShortRead);
+        let lines = |dir: &Path, name: &str| KernelFile::new(dir.join(name), End::EmptyRead);
         Self {
             files: Files {
-                stat: file(&proc, cpu::PATH),
-                meminfo: file(&proc, memory::PATH),
-                loadavg: file(&proc, load::PATH),
-                pressure: pressure::PATHS.map(|p| file(&proc, p)),
-                net_dev: file(&proc, net::PATH),
-                diskstats: file(&proc, disk::PATH),
-                online_cpus: file(&sys, size::ONLINE_CPUS),
+                stat: whole(&proc, cpu::PATH),
+                meminfo: whole(&proc, memory::PATH),
+                loadavg: whole(&proc, load::PATH),
+                pressure: pressure::PATHS.map(|p| whole(&proc, p)),
+                net_dev: lines(&proc, net::PATH),
+                diskstats: lines(&proc, disk::PATH),
+                online_cpus: whole(&sys, size::ONLINE_CPUS),
             },
             sys_block: sys.join(disk::SYS_BLOCK),
-            text: String::with_capacity(8192),
-            psi_text: Default::default(),
             previous: None,
             cpu: None,
             net: None,
@@ -295,7 +291,6 @@ impl Sampler {
             filesystems: filesystem::FilesystemSampler::new(),
             filesystems_last: None,
             hotplug: size::Hotplug::new(&sys),
-            hotplug_text: String::new(),
             health: [Health::default(); Signal::ALL.len()],
         }
     }
@@ -334,11 +329,7 @@ impl Sampler {
         };
 
         let mut online_cores_in_stat = None;
-        let cpu = self
-            .files
-            .stat
-            .read(&mut self.text)
-            .and_then(|()| cpu::parse(&self.text));
+        let cpu = self.files.stat.read().and_then(cpu::parse);
         if let Some(reading) = self.check(Signal::Cpu, now, cpu) {
             if let Some(prev) = &self.cpu {
                 sample.cpu = cpu::shares(&prev.total, &reading.total);
@@ -350,26 +341,18 @@ impl Sampler {
             self.cpu = Some(reading);
         }
 
-        let memory = self
-            .files
-            .meminfo
-            .read(&mut self.text)
-            .and_then(|()| memory::parse(&self.text));
+        let memory = self.files.meminfo.read().and_then(memory::parse);
         sample.memory = self.check(Signal::Memory, now, memory);
 
         // /proc/stat lists exactly the online CPUs: the fallback if sysfs is missing.
-        let from_sysfs = self
-            .files
-            .online_cpus
-            .read(&mut self.text)
-            .and_then(|()| size::count_cpu_list(&self.text));
-        // Present-but-offline CPUs need the online list, which `self.text` holds when
-        // the sysfs read succeeded (without it, none is known to be offline).
-        let offline_cpus = if from_sysfs.is_ok() {
-            self.hotplug
-                .offline_cpus(&self.text, &mut self.hotplug_text)
-        } else {
-            Ok(0)
+        // Present-but-offline CPUs need the online list (without it, none is known
+        // to be offline).
+        let (from_sysfs, offline_cpus) = match self.files.online_cpus.read() {
+            Ok(online) => (
+                size::count_cpu_list(online),
+                self.hotplug.offline_cpus(online),
+            ),
+            Err(e) => (Err(e), Ok(0)),
         };
         let vcpus = from_sysfs.or_else(|e| online_cores_in_stat.filter(|&n| n > 0).ok_or(e));
         let vcpus = self.check(Signal::Size, now, vcpus);
@@ -386,21 +369,13 @@ impl Sampler {
             });
         }
 
-        let load = self
-            .files
-            .loadavg
-            .read(&mut self.text)
-            .and_then(|()| load::parse(&self.text));
+        let load = self.files.loadavg.read().and_then(load::parse);
         sample.load = self.check(Signal::Load, now, load);
 
         let pressure = self.read_pressure();
         sample.pressure = self.check(Signal::Pressure, now, pressure).flatten();
 
-        let net = self
-            .files
-            .net_dev
-            .read(&mut self.text)
-            .and_then(|()| net::parse(&self.text));
+        let net = self.files.net_dev.read().and_then(net::parse);
         if let Some(reading) = self.check(Signal::Net, now, net) {
             if let Some((at, prev)) = &self.net {
                 sample.net = net::rates(prev, &reading, now.duration_since(*at));
@@ -464,67 +439,44 @@ impl Sampler {
     }
 
     fn read_pressure(&mut self) -> Result<Option<Pressure>, SampleError> {
-        let mut present = [false; 3];
-        for ((file, text), present) in self
-            .files
-            .pressure
-            .iter_mut()
-            .zip(&mut self.psi_text)
-            .zip(&mut present)
-        {
-            *present = match file.read(text) {
-                Ok(()) => true,
-                Err(SampleError::Read { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound
-                        || source.raw_os_error() == Some(EOPNOTSUPP) =>
-                {
-                    false
-                }
-                Err(e) => return Err(e),
-            };
-        }
-        let [cpu, memory, io] = &self.psi_text;
-        let [has_cpu, has_memory, has_io] = present;
-        pressure::assemble([
-            has_cpu.then_some(cpu.as_str()),
-            has_memory.then_some(memory.as_str()),
-            has_io.then_some(io.as_str()),
-        ])
-    }
-
-    fn read_disks(&mut self) -> Result<Vec<(String, disk::DiskCounters)>, SampleError> {
-        self.files.diskstats.read(&mut self.text)?;
-        let devices = self
-            .text
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(2));
-        if !devices.eq(self.disk_devices.iter().map(String::as_str)) {
-            self.list_whole_disks()?;
-        }
-        disk::parse(&self.text, &self.whole_disks)
-    }
-
-    /// Lists `/sys/block` and remembers which devices `/proc/diskstats` had then.
-    fn list_whole_disks(&mut self) -> Result<(), SampleError> {
-        let read_dir_error = |source| SampleError::Read {
-            path: self.sys_block.clone(),
-            source,
-        };
-        let mut whole_disks = Vec::new();
-        for entry in std::fs::read_dir(&self.sys_block).map_err(read_dir_error)? {
-            let entry = entry.map_err(read_dir_error)?;
-            if let Some(name) = entry.file_name().to_str() {
-                whole_disks.push(name.to_owned());
+        let [cpu, memory, io] = &mut self.files.pressure;
+        let [cpu, memory, io] = [cpu.read(), memory.read(), io.read()].map(|read| match read {
+            Ok(text) => Ok(Some(text)),
+            Err(SampleError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound
+                    || source.raw_os_error() == Some(EOPNOTSUPP) =>
+            {
+                Ok(None)
             }
+            Err(e) => Err(e),
+        });
+        pressure::assemble([cpu?, memory?, io?])
+    }
+
+    /// Reads `/proc/diskstats`, and lists `/sys/block` again when its devices changed
+    /// (a disk attached or removed) to know which are whole disks.
+    fn read_disks(&mut self) -> Result<Vec<(String, disk::DiskCounters)>, SampleError> {
+        let text = self.files.diskstats.read()?;
+        let devices = text.lines().filter_map(|l| l.split_whitespace().nth(2));
+        if !devices
+            .clone()
+            .eq(self.disk_devices.iter().map(String::as_str))
+        {
+            let read_dir_error = |source| SampleError::Read {
+                path: self.sys_block.clone(),
+                source,
+            };
+            let mut whole_disks = Vec::new();
+            for entry in std::fs::read_dir(&self.sys_block).map_err(read_dir_error)? {
+                let entry = entry.map_err(read_dir_error)?;
+                if let Some(name) = entry.file_name().to_str() {
+                    whole_disks.push(name.to_owned());
+                }
+            }
+            self.whole_disks = whole_disks;
+            self.disk_devices = devices.map(str::to_owned).collect();
         }
-        self.whole_disks = whole_disks;
-        self.disk_devices = self
-            .text
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(2))
-            .map(str::to_owned)
-            .collect();
-        Ok(())
+        disk::parse(text, &self.whole_disks)
     }
 }
 

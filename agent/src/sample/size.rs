@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::SampleError;
-use super::kernel_file::KernelFile;
+use super::kernel_file::{End, KernelFile};
 
 /// The file listing online CPUs, relative to the sys root.
 pub const ONLINE_CPUS: &str = "devices/system/cpu/online";
@@ -185,7 +185,7 @@ impl Hotplug {
     /// Reads below `sys` (`/sys` on the VM).
     pub fn new(sys: &Path) -> Self {
         Self {
-            present_cpus: KernelFile::new(sys.join(PRESENT_CPUS)),
+            present_cpus: KernelFile::new(sys.join(PRESENT_CPUS), End::ShortRead),
             memory_dir: sys.join(MEMORY_DIR),
             last_scan: None,
         }
@@ -193,9 +193,9 @@ impl Hotplug {
 
     /// Present-but-offline CPUs given the `online` list just read; a kernel without a
     /// `present` file (very old, or a fake root) counts as none offline.
-    pub fn offline_cpus(&mut self, online: &str, buf: &mut String) -> Result<u32, SampleError> {
-        match self.present_cpus.read(buf) {
-            Ok(()) => offline_cpus(buf, online),
+    pub fn offline_cpus(&mut self, online: &str) -> Result<u32, SampleError> {
+        match self.present_cpus.read() {
+            Ok(present) => offline_cpus(present, online),
             Err(SampleError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
@@ -269,9 +269,8 @@ mod tests {
         let sys = sys("sysfs-online");
         let online = std::fs::read_to_string(sys.join(ONLINE_CPUS)).unwrap();
         let mut h = Hotplug::new(&sys);
-        let mut buf = String::new();
         assert_eq!(count_cpu_list(&online).unwrap(), 2);
-        assert_eq!(h.offline_cpus(&online, &mut buf).unwrap(), 0);
+        assert_eq!(h.offline_cpus(&online).unwrap(), 0);
         let blocks = h.memory_blocks(Instant::now(), 1).unwrap();
         assert_eq!(
             blocks,
@@ -288,9 +287,8 @@ mod tests {
         let sys = sys("sysfs-hotadd-offline");
         let online = std::fs::read_to_string(sys.join(ONLINE_CPUS)).unwrap();
         let mut h = Hotplug::new(&sys);
-        let mut buf = String::new();
         assert_eq!(count_cpu_list(&online).unwrap(), 2);
-        assert_eq!(h.offline_cpus(&online, &mut buf).unwrap(), 2);
+        assert_eq!(h.offline_cpus(&online).unwrap(), 2);
         let blocks = h.memory_blocks(Instant::now(), 1).unwrap();
         assert_eq!(
             blocks,
