@@ -92,8 +92,9 @@ impl Reads {
     }
 
     /// Runs `render` on a `SCHED_IDLE` thread and returns what it returned. `render`
-    /// must take no lock that another thread takes: preempted while holding one, it
-    /// could keep it until the cores are idle, and stall whoever waits for it.
+    /// must take none of the collector's locks: preempted while holding one, it could
+    /// keep it until the cores are idle, and stall whoever waits for it. (The
+    /// allocator's arena locks are held for a `malloc` or `free` at a time.)
     pub async fn render<T: Send + 'static>(
         &self,
         render: impl FnOnce() -> T + Send + 'static,

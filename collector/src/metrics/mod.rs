@@ -64,7 +64,7 @@ pub fn render(collector: &Collector<'_>, now: SystemTime) -> String {
 
 /// The families of `vms` (the fleet's snapshot, [`Fleet::snapshot`]), written to `sink`
 /// in pieces as it goes (e.g. straight into a gzip encoder): the whole text is never
-/// held. Locks nothing: it reads only `vms`.
+/// held. Takes none of the collector's locks: it reads only `vms`.
 pub fn render_vms_to(sink: &mut dyn std::io::Write, vms: &[VmSummary]) -> std::io::Result<()> {
     let mut e = Exposition::to(sink);
     write_vms(&mut e, vms);
@@ -86,7 +86,8 @@ pub fn render_collector_to(
     e.finish()
 }
 
-/// The `process_*` families, read from `/proc/self`. Locks nothing; they end a scrape.
+/// The `process_*` families, read from `/proc/self`. Takes none of the collector's
+/// locks; they end a scrape.
 pub fn render_process_to(sink: &mut dyn std::io::Write) -> std::io::Result<()> {
     let mut e = Exposition::to(sink);
     write_process(&mut e);
