@@ -439,17 +439,20 @@ impl Sampler {
     }
 
     fn read_pressure(&mut self) -> Result<Option<Pressure>, SampleError> {
-        let [cpu, memory, io] = &mut self.files.pressure;
-        let [cpu, memory, io] = [cpu.read(), memory.read(), io.read()].map(|read| match read {
-            Ok(text) => Ok(Some(text)),
-            Err(SampleError::Read { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound
-                    || source.raw_os_error() == Some(EOPNOTSUPP) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        });
+        let [cpu, memory, io] = self
+            .files
+            .pressure
+            .each_mut()
+            .map(|file| match file.read() {
+                Ok(text) => Ok(Some(text)),
+                Err(SampleError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        || source.raw_os_error() == Some(EOPNOTSUPP) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            });
         pressure::assemble([cpu?, memory?, io?])
     }
 

@@ -329,7 +329,8 @@ pub struct VmSummary {
 /// load) stalls the async worker whose report needs it, and every stream behind that
 /// worker. Taken a slice at a time on the async side instead, it competes on equal
 /// terms and lets the worker's other tasks run between slices; the rendering, which
-/// locks nothing, runs on the lowest-priority threads (`http::reads`).
+/// takes none of the collector's locks, runs on the lowest-priority threads
+/// (`http::reads`).
 #[derive(Debug)]
 pub struct Snapshot {
     handles: std::vec::IntoIter<Arc<Mutex<Vm>>>,

@@ -53,6 +53,18 @@ pub struct HttpState {
     pub reads: reads::Reads,
 }
 
+impl HttpState {
+    /// What the collector's own metric families read (see [`metrics::Collector`]).
+    fn metrics_collector(&self) -> metrics::Collector<'_> {
+        metrics::Collector {
+            fleet: &self.fleet,
+            stats: &self.stats,
+            engine: self.engine.stats(),
+            leadership: &self.leadership,
+        }
+    }
+}
+
 /// The router of the HTTP listener.
 pub fn router(state: HttpState) -> Router {
     let operator = Router::new()
@@ -183,14 +195,9 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
         |state, vm_count, now| {
             // The collector's own families take the locks of what they read: written
             // here, before the VMs' families are rendered without any.
-            let collector = metrics::Collector {
-                fleet: &state.fleet,
-                stats: &state.stats,
-                engine: state.engine.stats(),
-                leadership: &state.leadership,
-            };
             let mut text = Vec::new();
-            metrics::render_collector_to(&mut text, &collector, vm_count, now).map(|()| text)
+            metrics::render_collector_to(&mut text, &state.metrics_collector(), vm_count, now)
+                .map(|()| text)
         },
         move |vms, collector_text| {
             let collector_text = collector_text?;
@@ -218,7 +225,8 @@ const SNAPSHOT_SLICE: usize = 256;
 /// 2. `gather` reads what else the answer needs, taking the locks that takes, on a
 ///    read thread ([`reads::Reads::run`]), given the VM count;
 /// 3. `render` orders the summaries and renders them with what `gather` returned, on
-///    a `SCHED_IDLE` thread ([`reads::Reads::render`]): it must lock nothing.
+///    a `SCHED_IDLE` thread ([`reads::Reads::render`]): it must take none of the
+///    collector's locks.
 async fn over_snapshot<G: Send + 'static, T: Send + 'static>(
     state: HttpState,
     gather: impl FnOnce(&HttpState, usize, SystemTime) -> G + Send + 'static,
@@ -470,19 +478,21 @@ mod tests {
         assert!(!accepts(&["x-gzip2, br"]));
     }
 
+    /// A scrape without its `process_*` samples, which change between two renders
+    /// (the rest cannot).
+    fn steady(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("process_"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
     #[tokio::test]
     async fn metrics_are_the_same_text_gzip_compressed_when_accepted() {
         use std::io::Read as _;
 
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path());
-        // The process_* samples change between two renders; the rest cannot.
-        let steady = |text: &str| {
-            text.lines()
-                .filter(|l| !l.starts_with("process_"))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>()
-        };
         let plain = metrics(State(state.clone()), HeaderMap::new()).await;
         assert_eq!(plain.headers().get(header::CONTENT_ENCODING), None);
         let plain = axum::body::to_bytes(plain.into_body(), usize::MAX)
@@ -527,22 +537,7 @@ mod tests {
             .await
             .unwrap();
         let scraped = String::from_utf8(scraped.to_vec()).unwrap();
-        let whole = metrics::render(
-            &metrics::Collector {
-                fleet: &state.fleet,
-                stats: &state.stats,
-                engine: state.engine.stats(),
-                leadership: &state.leadership,
-            },
-            now,
-        );
-        // The process_* samples change between two renders; the rest cannot.
-        let steady = |text: &str| {
-            text.lines()
-                .filter(|l| !l.starts_with("process_"))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>()
-        };
+        let whole = metrics::render(&state.metrics_collector(), now);
         assert!(scraped.contains("rally_vm_up{vm=\"web-1\",group=\"web\"} 1"));
         assert!(scraped.contains("# TYPE rally_collector_reports_total counter"));
         assert_eq!(steady(&scraped), steady(&whole));
