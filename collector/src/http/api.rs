@@ -24,6 +24,7 @@ pub async fn vms(State(state): State<HttpState>, headers: HeaderMap) -> Response
     let gzip = accepts_gzip(&headers);
     let body = super::over_snapshot(
         state,
+        "/api/v1/vms",
         |state, _, now| members_by_vm(state, now),
         move |vms, members| {
             let list = VmList {

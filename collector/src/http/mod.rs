@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::extract::State;
@@ -192,6 +192,7 @@ async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response
     let gzip = accepts_gzip(&headers);
     let rendered = over_snapshot(
         state,
+        "/metrics",
         |state, vm_count, now| {
             // The collector's own families take the locks of what they read: written
             // here, before the VMs' families are rendered without any.
@@ -226,23 +227,46 @@ const SNAPSHOT_SLICE: usize = 256;
 ///    read thread ([`reads::Reads::run`]), given the VM count;
 /// 3. `render` orders the summaries and renders them with what `gather` returned, on
 ///    a `SCHED_IDLE` thread ([`reads::Reads::render`]): it must take none of the
-///    collector's locks.
+///    collector's locks. The summaries are then freed on a read thread
+///    ([`reads::Reads::drop_later`]).
+///
+/// How long each step took is logged at `debug`, with `what` (the path).
 async fn over_snapshot<G: Send + 'static, T: Send + 'static>(
     state: HttpState,
+    what: &'static str,
     gather: impl FnOnce(&HttpState, usize, SystemTime) -> G + Send + 'static,
     render: impl FnOnce(&[VmSummary], G) -> T + Send + 'static,
 ) -> Result<T, reads::ReadError> {
+    let began = Instant::now();
     let now = state.clock.now();
     let mut snapshot = state.fleet.snapshot_in_slices(now);
     while snapshot.take(SNAPSHOT_SLICE) {
         tokio::task::yield_now().await;
     }
+    let copied = Instant::now();
     let reads = state.reads.clone();
     let vm_count = snapshot.taken();
     let gathered = reads.run(move || gather(&state, vm_count, now)).await?;
-    reads
-        .render(move || render(&snapshot.finish(), gathered))
-        .await
+    let gathered_at = Instant::now();
+    let disposal = reads.clone();
+    let rendered = reads
+        .render(move || {
+            let summaries = snapshot.finish();
+            let rendered = render(&summaries, gathered);
+            // The summaries hold reports the workers allocated: freed elsewhere.
+            disposal.drop_later(summaries);
+            rendered
+        })
+        .await?;
+    tracing::debug!(
+        what,
+        vms = vm_count,
+        snapshot = ?(copied - began),
+        gather = ?(gathered_at - copied),
+        render = ?gathered_at.elapsed(),
+        "fleet-wide read"
+    );
+    Ok(rendered)
 }
 
 /// A response body being written: plain, or gzip-compressed as it goes.

@@ -93,13 +93,25 @@ impl Reads {
 
     /// Runs `render` on a `SCHED_IDLE` thread and returns what it returned. `render`
     /// must take none of the collector's locks: preempted while holding one, it could
-    /// keep it until the cores are idle, and stall whoever waits for it. (The
-    /// allocator's arena locks are held for a `malloc` or `free` at a time.)
+    /// keep it until the cores are idle, and stall whoever waits for it. Nor should it
+    /// free what the async workers allocated: see [`Reads::drop_later`].
     pub async fn render<T: Send + 'static>(
         &self,
         render: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ReadError> {
         submit(&self.rendering, render).await
+    }
+
+    /// Drops `value` on a [`Reads::run`] thread, or here if that pool's queue is full.
+    ///
+    /// For what a render is done with that the async workers allocated (a snapshot's
+    /// reports): glibc frees a block into the arena of the thread that allocated it,
+    /// under that arena's lock, and a `SCHED_IDLE` thread preempted while it holds a
+    /// worker's arena lock stalls that worker until a core goes idle. A nicer thread
+    /// gets a core back within milliseconds.
+    pub fn drop_later<T: Send + 'static>(&self, value: T) {
+        // A full queue hands the job back in the error, and it is dropped here.
+        let _ = self.locking.try_send(Box::new(move || drop(value)));
     }
 }
 
@@ -234,6 +246,28 @@ mod tests {
         let failed = reads.render(|| -> u32 { panic!("a broken render") }).await;
         assert!(matches!(failed, Err(ReadError::Panicked)), "{failed:?}");
         assert_eq!(reads.render(|| 7).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn what_a_render_leaves_is_dropped_on_a_read_thread() {
+        /// Says, when dropped, which thread dropped it.
+        struct Tell(mpsc::Sender<Option<String>>);
+        impl Drop for Tell {
+            fn drop(&mut self) {
+                let _ = self
+                    .0
+                    .send(std::thread::current().name().map(str::to_owned));
+            }
+        }
+        let reads = Reads::start(1).unwrap();
+        let (tell, dropped_by) = mpsc::channel();
+        let disposal = reads.clone();
+        reads
+            .render(move || disposal.drop_later(Tell(tell)))
+            .await
+            .unwrap();
+        let thread = dropped_by.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(thread.unwrap().as_deref(), Some("rally-read-0"));
     }
 
     #[test]
