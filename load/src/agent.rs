@@ -332,7 +332,9 @@ impl Agent<'_> {
                 } else {
                     &mut self.latencies
                 };
-                batch.push(now.duration_since(sent));
+                let latency = now.duration_since(sent);
+                self.stats.slow.record(now, latency);
+                batch.push(latency);
                 covered += 1;
                 if batch.len() >= LATENCY_BATCH {
                     self.flush();

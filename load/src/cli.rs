@@ -51,6 +51,10 @@ pub struct Cli {
     /// are read from /proc.
     #[arg(long)]
     pub collector_pid: Option<u32>,
+    /// Acks slower than this are also counted by the second of the run they arrived
+    /// in (`slow` in the summary), to match a tail with what the collector was doing.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub slow: Duration,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

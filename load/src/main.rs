@@ -6,8 +6,8 @@
 //! covers it. Agents share HTTP/2 connections `--streams-per-connection` at a time.
 //! With `--reconnect` a lost stream is reopened after the real agent's backoff, and
 //! the summary tells how the reconnections spread out.
-//! At the end it prints reports/s, ack latency percentiles, errors, and the
-//! collector's CPU and memory over the run.
+//! At the end it prints reports/s, ack latency percentiles, the seconds in which acks
+//! were slow, errors, and the collector's CPU and memory over the run.
 //!
 //! # Layout
 //!
@@ -16,6 +16,7 @@
 //! - [`report`]: identities, `Hello` and reports, built with `rally_agent::wire`.
 //! - [`codec`]: the stream's gRPC codec, which sends reports from their cached encoding.
 //! - [`stats`]: shared counters and the latency histogram.
+//! - [`slow`]: acks slower than `--slow`, by the second of the run they arrived in.
 //! - [`usage`]: CPU time and resident memory of a process from `/proc`.
 //! - [`summary`]: the figures of a run, as text or JSON.
 
@@ -26,6 +27,7 @@ mod agent;
 mod cli;
 mod codec;
 mod report;
+mod slow;
 mod stats;
 mod summary;
 mod usage;
@@ -41,6 +43,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::agent::{Phase, Plan, Shared};
 use crate::cli::Cli;
+use crate::slow::SlowAcks;
 use crate::stats::Stats;
 use crate::summary::Summary;
 
@@ -93,7 +96,11 @@ fn raise_fd_limit(needed: u64) -> anyhow::Result<()> {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<Summary> {
-    let stats = Arc::new(Stats::new()?);
+    // Every second of the run and of the drain, with room for the agents' own
+    // stopping time; anything later counts in the last second.
+    let run_seconds = (cli.duration + cli.drain).as_secs() + 12;
+    let slow = SlowAcks::new(cli.slow, usize::try_from(run_seconds)?);
+    let stats = Arc::new(Stats::new(slow)?);
     let plan = Arc::new(Plan {
         vm_prefix: cli.vm_prefix.clone(),
         period: cli.period(),
@@ -149,6 +156,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Summary> {
     let generator_before = usage::read(None)?;
     let started = Instant::now();
     stats.steady_from((started + cli.warm_up).into());
+    stats.slow.start(started.into());
     phase_tx.send_replace(Phase::Running);
     let mut last_progress = (started, 0u64);
     let deadline = started + cli.duration;

@@ -11,6 +11,8 @@ use tokio::time::Instant;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::slow::SlowAcks;
+
 /// Latencies are recorded in microseconds, up to this many (longer ones saturate).
 const MAX_LATENCY_US: u64 = 600_000_000;
 /// Histogram shards: agents record into `index % SHARDS`, so thousands of agents do
@@ -44,6 +46,8 @@ pub struct Stats {
     steady_from: OnceLock<Instant>,
     latencies: Vec<Mutex<Histogram<u64>>>,
     warm_up: Vec<Mutex<Histogram<u64>>>,
+    /// Slow acks by the second they arrived in.
+    pub slow: SlowAcks,
 }
 
 fn histograms() -> anyhow::Result<Vec<Mutex<Histogram<u64>>>> {
@@ -63,8 +67,8 @@ fn merged(shards: &[Mutex<Histogram<u64>>]) -> Latency {
 }
 
 impl Stats {
-    /// Empty counters.
-    pub fn new() -> anyhow::Result<Self> {
+    /// Empty counters; slow acks are counted in `slow`.
+    pub fn new(slow: SlowAcks) -> anyhow::Result<Self> {
         Ok(Self {
             opened: AtomicU64::new(0),
             settled: AtomicU64::new(0),
@@ -80,6 +84,7 @@ impl Stats {
             steady_from: OnceLock::new(),
             latencies: histograms()?,
             warm_up: histograms()?,
+            slow,
         })
     }
 
@@ -211,7 +216,7 @@ mod tests {
 
     #[test]
     fn percentiles_merge_every_shard() {
-        let stats = Stats::new().unwrap();
+        let stats = Stats::new(SlowAcks::new(Duration::from_millis(50), 1)).unwrap();
         // 1..=1000 ms, spread over agents of different shards.
         for ms in 1..=1000u64 {
             stats.record(
@@ -233,7 +238,7 @@ mod tests {
 
     #[test]
     fn reports_sent_before_the_warm_up_ends_are_warming_up() {
-        let stats = Stats::new().unwrap();
+        let stats = Stats::new(SlowAcks::new(Duration::from_millis(50), 1)).unwrap();
         let now = Instant::now();
         assert!(!stats.warming_up(now), "no warm-up set: none");
         stats.steady_from(now + Duration::from_secs(10));
@@ -243,7 +248,7 @@ mod tests {
 
     #[test]
     fn errors_are_counted_by_kind() {
-        let stats = Stats::new().unwrap();
+        let stats = Stats::new(SlowAcks::new(Duration::from_millis(50), 1)).unwrap();
         stats.error("open: Unavailable");
         stats.error("open: Unavailable");
         stats.error("stream closed by the collector");

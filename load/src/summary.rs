@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::cli::Cli;
 use crate::report;
+use crate::slow::Slow;
 use crate::stats::{Latency, Reconnect, Stats};
 use crate::usage::{Reading, Usage};
 
@@ -58,6 +59,9 @@ pub struct Summary {
     /// sent during it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warm_up: Option<WarmUp>,
+    /// Acks slower than `--slow`, by the second of the run they arrived in (the
+    /// warm-up's included).
+    pub slow: Slow,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
     /// Lost streams and how they came back (`--reconnect`).
@@ -104,6 +108,7 @@ impl Summary {
                 seconds: cli.warm_up.as_secs_f64(),
                 ack_latency: stats.warm_up_latency(),
             }),
+            slow: stats.slow.summary(),
             errors: stats.errors(),
             reconnects: cli.reconnect.then(|| Reconnects::new(stats)),
             collector: collector.map(|(before, after)| Usage::between(before, after)),
@@ -203,6 +208,31 @@ fn usage(f: &mut fmt::Formatter<'_>, who: &str, u: &Usage) -> fmt::Result {
     )
 }
 
+/// How many seconds with slow acks the text summary names.
+const WORST_SECONDS: usize = 5;
+
+fn slow(f: &mut fmt::Formatter<'_>, slow: &Slow) -> fmt::Result {
+    if slow.acks == 0 {
+        return writeln!(f, "slow       no ack over {} ms", slow.threshold_ms);
+    }
+    write!(
+        f,
+        "slow       {} acks over {} ms, in {} s of the run",
+        slow.acks,
+        slow.threshold_ms,
+        slow.seconds.len()
+    )?;
+    let worst = slow.worst(WORST_SECONDS);
+    if !worst.is_empty() {
+        let worst: Vec<String> = worst
+            .iter()
+            .map(|s| format!("{} s: {} (max {:.0} ms)", s.second, s.acks, s.max_ms))
+            .collect();
+        write!(f, "; the most at {}", worst.join(", "))?;
+    }
+    writeln!(f)
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match self.rate_per_agent {
@@ -243,6 +273,7 @@ impl fmt::Display for Summary {
                 w.seconds, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
             )?;
         }
+        slow(f, &self.slow)?;
         if self.errors.is_empty() {
             writeln!(f, "errors     none")?;
         }
