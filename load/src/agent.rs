@@ -35,15 +35,17 @@ const QUEUE: usize = 32;
 /// Latencies are handed to the shared histogram in batches of this many.
 const LATENCY_BATCH: usize = 64;
 
-/// Where a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a run is; phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// Streams are being opened; no reports yet.
     Opening,
     /// Reports flow.
     Running,
-    /// No more reports: wait for the outstanding acks, then close.
+    /// No more reports: wait for the outstanding acks, with the streams still open.
     Stopping,
+    /// Every agent has its acks (or the drain time is over): close the streams.
+    Closing,
 }
 
 /// What every agent of a run does.
@@ -123,7 +125,7 @@ pub async fn run(index: usize, channel: Channel, shared: Shared) {
         let Err(kind) = agent.follow(shared.phase.clone()).await else {
             break;
         };
-        let stopping = *shared.phase.borrow() == Phase::Stopping;
+        let stopping = *shared.phase.borrow() >= Phase::Stopping;
         if !shared.plan.reconnect || stopping {
             stats.error(kind);
             break;
@@ -135,6 +137,15 @@ pub async fn run(index: usize, channel: Channel, shared: Shared) {
     }
     agent.flush();
     Stats::add(&stats.unacked, agent.outstanding.len() as u64);
+    // The stream closes when `agent` is dropped: not before every agent is done, or
+    // thousands of streams closing at once would delay the acks others still wait
+    // for, and time the generator's own stop instead of the collector.
+    Stats::add(&stats.drained, 1);
+    let _ = shared
+        .phase
+        .clone()
+        .wait_for(|p| *p == Phase::Closing)
+        .await;
 }
 
 type Opened = (mpsc::Sender<Outgoing>, Streaming<pb::CollectorMessage>);
@@ -210,7 +221,7 @@ impl Agent<'_> {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = phase.wait_for(|p| *p == Phase::Stopping) => return false,
+                _ = phase.wait_for(|p| *p >= Phase::Stopping) => return false,
             }
             Stats::add(&self.stats.reconnect_attempts, 1);
             let channel = shared.endpoint.connect_lazy();
@@ -281,7 +292,7 @@ impl Agent<'_> {
             let room = self.outstanding.len() < self.plan.window;
             tokio::select! {
                 biased;
-                _ = phase.wait_for(|p| *p == Phase::Stopping) => return Ok(()),
+                _ = phase.wait_for(|p| *p >= Phase::Stopping) => return Ok(()),
                 message = self.inbound.message() => self.received(message)?,
                 _ = ticker.tick(), if !flood && !due => due = true,
                 permit = tx.reserve(), if (flood || due) && room => {

@@ -175,6 +175,14 @@ async fn run(cli: &Cli) -> anyhow::Result<Summary> {
         .transpose()?;
     let generator_after = usage::read(None)?;
     phase_tx.send_replace(Phase::Stopping);
+    // Every agent waits for its acks with its stream open; the streams close together
+    // once all are done, or once the drain time is over.
+    let drain_deadline = Instant::now() + cli.drain + Duration::from_secs(1);
+    let opened = Stats::get(&stats.opened);
+    while Stats::get(&stats.drained) < opened && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    phase_tx.send_replace(Phase::Closing);
 
     // Each agent's drain is bounded by --drain; allow for scheduling on top.
     let stop_deadline = tokio::time::Instant::now() + cli.drain + Duration::from_secs(10);

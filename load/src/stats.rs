@@ -34,6 +34,9 @@ pub struct Stats {
     pub acked: AtomicU64,
     /// Reports still un-acknowledged when their agent stopped waiting.
     pub unacked: AtomicU64,
+    /// Agents with an open stream that are done (every ack in, or given up), and wait
+    /// for the others before closing it.
+    pub drained: AtomicU64,
     /// Streams lost and to be reopened (`--reconnect`).
     pub lost_streams: AtomicU64,
     /// Attempts to reopen a lost stream, successful or not.
@@ -76,6 +79,7 @@ impl Stats {
             acks: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             unacked: AtomicU64::new(0),
+            drained: AtomicU64::new(0),
             lost_streams: AtomicU64::new(0),
             reconnect_attempts: AtomicU64::new(0),
             resent: AtomicU64::new(0),
