@@ -222,15 +222,13 @@ fn slow(f: &mut fmt::Formatter<'_>, slow: &Slow) -> fmt::Result {
         slow.threshold_ms,
         slow.seconds.len()
     )?;
-    let worst = slow.worst(WORST_SECONDS);
-    if !worst.is_empty() {
-        let worst: Vec<String> = worst
-            .iter()
-            .map(|s| format!("{} s: {} (max {:.0} ms)", s.second, s.acks, s.max_ms))
-            .collect();
-        write!(f, "; the most at {}", worst.join(", "))?;
-    }
-    writeln!(f)
+    // Some second has a slow ack, or `acks` would be 0.
+    let worst: Vec<String> = slow
+        .worst(WORST_SECONDS)
+        .iter()
+        .map(|s| format!("{} s: {} (max {:.0} ms)", s.second, s.acks, s.max_ms))
+        .collect();
+    writeln!(f, "; the most at {}", worst.join(", "))
 }
 
 impl fmt::Display for Summary {

@@ -11,9 +11,11 @@
 //!   status, the lease), at a nice value raised by [`NICE_INCREMENT`]. A thread
 //!   preempted while it holds such a lock still gets a share of a core soon.
 //! - [`Reads::render`]: the rendering of what was already gathered (the body of a
-//!   scrape or of `/api/v1/vms`, the bulk of their cost), which locks nothing any
-//!   other thread takes. Its threads run under Linux's `SCHED_IDLE` policy: only when
-//!   no ordinary thread wants the core, and preempted as soon as one does. At 20 000
+//!   scrape or of `/api/v1/vms`, the bulk of their cost), which takes none of the
+//!   collector's locks and hands what the async workers allocated back to the first
+//!   pool to be freed ([`Reads::drop_later`]). Its threads run under Linux's
+//!   `SCHED_IDLE` policy: only when no ordinary thread wants the core, and preempted
+//!   as soon as one does. At 20 000
 //!   agents on 2 cores, renders niced by +10 still took enough of the cores from
 //!   ingest to put the acks' p99 at 36-125 ms (median 66) while `/metrics` and the
 //!   API were read every 5 s; under `SCHED_IDLE`, 25-114 ms (median 35), the same
