@@ -7,6 +7,7 @@
 //! - phase 1 (60 samples at 1 s): CPU per sample of each process, from utime+stime in
 //!   `/proc/<pid>/stat` (clock ticks) and from the scheduler's nanosecond counters
 //!   (`/proc/<pid>/task/*/schedstat`), their VmRSS, and the agent/node_exporter ratios;
+//!   and beside them a floor thread doing only the I/O a sample needs ([`Floor`]);
 //! - phase 2 (720 samples at 100 ms, a full default buffer's worth): the agent's RSS
 //!   when its stream is up vs at the end;
 //! - where the time goes: `Sampler::sample` alone, in this process, back to back (hot
@@ -139,6 +140,102 @@ fn sampler_alone(spaced: u64, spacing: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kernel files the agent reads at every sample, and whether the kernel generates
+/// each a line at a time (read until a read returns nothing) or in one piece.
+const SAMPLED_FILES: [(&str, bool); 9] = [
+    ("/proc/stat", false),
+    ("/proc/meminfo", false),
+    ("/sys/devices/system/cpu/online", false),
+    ("/proc/loadavg", false),
+    ("/proc/pressure/cpu", false),
+    ("/proc/pressure/memory", false),
+    ("/proc/pressure/io", false),
+    ("/proc/net/dev", true),
+    ("/proc/diskstats", true),
+];
+
+/// Bytes a report takes on the wire (the encoded report and its gRPC and HTTP/2
+/// headers), and an acknowledgement's.
+const REPORT_WIRE_BYTES: usize = 720;
+const ACK_WIRE_BYTES: usize = 20;
+
+/// The least any agent could spend per sample on this machine, measured beside the
+/// agent in phase 1: a thread that wakes at the interval, reads the same kernel files
+/// (kept open, into reused buffers), writes a report's bytes to a loopback peer that
+/// answers an ack's bytes, and reads the previous answer; nothing parsed, encoded or
+/// scheduled. Its ticks fall half an interval after the agent's.
+struct Floor {
+    handle: thread::JoinHandle<anyhow::Result<f64>>,
+}
+
+impl Floor {
+    fn start(ticks: u64, interval: Duration) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the floor's peer")?;
+        let addr = listener.local_addr()?;
+        thread::spawn(move || {
+            // The peer: an ack's bytes for each read, until the floor thread hangs up.
+            if let Ok((mut conn, _)) = listener.accept() {
+                let _ = conn.set_nodelay(true);
+                let mut buf = [0u8; 4096];
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {
+                    if conn.write_all(&[0u8; ACK_WIRE_BYTES]).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let handle = thread::spawn(move || -> anyhow::Result<f64> {
+            use std::os::unix::fs::FileExt;
+            let files = SAMPLED_FILES
+                .iter()
+                .map(|(path, lines)| Ok((std::fs::File::open(path)?, *lines)))
+                .collect::<std::io::Result<Vec<_>>>()
+                .context("opening the sampled kernel files")?;
+            let mut conn = TcpStream::connect(addr).context("connecting to the floor's peer")?;
+            conn.set_nodelay(true)?;
+            conn.set_nonblocking(true)?;
+            let report = [0u8; REPORT_WIRE_BYTES];
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut next = Instant::now() + interval / 2;
+            let before = thread_cpu_ns()?;
+            for _ in 0..ticks {
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                next += interval;
+                for (file, lines) in &files {
+                    let mut at = 0;
+                    loop {
+                        let n = file.read_at(&mut buf, at as u64)?;
+                        at += n;
+                        if n == 0 || !lines {
+                            break;
+                        }
+                    }
+                    std::hint::black_box(at);
+                }
+                // The previous tick's answer, as the agent reads acks on its tick.
+                match conn.read(&mut buf) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e).context("reading the floor's answer"),
+                }
+                conn.write_all(&report)
+                    .context("writing the floor's report")?;
+            }
+            Ok((thread_cpu_ns()? - before) as f64 / 1e6 / ticks.max(1) as f64)
+        });
+        Ok(Self { handle })
+    }
+
+    /// CPU ms per tick.
+    fn finish(self) -> anyhow::Result<f64> {
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the floor thread panicked"))?
+    }
+}
+
 /// CPU time of the calling thread so far, in ns (`/proc/thread-self/schedstat`).
 fn thread_cpu_ns() -> anyhow::Result<u64> {
     let text =
@@ -151,6 +248,8 @@ fn thread_cpu_ns() -> anyhow::Result<u64> {
 }
 
 struct Phase1 {
+    /// The floor's CPU ms per tick ([`Floor`]).
+    floor_ms: f64,
     agent_cpu: Cpu,
     exporter_cpu: Cpu,
     agent_rss: Memory,
@@ -218,6 +317,11 @@ impl Phase1 {
             m.exe_kib, m.exe_code_kib, m.libs_kib, m.libc_kib, m.anon_kib, m.pss_kib
         );
         println!(
+            "  floor, the same minute (a thread waking at the interval, reading the same kernel files, sending a report's bytes on loopback, reading an ack's): {:.3} ms/tick; rally-agent {:.2}x it",
+            self.floor_ms,
+            a_sched / self.floor_ms.max(f64::MIN_POSITIVE)
+        );
+        println!(
             "  budget: CPU {a_sched:.3} ms/sample vs {BUDGET_CPU_MS} ms ({}); RSS {} KiB vs {BUDGET_RSS_KIB} KiB ({})",
             verdict(a_sched <= BUDGET_CPU_MS),
             self.agent_rss.rss_kib,
@@ -282,6 +386,7 @@ fn phase1(
     // Measure from the first report on: the stream is up, start-up costs are behind.
     let first = collector.wait_for_report(None)?;
     let scraper = Scraper::start(exporter.addr, interval);
+    let floor = Floor::start(samples, interval)?;
     let agent_before = Cpu::of(agent.id())?;
     let exporter_before = Cpu::of(exporter.child.id())?;
     let scrapes_before = scraper.count();
@@ -293,7 +398,9 @@ fn phase1(
     let exporter_rss = Memory::of(exporter.child.id())?;
     let agent_mappings = Mappings::of(agent.id())?;
     scraper.stop()?;
+    let floor_ms = floor.finish()?;
     Ok(Phase1 {
+        floor_ms,
         agent_cpu,
         exporter_cpu,
         agent_rss,
