@@ -3,9 +3,12 @@
 //! Utilization is (user + nice + system + irq + softirq) / all jiffies of the interval.
 //! Steal (time the hypervisor gave to someone else) and iowait (idle with I/O pending)
 //! are reported on their own and never count as busy: a bigger VM cures neither.
-//! `sysinfo`'s usage figure counts steal as busy, hence `/proc/stat` via `procfs`.
+//! `sysinfo`'s usage figure counts steal as busy, hence `/proc/stat` itself.
+//!
+//! Parsed here rather than with procfs, which reads the whole file into a record
+//! (the long `intr` and `softirq` lines included) at every sample: only the `cpu`
+//! lines are needed, and the kernel prints them first.
 
-use procfs::{CpuTime, ExplicitSystemInfo, FromBufReadSI, KernelStats};
 use serde::Serialize;
 
 use super::SampleError;
@@ -37,19 +40,28 @@ pub struct CpuCounters {
     pub steal: u64,
 }
 
-impl From<&CpuTime> for CpuCounters {
-    fn from(t: &CpuTime) -> Self {
-        // Fields a (very) old kernel does not have count as zero.
-        Self {
-            user: t.user,
-            nice: t.nice,
-            system: t.system,
-            idle: t.idle,
-            iowait: t.iowait.unwrap_or(0),
-            irq: t.irq.unwrap_or(0),
-            softirq: t.softirq.unwrap_or(0),
-            steal: t.steal.unwrap_or(0),
-        }
+impl CpuCounters {
+    /// The counters of one `cpu` line, after its name: `user nice system idle`, then
+    /// `iowait irq softirq steal` where the kernel has them (older ones count as
+    /// zero); `guest` and `guest_nice` are left out (see the type's doc).
+    fn parse(fields: &str) -> Option<Self> {
+        let mut numbers = fields.split_ascii_whitespace().map(str::parse::<u64>);
+        let mut next = |required: bool| match numbers.next() {
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => None,
+            None if required => None,
+            None => Some(0),
+        };
+        Some(Self {
+            user: next(true)?,
+            nice: next(true)?,
+            system: next(true)?,
+            idle: next(true)?,
+            iowait: next(false)?,
+            irq: next(false)?,
+            softirq: next(false)?,
+            steal: next(false)?,
+        })
     }
 }
 
@@ -95,36 +107,30 @@ pub struct CoreShares {
     pub shares: CpuShares,
 }
 
-/// Parses the text of `/proc/stat`.
+/// Parses the text of `/proc/stat`: its `cpu` line and its `cpuN` lines, up to the
+/// first line that is not a CPU's (the kernel prints them all first).
 pub fn parse(text: &str) -> Result<CpuReading, SampleError> {
-    // Only jiffy counts are used, never seconds, so the tick rate does not matter.
-    let system_info = ExplicitSystemInfo {
-        boot_time_secs: 0,
-        ticks_per_second: 100,
-        page_size: 4096,
-        is_little_endian: cfg!(target_endian = "little"),
-    };
-    let stats = KernelStats::from_buf_read(text.as_bytes(), &system_info)
-        .map_err(|e| SampleError::parse(PATH, e))?;
-    // procfs keeps the per-core lines in order but not their names; take the ids from
-    // the same lines, so that cores are matched by id across CPU hot-plug.
-    let ids = text.lines().filter_map(|line| {
-        let rest = line.strip_prefix("cpu")?;
-        let end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        rest[..end].parse::<u32>().ok()
-    });
-    let cores: Vec<(u32, CpuCounters)> = ids
-        .zip(stats.cpu_time.iter().map(CpuCounters::from))
-        .collect();
-    if cores.len() != stats.cpu_time.len() {
-        return Err(SampleError::format(PATH, "a cpuN line has no numeric id"));
+    let mut total = None;
+    let mut cores = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("cpu") else {
+            break;
+        };
+        let (name, fields) = rest.split_once(' ').unwrap_or((rest, ""));
+        let counters = CpuCounters::parse(fields)
+            .ok_or_else(|| SampleError::format(PATH, format!("cpu{name} is not counters")))?;
+        if name.is_empty() {
+            total = Some(counters);
+        } else {
+            // Cores are matched by id across CPU hot-plug, so the id is kept.
+            let id = name
+                .parse::<u32>()
+                .map_err(|_| SampleError::format(PATH, format!("cpu{name} has no numeric id")))?;
+            cores.push((id, counters));
+        }
     }
-    Ok(CpuReading {
-        total: CpuCounters::from(&stats.total),
-        cores,
-    })
+    let total = total.ok_or_else(|| SampleError::format(PATH, "no `cpu` line"))?;
+    Ok(CpuReading { total, cores })
 }
 
 /// The shares of the interval between two readings of the same line, or `None` when
@@ -288,5 +294,26 @@ mod tests {
     fn garbage_is_an_error() {
         assert!(parse("").is_err());
         assert!(parse("cpu  1 2 x 4\n").is_err());
+        assert!(parse("cpu  1 2 3\n").is_err());
+        assert!(parse("cpu  1 2 3 4\ncpuX 1 2 3 4\n").is_err());
+        assert!(parse("intr 1 2 3\n").is_err());
+    }
+
+    #[test]
+    fn an_old_kernels_short_lines_count_the_rest_as_zero() {
+        let r = parse("cpu  10 1 5 100\ncpu0 10 1 5 100\nintr 7\n").unwrap();
+        assert_eq!(r.total.idle, 100);
+        assert_eq!((r.total.iowait, r.total.steal), (0, 0));
+        assert_eq!(r.cores.len(), 1);
+    }
+
+    #[test]
+    fn guest_time_is_not_counted_again_and_later_lines_are_not_read() {
+        // guest 7 and guest_nice 9 are already in user and nice. After the cpu lines
+        // the file is not parsed: a malformed later line changes nothing.
+        let r = parse("cpu  10 1 5 100 2 3 4 6 7 9\ncpu3 10 1 5 100 2 3 4 6 7 9\nintr x\ncpu9 x\n")
+            .unwrap();
+        assert_eq!(r.total.steal, 6);
+        assert_eq!(r.cores.iter().map(|c| c.0).collect::<Vec<_>>(), vec![3]);
     }
 }

@@ -1,6 +1,5 @@
 //! Load averages from `/proc/loadavg`.
 
-use procfs::{FromRead, LoadAverage};
 use serde::Serialize;
 
 use super::SampleError;
@@ -19,13 +18,21 @@ pub struct Load {
     pub fifteen: f64,
 }
 
-/// Parses the text of `/proc/loadavg`.
+/// Parses the text of `/proc/loadavg`: its first three fields (the runnable and
+/// total tasks and the last pid follow, unused).
 pub fn parse(text: &str) -> Result<Load, SampleError> {
-    let l = LoadAverage::from_read(text.as_bytes()).map_err(|e| SampleError::parse(PATH, e))?;
+    let mut averages = text.split_ascii_whitespace().map(str::parse::<f64>);
+    let mut next = |which: &str| match averages.next() {
+        Some(Ok(x)) => Ok(x),
+        _ => Err(SampleError::format(
+            PATH,
+            format!("no {which} load average"),
+        )),
+    };
     Ok(Load {
-        one: super::hundredths(l.one),
-        five: super::hundredths(l.five),
-        fifteen: super::hundredths(l.fifteen),
+        one: next("1-minute")?,
+        five: next("5-minute")?,
+        fifteen: next("15-minute")?,
     })
 }
 

@@ -50,6 +50,10 @@ pub fn parse(text: &str) -> Result<Memory, SampleError> {
         };
         fields[i] =
             Some(bytes.ok_or_else(|| SampleError::format(PATH, format!("{key} overflows")))?);
+        // The kernel prints them within the first twenty lines; the rest is not read.
+        if fields.iter().all(Option::is_some) {
+            break;
+        }
     }
     let missing = |i: usize, why: &str| SampleError::format(PATH, format!("no {}{why}", KEYS[i]));
     Ok(Memory {

@@ -94,15 +94,6 @@ pub enum SampleError {
         #[source]
         source: std::io::Error,
     },
-    /// procfs could not parse a file.
-    #[error("{file}: {source}")]
-    Parse {
-        /// The file, relative to its root.
-        file: &'static str,
-        /// procfs's error.
-        #[source]
-        source: procfs::ProcError,
-    },
     /// A file's content is not what the kernel documents.
     #[error("{file}: {detail}")]
     Format {
@@ -114,22 +105,12 @@ pub enum SampleError {
 }
 
 impl SampleError {
-    pub(crate) fn parse(file: &'static str, source: procfs::ProcError) -> Self {
-        Self::Parse { file, source }
-    }
-
     pub(crate) fn format(file: &'static str, detail: impl Into<String>) -> Self {
         Self::Format {
             file,
             detail: detail.into(),
         }
     }
-}
-
-/// The kernel prints loads and PSI averages with two decimals; procfs parses them as
-/// f32. Rounding back to two decimals keeps `0.42` from becoming `0.41999998`.
-pub(crate) fn hundredths(x: f32) -> f64 {
-    (f64::from(x) * 100.0).round() / 100.0
 }
 
 /// The signals, for failure accounting.

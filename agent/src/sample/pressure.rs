@@ -3,8 +3,11 @@
 //! A kernel without PSI (older than 4.20, or built or booted without it) has no such
 //! files, or refuses to read them: the signal is then *absent*, which is normal and
 //! never an error. `full` is missing from the cpu file on kernels before 5.13.
+//!
+//! Each line is `some|full avg10=A avg60=B avg300=C total=N` (the kernel's
+//! `Documentation/accounting/psi.rst`). Parsed here rather than with procfs, which
+//! builds a hash map of the line's fields for every line of every sample.
 
-use procfs::parse_pressure_record;
 use serde::Serialize;
 
 use super::SampleError;
@@ -50,25 +53,42 @@ pub fn parse_resource(path: &'static str, text: &str) -> Result<PressureResource
     let mut some = None;
     let mut full = None;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        // procfs slices past the 5-byte "some " prefix without checking the length.
-        if line.len() < 5 {
-            return Err(SampleError::format(path, "truncated line"));
-        }
-        let record = parse_pressure_record(line).map_err(|e| SampleError::parse(path, e))?;
-        let parsed = PressureLine {
-            avg10: super::hundredths(record.avg10),
-            avg60: super::hundredths(record.avg60),
-            avg300: super::hundredths(record.avg300),
-            total_us: record.total,
+        let (kind, fields) = line.split_once(' ').unwrap_or((line, ""));
+        let slot = match kind {
+            "some" => &mut some,
+            "full" => &mut full,
+            _ => return Err(SampleError::format(path, format!("unknown line `{kind}`"))),
         };
-        if line.starts_with("some") {
-            some = Some(parsed);
-        } else {
-            full = Some(parsed);
-        }
+        *slot = Some(
+            parse_line(fields)
+                .ok_or_else(|| SampleError::format(path, format!("malformed `{kind}` line")))?,
+        );
     }
     let some = some.ok_or_else(|| SampleError::format(path, "no `some` line"))?;
     Ok(PressureResource { some, full })
+}
+
+/// The fields of one line, after `some` or `full`; `None` if one is missing or not a
+/// number. Averages keep the two decimals the kernel prints.
+fn parse_line(fields: &str) -> Option<PressureLine> {
+    let (mut avg10, mut avg60, mut avg300, mut total_us) = (None, None, None, None);
+    for field in fields.split_ascii_whitespace() {
+        let (key, value) = field.split_once('=')?;
+        match key {
+            "avg10" => avg10 = Some(value.parse().ok()?),
+            "avg60" => avg60 = Some(value.parse().ok()?),
+            "avg300" => avg300 = Some(value.parse().ok()?),
+            "total" => total_us = Some(value.parse().ok()?),
+            // A field a later kernel may add.
+            _ => {}
+        }
+    }
+    Some(PressureLine {
+        avg10: avg10?,
+        avg60: avg60?,
+        avg300: avg300?,
+        total_us: total_us?,
+    })
 }
 
 /// Combines the three files' texts (`None` = the kernel does not have that file) into
@@ -133,5 +153,30 @@ mod tests {
         assert!(assemble([Some("some avg10=x\n"), None, None]).is_err());
         assert!(parse_resource(PATHS[2], "").is_err());
         assert!(parse_resource(PATHS[2], "some\n").is_err());
+        assert!(parse_resource(PATHS[2], "some avg10=1.00 avg60=1.00 total=5\n").is_err());
+        assert!(
+            parse_resource(PATHS[2], "most avg10=1.00 avg60=1.00 avg300=1.00 total=5\n").is_err()
+        );
+        assert!(
+            parse_resource(
+                PATHS[2],
+                "some avg10=1.00 avg60=1.00 avg300=1.00 total=-5\n"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn averages_keep_the_kernels_two_decimals() {
+        let r = parse_resource(
+            PATHS[0],
+            "some avg10=0.42 avg60=12.24 avg300=0.10 total=7\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.some.avg10, r.some.avg60, r.some.avg300),
+            (0.42, 12.24, 0.10)
+        );
+        assert_eq!(r.some.total_us, 7);
     }
 }
