@@ -103,16 +103,63 @@ pub struct MemoryBlocks {
     pub block_bytes: u64,
 }
 
+/// Which memory blocks exist: how many, and the sum of their numbers. A block
+/// hot-added or removed changes it, and it takes one directory listing to read,
+/// against one file read per block (one per 128 MiB of memory, usually) for their
+/// states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct BlockListing {
+    blocks: u32,
+    number_sum: u64,
+}
+
+/// Lists the `memoryN` entries of `memory_dir` (at most [`MAX_MEMORY_BLOCKS`]), calling
+/// `each` with every entry's name; `None` when the directory does not exist.
+fn list_memory_blocks(
+    memory_dir: &Path,
+    mut each: impl FnMut(&std::ffi::OsStr) -> Result<(), SampleError>,
+) -> Result<Option<BlockListing>, SampleError> {
+    let read_error = |source| SampleError::Read {
+        path: memory_dir.to_path_buf(),
+        source,
+    };
+    let entries = match std::fs::read_dir(memory_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut listing = BlockListing::default();
+    for entry in entries.take(MAX_MEMORY_BLOCKS) {
+        let name = entry.map_err(read_error)?.file_name();
+        let number = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("memory"))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u32>().ok());
+        let Some(number) = number else {
+            continue;
+        };
+        listing.blocks += 1;
+        listing.number_sum += u64::from(number);
+        each(&name)?;
+    }
+    Ok(Some(listing))
+}
+
 /// Reads `<memory_dir>/block_size_bytes` and every `memoryN/state` below it. A kernel
 /// without memory hotplug has no such directory: that is "no blocks", not an error.
 pub fn scan_memory_blocks(memory_dir: &Path) -> Result<MemoryBlocks, SampleError> {
-    let read = |path: PathBuf| {
-        std::fs::read_to_string(&path).map_err(|source| SampleError::Read { path, source })
-    };
+    Ok(scan(memory_dir)?.0)
+}
+
+/// [`scan_memory_blocks`], with the listing the states were read from.
+fn scan(memory_dir: &Path) -> Result<(MemoryBlocks, BlockListing), SampleError> {
     let size_path = memory_dir.join(BLOCK_SIZE);
     let size_text = match std::fs::read_to_string(&size_path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MemoryBlocks::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((MemoryBlocks::default(), BlockListing::default()));
+        }
         Err(source) => {
             return Err(SampleError::Read {
                 path: size_path,
@@ -129,56 +176,42 @@ pub fn scan_memory_blocks(memory_dir: &Path) -> Result<MemoryBlocks, SampleError
                 "not a hexadecimal size",
             )
         })?;
-    let entries = std::fs::read_dir(memory_dir).map_err(|source| SampleError::Read {
-        path: memory_dir.to_path_buf(),
-        source,
-    })?;
     let mut offline = 0u32;
-    for (seen, entry) in entries.enumerate() {
-        if seen >= MAX_MEMORY_BLOCKS {
-            break;
-        }
-        let entry = entry.map_err(|source| SampleError::Read {
-            path: memory_dir.to_path_buf(),
-            source,
-        })?;
-        let name = entry.file_name();
-        let is_block = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("memory"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if !is_block {
-            continue;
-        }
-        let state = match read(entry.path().join("state")) {
+    let listing = list_memory_blocks(memory_dir, |name| {
+        let path = memory_dir.join(name).join("state");
+        let state = match std::fs::read_to_string(&path) {
             Ok(state) => state,
             // A block removed between the listing and the read.
-            Err(SampleError::Read { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                continue;
-            }
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(SampleError::Read { path, source }),
         };
         if matches!(state.trim(), "offline" | "going-offline") {
             offline += 1;
         }
-    }
-    Ok(MemoryBlocks {
-        offline,
-        block_bytes,
-    })
+        Ok(())
+    })?
+    .unwrap_or_default();
+    Ok((
+        MemoryBlocks {
+            offline,
+            block_bytes,
+        },
+        listing,
+    ))
 }
 
 /// Reads the hot-plug state at each sample: present CPUs every time (one small file),
-/// memory blocks when something hints at a change (MemTotal moved, blocks were offline
-/// at the last scan) and at least every [`MEMORY_RESCAN_EVERY`].
+/// memory blocks' states when something hints at a change: MemTotal moved, blocks
+/// were offline at the last scan, or the list of blocks differs when it is checked,
+/// every [`MEMORY_RESCAN_EVERY`]. Reading every block's state costs ~2.5 ms of CPU
+/// here, listing them 0.06 ms.
 #[derive(Debug)]
 pub struct Hotplug {
     present_cpus: KernelFile,
     memory_dir: PathBuf,
-    /// When memory blocks were last scanned, the MemTotal seen then, and the result.
-    last_scan: Option<(Instant, u64, MemoryBlocks)>,
+    /// The last scan: when the blocks were last listed, the MemTotal and the listing
+    /// seen at the scan, and its result.
+    last_scan: Option<Scan>,
 }
 
 impl Hotplug {
@@ -211,18 +244,38 @@ impl Hotplug {
         now: Instant,
         mem_total: u64,
     ) -> Result<MemoryBlocks, SampleError> {
-        if let Some((at, total, blocks)) = self.last_scan {
-            let due = now.duration_since(at) >= MEMORY_RESCAN_EVERY
-                || total != mem_total
-                || blocks.offline > 0;
-            if !due {
-                return Ok(blocks);
+        if let Some(last) = &mut self.last_scan
+            && last.mem_total == mem_total
+            && last.blocks.offline == 0
+        {
+            if now.duration_since(last.listed_at) < MEMORY_RESCAN_EVERY {
+                return Ok(last.blocks);
+            }
+            // Only the listing is due: the states are read again if it changed.
+            let listing = list_memory_blocks(&self.memory_dir, |_| Ok(()))?;
+            if listing.unwrap_or_default() == last.listing {
+                last.listed_at = now;
+                return Ok(last.blocks);
             }
         }
-        let blocks = scan_memory_blocks(&self.memory_dir)?;
-        self.last_scan = Some((now, mem_total, blocks));
+        let (blocks, listing) = scan(&self.memory_dir)?;
+        self.last_scan = Some(Scan {
+            listed_at: now,
+            mem_total,
+            listing,
+            blocks,
+        });
         Ok(blocks)
     }
+}
+
+/// What [`Hotplug`] keeps of its last scan of the memory blocks.
+#[derive(Debug, Clone, Copy)]
+struct Scan {
+    listed_at: Instant,
+    mem_total: u64,
+    listing: BlockListing,
+    blocks: MemoryBlocks,
 }
 
 #[cfg(test)]
@@ -337,11 +390,17 @@ mod tests {
         assert_eq!(h.memory_blocks(later, 100).unwrap().offline, 1);
         // While blocks are offline, every sample rescans: onlining shows at once.
         block(1, "online");
-        assert_eq!(
-            h.memory_blocks(later + Duration::from_secs(5), 228)
-                .unwrap()
-                .offline,
-            0
-        );
+        let online_at = later + Duration::from_secs(5);
+        assert_eq!(h.memory_blocks(online_at, 228).unwrap().offline, 0);
+        // When due, only the listing is read: a state changed behind it (a real
+        // offlining also moves MemTotal) is not seen while the blocks stay the same...
+        block(0, "offline");
+        let listed = online_at + MEMORY_RESCAN_EVERY;
+        assert_eq!(h.memory_blocks(listed, 228).unwrap().offline, 0);
+        // ...and a different set of blocks, even as many of them, has its states read.
+        std::fs::remove_dir_all(mem.join("memory1")).unwrap();
+        block(2, "offline");
+        let relisted = listed + MEMORY_RESCAN_EVERY;
+        assert_eq!(h.memory_blocks(relisted, 228).unwrap().offline, 2);
     }
 }
