@@ -67,7 +67,8 @@ pub fn parse(
 ) -> Result<Vec<(String, DiskCounters)>, SampleError> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let mut words = line.split_whitespace();
+        // Kernel output is ASCII: the byte-wise split skips Unicode whitespace checks.
+        let mut words = line.split_ascii_whitespace();
         let Some(name) = words.nth(2) else {
             continue;
         };
@@ -77,12 +78,14 @@ pub fn parse(
         // After the name: reads, reads merged, sectors read, ms reading, writes,
         // writes merged, sectors written, ms writing, I/Os in flight, ms doing I/O.
         let mut fields = [0u64; 10];
+        let mut n = 0;
         for (slot, word) in fields.iter_mut().zip(words.by_ref()) {
             *slot = word.parse().map_err(|_| {
                 SampleError::format(PATH, format!("{name}: a counter is not a number"))
             })?;
+            n += 1;
         }
-        if line.split_whitespace().count() < 3 + fields.len() {
+        if n < fields.len() {
             return Err(SampleError::format(
                 PATH,
                 format!("{name}: too few counters"),

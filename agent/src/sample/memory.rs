@@ -38,7 +38,7 @@ pub fn parse(text: &str) -> Result<Memory, SampleError> {
         let Some(i) = KEYS.iter().position(|k| *k == key) else {
             continue;
         };
-        let mut words = value.split_whitespace();
+        let mut words = value.split_ascii_whitespace();
         let number: u64 = words
             .next()
             .and_then(|n| n.parse().ok())

@@ -441,7 +441,9 @@ impl Sampler {
     /// (a disk attached or removed) to know which are whole disks.
     fn read_disks(&mut self) -> Result<Vec<(String, disk::DiskCounters)>, SampleError> {
         let text = self.files.diskstats.read()?;
-        let devices = text.lines().filter_map(|l| l.split_whitespace().nth(2));
+        let devices = text
+            .lines()
+            .filter_map(|l| l.split_ascii_whitespace().nth(2));
         if !devices
             .clone()
             .eq(self.disk_devices.iter().map(String::as_str))

@@ -64,7 +64,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, NetCounters)>, SampleError> {
         }
         let mut fields = [0u64; 16];
         let mut n = 0;
-        for (slot, word) in fields.iter_mut().zip(counters.split_whitespace()) {
+        for (slot, word) in fields.iter_mut().zip(counters.split_ascii_whitespace()) {
             *slot = word
                 .parse()
                 .map_err(|_| SampleError::format(PATH, "a counter is not a number"))?;
