@@ -137,7 +137,14 @@ async fn read_expirations(fd: &AsyncFd<OwnedFd>) -> io::Result<u64> {
         let mut guard = fd.readable().await?;
         let mut count = [0u8; 8];
         match guard.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut count)?)) {
-            Ok(Ok(8)) => return Ok(u64::from_ne_bytes(count)),
+            Ok(Ok(8)) => {
+                // The read took every expiration: the timer is not readable again
+                // before its next one, so the next tick waits for that event instead
+                // of first trying a read that would fail. (tokio keeps a readiness
+                // event that arrived since this guard was taken.)
+                guard.clear_ready();
+                return Ok(u64::from_ne_bytes(count));
+            }
             Ok(Ok(n)) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,

@@ -58,20 +58,36 @@ pub fn is_reported(name: &str) -> bool {
     !NOT_DISKS.iter().any(|p| name.starts_with(p))
 }
 
-/// Parses `/proc/diskstats`, keeping the devices in `whole_disks` that are reported;
-/// sorted by name. Parsed directly: procfs would allocate a record (and its name) for
-/// every device, loop devices and partitions included, at every sample.
+/// One reading of `/proc/diskstats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// The whole disks that are reported, sorted by name.
+    pub disks: Vec<(String, DiskCounters)>,
+    /// Whether the file named the devices it was compared with, in the same order: if
+    /// not, a disk came or went, and `/sys/block` must be listed again.
+    pub same_devices: bool,
+}
+
+/// Parses `/proc/diskstats`, keeping the devices in `whole_disks` that are reported,
+/// and compares every device it names with `devices` in the same pass. Parsed
+/// directly: procfs would allocate a record (and its name) for every device, loop
+/// devices and partitions included, at every sample.
 pub fn parse(
     text: &str,
     whole_disks: &[String],
-) -> Result<Vec<(String, DiskCounters)>, SampleError> {
+    devices: &[String],
+) -> Result<Reading, SampleError> {
     let mut out = Vec::new();
+    let mut named = 0;
+    let mut same_devices = true;
     for line in text.lines() {
         // Kernel output is ASCII: the byte-wise split skips Unicode whitespace checks.
         let mut words = line.split_ascii_whitespace();
         let Some(name) = words.nth(2) else {
             continue;
         };
+        same_devices &= devices.get(named).is_some_and(|d| d == name);
+        named += 1;
         if !is_reported(name) || !whole_disks.iter().any(|w| w == name) {
             continue;
         }
@@ -103,7 +119,18 @@ pub fn parse(
         ));
     }
     out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok(Reading {
+        disks: out,
+        same_devices: same_devices && named == devices.len(),
+    })
+}
+
+/// The devices `/proc/diskstats` names, in its order (what [`parse`] compares with).
+pub fn devices(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split_ascii_whitespace().nth(2))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Rates between two readings `elapsed` apart, for disks present in both. A disk whose
@@ -153,9 +180,44 @@ mod tests {
         v
     }
 
+    /// The whole disks of one reading.
+    fn disks(text: &str) -> Vec<(String, DiskCounters)> {
+        parse(text, &sys_block(), &[]).unwrap().disks
+    }
+
+    #[test]
+    fn a_reading_tells_whether_the_devices_changed() {
+        let listed = devices(A);
+        assert_eq!(listed.len(), A.lines().count());
+        assert!(parse(A, &sys_block(), &listed).unwrap().same_devices);
+        assert!(
+            parse(B, &sys_block(), &listed).unwrap().same_devices,
+            "same devices, other counters"
+        );
+        assert!(
+            !parse(A, &sys_block(), &[]).unwrap().same_devices,
+            "nothing listed yet"
+        );
+        let added = format!("{A} 254       1 vda1 10 0 80 1 0 0 0 0 0 1 1 0 0 0 0 0 0\n");
+        assert!(
+            !parse(&added, &sys_block(), &listed).unwrap().same_devices,
+            "one more"
+        );
+        assert!(
+            !parse(A, &sys_block(), &listed[1..]).unwrap().same_devices,
+            "one fewer"
+        );
+        let mut renamed = listed.clone();
+        renamed[0] = "sdz".to_owned();
+        assert!(
+            !parse(A, &sys_block(), &renamed).unwrap().same_devices,
+            "another name"
+        );
+    }
+
     #[test]
     fn keeps_whole_disks_only() {
-        let a = parse(A, &sys_block()).unwrap();
+        let a = disks(A);
         assert_eq!(
             a.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
             vec!["vda"]
@@ -167,16 +229,13 @@ mod tests {
     #[test]
     fn partitions_are_not_whole_disks() {
         let text = format!("{A} 254       1 vda1 10 0 80 1 0 0 0 0 0 1 1 0 0 0 0 0 0\n");
-        let d = parse(&text, &sys_block()).unwrap();
+        let d = disks(&text);
         assert!(d.iter().all(|(n, _)| n != "vda1"));
     }
 
     #[test]
     fn rates_of_a_real_interval() {
-        let (a, b) = (
-            parse(A, &sys_block()).unwrap(),
-            parse(B, &sys_block()).unwrap(),
-        );
+        let (a, b) = (disks(A), disks(B));
         let r = rates(&a, &b, Duration::from_secs(2));
         assert_eq!(r.len(), 1);
         // Δ sectors read 133016, written 884680, io 340 ms over 2 s.
@@ -190,30 +249,27 @@ mod tests {
 
     #[test]
     fn busy_ratio_never_exceeds_one() {
-        let (a, b) = (
-            parse(A, &sys_block()).unwrap(),
-            parse(B, &sys_block()).unwrap(),
-        );
+        let (a, b) = (disks(A), disks(B));
         let r = rates(&a, &b, Duration::from_millis(100));
         assert_eq!(r[0].busy_ratio, 1.0);
     }
 
     #[test]
     fn counters_going_backwards_skip_the_disk() {
-        let (a, b) = (
-            parse(A, &sys_block()).unwrap(),
-            parse(B, &sys_block()).unwrap(),
-        );
+        let (a, b) = (disks(A), disks(B));
         assert!(rates(&b, &a, Duration::from_secs(1)).is_empty());
     }
 
     #[test]
     fn garbage_is_an_error() {
         let whole = vec!["vda".to_owned()];
-        assert!(parse(" 254 0 vda 1 2 x 4 5 6 7 8 9 10 11\n", &whole).is_err());
-        assert!(parse(" 254 0 vda 1 2 3\n", &whole).is_err());
+        assert!(parse(" 254 0 vda 1 2 x 4 5 6 7 8 9 10 11\n", &whole, &[]).is_err());
+        assert!(parse(" 254 0 vda 1 2 3\n", &whole, &[]).is_err());
         assert!(
-            parse(" 254 0 sdz 1 2 x\n", &whole).unwrap().is_empty(),
+            parse(" 254 0 sdz 1 2 x\n", &whole, &[])
+                .unwrap()
+                .disks
+                .is_empty(),
             "not a disk of ours"
         );
     }

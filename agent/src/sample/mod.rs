@@ -441,28 +441,24 @@ impl Sampler {
     /// (a disk attached or removed) to know which are whole disks.
     fn read_disks(&mut self) -> Result<Vec<(String, disk::DiskCounters)>, SampleError> {
         let text = self.files.diskstats.read()?;
-        let devices = text
-            .lines()
-            .filter_map(|l| l.split_ascii_whitespace().nth(2));
-        if !devices
-            .clone()
-            .eq(self.disk_devices.iter().map(String::as_str))
-        {
-            let read_dir_error = |source| SampleError::Read {
-                path: self.sys_block.clone(),
-                source,
-            };
-            let mut whole_disks = Vec::new();
-            for entry in std::fs::read_dir(&self.sys_block).map_err(read_dir_error)? {
-                let entry = entry.map_err(read_dir_error)?;
-                if let Some(name) = entry.file_name().to_str() {
-                    whole_disks.push(name.to_owned());
-                }
-            }
-            self.whole_disks = whole_disks;
-            self.disk_devices = devices.map(str::to_owned).collect();
+        let reading = disk::parse(text, &self.whole_disks, &self.disk_devices)?;
+        if reading.same_devices {
+            return Ok(reading.disks);
         }
-        disk::parse(text, &self.whole_disks)
+        let read_dir_error = |source| SampleError::Read {
+            path: self.sys_block.clone(),
+            source,
+        };
+        let mut whole_disks = Vec::new();
+        for entry in std::fs::read_dir(&self.sys_block).map_err(read_dir_error)? {
+            let entry = entry.map_err(read_dir_error)?;
+            if let Some(name) = entry.file_name().to_str() {
+                whole_disks.push(name.to_owned());
+            }
+        }
+        self.whole_disks = whole_disks;
+        self.disk_devices = disk::devices(text);
+        Ok(disk::parse(text, &self.whole_disks, &self.disk_devices)?.disks)
     }
 }
 

@@ -146,13 +146,9 @@ fn list_memory_blocks(
     Ok(Some(listing))
 }
 
-/// Reads `<memory_dir>/block_size_bytes` and every `memoryN/state` below it. A kernel
-/// without memory hotplug has no such directory: that is "no blocks", not an error.
-pub fn scan_memory_blocks(memory_dir: &Path) -> Result<MemoryBlocks, SampleError> {
-    Ok(scan(memory_dir)?.0)
-}
-
-/// [`scan_memory_blocks`], with the listing the states were read from.
+/// Reads `<memory_dir>/block_size_bytes` and every `memoryN/state` below it, with the
+/// listing the states were read from. A kernel without memory hotplug has no such
+/// directory: that is "no blocks", not an error.
 fn scan(memory_dir: &Path) -> Result<(MemoryBlocks, BlockListing), SampleError> {
     let size_path = memory_dir.join(BLOCK_SIZE);
     let size_text = match std::fs::read_to_string(&size_path) {
@@ -355,12 +351,9 @@ mod tests {
     #[test]
     fn a_kernel_without_memory_hotplug_has_no_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(
-            scan_memory_blocks(dir.path()).unwrap(),
-            MemoryBlocks::default()
-        );
+        assert_eq!(scan(dir.path()).unwrap().0, MemoryBlocks::default());
         std::fs::write(dir.path().join(BLOCK_SIZE), "zz\n").unwrap();
-        assert!(scan_memory_blocks(dir.path()).is_err());
+        assert!(scan(dir.path()).is_err());
     }
 
     #[test]
