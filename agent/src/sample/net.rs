@@ -54,11 +54,11 @@ pub struct NetRate {
 pub fn parse(text: &str) -> Result<Vec<(String, NetCounters)>, SampleError> {
     let mut out = Vec::new();
     // The first two lines are headers.
-    for line in text.lines().skip(2).filter(|l| !l.trim().is_empty()) {
+    for line in text.lines().skip(2).filter(|l| !l.trim_ascii().is_empty()) {
         let (name, counters) = line
             .split_once(':')
             .ok_or_else(|| SampleError::format(PATH, "an interface line has no ':'"))?;
-        let name = name.trim();
+        let name = name.trim_ascii();
         if name == "lo" {
             continue;
         }

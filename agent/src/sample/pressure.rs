@@ -52,7 +52,7 @@ pub struct PressureLine {
 pub fn parse_resource(path: &'static str, text: &str) -> Result<PressureResource, SampleError> {
     let mut some = None;
     let mut full = None;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+    for line in text.lines().filter(|l| !l.trim_ascii().is_empty()) {
         let (kind, fields) = line.split_once(' ').unwrap_or((line, ""));
         let slot = match kind {
             "some" => &mut some,
