@@ -237,9 +237,14 @@ impl Vm {
         &self.windows
     }
 
-    /// Means of every metric over the `window` ending at `now`.
-    pub fn means(&self, window: Duration, now: SystemTime) -> MetricValues {
-        self.windows.means(TimeRange::last(window, now))
+    /// Means of every metric over each of `windows` ending at `now`, in one pass.
+    pub fn means<const N: usize>(
+        &self,
+        windows: [Duration; N],
+        now: SystemTime,
+    ) -> [MetricValues; N] {
+        let starts = windows.map(|window| TimeRange::last(window, now).start);
+        self.windows.means_since(starts, now)
     }
 
     fn run_mut(&mut self, key: &RunKey) -> &mut RunState {
@@ -260,6 +265,8 @@ impl Vm {
     }
 
     fn summary(&self, now: SystemTime, stale_after: Duration) -> VmSummary {
+        let [mean_1m, mean_5m] =
+            self.means([Duration::from_secs(60), Duration::from_secs(300)], now);
         VmSummary {
             id: self.id.clone(),
             group: self.group.clone(),
@@ -276,8 +283,8 @@ impl Vm {
                 .as_deref()
                 .map(MetricValues::of)
                 .unwrap_or_default(),
-            mean_1m: self.means(Duration::from_secs(60), now),
-            mean_5m: self.means(Duration::from_secs(300), now),
+            mean_1m,
+            mean_5m,
             streams: self.streams,
             counters: self.counters,
             totals: self.totals.clone(),

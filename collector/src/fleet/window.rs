@@ -625,17 +625,72 @@ fn time_of(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// Adds a slot's `value` to a `(sum, count)`, weighed by its `count` of samples: the
-/// one sum behind [`Windows::mean`] and [`Windows::means`] alike.
-fn add_weighed((sum, total): &mut (f64, u64), value: Option<f64>, count: u64) {
-    if let Some(v) = value {
-        *sum += v * count as f64;
-        *total += count;
-    }
+/// Weighed sums over raw slots, each slot's value counted once per sample merged into
+/// it: the one sum behind [`Windows::mean`] and [`Windows::means`] alike, so both give
+/// the same answers. Ratios are summed in whole steps, exactly.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawSums {
+    ratio_steps: [u64; 8],
+    ratio_samples: [u64; 8],
+    magnitudes: [f64; 6],
+    magnitude_samples: [u64; 6],
 }
 
-fn mean_of((sum, count): (f64, u64)) -> Option<f64> {
-    (count > 0).then(|| sum / count as f64)
+impl RawSums {
+    /// Adds every metric of `slot`. Without branches: a scrape adds about 70 slots of
+    /// every VM.
+    fn add(&mut self, slot: &RawSample) {
+        let count = slot.count();
+        for (i, &steps) in slot.ratios.iter().enumerate() {
+            self.add_ratio(i, steps, count);
+        }
+        for (i, &value) in slot.magnitudes.iter().enumerate() {
+            self.add_magnitude(i, value, count);
+        }
+    }
+
+    /// Adds one metric of `slot`.
+    fn add_one(&mut self, slot: &RawSample, at: RawSlot) {
+        match at {
+            RawSlot::Ratio(i) => self.add_ratio(i, slot.ratios[i], slot.count()),
+            RawSlot::Magnitude(i) => self.add_magnitude(i, slot.magnitudes[i], slot.count()),
+        }
+    }
+
+    fn add_ratio(&mut self, i: usize, steps: u16, count: u64) {
+        let weight = if steps == RATIO_ABSENT { 0 } else { count };
+        self.ratio_steps[i] += u64::from(steps) * weight;
+        self.ratio_samples[i] += weight;
+    }
+
+    fn add_magnitude(&mut self, i: usize, value: f32, count: u64) {
+        let (value, weight) = if value.is_nan() {
+            (0.0, 0)
+        } else {
+            (f64::from(value), count)
+        };
+        self.magnitudes[i] += value * weight as f64;
+        self.magnitude_samples[i] += weight;
+    }
+
+    /// One metric's mean, or `None` without a sample.
+    fn mean(&self, at: RawSlot) -> Option<f64> {
+        match at {
+            RawSlot::Ratio(i) => (self.ratio_samples[i] > 0)
+                .then(|| self.ratio_steps[i] as f64 / self.ratio_samples[i] as f64 / RATIO_STEPS),
+            RawSlot::Magnitude(i) => (self.magnitude_samples[i] > 0)
+                .then(|| self.magnitudes[i] / self.magnitude_samples[i] as f64),
+        }
+    }
+
+    /// Every metric's mean.
+    fn values(&self) -> MetricValues {
+        let mut values = MetricValues::default();
+        for metric in Metric::ALL {
+            values.set(metric, self.mean(metric.raw_slot()));
+        }
+        values
+    }
 }
 
 /// Sum and count of one metric in the current minute, in full precision.
@@ -850,52 +905,66 @@ impl Windows {
     }
 
     /// The raw slots whose time lies in `range`, oldest first (none when the ring no
-    /// longer holds the whole range). The ring is in time order: the first is found by
-    /// bisection.
-    fn raw_in(&self, range: TimeRange) -> impl Iterator<Item = &RawSample> + '_ {
+    /// longer holds the whole range). The ring is in time order: both ends are found
+    /// by bisection.
+    fn raw_in(&self, range: TimeRange) -> std::collections::vec_deque::Iter<'_, RawSample> {
         // Whole milliseconds against the range's bounds rounded down: the same answers
         // as comparing the times themselves.
+        let last = self.raw_until(range.end);
         let first = if self.raw_holds(&range) {
             let start = millis_of(range.start);
-            self.raw.partition_point(|s| s.ms() <= start)
+            self.raw.partition_point(|s| s.ms() <= start).min(last)
         } else {
-            self.raw.len()
+            last
         };
-        let end = millis_of(range.end);
-        self.raw.range(first..).take_while(move |s| s.ms() <= end)
+        self.raw.range(first..last)
+    }
+
+    /// How many raw slots are at or before `end`.
+    fn raw_until(&self, end: SystemTime) -> usize {
+        let end = millis_of(end);
+        self.raw.partition_point(|s| s.ms() <= end)
     }
 
     /// The mean of every metric over `range`, each as [`Windows::mean`] gives it, in
-    /// one pass over the raw ring (a scrape reads every metric's 1- and 5-minute means
-    /// of every VM).
+    /// one pass over the raw ring.
     pub fn means(&self, range: TimeRange) -> MetricValues {
-        let mut values = MetricValues::default();
-        if !self.raw_holds(&range) {
-            for metric in Metric::ALL {
-                values.set(metric, self.mean(metric, range));
-            }
-            return values;
-        }
-        // Summed slot by slot, in the same order as `mean` sums one metric.
-        let mut ratios = [(0.0f64, 0u64); 8];
-        let mut magnitudes = [(0.0f64, 0u64); 6];
-        for slot in self.raw_in(range) {
-            let count = slot.count();
-            for (acc, steps) in ratios.iter_mut().zip(slot.ratios) {
-                add_weighed(acc, ratio_of_steps(steps), count);
-            }
-            for (acc, m) in magnitudes.iter_mut().zip(slot.magnitudes) {
-                add_weighed(acc, magnitude_of_f32(m), count);
-            }
-        }
-        for metric in Metric::ALL {
-            let acc = match metric.raw_slot() {
-                RawSlot::Ratio(i) => ratios[i],
-                RawSlot::Magnitude(i) => magnitudes[i],
-            };
-            values.set(metric, mean_of(acc));
-        }
+        let [values] = self.means_since([range.start], range.end);
         values
+    }
+
+    /// The mean of every metric over each range from one of `starts` to `end`, each as
+    /// [`Windows::mean`] gives it. The raw slots are summed once, newest first: a
+    /// scrape reads every VM's 1- and 5-minute means, and the first range is the
+    /// newest part of the second.
+    pub fn means_since<const N: usize>(
+        &self,
+        starts: [SystemTime; N],
+        end: SystemTime,
+    ) -> [MetricValues; N] {
+        let mut order: [usize; N] = std::array::from_fn(|k| k);
+        order.sort_unstable_by_key(|&k| std::cmp::Reverse(starts[k]));
+        let mut slots = self.raw.range(..self.raw_until(end)).rev().peekable();
+        let mut sums = RawSums::default();
+        let mut out = [MetricValues::default(); N];
+        for k in order {
+            let range = TimeRange {
+                start: starts[k],
+                end,
+            };
+            if self.raw_holds(&range) {
+                let start = millis_of(range.start);
+                while let Some(slot) = slots.next_if(|s| s.ms() > start) {
+                    sums.add(slot);
+                }
+                out[k] = sums.values();
+            } else {
+                for metric in Metric::ALL {
+                    out[k].set(metric, self.mean(metric, range));
+                }
+            }
+        }
+        out
     }
 
     /// The minutes that overlap `range` (whole minutes, the current one included).
@@ -909,11 +978,13 @@ impl Windows {
     /// [`Metric::history`] only).
     pub fn mean(&self, metric: Metric, range: TimeRange) -> Option<f64> {
         if self.raw_holds(&range) {
-            let mut acc = (0.0, 0u64);
-            for slot in self.raw_in(range) {
-                add_weighed(&mut acc, slot.get(metric), slot.count());
+            // Newest first, as `means_since` sums.
+            let at = metric.raw_slot();
+            let mut sums = RawSums::default();
+            for slot in self.raw_in(range).rev() {
+                sums.add_one(slot, at);
             }
-            return mean_of(acc);
+            return sums.mean(at);
         }
         let (sum, count) = self
             .minute_means(metric, range)
@@ -1141,6 +1212,12 @@ mod tests {
             if i < 100 {
                 values.set(Metric::MemoryUsedRatio, Some(0.5 + i as f64 / 1000.0));
             }
+            if i % 3 != 0 {
+                values.set(
+                    Metric::RequestsPerSecond,
+                    Some(((i * 13) % 29) as f64 * 7.3),
+                );
+            }
             w.push(at(3 + 3 * i), &values);
         }
         let now = at(600);
@@ -1172,6 +1249,15 @@ mod tests {
                 .get(Metric::CpuSteal)
                 .is_some()
         );
+        // Several ranges ending together, in any order, one of them older than the
+        // raw ring: each as if alone.
+        let starts = [at(300), at(540), at(0), at(599), at(540)];
+        let together = w.means_since(starts, now);
+        for (start, values) in starts.into_iter().zip(together) {
+            let range = TimeRange { start, end: now };
+            assert_eq!(values, w.means(range), "{range:?}");
+            assert!(values.get(Metric::RequestsPerSecond).is_some(), "{range:?}");
+        }
     }
 
     #[test]
