@@ -404,6 +404,7 @@ impl Collector {
             api_token: api_token_rx,
             leadership: self.leadership.clone(),
             reads: self.reads.clone(),
+            snapshots: Arc::default(),
         });
         // The HTTP listener keeps a spare descriptor so /healthz answers when agents'
         // connections have taken all the others.

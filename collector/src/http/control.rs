@@ -415,6 +415,7 @@ mod tests {
             api_token: tokio::sync::watch::channel(token.map(Arc::from)).1,
             leadership: crate::ha::Leadership::Single,
             reads: crate::http::reads::Reads::start(1).unwrap(),
+            snapshots: Arc::default(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod control;
 pub mod page;
 pub mod reads;
+pub mod snapshot;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub struct HttpState {
     pub leadership: Leadership,
     /// The threads fleet-wide reads run on, away from the async workers.
     pub reads: reads::Reads,
+    /// The fleet snapshot being copied, which reads that start meanwhile share.
+    pub snapshots: Arc<snapshot::Snapshots>,
 }
 
 impl HttpState {
@@ -222,15 +225,17 @@ const SNAPSHOT_SLICE: usize = 256;
 /// in three steps, none on the async workers' time for long:
 ///
 /// 1. the summaries are copied on the async side, a slice at a time (see
-///    [`crate::fleet::Snapshot`] for why not on a read thread);
+///    [`crate::fleet::Snapshot`] for why not on a read thread), and ordered on a
+///    `SCHED_IDLE` thread; a read that starts while another's copy is under way
+///    waits for that copy and reads it too ([`snapshot::Snapshots`]);
 /// 2. `gather` reads what else the answer needs, taking the locks that takes, on a
-///    read thread ([`reads::Reads::run`]), given the VM count;
-/// 3. `render` orders the summaries and renders them with what `gather` returned, on
-///    a `SCHED_IDLE` thread ([`reads::Reads::render`]): it must take none of the
-///    collector's locks. The summaries are then freed on a read thread
-///    ([`reads::Reads::drop_later`]).
+///    read thread ([`reads::Reads::run`]), given the VM count and the snapshot's time;
+/// 3. `render` renders the summaries with what `gather` returned, on a `SCHED_IDLE`
+///    thread ([`reads::Reads::render`]): it must take none of the collector's locks.
+///    The summaries are then freed on a read thread ([`reads::Reads::drop_later`]).
 ///
-/// How long each step took is logged at `debug`, with `what` (the path).
+/// How long each step took, and whether the snapshot was another read's, is logged at
+/// `debug`, with `what` (the path).
 async fn over_snapshot<G: Send + 'static, T: Send + 'static>(
     state: HttpState,
     what: &'static str,
@@ -238,31 +243,39 @@ async fn over_snapshot<G: Send + 'static, T: Send + 'static>(
     render: impl FnOnce(&[VmSummary], G) -> T + Send + 'static,
 ) -> Result<T, reads::ReadError> {
     let began = Instant::now();
-    let now = state.clock.now();
-    let mut snapshot = state.fleet.snapshot_in_slices(now);
-    while snapshot.take(SNAPSHOT_SLICE) {
-        tokio::task::yield_now().await;
-    }
-    let copied = Instant::now();
     let reads = state.reads.clone();
-    let vm_count = snapshot.taken();
+    let (taken, copied) = state
+        .snapshots
+        .take(|| async {
+            let now = state.clock.now();
+            let mut snapshot = state.fleet.snapshot_in_slices(now);
+            while snapshot.take(SNAPSHOT_SLICE) {
+                tokio::task::yield_now().await;
+            }
+            let summaries = reads.render(move || snapshot.finish()).await?;
+            Ok::<_, reads::ReadError>(snapshot::Taken { summaries, now })
+        })
+        .await?;
+    let copied_at = Instant::now();
+    let (vm_count, now) = (taken.summaries.len(), taken.now);
     let gathered = reads.run(move || gather(&state, vm_count, now)).await?;
     let gathered_at = Instant::now();
     let disposal = reads.clone();
     let rendered = reads
         .render(move || {
-            let summaries = snapshot.finish();
-            let rendered = render(&summaries, gathered);
-            // The summaries hold reports the workers allocated: freed elsewhere.
-            disposal.drop_later(summaries);
+            let rendered = render(&taken.summaries, gathered);
+            // The summaries hold reports the workers allocated: freed elsewhere, by
+            // whichever read lets go of them last.
+            disposal.drop_later(taken);
             rendered
         })
         .await?;
     tracing::debug!(
         what,
         vms = vm_count,
-        snapshot = ?(copied - began),
-        gather = ?(gathered_at - copied),
+        shared = !copied,
+        snapshot = ?(copied_at - began),
+        gather = ?(gathered_at - copied_at),
         render = ?gathered_at.elapsed(),
         "fleet-wide read"
     );
@@ -479,6 +492,7 @@ mod tests {
             api_token: tokio::sync::watch::channel(None).1,
             leadership: Leadership::Single,
             reads: reads::Reads::start(1).unwrap(),
+            snapshots: Arc::default(),
         }
     }
 
