@@ -342,6 +342,7 @@ async fn sample_forever(
     let mut period = *interval.borrow_and_update();
     let mut ticker = Ticker::new(period, period);
     let mut seq = 0u64;
+    let mut encoder = wire::ReportEncoder::default();
     loop {
         let taken = Instant::now();
         let links = links.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -355,7 +356,7 @@ async fn sample_forever(
         shared
             .last_sample_ms
             .store(status::unix_ms(SystemTime::now()), Ordering::Relaxed);
-        let report = wire::encode_report(seq, &sample);
+        let report = encoder.encode(seq, &sample);
         for link in &links {
             let mut buffer = link.buffer();
             if buffer.push(seq, report.clone()) {

@@ -529,11 +529,12 @@ mod tests {
             pressure: None,
             net: Vec::new(),
             disks: Vec::new(),
-            filesystems: Vec::new(),
+            filesystems: Arc::default(),
             sources: Vec::new(),
         };
+        let mut encoder = wire::ReportEncoder::default();
         for seq in 1..=2 {
-            link.buffer().push(seq, wire::encode_report(seq, &sample));
+            link.buffer().push(seq, encoder.encode(seq, &sample));
         }
         let (tx, rx) = watch::channel(2u64);
         let hello = pb::AgentMessage {
@@ -554,7 +555,7 @@ mod tests {
         assert_eq!(seq_of(out.next().await), 1);
         assert_eq!(seq_of(out.next().await), 2);
         assert_eq!(link.sent.load(Ordering::Relaxed), 2);
-        link.buffer().push(3, wire::encode_report(3, &sample));
+        link.buffer().push(3, encoder.encode(3, &sample));
         tx.send_replace(3);
         assert_eq!(seq_of(out.next().await), 3);
         drop(tx);

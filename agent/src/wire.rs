@@ -4,6 +4,7 @@
 //! touches this file only.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
@@ -11,7 +12,7 @@ use prost::bytes::Bytes;
 use rally_proto::v1 as pb;
 
 use crate::buffer::Entry;
-use crate::sample::{CpuShares, PressureLine, PressureResource, Sample, VmSize};
+use crate::sample::{CpuShares, FilesystemSpace, PressureLine, PressureResource, Sample, VmSize};
 use crate::source::SourceSample;
 
 /// Who the agent is, for the stream's `Hello`.
@@ -49,9 +50,39 @@ pub fn hello(identity: &Identity, size: Option<VmSize>, interval: Duration) -> p
     }
 }
 
-/// A sample as the `Report` with sequence number `seq`, encoded for the buffers.
-pub fn encode_report(seq: u64, sample: &Sample) -> Bytes {
-    Bytes::from(report(seq, sample).encode_to_vec())
+/// Encodes samples as `Report`s for the buffers, keeping the filesystems' encoding:
+/// they are measured once a minute and the same in every report in between.
+///
+/// A protobuf parser appends a repeated field's elements in the order they come,
+/// wherever they are in the message, so the report's other fields followed by the
+/// kept bytes (a `Report` holding only `filesystems`) is the same message.
+#[derive(Debug, Default)]
+pub struct ReportEncoder {
+    filesystems: Option<(Arc<[FilesystemSpace]>, Vec<u8>)>,
+}
+
+impl ReportEncoder {
+    /// `sample` as the `Report` with sequence number `seq`, encoded.
+    pub fn encode(&mut self, seq: u64, sample: &Sample) -> Bytes {
+        let same =
+            |(list, _): &(Arc<[FilesystemSpace]>, Vec<u8>)| Arc::ptr_eq(list, &sample.filesystems);
+        let filesystems = match &self.filesystems {
+            Some(kept) if same(kept) => &kept.1,
+            _ => {
+                let only = pb::Report {
+                    filesystems: filesystems(&sample.filesystems),
+                    ..pb::Report::default()
+                };
+                let kept = (Arc::clone(&sample.filesystems), only.encode_to_vec());
+                &self.filesystems.insert(kept).1
+            }
+        };
+        let rest = report_without_filesystems(seq, sample);
+        let mut out = Vec::with_capacity(rest.encoded_len() + filesystems.len());
+        rest.encode_raw(&mut out);
+        out.extend_from_slice(filesystems);
+        Bytes::from(out)
+    }
 }
 
 /// The agent's link to one collector at sending time (the report's health fields).
@@ -127,6 +158,14 @@ pub fn millis(d: Duration) -> u32 {
 /// A sample as the `Report` with sequence number `seq` (and no drops).
 pub fn report(seq: u64, s: &Sample) -> pb::Report {
     pb::Report {
+        filesystems: filesystems(&s.filesystems),
+        ..report_without_filesystems(seq, s)
+    }
+}
+
+/// [`report`] but for its filesystems.
+fn report_without_filesystems(seq: u64, s: &Sample) -> pb::Report {
+    pb::Report {
         seq,
         timestamp_ms: s.timestamp_ms,
         interval_ms: s.interval_ms,
@@ -174,26 +213,28 @@ pub fn report(seq: u64, s: &Sample) -> pb::Report {
                 writes_per_second: Some(d.writes_per_second),
             })
             .collect(),
-        filesystems: s
-            .filesystems
-            .iter()
-            .map(|f| pb::Filesystem {
-                mount_point: f.mount_point.clone(),
-                fs_type: f.fs_type.clone(),
-                total_bytes: f.total_bytes,
-                available_bytes: f.available_bytes,
-                free_bytes: Some(f.free_bytes),
-                files: Some(f.files),
-                files_free: Some(f.files_free),
-                device: f.device.clone(),
-            })
-            .collect(),
+        filesystems: Vec::new(),
         dropped: 0,
         sources: s.sources.iter().map(source_report).collect(),
         // Filled at sending, as `dropped` is: they describe the link, not the sample.
         agent_buffered: 0,
         agent_reconnects: 0,
     }
+}
+
+fn filesystems(list: &[FilesystemSpace]) -> Vec<pb::Filesystem> {
+    list.iter()
+        .map(|f| pb::Filesystem {
+            mount_point: f.mount_point.clone(),
+            fs_type: f.fs_type.clone(),
+            total_bytes: f.total_bytes,
+            available_bytes: f.available_bytes,
+            free_bytes: Some(f.free_bytes),
+            files: Some(f.files),
+            files_free: Some(f.files_free),
+            device: f.device.clone(),
+        })
+        .collect()
 }
 
 fn source_report(s: &SourceSample) -> pb::SourceReport {
@@ -352,7 +393,7 @@ mod tests {
             }),
             net: Vec::new(),
             disks: Vec::new(),
-            filesystems: Vec::new(),
+            filesystems: Arc::default(),
             sources: Vec::new(),
         }
     }
@@ -365,12 +406,51 @@ mod tests {
         }
     }
 
+    fn filesystem(mount_point: &str, available_bytes: u64) -> FilesystemSpace {
+        FilesystemSpace {
+            mount_point: mount_point.into(),
+            fs_type: "ext4".into(),
+            device: "/dev/vda1".into(),
+            total_bytes: 40 << 30,
+            available_bytes,
+            free_bytes: available_bytes + (1 << 30),
+            files: 2_621_440,
+            files_free: 2_000_000,
+        }
+    }
+
+    #[test]
+    fn encoded_reports_are_the_report_whether_the_filesystems_are_kept_or_new() {
+        let mut encoder = ReportEncoder::default();
+        let mut s = sample();
+        let decode = |bytes: Bytes| pb::Report::decode(bytes).unwrap();
+        // None yet, then a list, the same list again (kept), and a new one whose
+        // figures changed (encoded anew).
+        let lists: [Arc<[FilesystemSpace]>; 2] = [
+            Arc::from([filesystem("/", 10 << 30), filesystem("/boot", 300 << 20)]),
+            Arc::from([filesystem("/", 9 << 30), filesystem("/boot", 300 << 20)]),
+        ];
+        let steps = [
+            Arc::default(),
+            Arc::clone(&lists[0]),
+            Arc::clone(&lists[0]),
+            Arc::clone(&lists[1]),
+        ];
+        for (seq, filesystems) in (1..).zip(steps) {
+            s.filesystems = filesystems;
+            s.timestamp_ms += 1000;
+            let expected = report(seq, &s);
+            assert_eq!(expected.filesystems.len(), s.filesystems.len());
+            assert_eq!(decode(encoder.encode(seq, &s)), expected, "report {seq}");
+        }
+    }
+
     #[test]
     fn report_round_trips_through_the_buffer_with_its_drop_count() {
         let entry = Entry {
             seq: 7,
             dropped_before: 3,
-            report: encode_report(7, &sample()),
+            report: ReportEncoder::default().encode(7, &sample()),
         };
         let r = decoded(report_message(
             &entry,
@@ -477,7 +557,7 @@ mod tests {
             let entry = Entry {
                 seq: 9,
                 dropped_before: dropped,
-                report: encode_report(9, &sample()),
+                report: ReportEncoder::default().encode(9, &sample()),
             };
             let health = LinkHealth {
                 buffered,

@@ -16,6 +16,7 @@
 //! whichever is first; at a rate, every report gets a fresh one.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes};
@@ -272,7 +273,7 @@ fn sample(interval: Duration, rng: &mut SmallRng) -> Sample {
             reads_per_second: rng.random_range(0.0..500.0),
             writes_per_second: rng.random_range(0.0..500.0),
         }],
-        filesystems: vec![
+        filesystems: Arc::from([
             FilesystemSpace {
                 mount_point: "/".to_owned(),
                 fs_type: "ext4".to_owned(),
@@ -293,7 +294,7 @@ fn sample(interval: Duration, rng: &mut SmallRng) -> Sample {
                 files: 31_360,
                 files_free: 31_000,
             },
-        ],
+        ]),
         sources: Vec::new(),
     }
 }

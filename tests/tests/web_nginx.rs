@@ -47,7 +47,7 @@ fn as_collected(seq: u64, sources: &[SourceSample]) -> Report {
         pressure: None,
         net: vec![],
         disks: vec![],
-        filesystems: vec![],
+        filesystems: std::sync::Arc::default(),
         sources: sources.to_vec(),
     };
     rally_collector::ingest::validate::report(rally_agent::wire::report(seq, &sample)).unwrap()

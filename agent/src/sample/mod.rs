@@ -23,6 +23,7 @@ pub mod pressure;
 pub mod size;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -74,8 +75,9 @@ pub struct Sample {
     pub net: Vec<NetRate>,
     /// Whole disks.
     pub disks: Vec<DiskRate>,
-    /// Real mounted filesystems.
-    pub filesystems: Vec<FilesystemSpace>,
+    /// Real mounted filesystems, shared by the samples taken until the next
+    /// measurement (see [`FILESYSTEM_EVERY`]).
+    pub filesystems: Arc<[FilesystemSpace]>,
     /// Web-server request sources, one per configured source (filled by the agent,
     /// which reads them after the host signals).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -229,7 +231,7 @@ pub struct Sampler {
     disk_devices: Vec<String>,
     whole_disks: Vec<String>,
     filesystems: filesystem::FilesystemSampler,
-    filesystems_last: Previous<Vec<FilesystemSpace>>,
+    filesystems_last: Previous<Arc<[FilesystemSpace]>>,
     hotplug: size::Hotplug,
     health: [Health; Signal::ALL.len()],
 }
@@ -305,7 +307,7 @@ impl Sampler {
             pressure: None,
             net: Vec::new(),
             disks: Vec::new(),
-            filesystems: Vec::new(),
+            filesystems: Arc::default(),
             sources: Vec::new(),
         };
 
@@ -373,17 +375,18 @@ impl Sampler {
         }
 
         sample.filesystems = match &self.filesystems_last {
-            Some((at, last)) if now.duration_since(*at) < FILESYSTEM_EVERY => last.clone(),
+            Some((at, last)) if now.duration_since(*at) < FILESYSTEM_EVERY => Arc::clone(last),
             _ => {
                 let measured = self.filesystems.sample();
-                let measured = self
+                let measured: Arc<[FilesystemSpace]> = self
                     .check(Signal::Filesystem, now, measured)
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    .into();
                 // A failure is retried at the next sample, not a minute later.
                 if self.health[Signal::Filesystem.index()].failing {
                     self.filesystems_last = None;
                 } else {
-                    self.filesystems_last = Some((now, measured.clone()));
+                    self.filesystems_last = Some((now, Arc::clone(&measured)));
                 }
                 measured
             }
