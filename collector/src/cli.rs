@@ -141,6 +141,8 @@ pub enum PkiCommand {
     },
     /// Make one client certificate per VM (vms/<id>.pem, vms/<id>.key) with the URI SAN
     /// rally://vm/<id>, signed by the CA; valid 2 years by default (never beyond the CA).
+    // The text is `--help`'s, where `<id>` is a placeholder, not HTML.
+    #[allow(rustdoc::invalid_html_tags)]
     Client {
         /// The VM ids (as in the agents' `vm_id`).
         #[arg(value_name = "VM", required = true)]

@@ -320,7 +320,7 @@ impl<IO> Conn<IO> {
         self.info.remote_addr
     }
 
-    /// Closes the connection unless its first [`PREFACE_BYTES`] bytes arrive within
+    /// Closes the connection unless its first `PREFACE_BYTES` bytes arrive within
     /// `timeout`.
     pub fn with_preface_deadline(mut self, timeout: Duration) -> Self {
         self.preface = Some(Preface {

@@ -1,5 +1,5 @@
 //! One evaluation of one group, step by step: verify the resizes in flight, ask every
-//! member what it wants ([`super::candidate`]), note a closed scale-down window, apply
+//! member what it wants (`candidate`), note a closed scale-down window, apply
 //! the group's gates, then start the resizes: every hot-add grow, or else at most one
 //! resize that restarts its VM (one member at a time).
 

@@ -1,7 +1,7 @@
 //! `rally-policy`: Rally's resize policy: pure decisions from a group's policy, a view
 //! of each VM's metrics, the group's remembered state and the time `now`.
 //!
-//! Nothing here does I/O or reads a clock: [`evaluate`] takes `now` and a [`MetricView`],
+//! Nothing here does I/O or reads a clock: [`evaluate()`] takes `now` and a [`MetricView`],
 //! and returns an [`Evaluation`] (decisions with evidence, events about resizes in flight,
 //! and notes saying why a VM was skipped). The caller persists decisions before sending
 //! them and feeds actuation failures back with [`GroupState::actuation_failed`].

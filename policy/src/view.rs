@@ -3,7 +3,7 @@
 //! The fleet implements [`MetricView`] over its live windows; [`super::memory_view`]
 //! implements it over recorded samples for tests and benchmarks. Every window ends at the
 //! view's own "now" (the snapshot the engine evaluates), and the engine passes the same
-//! instant as `now` to [`super::evaluate`].
+//! instant as `now` to [`super::evaluate()`].
 
 use std::time::Duration;
 

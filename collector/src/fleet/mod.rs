@@ -32,8 +32,8 @@ pub use report::{
 pub use totals::{CpuSeconds, DiskTotals, MAX_TRACKED, NetTotals, RequestTotals, Totals};
 pub use view::FleetView;
 pub use window::{
-    BUCKET_MINUTES, Histories, History, METRIC_COUNT, Metric, MetricValues, RAW_CAP, RAW_RETENTION,
-    TimeRange, Windows,
+    BUCKET_MINUTES, Histories, History, METRIC_COUNT, Metric, MetricValues, RAW_CAP,
+    RAW_RESOLUTION, RAW_RETENTION, TimeRange, Windows,
 };
 
 use crate::config::{Config, UnknownVms};

@@ -3,7 +3,7 @@
 //! bounded strings and lists) is guaranteed here, so nothing past the edge re-checks.
 //!
 //! A valid message costs no allocation beyond the converted values: a field's path
-//! (`report.cores[3].steal`) is a chain of borrowed [`Field`]s on the stack, written
+//! (`report.cores[3].steal`) is a chain of borrowed `Field`s on the stack, written
 //! out only when a check fails.
 
 use std::collections::BTreeMap;
