@@ -64,10 +64,8 @@ pub struct ReportEncoder {
 impl ReportEncoder {
     /// `sample` as the `Report` with sequence number `seq`, encoded.
     pub fn encode(&mut self, seq: u64, sample: &Sample) -> Bytes {
-        let same =
-            |(list, _): &(Arc<[FilesystemSpace]>, Vec<u8>)| Arc::ptr_eq(list, &sample.filesystems);
         let filesystems = match &self.filesystems {
-            Some(kept) if same(kept) => &kept.1,
+            Some((list, bytes)) if Arc::ptr_eq(list, &sample.filesystems) => bytes,
             _ => {
                 let only = pb::Report {
                     filesystems: filesystems(&sample.filesystems),

@@ -356,11 +356,6 @@ impl Snapshot {
         self.handles.len() > 0
     }
 
-    /// How many VMs' summaries were copied so far.
-    pub fn taken(&self) -> usize {
-        self.summaries.len()
-    }
-
     /// The summaries, in (group, id) order (VMs not taken yet are left out).
     pub fn finish(mut self) -> Vec<VmSummary> {
         self.summaries
