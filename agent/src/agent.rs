@@ -3,9 +3,12 @@
 //!
 //! The sampling loop is the only producer: every interval it samples, encodes the report
 //! once, appends it to every collector's buffer and bumps a watch that wakes the
-//! streams. Nothing in it waits on a network. All tasks are futures polled by `run`'s
-//! own future (none is spawned), so the agent works on any tokio runtime and stops by
-//! being dropped.
+//! streams. Nothing in it waits on a network. The sampling loop and each stream are
+//! tasks of their own, held in [`JoinSet`]s that abort them when `run`'s future is
+//! dropped: the agent still stops by being dropped, and a tick wakes only the tasks it
+//! concerns. (Polled inside `run`'s `select!`, every wake-up of the sampler also polled
+//! the signal handlers, the configuration watch and the status socket: about 10 000
+//! instructions per sample.)
 //!
 //! A reload is a new [`Config`] sent on the watch [`run_live`] reads. What can change
 //! live does, without dropping a stream: `interval` (from the next sample),
@@ -22,14 +25,12 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
 use crate::config::{Config, Invalid};
@@ -77,7 +78,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 pub async fn run_live(
     mut config: watch::Receiver<Config>,
     shutdown: impl Future<Output = ()>,
-    ready: impl FnOnce(),
+    ready: impl FnOnce() + Send + 'static,
 ) -> Result<(), Error> {
     let started = SystemTime::now();
     let mut current = config.borrow_and_update().clone();
@@ -105,24 +106,37 @@ pub async fn run_live(
     for address in &current.collectors {
         streams.start(Arc::new(Link::new(address.clone(), current.buffer_reports)));
     }
-    let links = Mutex::new(streams.links());
+    let links = Arc::new(Mutex::new(streams.links()));
 
     let sampler = sampler(&current);
     let sources = sources(&current)?;
-    let sampling = sample_forever(sampler, sources, &links, &shared, seqs, interval_rx, ready);
+    let mut sampling = JoinSet::new();
+    sampling.spawn(sample_forever(
+        sampler,
+        sources,
+        Arc::clone(&links),
+        Arc::clone(&shared),
+        seqs,
+        interval_rx,
+        ready,
+    ));
     let answering = status::serve(status::bind(&current.status_socket), || {
         agent_status(&shared, &links, started)
     });
-    tokio::pin!(sampling, shutdown, answering);
+    tokio::pin!(shutdown, answering);
     let mut reloads_open = true;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            () = &mut sampling => break,
+            // The loop never ends; a panic in it is this run's.
+            Some(ended) = sampling.join_next() => {
+                resume_panic(ended);
+                break;
+            }
             // Never ends: it answers `rally-agent status` for the whole run.
             () = &mut answering => {}
             // A stream task ends only when a reload stopped it; nothing to do.
-            Some(()) = streams.tasks.next() => {}
+            Some(ended) = streams.tasks.join_next() => resume_panic(ended),
             changed = config.changed(), if reloads_open => {
                 if changed.is_err() {
                     // Nobody can send a new configuration any more.
@@ -141,6 +155,15 @@ pub async fn run_live(
     }
     tracing::info!("rally-agent stopping");
     Ok(())
+}
+
+/// Carries a task's panic on into the run, as when the task was polled in place.
+fn resume_panic(ended: Result<(), JoinError>) {
+    if let Err(error) = ended
+        && error.is_panic()
+    {
+        std::panic::resume_unwind(error.into_panic());
+    }
 }
 
 /// What `rally-agent status` is told: read from what the sampler and the streams
@@ -272,8 +295,8 @@ struct Streams {
     seqs: watch::Receiver<u64>,
     /// Each running link with the sender whose drop stops its task.
     running: Vec<(Arc<Link>, oneshot::Sender<()>)>,
-    /// The tasks: each ends only when its sender is dropped.
-    tasks: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The tasks: each ends only when its sender is dropped; dropping the set aborts them.
+    tasks: JoinSet<()>,
 }
 
 impl Streams {
@@ -282,7 +305,7 @@ impl Streams {
             shared,
             seqs,
             running: Vec::new(),
-            tasks: FuturesUnordered::new(),
+            tasks: JoinSet::new(),
         }
     }
 
@@ -294,13 +317,13 @@ impl Streams {
             Arc::clone(&self.shared),
             self.seqs.clone(),
         );
-        self.tasks.push(Box::pin(async move {
+        self.tasks.spawn(async move {
             // Dropping the task drops its stream (the collector sees it end).
             tokio::select! {
                 () = task => {}
                 _ = stopped => {}
             }
-        }));
+        });
         self.running.push((link, stop));
     }
 
@@ -332,11 +355,11 @@ impl Streams {
 async fn sample_forever(
     mut sampler: Sampler,
     mut sources: Sources,
-    links: &Mutex<Vec<Arc<Link>>>,
-    shared: &Shared,
+    links: Arc<Mutex<Vec<Arc<Link>>>>,
+    shared: Arc<Shared>,
     seqs: watch::Sender<u64>,
     mut interval: watch::Receiver<Duration>,
-    ready: impl FnOnce(),
+    ready: impl FnOnce() + Send + 'static,
 ) {
     let mut ready = Some(ready);
     let mut period = *interval.borrow_and_update();
