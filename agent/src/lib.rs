@@ -10,7 +10,8 @@
 //!
 //! - [`sample`]: one module per signal (`cpu`, `memory`, `load`, `pressure`, `net`,
 //!   `disk`, `filesystem`, `size`), each a file read plus pure functions over its text,
-//!   and the [`sample::Sampler`] that reads them all and keeps previous counters.
+//!   the byte scanner the per-sample parsers share (`scan`), and the
+//!   [`sample::Sampler`] that reads them all and keeps previous counters.
 //! - [`source`]: one module per web-server source (`nginx`, `apache`, `php_fpm`,
 //!   `access_log` with its rotation-proof `tail`, `prometheus`), the bounded HTTP
 //!   reader they share, counter-reset math, and [`source::Sources`] that reads them all.

@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use super::SampleError;
+use super::{SampleError, scan};
 
 /// The file this signal reads, relative to the proc root.
 pub const PATH: &str = "stat";
@@ -44,11 +44,9 @@ impl CpuCounters {
     /// The counters of one `cpu` line, after its name: `user nice system idle`, then
     /// `iowait irq softirq steal` where the kernel has them (older ones count as
     /// zero); `guest` and `guest_nice` are left out (see the type's doc).
-    fn parse(fields: &str) -> Option<Self> {
-        let mut numbers = fields.split_ascii_whitespace().map(str::parse::<u64>);
-        let mut next = |required: bool| match numbers.next() {
-            Some(Ok(n)) => Some(n),
-            Some(Err(_)) => None,
+    fn parse(mut fields: scan::Words<'_>) -> Option<Self> {
+        let mut next = |required: bool| match fields.next() {
+            Some(word) => scan::u64(word),
             None if required => None,
             None => Some(0),
         };
@@ -109,23 +107,28 @@ pub struct CoreShares {
 
 /// Parses the text of `/proc/stat`: its `cpu` line and its `cpuN` lines, up to the
 /// first line that is not a CPU's (the kernel prints them all first).
-pub fn parse(text: &str) -> Result<CpuReading, SampleError> {
+pub fn parse(text: impl AsRef<[u8]>) -> Result<CpuReading, SampleError> {
+    let text = text.as_ref();
     let mut total = None;
     let mut cores = Vec::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("cpu") else {
+    for line in scan::lines(text) {
+        let Some(rest) = line.strip_prefix(b"cpu") else {
             break;
         };
-        let (name, fields) = rest.split_once(' ').unwrap_or((rest, ""));
-        let counters = CpuCounters::parse(fields)
-            .ok_or_else(|| SampleError::format(PATH, format!("cpu{name} is not counters")))?;
-        if name.is_empty() {
+        let name_end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        let (name, fields) = rest.split_at(name_end);
+        let name = || String::from_utf8_lossy(name);
+        let counters = CpuCounters::parse(scan::Words::new(fields))
+            .ok_or_else(|| SampleError::format(PATH, format!("cpu{} is not counters", name())))?;
+        if name_end == 0 {
             total = Some(counters);
         } else {
             // Cores are matched by id across CPU hot-plug, so the id is kept.
-            let id = name
-                .parse::<u32>()
-                .map_err(|_| SampleError::format(PATH, format!("cpu{name} has no numeric id")))?;
+            let id = scan::u64(&rest[..name_end])
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| {
+                    SampleError::format(PATH, format!("cpu{} has no numeric id", name()))
+                })?;
             cores.push((id, counters));
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::SampleError;
+use super::{SampleError, scan};
 
 /// The file this signal reads, relative to the proc root.
 pub const PATH: &str = "diskstats";
@@ -54,8 +54,8 @@ pub struct DiskRate {
 }
 
 /// Whether a device listed in `/sys/block` is reported.
-pub fn is_reported(name: &str) -> bool {
-    !NOT_DISKS.iter().any(|p| name.starts_with(p))
+pub fn is_reported(name: &[u8]) -> bool {
+    !NOT_DISKS.iter().any(|p| name.starts_with(p.as_bytes()))
 }
 
 /// One reading of `/proc/diskstats`.
@@ -73,30 +73,34 @@ pub struct Reading {
 /// directly: procfs would allocate a record (and its name) for every device, loop
 /// devices and partitions included, at every sample.
 pub fn parse(
-    text: &str,
+    text: impl AsRef<[u8]>,
     whole_disks: &[String],
     devices: &[String],
 ) -> Result<Reading, SampleError> {
+    let text = text.as_ref();
     let mut out = Vec::new();
     let mut named = 0;
     let mut same_devices = true;
-    for line in text.lines() {
-        // Kernel output is ASCII: the byte-wise split skips Unicode whitespace checks.
-        let mut words = line.split_ascii_whitespace();
+    for line in scan::lines(text) {
+        let mut words = scan::Words::new(line);
+        // Major and minor numbers, then the name.
         let Some(name) = words.nth(2) else {
             continue;
         };
-        same_devices &= devices.get(named).is_some_and(|d| d == name);
+        same_devices &= devices.get(named).is_some_and(|d| d.as_bytes() == name);
         named += 1;
-        if !is_reported(name) || !whole_disks.iter().any(|w| w == name) {
+        if !is_reported(name) {
             continue;
         }
+        let Some(name) = whole_disks.iter().find(|w| w.as_bytes() == name) else {
+            continue;
+        };
         // After the name: reads, reads merged, sectors read, ms reading, writes,
         // writes merged, sectors written, ms writing, I/Os in flight, ms doing I/O.
         let mut fields = [0u64; 10];
         let mut n = 0;
         for (slot, word) in fields.iter_mut().zip(words.by_ref()) {
-            *slot = word.parse().map_err(|_| {
+            *slot = scan::u64(word).ok_or_else(|| {
                 SampleError::format(PATH, format!("{name}: a counter is not a number"))
             })?;
             n += 1;
@@ -108,7 +112,7 @@ pub fn parse(
             ));
         }
         out.push((
-            name.to_owned(),
+            name.clone(),
             DiskCounters {
                 reads: fields[0],
                 writes: fields[4],
@@ -126,10 +130,11 @@ pub fn parse(
 }
 
 /// The devices `/proc/diskstats` names, in its order (what [`parse`] compares with).
-pub fn devices(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.split_ascii_whitespace().nth(2))
-        .map(str::to_owned)
+pub fn devices(text: impl AsRef<[u8]>) -> Vec<String> {
+    let text = text.as_ref();
+    scan::lines(text)
+        .filter_map(|l| scan::Words::new(l).nth(2))
+        .map(|name| String::from_utf8_lossy(name).into_owned())
         .collect()
 }
 
@@ -276,7 +281,7 @@ mod tests {
 
     #[test]
     fn loop_ram_and_floppy_are_not_reported() {
-        assert!(is_reported("vda") && is_reported("nvme0n1") && is_reported("dm-0"));
-        assert!(!is_reported("loop3") && !is_reported("zram0") && !is_reported("ram1"));
+        assert!(is_reported(b"vda") && is_reported(b"nvme0n1") && is_reported(b"dm-0"));
+        assert!(!is_reported(b"loop3") && !is_reported(b"zram0") && !is_reported(b"ram1"));
     }
 }

@@ -63,8 +63,18 @@ impl KernelFile {
         &self.path
     }
 
-    /// Reads the whole current content and returns it.
+    /// Reads the whole current content and returns it as text.
     pub fn read(&mut self) -> Result<&str, SampleError> {
+        self.read_bytes()?;
+        std::str::from_utf8(&self.bytes[..self.len]).map_err(|_| SampleError::Read {
+            path: self.path.clone(),
+            source: std::io::Error::new(ErrorKind::InvalidData, "not UTF-8"),
+        })
+    }
+
+    /// Reads the whole current content and returns its bytes, for a parser that scans
+    /// bytes (and refuses what is not ASCII) without a UTF-8 check first.
+    pub fn read_bytes(&mut self) -> Result<&[u8], SampleError> {
         if let Err(source) = self.read_once() {
             // The next sample opens the file afresh (it may have been re-created).
             self.file = None;
@@ -74,10 +84,7 @@ impl KernelFile {
                 source,
             });
         }
-        std::str::from_utf8(&self.bytes[..self.len]).map_err(|_| SampleError::Read {
-            path: self.path.clone(),
-            source: std::io::Error::new(ErrorKind::InvalidData, "not UTF-8"),
-        })
+        Ok(&self.bytes[..self.len])
     }
 
     /// Reads from offset 0 to the end with positioned reads (no seek, no size probe).

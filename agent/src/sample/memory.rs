@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::SampleError;
+use super::{SampleError, scan};
 
 /// The file this signal reads, relative to the proc root.
 pub const PATH: &str = "meminfo";
@@ -28,25 +28,30 @@ pub struct Memory {
 /// Only four of its ~50 lines are needed, so they are picked out directly rather than
 /// through procfs, which allocates a map entry and a string for every line of every
 /// sample.
-pub fn parse(text: &str) -> Result<Memory, SampleError> {
+pub fn parse(text: impl AsRef<[u8]>) -> Result<Memory, SampleError> {
+    let text = text.as_ref();
     let mut fields = [None; 4];
     const KEYS: [&str; 4] = ["MemTotal", "MemAvailable", "SwapTotal", "SwapFree"];
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
+    for line in scan::lines(text) {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
-        let Some(i) = KEYS.iter().position(|k| *k == key) else {
+        let Some(i) = KEYS.iter().position(|k| k.as_bytes() == &line[..colon]) else {
             continue;
         };
-        let mut words = value.split_ascii_whitespace();
-        let number: u64 = words
+        let key = KEYS[i];
+        let mut words = scan::Words::new(&line[colon + 1..]);
+        let number = words
             .next()
-            .and_then(|n| n.parse().ok())
+            .and_then(scan::u64)
             .ok_or_else(|| SampleError::format(PATH, format!("{key} is not a number")))?;
         let bytes = match words.next() {
-            Some("kB") => number.checked_mul(1024),
+            Some(b"kB") => number.checked_mul(1024),
             None => Some(number),
-            Some(unit) => return Err(SampleError::format(PATH, format!("{key} has unit {unit}"))),
+            Some(unit) => {
+                let unit = String::from_utf8_lossy(unit);
+                return Err(SampleError::format(PATH, format!("{key} has unit {unit}")));
+            }
         };
         fields[i] =
             Some(bytes.ok_or_else(|| SampleError::format(PATH, format!("{key} overflows")))?);

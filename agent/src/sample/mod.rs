@@ -20,6 +20,7 @@ pub mod load;
 pub mod memory;
 pub mod net;
 pub mod pressure;
+mod scan;
 pub mod size;
 
 use std::path::{Path, PathBuf};
@@ -312,7 +313,7 @@ impl Sampler {
         };
 
         let mut online_cores_in_stat = None;
-        let cpu = self.files.stat.read().and_then(cpu::parse);
+        let cpu = self.files.stat.read_bytes().and_then(cpu::parse);
         if let Some(reading) = self.check(Signal::Cpu, now, cpu) {
             if let Some(prev) = &self.cpu {
                 sample.cpu = cpu::shares(&prev.total, &reading.total);
@@ -324,7 +325,7 @@ impl Sampler {
             self.cpu = Some(reading);
         }
 
-        let memory = self.files.meminfo.read().and_then(memory::parse);
+        let memory = self.files.meminfo.read_bytes().and_then(memory::parse);
         sample.memory = self.check(Signal::Memory, now, memory);
 
         // /proc/stat lists exactly the online CPUs: the fallback if sysfs is missing.
@@ -358,7 +359,7 @@ impl Sampler {
         let pressure = self.read_pressure();
         sample.pressure = self.check(Signal::Pressure, now, pressure).flatten();
 
-        let net = self.files.net_dev.read().and_then(net::parse);
+        let net = self.files.net_dev.read_bytes().and_then(net::parse);
         if let Some(reading) = self.check(Signal::Net, now, net) {
             if let Some((at, prev)) = &self.net {
                 sample.net = net::rates(prev, &reading, now.duration_since(*at));
@@ -423,27 +424,27 @@ impl Sampler {
     }
 
     fn read_pressure(&mut self) -> Result<Option<Pressure>, SampleError> {
-        let [cpu, memory, io] = self
-            .files
-            .pressure
-            .each_mut()
-            .map(|file| match file.read() {
-                Ok(text) => Ok(Some(text)),
-                Err(SampleError::Read { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound
-                        || source.raw_os_error() == Some(EOPNOTSUPP) =>
-                {
-                    Ok(None)
-                }
-                Err(e) => Err(e),
-            });
+        let [cpu, memory, io] =
+            self.files
+                .pressure
+                .each_mut()
+                .map(|file| match file.read_bytes() {
+                    Ok(text) => Ok(Some(text)),
+                    Err(SampleError::Read { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound
+                            || source.raw_os_error() == Some(EOPNOTSUPP) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                });
         pressure::assemble([cpu?, memory?, io?])
     }
 
     /// Reads `/proc/diskstats`, and lists `/sys/block` again when its devices changed
     /// (a disk attached or removed) to know which are whole disks.
     fn read_disks(&mut self) -> Result<Vec<(String, disk::DiskCounters)>, SampleError> {
-        let text = self.files.diskstats.read()?;
+        let text = self.files.diskstats.read_bytes()?;
         let reading = disk::parse(text, &self.whole_disks, &self.disk_devices)?;
         if reading.same_devices {
             return Ok(reading.disks);

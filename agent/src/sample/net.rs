@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::SampleError;
+use super::{SampleError, scan};
 
 /// The file this signal reads, relative to the proc root.
 pub const PATH: &str = "net/dev";
@@ -51,23 +51,27 @@ pub struct NetRate {
 /// Parsed here rather than with procfs: the kernel prints `name:counter` with no space
 /// when the first counter fills its column (older kernels use `%6s:%8llu`), which a
 /// whitespace split takes for one word.
-pub fn parse(text: &str) -> Result<Vec<(String, NetCounters)>, SampleError> {
+pub fn parse(text: impl AsRef<[u8]>) -> Result<Vec<(String, NetCounters)>, SampleError> {
+    let text = text.as_ref();
     let mut out = Vec::new();
     // The first two lines are headers.
-    for line in text.lines().skip(2).filter(|l| !l.trim_ascii().is_empty()) {
-        let (name, counters) = line
-            .split_once(':')
+    for line in scan::lines(text).skip(2) {
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
             .ok_or_else(|| SampleError::format(PATH, "an interface line has no ':'"))?;
-        let name = name.trim_ascii();
-        if name == "lo" {
+        let name = line[..colon].trim_ascii();
+        if name == b"lo" {
             continue;
         }
         let mut fields = [0u64; 16];
         let mut n = 0;
-        for (slot, word) in fields.iter_mut().zip(counters.split_ascii_whitespace()) {
-            *slot = word
-                .parse()
-                .map_err(|_| SampleError::format(PATH, "a counter is not a number"))?;
+        for (slot, word) in fields.iter_mut().zip(scan::Words::new(&line[colon + 1..])) {
+            *slot = scan::u64(word)
+                .ok_or_else(|| SampleError::format(PATH, "a counter is not a number"))?;
             n += 1;
         }
         if n < fields.len() {
@@ -79,7 +83,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, NetCounters)>, SampleError> {
         // Receive: bytes packets errs drop fifo frame compressed multicast;
         // transmit: bytes packets errs drop fifo colls carrier compressed.
         out.push((
-            name.to_owned(),
+            String::from_utf8_lossy(name).into_owned(),
             NetCounters {
                 rx_bytes: fields[0],
                 rx_packets: fields[1],

@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use super::SampleError;
+use super::{SampleError, scan};
 
 /// The files this signal reads, relative to the proc root.
 pub const PATHS: [&str; 3] = ["pressure/cpu", "pressure/memory", "pressure/io"];
@@ -49,18 +49,28 @@ pub struct PressureLine {
 }
 
 /// Parses one PSI file: a `some` line and, usually, a `full` line.
-pub fn parse_resource(path: &'static str, text: &str) -> Result<PressureResource, SampleError> {
+pub fn parse_resource(
+    path: &'static str,
+    text: impl AsRef<[u8]>,
+) -> Result<PressureResource, SampleError> {
+    let text = text.as_ref();
     let mut some = None;
     let mut full = None;
-    for line in text.lines().filter(|l| !l.trim_ascii().is_empty()) {
-        let (kind, fields) = line.split_once(' ').unwrap_or((line, ""));
-        let slot = match kind {
-            "some" => &mut some,
-            "full" => &mut full,
-            _ => return Err(SampleError::format(path, format!("unknown line `{kind}`"))),
+    for line in scan::lines(text) {
+        let mut words = scan::Words::new(line);
+        let Some(kind) = words.next() else {
+            continue;
+        };
+        let (slot, kind) = match kind {
+            b"some" => (&mut some, "some"),
+            b"full" => (&mut full, "full"),
+            _ => {
+                let kind = String::from_utf8_lossy(kind);
+                return Err(SampleError::format(path, format!("unknown line `{kind}`")));
+            }
         };
         *slot = Some(
-            parse_line(fields)
+            parse_line(words)
                 .ok_or_else(|| SampleError::format(path, format!("malformed `{kind}` line")))?,
         );
     }
@@ -70,15 +80,16 @@ pub fn parse_resource(path: &'static str, text: &str) -> Result<PressureResource
 
 /// The fields of one line, after `some` or `full`; `None` if one is missing or not a
 /// number. Averages keep the two decimals the kernel prints.
-fn parse_line(fields: &str) -> Option<PressureLine> {
+fn parse_line(fields: scan::Words<'_>) -> Option<PressureLine> {
     let (mut avg10, mut avg60, mut avg300, mut total_us) = (None, None, None, None);
-    for field in fields.split_ascii_whitespace() {
-        let (key, value) = field.split_once('=')?;
+    for field in fields {
+        let equals = field.iter().position(|&b| b == b'=')?;
+        let (key, value) = (&field[..equals], &field[equals + 1..]);
         match key {
-            "avg10" => avg10 = Some(value.parse().ok()?),
-            "avg60" => avg60 = Some(value.parse().ok()?),
-            "avg300" => avg300 = Some(value.parse().ok()?),
-            "total" => total_us = Some(value.parse().ok()?),
+            b"avg10" => avg10 = Some(scan::decimal(value)?),
+            b"avg60" => avg60 = Some(scan::decimal(value)?),
+            b"avg300" => avg300 = Some(scan::decimal(value)?),
+            b"total" => total_us = Some(scan::u64(value)?),
             // A field a later kernel may add.
             _ => {}
         }
@@ -93,12 +104,12 @@ fn parse_line(fields: &str) -> Option<PressureLine> {
 
 /// Combines the three files' texts (`None` = the kernel does not have that file) into
 /// one figure; `None` when the kernel has no PSI at all.
-pub fn assemble(texts: [Option<&str>; 3]) -> Result<Option<Pressure>, SampleError> {
+pub fn assemble<T: AsRef<[u8]>>(texts: [Option<T>; 3]) -> Result<Option<Pressure>, SampleError> {
     let [cpu, memory, io] = texts;
     if cpu.is_none() && memory.is_none() && io.is_none() {
         return Ok(None);
     }
-    let parse = |path, text: Option<&str>| text.map(|t| parse_resource(path, t)).transpose();
+    let parse = |path, text: Option<T>| text.map(|t| parse_resource(path, t)).transpose();
     Ok(Some(Pressure {
         cpu: parse(PATHS[0], cpu)?,
         memory: parse(PATHS[1], memory)?,
@@ -139,7 +150,7 @@ mod tests {
 
     #[test]
     fn a_kernel_without_psi_is_absent_not_an_error() {
-        assert_eq!(assemble([None, None, None]).unwrap(), None);
+        assert_eq!(assemble::<&str>([None, None, None]).unwrap(), None);
     }
 
     #[test]
