@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{free_port, tool};
@@ -258,8 +260,15 @@ fn wait_until_closed(port: u16) {
 /// Sends GET requests to `url` at `per_second`, on an absolute schedule (a late
 /// request does not shift the next ones, and a stalled server gets no catch-up burst,
 /// so the pace is never exceeded), until `stop` says so; returns how many were
-/// answered (each checked to be an HTTP answer).
-pub async fn load(url: String, per_second: u32, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+/// answered (each checked to be an HTTP answer), and counts them in `answered` as
+/// they come (on a loaded machine the pace is not kept: a test compares what was
+/// answered between two of its readings, not the pace).
+pub async fn load(
+    url: String,
+    per_second: u32,
+    stop: tokio::sync::watch::Receiver<bool>,
+    answered: Arc<AtomicU64>,
+) -> u64 {
     // A new connection per request: a kept-alive one can be closed by a worker that a
     // reload or rotation retires just as a request goes out on it (IncompleteMessage),
     // which would be the test's failure, not the server's or the agent's.
@@ -280,6 +289,7 @@ pub async fn load(url: String, per_second: u32, stop: tokio::sync::watch::Receiv
             .expect("load request answered");
         let _ = resp.bytes().await.expect("load body");
         sent += 1;
+        answered.store(sent, Ordering::Relaxed);
     }
     sent
 }

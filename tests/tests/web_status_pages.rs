@@ -34,7 +34,7 @@ async fn run_load(
     let first = sources.sample().await.remove(0);
     assert!(first.up && first.requests_per_second.is_none(), "{first:?}");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let load = tokio::spawn(web::load(url, pace, stop_rx));
+    let load = tokio::spawn(web::load(url, pace, stop_rx, Default::default()));
     let mut tick = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(1),
         Duration::from_secs(1),
