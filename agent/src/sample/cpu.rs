@@ -117,18 +117,19 @@ pub fn parse(text: impl AsRef<[u8]>) -> Result<CpuReading, SampleError> {
         };
         let name_end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
         let (name, fields) = rest.split_at(name_end);
-        let name = || String::from_utf8_lossy(name);
-        let counters = CpuCounters::parse(scan::Words::new(fields))
-            .ok_or_else(|| SampleError::format(PATH, format!("cpu{} is not counters", name())))?;
-        if name_end == 0 {
+        let bad = |what: &str| {
+            let name = String::from_utf8_lossy(name);
+            SampleError::format(PATH, format!("cpu{name} {what}"))
+        };
+        let counters =
+            CpuCounters::parse(scan::Words::new(fields)).ok_or_else(|| bad("is not counters"))?;
+        if name.is_empty() {
             total = Some(counters);
         } else {
             // Cores are matched by id across CPU hot-plug, so the id is kept.
-            let id = scan::u64(&rest[..name_end])
+            let id = scan::u64(name)
                 .and_then(|id| u32::try_from(id).ok())
-                .ok_or_else(|| {
-                    SampleError::format(PATH, format!("cpu{} has no numeric id", name()))
-                })?;
+                .ok_or_else(|| bad("has no numeric id"))?;
             cores.push((id, counters));
         }
     }

@@ -84,14 +84,13 @@ pub fn count_cpu_list(text: &str) -> Result<u32, SampleError> {
 
 /// CPUs in the `present` list that are not in the `online` list.
 pub fn offline_cpus(present: &str, online: &str) -> Result<u32, SampleError> {
-    let online_text = online;
-    let online = cpu_ranges(online, ONLINE_CPUS)?;
+    let online_ranges = cpu_ranges(online, ONLINE_CPUS)?;
     // The usual case, every present CPU online, without parsing the same list twice.
-    if present.trim() == online_text.trim() {
+    if present.trim() == online.trim() {
         return Ok(0);
     }
     let present = cpu_ranges(present, PRESENT_CPUS)?;
-    let is_online = |cpu: u32| online.iter().any(|&(a, b)| (a..=b).contains(&cpu));
+    let is_online = |cpu: u32| online_ranges.iter().any(|&(a, b)| (a..=b).contains(&cpu));
     let mut offline = 0u32;
     for (first, last) in present {
         offline += (first..=last).filter(|&c| !is_online(c)).count() as u32;
