@@ -51,7 +51,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A collector that keeps the connection alive but stops acknowledging is treated as
 /// failed once a sent report stays un-acknowledged for between one and two of these
-/// (checked on the sampler's ticks, so it needs no timer of its own).
+/// (checked on a timer of its own: waking the stream at every sample to look would
+/// cost more than one wake-up a minute).
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// A failing collector is logged at `warn` on its first failure and then at most this
 /// often (backoff already spaces the attempts out).
@@ -262,7 +263,6 @@ async fn stream_once(
         *shared.interval.borrow(),
     );
     link.sent.store(0, Ordering::Relaxed);
-    let seqs_for_checks = seqs.clone();
     let mut request = tonic::Request::new(outbound(hello, Arc::clone(link), seqs));
     if let Some(token) = token {
         request.metadata_mut().insert("authorization", token);
@@ -291,8 +291,9 @@ async fn stream_once(
 
     let mut acked = 0u64;
     let mut watch = AckWatch::default();
-    let mut last_check = Instant::now();
-    let mut ticks = seqs_for_checks;
+    let mut checks =
+        tokio::time::interval_at(tokio::time::Instant::now() + ACK_TIMEOUT, ACK_TIMEOUT);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             message = inbound.message() => {
@@ -316,13 +317,9 @@ async fn stream_once(
                     None => {}
                 }
             }
-            // Each new report is a tick of the sampler's clock.
-            Ok(()) = ticks.changed() => {
-                if last_check.elapsed() >= ACK_TIMEOUT {
-                    if watch.stalled(link.sent.load(Ordering::Relaxed), acked) {
-                        return Err(StreamError::AckTimeout);
-                    }
-                    last_check = Instant::now();
+            _ = checks.tick() => {
+                if watch.stalled(link.sent.load(Ordering::Relaxed), acked) {
+                    return Err(StreamError::AckTimeout);
                 }
             }
         }
