@@ -366,10 +366,11 @@ async fn sample_forever(
     let mut ticker = Ticker::new(period, period);
     let mut seq = 0u64;
     let mut encoder = wire::ReportEncoder::default();
+    let mut held_since = None;
     loop {
         let taken = Instant::now();
         let links = links.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        read_acknowledgements(&links, period).await;
+        read_acknowledgements(&links, period, taken, &mut held_since).await;
         let mut sample = sampler.sample();
         // Web-server sources are read concurrently, each within its timeout (shorter
         // than the interval); the streams keep running meanwhile.
@@ -417,10 +418,21 @@ async fn sample_forever(
     }
 }
 
-/// Lets in the acknowledgements that waited in the links' sockets since the previous
-/// tick, then holds the next ones back while each stream is steady (see
-/// [`crate::lowat`]). A socket option that fails only costs the wake-ups it would save.
-async fn read_acknowledgements(links: &[Arc<Link>], period: Duration) {
+/// Lets in the acknowledgements that waited in the links' sockets once they have been
+/// held for as long as they may be, then holds the next ones back while each stream is
+/// steady (see [`crate::lowat`]). `held_since` is when the marks were last raised. A
+/// socket option that fails only costs the wake-ups it would save.
+async fn read_acknowledgements(
+    links: &[Arc<Link>],
+    period: Duration,
+    now: Instant,
+    held_since: &mut Option<Instant>,
+) {
+    let most_buffered = links.iter().map(|link| link.buffer().len()).max();
+    if lowat::hold_on(*held_since, now, period, most_buffered.unwrap_or(0)) {
+        return;
+    }
+    *held_since = None;
     let mut released = false;
     for link in links {
         match link.mark().release() {
@@ -434,14 +446,16 @@ async fn read_acknowledgements(links: &[Arc<Link>], period: Duration) {
     // The runtime polls its reactor before it resumes a yielded task: the waiting bytes
     // are then seen, and the connection task reads them whatever the mark becomes.
     tokio::task::yield_now().await;
-    if period > lowat::LONGEST_HELD_INTERVAL {
+    if period > lowat::LONGEST_HOLD {
         return;
     }
     for link in links {
-        if link.buffer().len() <= lowat::STEADY_BUFFERED
-            && let Err(error) = link.mark().hold()
-        {
-            tracing::debug!(collector = %link.address, %error, "SO_RCVLOWAT");
+        if link.buffer().len() <= lowat::MOST_HELD_REPORTS {
+            match link.mark().hold() {
+                Ok(true) => *held_since = Some(now),
+                Ok(false) => {}
+                Err(error) => tracing::debug!(collector = %link.address, %error, "SO_RCVLOWAT"),
+            }
         }
     }
 }

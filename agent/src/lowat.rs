@@ -1,22 +1,26 @@
-//! Acknowledgements read on the sampling tick, not as they arrive.
+//! Acknowledgements read on a sampling tick, not as they arrive.
 //!
 //! A collector acknowledges each report a moment after it arrives. Read at once, that
 //! acknowledgement is a second wake-up per sample: the process leaves idle, epoll
 //! returns, the connection task and the stream task run, all for ~20 bytes. The kernel
 //! can hold them instead: with the socket's receive low-water mark (`SO_RCVLOWAT`)
-//! above what a tick's acknowledgements come to, their arrival wakes no one. At the
-//! next tick the agent lowers the mark to one byte, which makes Linux signal the
-//! waiting bytes at once (`tcp_set_rcvlowat`), lets the runtime poll its reactor (the
-//! connection task is then bound to read them, whatever the mark), and raises the mark
-//! again before it samples. One wake-up per sample, and every acknowledgement is still
-//! read, one interval later.
+//! above what the held acknowledgements come to, their arrival wakes no one. On the
+//! last tick within [`LONGEST_HOLD`] of raising it, the agent lowers the mark to one
+//! byte, which makes Linux signal the waiting bytes at once (`tcp_set_rcvlowat`), lets
+//! the runtime poll its reactor (the connection task is then bound to read them,
+//! whatever the mark), and raises the mark again before it samples. It lowers it
+//! sooner when a stream has [`MOST_HELD_REPORTS`] un-acknowledged, so that the
+//! buffered count a report carries stays small. At 1 s that is one read of the socket
+//! every five samples, at 5 s one every sample; every acknowledgement is still read,
+//! at most [`LONGEST_HOLD`] later.
 //!
 //! What waits with them: HTTP/2 pings and their answers, window updates, `Settings`.
 //! So the mark is only raised while the stream is steady (at most
-//! [`STEADY_BUFFERED`] reports un-acknowledged: a replay after a reconnect needs its
-//! window updates at once) and the interval is at most [`LONGEST_HELD_INTERVAL`], half
-//! the collector's 10 s ping timeout. A closed or reset connection is signalled
-//! whatever the mark.
+//! [`MOST_HELD_REPORTS`] un-acknowledged, a few KiB of the 64 KiB window; the
+//! acknowledgements just let in are read but not yet applied when it is raised), at
+//! intervals up to [`LONGEST_HOLD`], and held no longer than that: half the
+//! collector's 10 s ping timeout. A closed or reset connection is signalled whatever
+//! the mark, and a new connection starts unheld.
 //!
 //! The socket option goes through `nix`'s published macro for options it does not
 //! wrap itself; the `setsockopt` call (and its `unsafe`) stays in that crate.
@@ -33,6 +37,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use nix::{getsockopt_impl, libc, setsockopt_impl, sockopt_impl};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tonic::codegen::Service;
 use tonic::codegen::http::Uri;
 
@@ -45,14 +50,30 @@ sockopt_impl!(
     i32
 );
 
-/// The mark while held: far above a tick's acknowledgements (tens of bytes each), so
-/// only something unexpectedly large wakes the agent between samples.
+/// The mark while held: far above a hold's acknowledgements (tens of bytes each), so
+/// only something unexpectedly large wakes the agent between reads.
 const HELD: i32 = 16 * 1024;
-/// The longest interval at which acknowledgements are held (see the module doc).
-pub const LONGEST_HELD_INTERVAL: Duration = Duration::from_secs(5);
-/// At most this many un-acknowledged reports: the stream is steady (this tick's and
-/// the previous one's).
-pub const STEADY_BUFFERED: usize = 2;
+/// The longest acknowledgements are held, and so the longest interval at which they
+/// are (see the module doc).
+pub const LONGEST_HOLD: Duration = Duration::from_secs(5);
+/// The most reports un-acknowledged while held: a stream with more is not held (a
+/// replay after a reconnect needs its window updates at once), and one with this many
+/// has its acknowledgements read at the tick, so the `agent_buffered` its reports carry
+/// stays at most this.
+pub const MOST_HELD_REPORTS: usize = 5;
+
+/// Whether marks raised at `held_since` stay up through the tick at `now`: the next
+/// tick, a `period` later, still comes within [`LONGEST_HOLD`] of raising them, and no
+/// stream has [`MOST_HELD_REPORTS`] un-acknowledged (`most_buffered`).
+pub fn hold_on(
+    held_since: Option<Instant>,
+    now: Instant,
+    period: Duration,
+    most_buffered: usize,
+) -> bool {
+    held_since.is_some_and(|since| (now + period).duration_since(since) <= LONGEST_HOLD)
+        && most_buffered < MOST_HELD_REPORTS
+}
 
 /// The socket of one collector's current connection, kept to move its mark.
 #[derive(Debug, Default)]
@@ -189,6 +210,32 @@ mod tests {
         drop(peer);
         assert!(readable_within(&stream, Duration::from_secs(5)).await);
         assert_eq!(stream.try_read(&mut got).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_hold_ends_on_the_last_tick_within_its_span_or_at_the_most_reports() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let second = Duration::from_secs(1);
+        assert!(!hold_on(None, start, second, 0), "nothing is held yet");
+        // At 1 s: held through the ticks at 1..=4 s, read at 5 s (the next tick, at
+        // 6 s, would be past the span).
+        for tick in 1..=4 {
+            assert!(hold_on(Some(start), at(tick * 1000), second, tick as usize));
+        }
+        assert!(!hold_on(Some(start), at(5000), second, 4));
+        // At 5 s: read at every tick.
+        assert!(!hold_on(Some(start), at(5000), Duration::from_secs(5), 1));
+        // At 200 ms: five reports un-acknowledged end the hold long before 5 s.
+        assert!(hold_on(Some(start), at(800), Duration::from_millis(200), 4));
+        assert!(!hold_on(
+            Some(start),
+            at(1000),
+            Duration::from_millis(200),
+            5
+        ));
+        // A tick late by a stall does not stretch the span.
+        assert!(!hold_on(Some(start), at(4500), second, 1));
     }
 
     #[test]
