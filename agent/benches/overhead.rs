@@ -306,7 +306,7 @@ impl Phase1 {
             0,
         );
         row(
-            "wake-ups (context switches)/sample",
+            "wake-ups (voluntary switches)/sample",
             per(self.agent_cpu.switches, samples),
             per(self.exporter_cpu.switches, self.scrapes),
             1,
@@ -467,8 +467,8 @@ struct Cpu {
     ticks_ms: f64,
     /// Sum of the first field of `/proc/<pid>/task/*/schedstat` (ns on CPU), in ms.
     sched_ms: f64,
-    /// Context switches of all threads (how often the process was woken), as f64 to
-    /// divide.
+    /// Voluntary context switches of all threads (how often the process slept and was
+    /// woken), as f64 to divide.
     switches: f64,
 }
 
@@ -495,13 +495,12 @@ impl Cpu {
             if let Ok(text) = std::fs::read_to_string(task.join("schedstat")) {
                 sched_ns += first_number(&text);
             }
+            // Only voluntary switches are wake-ups: the thread slept and was woken.
+            // Involuntary ones are preemptions by whatever shares the cores.
             if let Ok(text) = std::fs::read_to_string(task.join("status")) {
                 switches += text
                     .lines()
-                    .filter_map(|l| {
-                        l.strip_prefix("voluntary_ctxt_switches:")
-                            .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-                    })
+                    .filter_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
                     .map(first_number)
                     .sum::<u64>();
             }

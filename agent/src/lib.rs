@@ -20,8 +20,9 @@
 //! - [`backoff`]: gRPC's connection backoff (1 s × 1.6, ±20 %, cap 120 s).
 //! - [`tick`]: the sampling clock (a timerfd: one wake-up per sample).
 //! - [`transport`]: one stream per collector: `Hello`, replay, follow, reconnect.
-//! - [`lowat`]: acknowledgements read on the sampling tick (the socket's receive
-//!   low-water mark), so that a sample costs one wake-up.
+//! - [`lowat`]: acknowledgements held in the kernel (the socket's receive low-water
+//!   mark) and read on a sampling tick at most 5 s later, so that a sample costs one
+//!   wake-up.
 //! - [`tls`]: the `[tls]` files for `https://` collectors, and TLS failures explained.
 //! - [`wire`]: the transport edge, domain samples to `rally.v1` messages.
 //! - [`status`]: `rally-agent status`: the running agent's answer on its Unix socket
