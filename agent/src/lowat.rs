@@ -12,7 +12,7 @@
 //! sooner when a stream has [`MOST_HELD_REPORTS`] un-acknowledged, so that the
 //! buffered count a report carries stays small. At 1 s that is one read of the socket
 //! every five samples, at 5 s one every sample; every acknowledgement is still read,
-//! at most [`LONGEST_HOLD`] later.
+//! at most [`LONGEST_HOLD`] later (and a late tick's few milliseconds).
 //!
 //! What waits with them: HTTP/2 pings and their answers, window updates, `Settings`.
 //! So the mark is only raised while the stream is steady (at most
@@ -71,9 +71,15 @@ pub fn hold_on(
     period: Duration,
     most_buffered: usize,
 ) -> bool {
-    held_since.is_some_and(|since| (now + period).duration_since(since) <= LONGEST_HOLD)
+    held_since
+        .is_some_and(|since| (now + period).duration_since(since) <= LONGEST_HOLD + TICK_LATENESS)
         && most_buffered < MOST_HELD_REPORTS
 }
+
+/// How late a tick may come and still count as on time: ticks are a few microseconds
+/// late, and without this a 5 s hold at 1 s would end after four ticks as often as
+/// after five.
+const TICK_LATENESS: Duration = Duration::from_millis(50);
 
 /// The socket of one collector's current connection, kept to move its mark.
 #[derive(Debug, Default)]
@@ -224,6 +230,9 @@ mod tests {
             assert!(hold_on(Some(start), at(tick * 1000), second, tick as usize));
         }
         assert!(!hold_on(Some(start), at(5000), second, 4));
+        // A tick a few microseconds late is still the fourth.
+        let late = at(4000) + Duration::from_micros(300);
+        assert!(hold_on(Some(start), late, second, 4));
         // At 5 s: read at every tick.
         assert!(!hold_on(Some(start), at(5000), Duration::from_secs(5), 1));
         // At 200 ms: five reports un-acknowledged end the hold long before 5 s.
